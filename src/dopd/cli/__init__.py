@@ -1,0 +1,1 @@
+"""The ``dopd`` command line."""

@@ -1,0 +1,322 @@
+"""``dopd simulate``: one workload through one or more cluster policies, compared side by side.
+
+The work is in :func:`simulate` (config + workload -> per-policy results, no I/O), so the
+experiment harness can reuse it; :func:`run` adds the argparse front end, the table, the files.
+
+The JSON (``--json``, ``results.json``) is an object keyed by policy spec as given, each value:
+``policy`` (resolved name, e.g. ``static:best(3:5)``), ``requests``, ``finished``, ``rejected``,
+``aborted``, ``met``, ``attainment``, ``goodput_rps``, ``goodput_rps_per_gpu``,
+``{ttft,tpot,e2e}_{p50,p90,p99}`` (seconds, null when undefined), ``gpu_seconds``, ``switches``,
+``kv_bytes_moved``, ``sim_end_s``, ``events``, ``wall_s``; with ``--max-goodput`` also
+``max_goodput_rps`` (rate scale found x the workload's mean arrival rate),
+``max_goodput_rps_per_gpu`` (over the instance budget's GPUs), ``max_goodput_rate_scale``,
+``max_goodput_runs``, ``max_goodput_converged``, ``max_goodput_feasible`` and
+``max_goodput_monotone``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dopd.bench.goodput import MaxGoodputResult, max_goodput
+from dopd.bench.metrics import MetricsSummary, summarize_result
+from dopd.bench.plots import plot_attainment_vs_rate, plot_latency_cdfs, plot_timelines
+from dopd.bench.report import (
+    print_comparison,
+    safe_name,
+    write_json,
+    write_requests_csv,
+    write_timeline_csv,
+)
+from dopd.cli.common import (
+    ProgressFn,
+    add_cluster_options,
+    add_config_option,
+    add_goodput_options,
+    add_output_options,
+    add_slo_options,
+    add_workload_options,
+    build_workload,
+    config_from_args,
+    parse_list,
+    progress_bar,
+)
+from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, write_resolved
+from dopd.perf import build_latency_model
+from dopd.sim.api import SimResult
+from dopd.sim.models import build_models
+from dopd.sim.policy import PolicyContext, make_policy
+from dopd.sim.runner import run_simulation
+from dopd.workload import Workload
+
+_DEFAULT = RunConfig()
+
+DESCRIPTION = f"""\
+Run one workload through one or more policies on the same simulated cluster (no GPU, no
+network) and print a comparison table: SLO attainment, goodput, TTFT/TPOT/E2E percentiles,
+GPU-seconds and role switches.
+
+Default (no workload option): the built-in demo, {DEFAULT_SYNTHETIC_REQUESTS} requests with Poisson
+arrivals at {_DEFAULT.workload.rate:g} req/s and lengths drawn from built-in statistics resembling
+the Azure LLM 2023 conversation trace (lognormal; prompt mean 1155 tokens, output mean 211),
+served by {_DEFAULT.cluster.instances} x {_DEFAULT.cluster.gpu} instances of \
+{_DEFAULT.cluster.model} under {", ".join(_DEFAULT.policies)}.
+"""
+
+EPILOG = """\
+examples:
+  dopd simulate
+  dopd simulate --trace AzureLLMInferenceTrace_conv.csv --policy colocated,static:4:4,static:best \\
+      --slo-ttft 0.5 --slo-tpot 0.1 --json out.json
+  dopd simulate --lengths sharegpt_lengths.csv --arrival gamma --cv 3 --rate 20 --duration 60
+  dopd simulate --max-goodput --attainment 0.99 --out results/
+"""
+
+
+_TYPICAL_SEARCH_RUNS = 10
+"""Runs a max-goodput search usually takes; only used to pace the progress bar."""
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    """One policy's run: as given (``spec``), its result, metrics and optional max goodput."""
+
+    spec: str
+    result: SimResult
+    summary: MetricsSummary
+    goodput: MaxGoodputResult | None = None
+
+
+def check_policies(cfg: RunConfig) -> None:
+    """Build every policy (and the calibrated latency model, if any) once so that bad names,
+    splits or calibration files fail before any simulation runs."""
+    c = cfg.cluster
+    if c.calibration is not None:
+        build_latency_model(c.model, c.gpu, c.tp, c.preset, c.calibration, c.kv_mem_util)
+    models = build_models(c)
+    context = PolicyContext(cfg.cluster, models.latency, cfg.slo, cfg.seed, models.kv_blocks)
+    for spec in cfg.policies:
+        make_policy(spec, context)
+
+
+def simulate(
+    cfg: RunConfig,
+    workload: Workload,
+    progress: ProgressFn | None = None,
+) -> dict[str, PolicyRun]:
+    """Simulate ``workload`` under every policy of ``cfg`` (and, when ``cfg.goodput.enabled``,
+    bisect each policy's max-goodput rate scale). Keys are the policy specs as given.
+
+    Deterministic for a given config and workload. Raises DopdError on bad policies.
+    """
+    check_policies(cfg)
+    runs: dict[str, PolicyRun] = {}
+    total = len(cfg.policies)
+    # Each policy owns an equal slice of the bar; with a goodput search the main run takes the
+    # first half and the search (about _TYPICAL_SEARCH_RUNS runs) the second.
+    main_share = 0.5 if cfg.goodput.enabled else 1.0
+    for index, spec in enumerate(cfg.policies):
+
+        def step(fraction: float, index: int = index, spec: str = spec) -> None:
+            if progress is not None:
+                progress((index + main_share * fraction) / total, f"{spec} ({index + 1}/{total})")
+
+        result = run_simulation(workload, cfg.cluster, spec, cfg.slo, cfg.seed,
+                                step if progress is not None else None)
+        goodput = None
+        if cfg.goodput.enabled:
+
+            def probe(runs_done: int, scale: float, index: int = index, spec: str = spec) -> None:
+                if progress is not None:
+                    share = min(runs_done / _TYPICAL_SEARCH_RUNS, 1.0)
+                    progress((index + 0.5 + 0.5 * share) / total,
+                             f"max goodput {spec}: run {runs_done + 1}, scale {scale:.3g}")
+
+            goodput = search_max_goodput(cfg, workload, spec, probe)
+        runs[spec] = PolicyRun(spec, result, summarize_result(result, cfg.slo), goodput)
+    return runs
+
+
+def search_max_goodput(
+    cfg: RunConfig,
+    workload: Workload,
+    spec: str,
+    on_probe: Callable[[int, float], None] | None = None,
+) -> MaxGoodputResult:
+    """Bisect the rate scale of ``workload`` at which ``spec`` keeps attainment >= the target.
+
+    ``on_probe(runs_done, scale)`` is called before each simulation.
+    """
+    g = cfg.goodput
+    done = [0]
+
+    def attainment(scale: float) -> float:
+        if on_probe is not None:
+            on_probe(done[0], scale)
+        done[0] += 1
+        result = run_simulation(workload.scale_rate(scale), cfg.cluster, spec, cfg.slo, cfg.seed)
+        return summarize_result(result, cfg.slo).attainment
+
+    return max_goodput(attainment, cfg.slo.attainment, g.lo, g.hi, g.rel_tol, g.max_runs)
+
+
+def policy_record(run: PolicyRun, base_rate_rps: float, gpus: int) -> dict[str, Any]:
+    """The JSON object of one policy (fields in the module doc); ``base_rate_rps`` is the
+    unscaled workload's mean arrival rate, ``gpus`` the GPUs of the instance budget."""
+    s, r = run.summary, run.result
+    record: dict[str, Any] = {
+        "policy": r.policy,
+        "requests": s.requests,
+        "finished": s.finished,
+        "rejected": s.rejected,
+        "aborted": s.aborted,
+        "met": s.met,
+        "attainment": s.attainment,
+        "goodput_rps": s.goodput_rps,
+        "goodput_rps_per_gpu": s.goodput_rps / gpus,
+    }
+    for name in ("ttft", "tpot", "e2e"):
+        for q in ("p50", "p90", "p99"):
+            record[f"{name}_{q}"] = getattr(s, f"{name}_{q}")
+    record.update(
+        gpu_seconds=r.gpu_seconds,
+        switches=r.switches,
+        kv_bytes_moved=r.kv_bytes_moved,
+        sim_end_s=r.sim_end_s,
+        events=r.events,
+        wall_s=r.wall_s,
+    )
+    if run.goodput is not None:
+        g = run.goodput
+        record.update(
+            max_goodput_rps=g.goodput_rps(base_rate_rps),
+            max_goodput_rps_per_gpu=g.goodput_rps(base_rate_rps) / gpus,
+            max_goodput_rate_scale=g.rate_scale,
+            max_goodput_runs=g.runs,
+            max_goodput_converged=g.converged,
+            max_goodput_feasible=g.feasible,
+            max_goodput_monotone=g.monotone,
+        )
+    return record
+
+
+def records_of(runs: Mapping[str, PolicyRun], workload: Workload, cfg: RunConfig) -> dict[str, Any]:
+    """JSON document: an object keyed by policy spec (as given), one record each."""
+    base = workload.rate_rps
+    return {spec: policy_record(run, base, cfg.cluster.gpus) for spec, run in runs.items()}
+
+
+def write_outputs(
+    out: Path, cfg: RunConfig, workload: Workload, runs: Mapping[str, PolicyRun],
+    records: Mapping[str, Any],
+) -> list[Path]:
+    """Write everything of a run under ``out``; returns the paths written.
+
+    ``results.json`` (as ``--json``), ``config.json`` / ``config.toml`` (resolved config),
+    ``workload.json`` (workload facts), per policy ``requests_<name>.csv``,
+    ``timeline_<name>.csv`` and ``decisions_<name>.json`` (when the policy logged any), and the
+    plots ``timeline.png``, ``latency_cdf.png`` and, with a goodput search,
+    ``attainment_vs_rate.png``.
+    """
+    paths = [write_json(out / "results.json", records), *write_resolved(cfg, out)]
+    paths.append(write_json(out / "workload.json", workload.summary()))
+    for spec, run in runs.items():
+        name = safe_name(spec)
+        paths.append(write_requests_csv(out / f"requests_{name}.csv", run.result))
+        paths.append(write_timeline_csv(out / f"timeline_{name}.csv", run.result.timeline))
+        if run.result.decisions:
+            paths.append(write_json(out / f"decisions_{name}.json", run.result.decisions))
+    results = {spec: run.result for spec, run in runs.items()}
+    paths.append(plot_timelines(results, out / "timeline.png"))
+    paths.append(plot_latency_cdfs(results, out / "latency_cdf.png", cfg.slo))
+    probes = {
+        spec: [(k * workload.rate_rps, a) for k, a in run.goodput.history]
+        for spec, run in runs.items() if run.goodput is not None
+    }
+    if probes:
+        paths.append(plot_attainment_vs_rate(probes, out / "attainment_vs_rate.png",
+                                             cfg.slo.attainment))
+    return paths
+
+
+def _goodput_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for spec, rec in records.items():
+        if "max_goodput_runs" not in rec:
+            continue
+        if not rec["max_goodput_feasible"]:
+            lines.append(f"max goodput {spec}: target missed even at the lowest rate scale "
+                         f"({rec['max_goodput_runs']} runs)")
+            continue
+        note = "" if rec["max_goodput_converged"] else ", not converged (raise --goodput-max-runs)"
+        lines.append(
+            f"max goodput {spec}: {rec['max_goodput_rps']:.2f} req/s "
+            f"({rec['max_goodput_rps_per_gpu']:.3f} per GPU) at rate scale "
+            f"{rec['max_goodput_rate_scale']:.4g}, {rec['max_goodput_runs']} runs{note}"
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``dopd simulate``."""
+    cfg = config_from_args(args)
+    workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
+    with progress_bar(args.quiet) as bar:
+        runs = simulate(cfg, workload, bar)
+    records = records_of(runs, workload, cfg)
+    notes: list[str] = []
+    if args.json:
+        json_path = Path(args.json)
+        write_json(json_path, records)
+        write_resolved(cfg, json_path.parent, f"{json_path.stem}.config")
+        notes.append(f"wrote {json_path} (config: {json_path.stem}.config.toml beside it)")
+    if args.out:
+        written = write_outputs(Path(args.out), cfg, workload, runs, records)
+        notes.append(f"wrote {len(written)} files to {args.out}")
+    if not args.quiet:
+        _print_summary(cfg, workload, records, notes)
+    return 0
+
+
+def _print_summary(cfg: RunConfig, workload: Workload, records: Mapping[str, Any],
+                   notes: list[str]) -> None:
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    c = cfg.cluster
+    title = (f"{len(workload)} requests, {workload.rate_rps:.2f} req/s over "
+             f"{workload.duration_s:.1f} s | {c.model} on {c.instances} x {c.tp} {c.gpu} | "
+             f"SLO TTFT {cfg.slo.ttft_s:g} s, TPOT {cfg.slo.tpot_s:g} s, "
+             f"target {100 * cfg.slo.attainment:g}%")
+    print_comparison(records, console=console, title=title)
+    lines = _goodput_lines(records)
+    lines += [f"{spec} chose {rec['policy']}" for spec, rec in records.items()
+              if rec["policy"] != spec]
+    for line in lines + notes:
+        console.print(line, highlight=False)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``dopd simulate``."""
+    p = subparsers.add_parser(
+        "simulate", help="simulate a workload under one or more policies and compare them",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--policy", type=parse_list, default=None, metavar="LIST",
+                   help="comma-separated policies: colocated, static:P:D, static:best, ... "
+                   f"(default {','.join(_DEFAULT.policies)})")
+    add_config_option(p)
+    add_workload_options(p)
+    add_cluster_options(p)
+    add_slo_options(p)
+    add_goodput_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+    return p
+

@@ -1,0 +1,66 @@
+"""Mutable per-request state inside one instance's scheduler (not part of any boundary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from dopd.errors import require
+
+
+class SeqStatus(IntEnum):
+    """Where a request is inside one scheduler."""
+
+    WAITING = 0  # queued for (re)prefill, no KV
+    PREFILLING = 1  # admitted: KV for the whole prefill allocated, chunks under way
+    HELD = 2  # prompt done on a prefill-only instance; KV kept until released
+    RESERVED = 3  # remote decode: KV blocks reserved, bytes not arrived yet
+    DECODING = 4  # in the running decode batch
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Batching limits of one instance's scheduler.
+
+    ``max_batched_tokens`` is the token budget of a step (prefill tokens + one per decode);
+    ``max_num_seqs`` caps the requests holding a running slot (prefilling, reserved or decoding).
+    ``chunked_prefill`` splits prompts over steps to fill the budget; without it a prompt is
+    prefilled whole (alone in its step when it exceeds the budget). ``prefill_priority`` runs
+    admissible prefills in prefill-only steps before any decode (vLLM's classic scheduler);
+    otherwise decodes go first and prefills fill the remaining budget (chunked-prefill style).
+    ``watermark`` is the fraction of KV blocks that admissions must leave free.
+    """
+
+    max_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    chunked_prefill: bool = True
+    prefill_priority: bool = False
+    watermark: float = 0.01
+
+    def __post_init__(self) -> None:
+        require(self.max_batched_tokens >= 1, "max batched tokens must be >= 1")
+        require(self.max_num_seqs >= 1, "max num seqs must be >= 1")
+        require(0 <= self.watermark < 1, f"watermark must be in [0, 1), got {self.watermark}")
+
+
+class Seq:
+    """One request's progress: ``prefill_len`` tokens to prefill (the prompt, or prompt plus
+    sampled tokens when recomputing after preemption), ``computed`` of them done, ``generated``
+    output tokens sampled, ``kv_len`` tokens of KV while decoding."""
+
+    __slots__ = ("computed", "generated", "kv_len", "max_tokens", "prefill_len", "prompt",
+                 "request_id", "status")
+
+    def __init__(self, request_id: int, prompt: int, max_tokens: int, generated: int = 0) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+        self.generated = generated
+        self.prefill_len = prompt + generated
+        self.computed = 0
+        self.kv_len = 0
+        self.status = SeqStatus.WAITING
+
+    @property
+    def remaining_prefill(self) -> int:
+        return self.prefill_len - self.computed

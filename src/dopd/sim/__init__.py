@@ -1,0 +1,1 @@
+"""Discrete-event simulation of a disaggregated (or colocated) LLM serving cluster."""

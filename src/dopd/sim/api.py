@@ -1,0 +1,108 @@
+"""The simulator's boundary: what a run takes (:class:`SimConfig`) and gives (:class:`SimResult`).
+
+``dopd.sim.runner.run_simulation(workload, config, policy, seed=0, progress=None) -> SimResult``
+is the one entry point that the CLI, the experiment harness and the benchmarks call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dopd.errors import require
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Cluster, hardware and engine settings of one simulated run.
+
+    ``instances`` is the instance budget (each instance = ``tp`` GPUs). ``calibration`` is a
+    built-in calibration name or a path (see ``dopd.perf``); None uses the roofline ``preset``.
+    ``router`` names a routing policy of ``dopd.sim.routing.ROUTERS``; ``"auto"`` uses the
+    cluster policy's own choice.
+    """
+
+    model: str = "llama-3-8b"
+    gpu: str = "a100-80gb"
+    tp: int = 1
+    preset: str = "modern"
+    calibration: str | None = None
+    instances: int = 8
+    kv_mem_util: float = 0.9
+    block_size: int = 16
+    max_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    chunked_prefill: bool = True
+    prefill_priority: bool = False
+    kv_link: str = "nic"
+    role_switch_s: float = 1.0
+    cold_start_s: float = 30.0
+    tick_s: float = 1.0
+    timeline_s: float = 1.0
+    router: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
+        require(self.tp >= 1, f"tp must be >= 1, got {self.tp}")
+        require(
+            0 < self.kv_mem_util <= 1,
+            f"KV memory utilisation must be in (0, 1], got {self.kv_mem_util}",
+        )
+        require(self.block_size >= 1, f"block size must be >= 1, got {self.block_size}")
+        require(self.max_batched_tokens >= 1, "max batched tokens must be >= 1")
+        require(self.max_num_seqs >= 1, "max num seqs must be >= 1")
+        require(self.tick_s > 0 and self.timeline_s > 0, "tick and timeline intervals must be > 0")
+
+    @property
+    def gpus(self) -> int:
+        return self.instances * self.tp
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Cluster state sampled every ``SimConfig.timeline_s`` simulated seconds (equal-length arrays).
+
+    ``arrivals_rps`` is the arrival rate over the last interval; ``queued_prefill_tokens`` and
+    ``running_decodes`` are cluster totals at the sample time.
+    """
+
+    time_s: np.ndarray
+    prefill_instances: np.ndarray
+    decode_instances: np.ndarray
+    mixed_instances: np.ndarray
+    arrivals_rps: np.ndarray
+    queued_prefill_tokens: np.ndarray
+    running_decodes: np.ndarray
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Per-request outcomes (column arrays, one per request, in request-id order) and run facts.
+
+    ``state`` holds ``RequestState`` values; ``first_token_s`` / ``finish_s`` are NaN where the
+    request never got there. ``reason`` maps request id -> why it was rejected or aborted.
+    """
+
+    policy: str
+    request_id: np.ndarray
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    state: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    prefill_instance: np.ndarray
+    decode_instance: np.ndarray
+    timeline: Timeline
+    gpu_seconds: float
+    switches: int
+    kv_bytes_moved: float
+    sim_end_s: float
+    events: int
+    wall_s: float
+    reason: dict[int, str] = field(default_factory=dict)
+    decisions: tuple[dict[str, object], ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.request_id.shape[0])

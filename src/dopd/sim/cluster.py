@@ -1,0 +1,300 @@
+"""The simulated cluster: request flow through instances, KV hand-offs, and the event loop.
+
+Request flow. At arrival a request is routed to an instance that accepts prefill. On a ``MIXED``
+instance it prefills and decodes in place (first token at the end of its prefill step). On a
+``PREFILL`` instance the completed prompt's KV stays there while the router picks a decode
+instance; the request waits in that instance's hand-off queue until its KV blocks are reserved
+(admission waits for KV memory), then the bytes go over the sender's link
+(:class:`~dopd.sim.transfer.TransferNetwork`) and the prefill instance frees them on arrival.
+The first token reaches the user when the KV (and the token sampled with it) arrives at the
+decode instance, so TTFT includes waiting for decode memory and the transfer (as the DESIGN's
+solver assumes); TPOT runs from there. One-token outputs finish on the prefill instance.
+
+Events: see :class:`~dopd.sim.events.Kind`. Decode-only batches advance in multi-step runs that
+end at the first finish or when new work arrives (the run is cut after the step in progress), so
+long decodes cost a few events instead of one per token. Instance life cycle (role switches,
+adding and removing instances) is in :mod:`dopd.sim.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+from dopd.engine import LatencyModelRunner, SchedulerConfig
+from dopd.sim.api import SimConfig
+from dopd.sim.events import EventQueue, Kind
+from dopd.sim.instance import SimInstance
+from dopd.sim.lifecycle import Lifecycle
+from dopd.sim.models import SimModels
+from dopd.sim.policy import ClusterPolicy
+from dopd.sim.routing import Router
+from dopd.sim.transfer import TransferNetwork
+from dopd.types import InstanceState, RequestOutcome, RequestState, Role
+
+_FINISHED = int(RequestState.FINISHED)
+_REJECTED = int(RequestState.REJECTED)
+_ABORTED = int(RequestState.ABORTED)
+_MAX_RUN = 1 << 40
+STALL_S = 600.0
+"""Once every request has arrived, ticking stops after this long without any request finishing
+(so a policy that strands requests cannot loop forever); they end as aborted."""
+
+
+class SimCluster(Lifecycle):
+    """One simulated run: instances, routing, KV transfers and the event loop (:meth:`run`)."""
+
+    def __init__(self, arrival_s: list[float], prompt: list[int], output: list[int],
+                 config: SimConfig, models: SimModels, policy: ClusterPolicy, router: Router,
+                 progress: Callable[[float], None] | None = None) -> None:
+        n = len(arrival_s)
+        self.n = n
+        self.arrival_s = arrival_s
+        self.prompt = prompt
+        self.output = output
+        self.config = config
+        self.models = models
+        self.policy = policy
+        self.router = router
+        self.progress = progress
+        self.q = EventQueue()
+        self.sched_config = SchedulerConfig(
+            max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs,
+            chunked_prefill=config.chunked_prefill, prefill_priority=config.prefill_priority,
+            watermark=models.watermark)
+        self.runner = LatencyModelRunner(models.latency)
+        self.network = TransferNetwork(models.transfer_latency_s, models.transfer_bandwidth_Bps)
+        nan = math.nan
+        self.first_s = [nan] * n
+        self.finish_s = [nan] * n
+        self.state = [int(RequestState.WAITING)] * n
+        self.prefill_of = [-1] * n
+        self.decode_of = [-1] * n
+        self.reason: dict[int, str] = {}
+        self.transfers: dict[int, tuple[int, int]] = {}  # request -> (source, destination)
+        self.instances: list[SimInstance] = []
+        self.prefill_targets: list[SimInstance] = []
+        self.decode_targets: list[SimInstance] = []
+        self.unrouted: deque[int] = deque()
+        self.unplaced: deque[tuple[int, int]] = deque()
+        self.arrived = 0
+        self.done = 0
+        self.last_done_s = 0.0
+        self.kv_bytes_moved = 0.0
+        self.switches = 0
+        self.decisions: list[dict[str, object]] = []
+        self.max_kv_tokens = (models.kv_blocks - models.watermark_blocks) * config.block_size
+        self._progress_step = max(1, n // 100)
+        self._next_progress = self._progress_step
+        base = ClusterPolicy
+        self._hook_arrival = type(policy).on_arrival is not base.on_arrival
+        self._hook_done = type(policy).on_request_done is not base.on_request_done
+        self.init_timeline()
+
+    # ------------------------------------------------------------------ instances
+    def new_instance(self, role: Role, state: InstanceState) -> SimInstance:
+        inst = SimInstance(len(self.instances), role, state, self.q.now, self.sched_config,
+                           self.models.kv_blocks, self.config.block_size, self.runner)
+        self.instances.append(inst)
+        return inst
+
+    def start(self, inst: SimInstance) -> None:
+        """Start the instance's next step or decode run if it is idle and may work."""
+        if inst.busy or inst.state not in (InstanceState.ACTIVE, InstanceState.DRAINING):
+            return
+        end = inst.next_work(self.q.now, _MAX_RUN)
+        if end is not None:
+            self.q.push(end, Kind.STEP, inst.instance_id, inst.version)
+
+    def poke(self, inst: SimInstance) -> None:
+        """New work for ``inst``: start it if idle, or cut its decode run to let the work join."""
+        if not inst.busy:
+            self.start(inst)
+        elif inst.run is not None:
+            end = inst.cut_run(self.q.now)
+            if end is not None:
+                self.q.push(end, Kind.STEP, inst.instance_id, inst.version)
+
+    # ------------------------------------------------------------------ request flow
+    def on_arrival(self, i: int, _: int) -> None:
+        self.arrived = i + 1
+        if i + 1 < self.n:
+            self.q.push(self.arrival_s[i + 1], Kind.ARRIVAL, i + 1)
+        p, o = self.prompt[i], self.output[i]
+        if self._hook_arrival:
+            self.policy.on_arrival(self.q.now, i, p, o)
+        if p + o - 1 > self.max_kv_tokens:
+            self.end_request(i, _REJECTED, f"needs KV for {p + o - 1} tokens, an instance holds "
+                                           f"{self.max_kv_tokens}")
+            return
+        self.route_prefill(i)
+
+    def route_prefill(self, i: int) -> None:
+        targets = self.prefill_targets
+        if not targets:
+            self.unrouted.append(i)
+            return
+        p, o = self.prompt[i], self.output[i]
+        inst = self.router.select_prefill(self.q.now, p, o, targets)
+        self.prefill_of[i] = inst.instance_id
+        inst.sched.add_request(i, p, o)
+        if not inst.busy:
+            self.start(inst)
+        elif inst.run is not None and inst.sched.has_prefill_work():
+            self.poke(inst)
+
+    def on_step(self, index: int, version: int) -> None:
+        inst = self.instances[index]
+        if version != inst.version or not inst.busy:
+            return  # superseded by a cut
+        out = inst.finish_work()
+        now = self.q.now
+        if out.first_token and inst.sched.role != Role.PREFILL:
+            first, dec = self.first_s, self.decode_of
+            for rid in out.first_token:
+                first[rid] = now
+                dec[rid] = index
+        for rid in out.prefilled:
+            self.route_decode(rid, index)
+        for rid, _ in out.finished:
+            self.end_request(rid, _FINISHED)
+        if inst.pending:
+            self.try_reserve(inst)
+        self.start(inst)
+        if inst.state == InstanceState.DRAINING:
+            self.check_drain(inst)
+
+    def route_decode(self, rid: int, source: int) -> None:
+        """Hand a prefilled request to a decode instance's queue."""
+        targets = self.decode_targets
+        if not targets:
+            self.unplaced.append((rid, source))
+            return
+        p = self.prompt[rid]
+        inst = self.router.select_decode(self.q.now, p, self.output[rid], targets)
+        inst.pending.append((rid, source))
+        inst.pending_tokens += p
+        self.try_reserve(inst)
+
+    def try_reserve(self, inst: SimInstance) -> None:
+        """Reserve KV for queued hand-offs in order while memory allows; start their transfers.
+        Requests the instance preempted get memory first."""
+        sched = inst.sched
+        if sched.has_preempted_waiting():
+            return
+        pending = inst.pending
+        prompt, output = self.prompt, self.output
+        per_token = self.models.kv_bytes_per_token
+        now = self.q.now
+        while pending:
+            rid, source = pending[0]
+            p = prompt[rid]
+            if not sched.reserve_remote(rid, p, 1, output[rid]):
+                break
+            pending.popleft()
+            inst.pending_tokens -= p
+            inst.incoming += 1
+            self.transfers[rid] = (source, inst.instance_id)
+            nbytes = p * per_token
+            self.kv_bytes_moved += nbytes
+            nxt = self.network.start(now, source, rid, nbytes)
+            if nxt is not None:
+                self.q.push(nxt[0], Kind.LINK, source, nxt[1])
+
+    def on_link(self, source: int, version: int) -> None:
+        res = self.network.complete(self.q.now, source, version)
+        if res is None:
+            return
+        done, nxt = res
+        if nxt is not None:
+            self.q.push(nxt[0], Kind.LINK, source, nxt[1])
+        latency = self.network.latency_s
+        for rid in done:
+            if latency > 0:
+                self.q.push(self.q.now + latency, Kind.KV, rid)
+            else:
+                self.on_kv(rid, 0)
+
+    def on_kv(self, rid: int, _: int) -> None:
+        source, dest = self.transfers.pop(rid)
+        src = self.instances[source]
+        src.sched.release(rid)
+        if not src.busy:
+            self.start(src)
+        if src.state == InstanceState.DRAINING:
+            self.check_drain(src)
+        inst = self.instances[dest]
+        inst.incoming -= 1
+        inst.sched.admit_remote(rid)
+        self.first_s[rid] = self.q.now
+        self.decode_of[rid] = dest
+        self.poke(inst)
+
+    def end_request(self, rid: int, state: int, reason: str = "") -> None:
+        now = self.q.now
+        self.state[rid] = state
+        if state == _FINISHED:
+            self.finish_s[rid] = now
+            if self.first_s[rid] != self.first_s[rid]:  # NaN: a one-token output
+                self.first_s[rid] = now
+                if self.decode_of[rid] < 0:
+                    self.decode_of[rid] = self.prefill_of[rid]
+        else:
+            self.reason[rid] = reason
+        self.done += 1
+        self.last_done_s = now
+        if self._hook_done:
+            self.policy.on_request_done(now, self.outcome(rid))
+        if self.done >= self._next_progress and self.progress is not None:
+            self._next_progress += self._progress_step
+            self.progress(self.done / self.n)
+
+    def outcome(self, rid: int) -> RequestOutcome:
+        first, finish = self.first_s[rid], self.finish_s[rid]
+        return RequestOutcome(
+            rid, self.arrival_s[rid], self.prompt[rid], self.output[rid],
+            RequestState(self.state[rid]),
+            None if math.isnan(first) else first, None if math.isnan(finish) else finish,
+            self.reason.get(rid, ""),
+            None if self.prefill_of[rid] < 0 else self.prefill_of[rid],
+            None if self.decode_of[rid] < 0 else self.decode_of[rid])
+
+    # ------------------------------------------------------------------ event loop
+    def run(self) -> None:
+        """Process events until none is left; stranded requests end as aborted."""
+        q = self.q
+        handlers = (self.on_step, self.on_link, self.on_kv, self.on_state, self.on_arrival,
+                    self.on_tick)
+        if self.n:
+            q.push(self.arrival_s[0], Kind.ARRIVAL, 0)
+        if self.policy.wants_ticks:
+            q.push(self.config.tick_s, Kind.TICK)
+        sample = self.sample
+        next_sample = self.next_sample_s
+        pop = q.pop
+        while q:
+            t, _, _, kind, a, b = pop()
+            if t >= next_sample:
+                next_sample = sample(t)
+            handlers[kind](a, b)
+        for rid in range(self.n):
+            if self.state[rid] < _FINISHED:
+                self.end_request(rid, _ABORTED, "stranded: no instance could serve it")
+
+    def on_tick(self, _: int, __: int) -> None:
+        now = self.q.now
+        for action in self.policy.on_tick(now, self.view()):
+            self.apply(action)
+        if self.done < self.n and (self.arrived < self.n or now - self.last_done_s < STALL_S):
+            self.q.push(now + self.config.tick_s, Kind.TICK)
+
+    def check(self) -> None:
+        """Assert the end-of-run invariants (for tests): every request ended, no KV held
+        anywhere, no hand-off or transfer left, block accounting consistent."""
+        assert all(s >= _FINISHED for s in self.state), "a request did not end"
+        assert not self.transfers and not self.unrouted and not self.unplaced
+        for inst in self.instances:
+            inst.sched.blocks.check()
+            assert inst.drained and not inst.busy, f"instance {inst.instance_id} still has work"
+            assert inst.sched.blocks.free_blocks == inst.sched.blocks.num_blocks

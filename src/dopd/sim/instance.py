@@ -1,0 +1,147 @@
+"""A simulated instance: the engine's scheduler plus latency-model timing and life-cycle state.
+
+The instance runs one step (or one multi-step decode run) at a time. The cluster starts work with
+:meth:`SimInstance.next_work` and finishes it when its STEP event fires (:meth:`finish_work`).
+New work arriving during a decode run cuts the run short at the end of the step in progress
+(:meth:`cut_run`), exactly where a real engine would let it join the batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from dopd.engine import (
+    BlockManager,
+    DecodeRun,
+    LatencyModelRunner,
+    Scheduler,
+    SchedulerConfig,
+    StepOutcome,
+    StepPlan,
+    StepResult,
+)
+from dopd.types import InstanceState, Role
+
+_EWMA = 0.2  # weight of the newest step in the recent step time
+
+
+class SimInstance:
+    """One instance of the simulated cluster (mutable; the cluster owns it).
+
+    ``pending`` holds (request id, source instance) of remote decodes routed here that wait for
+    KV memory; ``incoming`` counts transfers in flight to it. Times are simulated seconds.
+    """
+
+    __slots__ = ("busy", "busy_until", "cut_steps", "incoming", "instance_id", "pending",
+                 "pending_tokens", "plan", "result", "role", "run", "run_start", "runner",
+                 "sched", "start_s", "state", "state_version", "step_s", "steps", "stop_s",
+                 "target_role", "version")
+
+    def __init__(self, instance_id: int, role: Role, state: InstanceState, now: float,
+                 sched_config: SchedulerConfig, num_blocks: int, block_size: int,
+                 runner: LatencyModelRunner) -> None:
+        self.instance_id = instance_id
+        self.role = role
+        self.target_role: Role | None = None
+        self.state = state
+        self.state_version = 0
+        self.sched = Scheduler(sched_config,
+                               BlockManager(num_blocks, block_size, sched_config.watermark), role)
+        self.runner = runner
+        self.busy = False
+        self.busy_until = now
+        self.version = 0
+        self.plan: StepPlan | None = None
+        self.result: StepResult | None = None
+        self.run: DecodeRun | None = None
+        self.run_start = 0.0
+        self.cut_steps = 0
+        self.pending: deque[tuple[int, int]] = deque()
+        self.pending_tokens = 0
+        self.incoming = 0
+        self.start_s = now
+        self.stop_s: float | None = None
+        self.step_s = 0.0
+        self.steps = 0
+
+    # ------------------------------------------------------------------ signals
+    @property
+    def accepts_prefill(self) -> bool:
+        return self.state == InstanceState.ACTIVE and self.role != Role.DECODE
+
+    @property
+    def accepts_decode(self) -> bool:
+        return self.state == InstanceState.ACTIVE and self.role != Role.PREFILL
+
+    @property
+    def drained(self) -> bool:
+        """No request, no pending hand-off, no transfer in flight to it."""
+        return self.sched.is_idle and not self.pending and self.incoming == 0
+
+    def free_at(self, now: float) -> float:
+        """When newly queued work could start: the end of the step in progress (a decode run is
+        cut after its current step)."""
+        if not self.busy:
+            return now
+        if self.run is not None:
+            return min(self.busy_until, now + self.step_s)
+        return self.busy_until
+
+    # ------------------------------------------------------------------ work
+    def next_work(self, now: float, max_run_steps: int) -> float | None:
+        """Start the next step or decode run if idle and there is work; returns its end time."""
+        sched = self.sched
+        run = sched.begin_decode_run(max_run_steps) if sched.num_decoding else None
+        if run is not None:
+            self.run = run
+            self.run_start = now
+            self.cut_steps = run.steps
+            end = now + self.runner.run_time(run)
+        else:
+            plan = sched.schedule()
+            if plan is None:
+                return None
+            result = self.runner.execute(plan)
+            self.plan = plan
+            self.result = result
+            end = now + result.duration_s
+        self.busy = True
+        self.busy_until = end
+        self.version += 1
+        return end
+
+    def finish_work(self) -> StepOutcome:
+        """Apply the step or run that just ended."""
+        self.busy = False
+        run = self.run
+        if run is not None:
+            self.run = None
+            steps = self.cut_steps
+            if steps:
+                duration = self.runner.run_time(run, steps)
+                self.step_s += _EWMA * (duration / steps - self.step_s)
+                self.steps += steps
+            return self.sched.end_decode_run(steps)
+        plan, result = self.plan, self.result
+        assert plan is not None and result is not None
+        self.plan = self.result = None
+        self.step_s += _EWMA * (result.duration_s - self.step_s)
+        self.steps += 1
+        return self.sched.complete(plan, result)
+
+    def cut_run(self, now: float) -> float | None:
+        """End the active decode run after the step in progress; returns the new end time, or
+        None when the run already ends then (or no run is active)."""
+        run = self.run
+        if run is None:
+            return None
+        done = self.runner.steps_within(run, now - self.run_start)
+        steps = done + 1
+        if steps >= self.cut_steps:
+            return None
+        self.cut_steps = steps
+        end = self.run_start + self.runner.run_time(run, steps)
+        end = max(end, now)
+        self.busy_until = end
+        self.version += 1
+        return end

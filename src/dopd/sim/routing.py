@@ -1,0 +1,199 @@
+"""Request routing policies: which instance prefills a request, which one decodes it.
+
+A router is built by a factory in :data:`ROUTERS` from a :class:`RouterContext` and answers two
+questions, each over a non-empty list of candidate instances that accept that kind of work:
+
+- :meth:`Router.select_prefill` at arrival;
+- :meth:`Router.select_decode` when a prompt completes on a prefill-only instance (the decode
+  side is chosen then, with the freshest load, rather than at arrival).
+
+Routers read instance signals through the :class:`Routable` protocol only (running sums kept by
+the engine's scheduler, O(1) each), so routing costs O(candidates) per request.
+
+Built-in routers: ``round-robin``; ``least-loaded`` (prefill: smallest predicted time until the
+new prompt is prefilled, from the latency model over the queued prefill work; decode: smallest
+predicted decode step time after admission); ``pd-pair`` (prefill as ``least-loaded``; decode:
+instances whose free KV holds the request first, then the smallest predicted step time, else the
+most KV headroom).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from dopd.engine.state import SchedulerState
+from dopd.perf.base import LatencyModel
+from dopd.registry import Registry
+
+
+class Routable(Protocol):
+    """What a router may read of an instance."""
+
+    instance_id: int
+    busy: bool
+    sched: SchedulerState
+    pending: deque[tuple[int, int]]
+    pending_tokens: int
+
+    def free_at(self, now: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class RouterContext:
+    """What a router factory gets."""
+
+    latency: LatencyModel
+    max_batched_tokens: int
+    block_size: int
+    watermark_blocks: int
+
+
+class Router:
+    """Base router: subclasses implement both selections."""
+
+    name = "router"
+
+    def __init__(self, context: RouterContext) -> None:
+        self.context = context
+
+    def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
+                       candidates: Sequence[Routable]) -> Routable:
+        raise NotImplementedError
+
+    def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
+                      candidates: Sequence[Routable]) -> Routable:
+        raise NotImplementedError
+
+
+ROUTERS: Registry[Callable[[RouterContext], Router]] = Registry("router")
+
+
+@ROUTERS.decorator("round-robin")
+class RoundRobin(Router):
+    """Cycles through the candidates, separately for prefill and decode."""
+
+    name = "round-robin"
+
+    def __init__(self, context: RouterContext) -> None:
+        super().__init__(context)
+        self._prefill = 0
+        self._decode = 0
+
+    def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
+                       candidates: Sequence[Routable]) -> Routable:
+        self._prefill += 1
+        return candidates[self._prefill % len(candidates)]
+
+    def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
+                      candidates: Sequence[Routable]) -> Routable:
+        self._decode += 1
+        return candidates[self._decode % len(candidates)]
+
+
+@ROUTERS.decorator("least-loaded")
+class LeastLoaded(Router):
+    """Smallest predicted work: prefill by predicted time to finish the queued prompts plus the
+    new one; decode by predicted decode step time with the request added."""
+
+    name = "least-loaded"
+
+    def __init__(self, context: RouterContext) -> None:
+        super().__init__(context)
+        self._coeffs: dict[int, tuple[float, float]] = {}
+
+    def prefill_wait(self, now: float, inst: Routable, prompt_tokens: int) -> float:
+        """Predicted seconds until ``prompt_tokens`` more prompt tokens queued on ``inst`` are
+        prefilled (current step, then the queue in budget-sized steps with its decodes)."""
+        s = inst.sched
+        tokens = s.queued_prefill_tokens + prompt_tokens
+        attn = s.queued_prefill_attn + prompt_tokens * prompt_tokens
+        count = s.num_waiting + s.num_prefilling + 1
+        b, kv = s.num_decoding, s.decode_kv_sum
+        step_time = self.context.latency.step_time
+        t = inst.free_at(now) - now + step_time(tokens, attn, count, b, kv)
+        steps = -(-tokens // self.context.max_batched_tokens)
+        if steps > 1 and b:
+            t += (steps - 1) * step_time(0, 0, 0, b, kv)
+        return t
+
+    def decode_step(self, inst: Routable, prompt_tokens: int) -> float:
+        """Predicted decode step time of ``inst`` once the request and its queue are admitted."""
+        s = inst.sched
+        batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
+        coeffs = self._coeffs.get(batch)
+        if coeffs is None:  # decode-only step time = alpha(batch) + slope * context sum
+            coeffs = self._coeffs[batch] = self.context.latency.decode_coefficients(batch)
+        return coeffs[0] + coeffs[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
+
+    def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
+                       candidates: Sequence[Routable]) -> Routable:
+        # prefill_wait() inlined: this runs for every request and candidate.
+        step_time = self.context.latency.step_time
+        budget = self.context.max_batched_tokens
+        square = prompt_tokens * prompt_tokens
+        best = candidates[0]
+        best_t = math.inf
+        for inst in candidates:
+            s = inst.sched
+            b = s.num_decoding
+            if not (inst.busy or b or s.queued_prefill_tokens):
+                return inst  # idle and empty: nobody can do better
+            tokens = s.queued_prefill_tokens + prompt_tokens
+            t = inst.free_at(now) - now + step_time(
+                tokens, s.queued_prefill_attn + square, s.num_waiting + s.num_prefilling + 1,
+                b, s.decode_kv_sum)
+            if b and tokens > budget:
+                t += (-(-tokens // budget) - 1) * step_time(0, 0, 0, b, s.decode_kv_sum)
+            if t < best_t:
+                best, best_t = inst, t
+        return best
+
+    def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
+                      candidates: Sequence[Routable]) -> Routable:
+        best = candidates[0]
+        best_t = math.inf
+        for inst in candidates:
+            t = self.decode_step(inst, prompt_tokens)
+            if t < best_t:
+                best, best_t = inst, t
+        return best
+
+
+@ROUTERS.decorator("pd-pair")
+class PDPair(LeastLoaded):
+    """Prefill like ``least-loaded``; decode on an instance whose free KV (after the hand-offs
+    already queued there) holds the request, least predicted step time first; when none has
+    room, the one with the most KV headroom."""
+
+    name = "pd-pair"
+
+    def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
+                      candidates: Sequence[Routable]) -> Routable:
+        bs = self.context.block_size
+        floor = self.context.watermark_blocks + -(-(prompt_tokens + 1) // bs)
+        best = None
+        best_t = math.inf
+        roomiest = candidates[0]
+        most = -math.inf
+        coeffs = self._coeffs
+        latency = self.context.latency
+        for inst in candidates:
+            s = inst.sched
+            pending_tokens = inst.pending_tokens
+            headroom = s.blocks.free_blocks - -(-pending_tokens // bs)
+            if headroom >= floor:
+                # decode_step() inlined: this runs for every request and candidate.
+                batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
+                c = coeffs.get(batch)
+                if c is None:
+                    c = coeffs[batch] = latency.decode_coefficients(batch)
+                t = c[0] + c[1] * (s.decode_kv_sum + pending_tokens + prompt_tokens)
+                if t < best_t:
+                    best, best_t = inst, t
+            elif best is None and headroom > most:
+                roomiest, most = inst, headroom
+        return best if best is not None else roomiest

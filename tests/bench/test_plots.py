@@ -1,0 +1,86 @@
+"""Plots are written as real image files from hand-made results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dopd.bench.plots import ecdf, plot_attainment_vs_rate, plot_latency_cdfs, plot_timelines
+from dopd.sim.api import SimResult, Timeline
+from dopd.types import SLO, RequestState
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def result(policy: str, seed: int, n: int = 50) -> SimResult:
+    rng = np.random.default_rng(seed)
+    arrival = np.sort(rng.uniform(0, 10, n))
+    first = arrival + rng.exponential(0.3, n)
+    out = rng.integers(1, 50, n)
+    finish = first + out * 0.03
+    first[0] = finish[0] = np.nan  # one rejected request
+    t = np.arange(0.0, 11.0)
+    return SimResult(
+        policy=policy,
+        request_id=np.arange(n),
+        arrival_s=arrival,
+        prompt_tokens=rng.integers(10, 500, n),
+        output_tokens=out,
+        state=np.array([RequestState.REJECTED] + [RequestState.FINISHED] * (n - 1), dtype=int),
+        first_token_s=first,
+        finish_s=finish,
+        prefill_instance=np.zeros(n, dtype=int),
+        decode_instance=np.ones(n, dtype=int),
+        timeline=Timeline(
+            time_s=t,
+            prefill_instances=np.where(t < 5, 1, 2),
+            decode_instances=np.where(t < 5, 3, 2),
+            mixed_instances=np.zeros(t.size, dtype=int),
+            arrivals_rps=rng.uniform(3, 7, t.size),
+            queued_prefill_tokens=rng.integers(0, 1000, t.size),
+            running_decodes=rng.integers(0, 20, t.size),
+        ),
+        gpu_seconds=40.0,
+        switches=1,
+        kv_bytes_moved=0.0,
+        sim_end_s=11.0,
+        events=100,
+        wall_s=0.01,
+    )
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_ecdf() -> None:
+    x, y = ecdf(np.array([3.0, np.nan, 1.0, 2.0]))
+    assert x.tolist() == [1.0, 2.0, 3.0]
+    assert y.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+    _, y = ecdf(np.array([3.0, np.nan, 1.0, 2.0]), total=4)
+    assert y[-1] == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        ecdf(np.array([1.0, 2.0]), total=1)
+
+
+def test_timelines_and_cdfs_are_written(tmp_path: Path) -> None:
+    results = {"colocated": result("colocated", 1), "static:1:3": result("static:1:3", 2)}
+    assert_png(plot_timelines(results, tmp_path / "timeline.png"))
+    assert_png(plot_latency_cdfs(results, tmp_path / "cdf.png", SLO(0.5, 0.05)))
+    svg = plot_latency_cdfs(results, tmp_path / "cdf.svg")
+    assert svg.read_text().lstrip().startswith("<?xml")
+
+
+def test_attainment_vs_rate(tmp_path: Path) -> None:
+    probes = {"dopd": [(4.0, 0.99), (2.0, 1.0), (8.0, 0.5)], "colocated": [(1.0, 0.95)]}
+    assert_png(plot_attainment_vs_rate(probes, tmp_path / "att.png", target=0.9))
+
+
+def test_empty_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        plot_timelines({}, tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        plot_latency_cdfs({}, tmp_path / "x.png")
