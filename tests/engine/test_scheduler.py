@@ -10,6 +10,7 @@ from dopd.engine import (
     Scheduler,
     SchedulerConfig,
     SeqStatus,
+    StepOutcome,
     StepPlan,
     StepResult,
 )
@@ -24,10 +25,11 @@ def make(num_blocks: int = 1000, block_size: int = 16, role: Role = Role.MIXED,
 
 
 def result(plan: StepPlan, stopped: tuple[int, ...] = ()) -> StepResult:
-    return StepResult(plan.step_id, 0.01, (0,) * len(plan.sampling_ids), stopped)
+    return StepResult(plan.step_id, 0.01, (0,) * len(plan.sampling_ids),
+                      tuple((rid, FinishReason.STOP) for rid in stopped))
 
 
-def step(s: Scheduler):
+def step(s: Scheduler) -> tuple[StepPlan, StepOutcome]:
     plan = s.schedule()
     assert plan is not None
     return plan, s.complete(plan, result(plan))

@@ -7,13 +7,15 @@ import pytest
 from sim_workloads import merge, poisson_columns, poisson_workload
 
 from dopd.sim.api import SimConfig, SimResult
+from dopd.sim.instance import SimInstance
 from dopd.sim.runner import build_cluster, collect_result, run_simulation
 from dopd.types import RequestState
+from dopd.workload import Workload
 
 CONFIG = SimConfig(instances=4)
 
 
-def run_checked(workload, config: SimConfig, policy: str) -> SimResult:
+def run_checked(workload: Workload, config: SimConfig, policy: str) -> SimResult:
     cluster = build_cluster(workload, config, policy)
     cluster.run()
     cluster.check()
@@ -75,7 +77,7 @@ def test_decode_admission_waits_for_kv_memory() -> None:
     peak_used = 0
     original = cluster.try_reserve
 
-    def spy(inst) -> None:
+    def spy(inst: SimInstance) -> None:
         nonlocal peak_pending, peak_used
         original(inst)
         for each in cluster.instances:

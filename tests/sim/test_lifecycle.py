@@ -19,7 +19,7 @@ from dopd.sim.policy import (
     SwitchRole,
 )
 from dopd.sim.runner import build_cluster, collect_result, run_simulation
-from dopd.types import InstanceState, RequestState, Role
+from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 P, D = Role.PREFILL, Role.DECODE
 
@@ -133,6 +133,48 @@ def test_the_view_reports_instance_signals() -> None:
             assert 0 <= inst.kv_used_blocks <= inst.kv_total_blocks and 0 <= inst.kv_use <= 1
     assert max(v.instances[0].recent_step_s for v in views) > 0
     assert views[-1].arrived == len(WORK)
+
+
+class Observer(ClusterPolicy):
+    """Records what the monitoring hooks see."""
+
+    name = "observer"
+    router = "pd-pair"
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, int, int, int]] = []
+        self.outcomes: list[RequestOutcome] = []
+
+    def initial_roles(self, instances: int) -> list[Role]:
+        return [P, D]
+
+    def on_arrival(self, now: float, request_id: int, prompt_tokens: int,
+                   output_tokens: int) -> None:
+        self.arrivals.append((now, request_id, prompt_tokens, output_tokens))
+
+    def on_request_done(self, now: float, outcome: RequestOutcome) -> None:
+        assert outcome.finish_s == now
+        self.outcomes.append(outcome)
+
+
+def test_monitoring_hooks_see_every_arrival_and_completion() -> None:
+    policy = Observer()
+    result = run_simulation(WORK, SimConfig(instances=2), policy)
+    assert [a[1] for a in policy.arrivals] == list(range(len(WORK)))
+    assert [a[0] for a in policy.arrivals] == WORK.arrival_s.tolist()
+    assert sorted(o.request_id for o in policy.outcomes) == list(range(len(WORK)))
+    for o in policy.outcomes:
+        assert o.state == RequestState.FINISHED and o.decode_instance == 1
+        assert o.ttft_s == result.first_token_s[o.request_id] - result.arrival_s[o.request_id]
+
+
+def test_a_policy_may_set_its_own_tick() -> None:
+    policy = Script([P, D], {})
+    policy.tick_s = 0.25
+    result = run_simulation(WORK, SimConfig(instances=2, tick_s=1.0), policy)
+    times = [v.now for v in policy.views]
+    assert times[:3] == [0.25, 0.5, 0.75]
+    assert times[-1] <= result.sim_end_s + 0.25
 
 
 def test_stranded_requests_end_aborted_with_a_reason() -> None:

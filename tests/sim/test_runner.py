@@ -10,8 +10,9 @@ from sim_workloads import poisson_workload
 
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
+from dopd.sim.policy import POLICIES, ClusterPolicy, PolicyContext, load_policies
 from dopd.sim.runner import run_simulation
-from dopd.types import SLO
+from dopd.types import SLO, Role
 
 
 def test_result_is_filled() -> None:
@@ -53,6 +54,32 @@ def test_a_calibrated_latency_model_can_be_used() -> None:
     roofline = run_simulation(w, base, "static:1:1")
     assert np.all(fitted.state == roofline.state)
     assert not np.allclose(fitted.finish_s, roofline.finish_s)
+
+
+class FirstHalfPrefill(ClusterPolicy):
+    """A plug-in policy: the first ``share`` percent of the instances prefill."""
+
+    router = "round-robin"
+
+    def __init__(self, share: int, context: PolicyContext) -> None:
+        self.share = share
+        self.name = f"test-half:{share}"
+        self.saw_slo = context.slo
+
+    def initial_roles(self, instances: int) -> list[Role]:
+        p = max(1, instances * self.share // 100)
+        return [Role.PREFILL] * p + [Role.DECODE] * (instances - p)
+
+
+def test_a_registered_policy_runs_by_spec() -> None:
+    if "test-half" not in POLICIES:
+        POLICIES.register("test-half", lambda args, ctx: FirstHalfPrefill(int(args), ctx))
+    assert "test-half" in load_policies().names()
+    w = poisson_workload(40, 5.0, (100, 500), (5, 50), seed=2)
+    r = run_simulation(w, SimConfig(instances=4), "test-half:50", slo=SLO(1.0, 0.1))
+    assert r.policy == "test-half:50"
+    assert set(r.prefill_instance.tolist()) == {0, 1}
+    assert set(r.decode_instance.tolist()) == {2, 3}
 
 
 def test_router_can_be_chosen() -> None:

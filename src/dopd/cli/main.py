@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "dopd.cli.perf_cmd",
     "dopd.cli.forecast_cmd",
     "dopd.cli.simulate_cmd",
+    "dopd.cli.plan_cmd",
 )
 
 

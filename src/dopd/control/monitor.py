@@ -86,9 +86,10 @@ class _TokenWindow:
 
 @dataclass(frozen=True, slots=True)
 class WindowStats:
-    """Arrival-side signals over the window (``window_start_s``, ``window_end_s``].
+    """Arrival-side signals over the window ending at ``window_end_s``.
 
-    ``rate_rps`` is ``count / (window_end_s - window_start_s)`` (0 when the span is 0). Input
+    ``window_start_s`` is max(end - window, monitor start); ``rate_rps`` is
+    ``count / (window_end_s - window_start_s)`` (0 when the span is 0). Input
     statistics are over the prompts that arrived in the window; output statistics over the
     requests that finished in the (possibly longer) output window. ``m2`` is the raw second
     moment E[n^2]; ``cv`` is the population std / mean. Statistics over an empty set are NaN.
@@ -123,7 +124,8 @@ class ArrivalMonitor:
     running sums; the histogram bin is found by bisection over a handful of edges). A snapshot
     costs O(items in the window) for the exact percentiles, which is cheap at control-tick rate.
 
-    The window at time ``now`` is (max(now - window_s, start_s), now]; ``start_s`` defaults to the
+    The window at time ``now`` holds the observations with time in (now - window_s, now]; the
+    rate divides their count by now - max(now - window_s, start_s). ``start_s`` defaults to the
     time of the first call, so the rate during the first window is not diluted by time before
     the monitor existed. ``output_window_s`` (default ``window_s``) is the window over finished
     requests used for output lengths; it may be longer since completions are sparser.

@@ -85,14 +85,14 @@ class StepResult:
     """What a runner reports for one :class:`StepPlan`.
 
     ``tokens[i]`` is the token sampled for ``plan.sampling_ids[i]`` (the simulator uses 0s).
-    ``stopped`` lists requests the runner finished early (EOS or stop sequence); requests reaching
-    ``max_tokens`` are finished by the scheduler itself.
+    ``finished`` lists requests the runner ended early, with the reason (EOS or a stop sequence:
+    ``FinishReason.STOP``); requests reaching ``max_tokens`` are finished by the scheduler.
     """
 
     step_id: int
     duration_s: float
     tokens: tuple[int, ...]
-    stopped: tuple[int, ...] = ()
+    finished: tuple[tuple[int, FinishReason], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

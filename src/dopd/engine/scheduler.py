@@ -82,7 +82,7 @@ class Scheduler(SchedulerState):
         """Apply the runner's result of ``plan``; returns what changed."""
         require(result.step_id == plan.step_id, "step result does not match the plan")
         require(len(result.tokens) == len(plan.sampling_ids), "one sampled token per sampling id")
-        stopped = set(result.stopped)
+        stopped = dict(result.finished)
         finished: list[tuple[int, FinishReason]] = []
         first: list[int] = []
         prefilled: list[int] = []
@@ -95,7 +95,7 @@ class Scheduler(SchedulerState):
             seq.kv_len += 1
             self.decode_kv_sum += 1
             if seq.generated >= seq.max_tokens or rid in stopped:
-                self._finish(seq, finished, rid in stopped)
+                self._finish(seq, finished, stopped.get(rid))
         for chunk in plan.prefill:
             seq = seqs.get(chunk.request_id)
             if seq is None or seq.status != _PREFILLING:
@@ -111,7 +111,7 @@ class Scheduler(SchedulerState):
                 first.append(seq.request_id)
             seq.kv_len = seq.prefill_len
             if seq.generated >= seq.max_tokens or seq.request_id in stopped:
-                self._finish(seq, finished, seq.request_id in stopped)
+                self._finish(seq, finished, stopped.get(seq.request_id))
             elif self.role == Role.PREFILL and seq.generated == 1:
                 seq.status = _HELD
                 self._held_count += 1
@@ -171,7 +171,7 @@ class Scheduler(SchedulerState):
             self._run_blocks = left
             self.decode_kv_sum += run.decode_count * steps_done
             for seq in done:
-                self._finish(seq, finished, False)
+                self._finish(seq, finished, None)
         blocks.unreserve(self._run_blocks)
         self._run_blocks = 0
         for seq in self._joining:

@@ -22,7 +22,8 @@ _WAITING, _PREFILLING, _HELD, _RESERVED, _DECODING = (
 class SchedulerState:
     """Queues, KV blocks and running sums of one instance (no batch formation)."""
 
-    def __init__(self, config: SchedulerConfig, blocks: BlockManager, role: Role = Role.MIXED):
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager,
+                 role: Role = Role.MIXED) -> None:
         self.config = config
         self.blocks = blocks
         self.role = role
@@ -245,11 +246,38 @@ class SchedulerState:
         self._running[seq.request_id] = seq
         self.decode_kv_sum += seq.kv_len
 
-    def _finish(self, seq: Seq, finished: list[tuple[int, FinishReason]], stop: bool) -> None:
+    def _finish(self, seq: Seq, finished: list[tuple[int, FinishReason]],
+                reason: FinishReason | None) -> None:
+        """Forget a request and free its KV; ``reason`` None means it reached max_tokens."""
         rid = seq.request_id
         if seq.status == _DECODING:
             del self._running[rid]
             self.decode_kv_sum -= seq.kv_len
         del self._seqs[rid]
         self.blocks.free(rid)
-        finished.append((rid, FinishReason.STOP if stop else FinishReason.LENGTH))
+        finished.append((rid, FinishReason.LENGTH if reason is None else reason))
+
+    def check(self) -> None:
+        """Assert the bookkeeping invariants (for tests): running sums match the requests,
+        every request sits in the one queue its status names, KV blocks are consistent."""
+        self.blocks.check()
+        queued = [*self._waiting, *self._prefilling]
+        assert self.queued_prefill_tokens == sum(s.prefill_len - s.computed for s in queued)
+        assert self.queued_prefill_attn == sum((s.prefill_len - s.computed) * s.prefill_len
+                                               for s in queued)
+        assert self.decode_kv_sum == sum(s.kv_len for s in self._running.values())
+        by_status: dict[SeqStatus, int] = {}
+        for seq in self._seqs.values():
+            by_status[seq.status] = by_status.get(seq.status, 0) + 1
+        assert by_status.get(_WAITING, 0) == len(self._waiting)
+        assert by_status.get(_PREFILLING, 0) == len(self._prefilling)
+        assert by_status.get(_HELD, 0) == self._held_count
+        assert by_status.get(_RESERVED, 0) == self._reserved_count
+        assert by_status.get(_DECODING, 0) == len(self._running) + len(self._joining)
+        assert all(s.status == _WAITING and not self.blocks.has(s.request_id)
+                   for s in self._waiting)
+        bs = self.blocks.block_size
+        if self._run is None:
+            for seq in self._running.values():
+                assert self.blocks.held(seq.request_id) == -(-seq.kv_len // bs)
+        assert self._slots_used() <= self.config.max_num_seqs

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 
 from dopd.engine import LatencyModelRunner, SchedulerConfig
+from dopd.errors import require
 from dopd.sim.api import SimConfig
 from dopd.sim.events import EventQueue, Kind
 from dopd.sim.instance import SimInstance
@@ -38,8 +39,8 @@ _REJECTED = int(RequestState.REJECTED)
 _ABORTED = int(RequestState.ABORTED)
 _MAX_RUN = 1 << 40
 STALL_S = 600.0
-"""Once every request has arrived, ticking stops after this long without any request finishing
-(so a policy that strands requests cannot loop forever); they end as aborted."""
+"""When only the policy's ticks are left (no work in flight, requests stranded), ticking stops
+after this long unless the policy acts, so a run always ends; stranded requests end aborted."""
 
 
 class SimCluster(Lifecycle):
@@ -80,7 +81,7 @@ class SimCluster(Lifecycle):
         self.unplaced: deque[tuple[int, int]] = deque()
         self.arrived = 0
         self.done = 0
-        self.last_done_s = 0.0
+        self._idle_since = math.inf
         self.kv_bytes_moved = 0.0
         self.switches = 0
         self.decisions: list[dict[str, object]] = []
@@ -90,6 +91,8 @@ class SimCluster(Lifecycle):
         base = ClusterPolicy
         self._hook_arrival = type(policy).on_arrival is not base.on_arrival
         self._hook_done = type(policy).on_request_done is not base.on_request_done
+        self.tick_s = config.tick_s if policy.tick_s is None else policy.tick_s
+        require(self.tick_s > 0, f"policy {policy.name} has a tick of {self.tick_s} s")
         self.init_timeline()
 
     # ------------------------------------------------------------------ instances
@@ -243,7 +246,6 @@ class SimCluster(Lifecycle):
         else:
             self.reason[rid] = reason
         self.done += 1
-        self.last_done_s = now
         if self._hook_done:
             self.policy.on_request_done(now, self.outcome(rid))
         if self.done >= self._next_progress and self.progress is not None:
@@ -269,7 +271,7 @@ class SimCluster(Lifecycle):
         if self.n:
             q.push(self.arrival_s[0], Kind.ARRIVAL, 0)
         if self.policy.wants_ticks:
-            q.push(self.config.tick_s, Kind.TICK)
+            q.push(self.tick_s, Kind.TICK)
         sample = self.sample
         next_sample = self.next_sample_s
         pop = q.pop
@@ -286,8 +288,14 @@ class SimCluster(Lifecycle):
         now = self.q.now
         for action in self.policy.on_tick(now, self.view()):
             self.apply(action)
-        if self.done < self.n and (self.arrived < self.n or now - self.last_done_s < STALL_S):
-            self.q.push(now + self.config.tick_s, Kind.TICK)
+        if self.done >= self.n:
+            return
+        if self.q:
+            self._idle_since = math.inf
+        elif self._idle_since == math.inf:
+            self._idle_since = now
+        if now - self._idle_since < STALL_S:
+            self.q.push(now + self.tick_s, Kind.TICK)
 
     def check(self) -> None:
         """Assert the end-of-run invariants (for tests): every request ended, no KV held
@@ -295,6 +303,6 @@ class SimCluster(Lifecycle):
         assert all(s >= _FINISHED for s in self.state), "a request did not end"
         assert not self.transfers and not self.unrouted and not self.unplaced
         for inst in self.instances:
-            inst.sched.blocks.check()
+            inst.sched.check()
             assert inst.drained and not inst.busy, f"instance {inst.instance_id} still has work"
             assert inst.sched.blocks.free_blocks == inst.sched.blocks.num_blocks

@@ -19,6 +19,7 @@ the runner then simulates every candidate spec and keeps the best (``static:best
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,12 @@ from dopd.types import SLO, InstanceState, RequestOutcome, Role
 
 @dataclass(frozen=True, slots=True)
 class InstanceView:
-    """Signals of one instance at the view's time (``kv_*`` in blocks of ``block_size``)."""
+    """Signals of one instance at the view's time (``kv_*`` in blocks of ``block_size``).
+
+    ``recent_step_s`` is an exponentially weighted mean of its step times. While an instance is
+    in the middle of a multi-step decode run, its decode context and KV use are those of the
+    run's start (they are settled when the run ends).
+    """
 
     instance_id: int
     role: Role
@@ -129,12 +135,14 @@ class ClusterPolicy:
     """Base class of cluster policies: a fixed cluster unless a subclass overrides the hooks.
 
     ``name`` labels results; ``router`` names the default routing policy (see
-    :data:`dopd.sim.routing.ROUTERS`); ``wants_ticks`` turns on :meth:`on_tick`.
+    :data:`dopd.sim.routing.ROUTERS`); ``wants_ticks`` turns on :meth:`on_tick`, every
+    ``tick_s`` seconds (None: ``SimConfig.tick_s``).
     """
 
     name: str = "policy"
     router: str = "least-loaded"
     wants_ticks: bool = False
+    tick_s: float | None = None
 
     def initial_roles(self, instances: int) -> list[Role]:
         """Roles of the instances started at time 0 (at most ``instances`` of them)."""
@@ -169,11 +177,25 @@ class HindsightSearch:
 PolicyFactory = Callable[[str, PolicyContext], "ClusterPolicy | HindsightSearch"]
 
 POLICIES: Registry[PolicyFactory] = Registry("cluster policy")
-"""Factories by spec name; a factory gets the spec's arguments (text after the first ``:``)."""
+"""Factories by spec name; a factory gets the spec's arguments (text after the first ``:``).
+Use :func:`load_policies` before listing it."""
+
+POLICY_MODULES: tuple[str, ...] = ("dopd.sim.policies",)
+"""Modules that register their policies in :data:`POLICIES` when imported; a new policy module
+is added here (as a command module is added to the CLI's ``COMMANDS``)."""
+
+
+def load_policies() -> Registry[PolicyFactory]:
+    """Import every module of :data:`POLICY_MODULES` (cheap after the first call); returns
+    :data:`POLICIES`."""
+    for name in POLICY_MODULES:
+        importlib.import_module(name)
+    return POLICIES
 
 
 def make_policy(spec: str, context: PolicyContext) -> ClusterPolicy | HindsightSearch:
     """Build the policy named by ``spec`` (``name`` or ``name:args``); DopdError if unknown."""
     require(isinstance(spec, str) and spec.strip() != "", "policy spec is empty")
+    load_policies()
     name, _, args = spec.strip().partition(":")
     return POLICIES.get(name)(args, context)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-import dopd.sim.policies  # noqa: F401  (registers the built-in policies)
 from dopd.bench.metrics import summarize_result
 from dopd.errors import require
 from dopd.sim.api import SimConfig, SimResult

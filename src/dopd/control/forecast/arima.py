@@ -24,6 +24,10 @@ from dopd.control.forecast.base import FORECASTERS, Forecaster
 from dopd.control.forecast.models import EwmaForecaster
 from dopd.errors import require
 
+# What a numerical failure inside the statsmodels estimator raises (ZeroDivisionError from its
+# Cython code, LinAlgError, ValueError from its parameter checks...).
+_FIT_ERRORS = (ArithmeticError, ValueError, np.linalg.LinAlgError, IndexError, RuntimeError)
+
 
 @dataclass(frozen=True, slots=True)
 class ArimaFit:
@@ -102,6 +106,10 @@ class ArimaForecaster(Forecaster):
         scale = float(y.std())
         scale = scale if scale > 1e-12 * max(1.0, abs(loc)) else 1.0
         w = np.diff((y - loc) / scale, n=d)
+        if float(np.ptp(w)) <= 1e-12:
+            # A constant (differenced) history: the estimator would divide by zero, and the
+            # forecast is exact without ARMA terms (the mean for d = 0, the last value else).
+            return ArimaFit((0.0,) * p, (0.0,) * q, float(w.mean()) if d == 0 else 0.0, loc, scale)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -109,7 +117,7 @@ class ArimaForecaster(Forecaster):
                     w, order=(p, 0, q), demean=d == 0,
                     minimize_kwargs={"options": {"maxiter": self.maxiter}},
                 )
-        except (ValueError, np.linalg.LinAlgError, IndexError, RuntimeError) as exc:
+        except _FIT_ERRORS as exc:
             self._status = f"fit failed ({type(exc).__name__})"
             return None
         # With demean the estimator fits the demeaned series: its mean is the sample mean.

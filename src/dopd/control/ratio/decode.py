@@ -14,7 +14,8 @@ Model (see DESIGN.md "The P/D ratio solver"):
   running batch (uniform over a step) and, when the first token comes before the hand-off, the
   KV transfer, spread over its tokens. Batch-size and context fluctuations (Poisson batch,
   per-step variance averaged over the request's lifetime with the exponential autocorrelation
-  of an M/G/inf population) and the join wait give a normal spread around it (moment matched).
+  of an M/G/inf population, amplified by the feedback of step time on residence) and the join
+  wait give a normal spread around it (moment matched).
   When the batch cap binds, requests wait for a slot (Erlang C over all slots): before their
   first token in dopd's engines (the solver charges it to TTFT), else in their TPOT.
 - ``max_batch_for_tpot`` is the brief's B*: the largest batch whose step time at the mean
@@ -89,17 +90,13 @@ class DecodePrediction:
         idx = np.arange(self.servers.size) if rows is None else np.asarray(rows)
         h = np.asarray(t, dtype=np.float64)[:, None] / self.scale
         gap = h - self._base[idx]
-        sigma = self._sigma[idx]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(sigma > 0, gap / np.where(sigma > 0, sigma, 1.0),
-                         np.where(gap >= 0, np.inf, -np.inf))
-        ok = _phi(z)
+        ok = _phi(gap / self._sigma[idx])
         if self._adm_in_tpot:
             adm = WaitDistribution(self.admission.p_wait[idx], self.admission.cond_mean[idx],
                                    self.admission.utilisation[idx])
             ok = ok * np.where(gap >= 0, 1.0 - adm.survival(np.maximum(gap, 0.0) * self._dd), 0.0)
         out = ok @ self._pd
-        return np.where(self.stable[idx], np.clip(out, 0.0, 1.0), 0.0)
+        return np.where(self.stable[idx], np.minimum(out, 1.0), 0.0)
 
     def upper_bound(self, q: float, rows: IntArray | None = None) -> FloatArray:
         """A TPOT (scaled) that at least a share ``q`` of decoding requests stay under."""
@@ -189,9 +186,12 @@ def predict_decode(
     capacity = kf * cap / cap_step / shape.steps_mean
     util = np.where(has_root, lam / capacity, np.maximum(lam / capacity, 1.0))
 
-    # Per-step variance from batch-size (Poisson) and context fluctuations.
+    # Per-step variance from batch-size and context fluctuations. The batch is an M/G/inf
+    # population (Poisson, variance B) whose residence grows with B (step time rises), which
+    # amplifies its variance by 1 / (1 - g), g = B T'(B) / T(B).
     db = inst.decode_step(batch + 1.0, shape.ctx_mean) - step
-    var_step = db * db * batch + inst.decode_slope**2 * batch * shape.ctx_var
+    gain = np.clip(batch * db / step, 0.0, 0.95)
+    var_step = db * db * batch / (1.0 - gain) + inst.decode_slope**2 * batch * shape.ctx_var
 
     o, po = stats.osl.arrays()
     d = np.where(o - 1.0 >= 0.5, o - 1.0, 0.0)
@@ -205,7 +205,7 @@ def predict_decode(
     avg = np.where(x > 1e-6, 2.0 * (x - 1.0 + np.exp(-x)) / np.maximum(x * x, 1e-12), 1.0)
     # The wait to join the batch is uniform over a step: variance T^2 / 12, spread over d tokens.
     join_var = (step[:, None] / dd[None, :]) ** 2 / 12.0
-    sigma = np.sqrt(var_step[:, None] * avg[None, :] + join_var)
+    sigma = np.maximum(np.sqrt(var_step[:, None] * avg[None, :] + join_var), 1e-12)
 
     # Admission waits when every batch slot is taken: Erlang C over all slots.
     slots = kf * max(math.floor(cap), 1)

@@ -21,8 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from dopd.control.ratio.backlog import FLUID_UTILISATION, Entries, backlog_entries, \
-    full_batch_share, mean_backlog, stationary_entries, window_work
+from dopd.control.ratio.backlog import (
+    FLUID_UTILISATION,
+    Entries,
+    backlog_entries,
+    full_batch_share,
+    mean_backlog,
+    stationary_entries,
+    window_work,
+)
 from dopd.control.ratio.decode import DecodePrediction, predict_decode
 from dopd.control.ratio.instance import InstanceModel
 from dopd.control.ratio.prefill import PrefillPrediction, predict_prefill
@@ -72,7 +79,7 @@ def side_tables(inst: InstanceModel, stats: WorkloadStats, slo: SLO, lo: int, hi
     """Predict counts ``lo..hi`` of both sides at ``rate`` (times the load's levels)."""
     counts = np.arange(lo, hi + 1, dtype=np.int64)
     kf = counts.astype(np.float64)
-    v, p = stats.isl.arrays()
+    _, p = stats.isl.arrays()
     capacity = kf / float(full_batch_share(inst, stats) @ p)
     series = stats.series
     if series is not None:
@@ -179,10 +186,13 @@ def pair_quantiles(tab: SideTables, n_prefill: npt.ArrayLike, n_decode: npt.Arra
     ip, rd = tab.index(n_prefill), tab.d_rows(n_decode)
     w = tab.d_weights
     n_pairs = ip.size
-    # The entries of each pair's prefill count, and which pair they belong to.
-    pair_of = [np.flatnonzero(tab.entries.count_index == i) for i in ip.tolist()]
-    sel = np.concatenate(pair_of) if pair_of else np.zeros(0, np.int64)
-    owner = np.repeat(np.arange(n_pairs), [len(x) for x in pair_of])
+    # The entries of each pair's prefill count (entries are sorted by count), and their pair.
+    ci = tab.entries.count_index
+    starts = np.searchsorted(ci, ip, side="left")
+    sizes = np.searchsorted(ci, ip, side="right") - starts
+    owner = np.repeat(np.arange(n_pairs), sizes)
+    sel = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) \
+        + np.arange(int(sizes.sum()))
     ew = tab.entries.weight[sel]
 
     def ttft_cdf(t: FloatArray) -> FloatArray:

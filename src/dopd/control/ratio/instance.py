@@ -106,7 +106,8 @@ class InstanceModel:
 
         ``transfer`` (None: instantaneous) times the hand-off of ``kv_bytes_per_token * n`` bytes.
         """
-        require(kv_capacity_tokens >= 1, f"KV capacity must be >= 1 token, got {kv_capacity_tokens}")
+        require(kv_capacity_tokens >= 1,
+                f"KV capacity must be >= 1 token, got {kv_capacity_tokens}")
         require(max_batched_tokens >= 1, "max batched tokens must be >= 1")
         require(max_prompt_tokens >= 1, "max prompt tokens must be >= 1")
         require(kv_bytes_per_token >= 0, "KV bytes per token must be >= 0")
@@ -170,14 +171,12 @@ class InstanceModel:
     def from_sim_config(cls, config: Any) -> InstanceModel:
         """The instance type of a :class:`dopd.sim.api.SimConfig`, with the simulator's own
         performance figures (latency model, KV blocks, watermark, KV link)."""
-        from dopd.perf import KVTransferModel
         from dopd.sim.models import build_models
 
         models = build_models(config)
         return cls.build(
             models.latency, int(models.kv_blocks * config.block_size),
-            kv_bytes_per_token=float(models.kv_bytes_per_token),
-            transfer=KVTransferModel(models.transfer_latency_s, models.transfer_bandwidth_Bps),
+            kv_bytes_per_token=float(models.kv_bytes_per_token), transfer=models.transfer,
             max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs,
             chunked_prefill=config.chunked_prefill, block_size=config.block_size,
             watermark=models.watermark, name=str(models.latency.name),

@@ -62,23 +62,29 @@ class PrefillPrediction:
     _a: FloatArray = field(repr=False)
     _b: FloatArray = field(repr=False)
     _cm: FloatArray = field(repr=False)
+    _inv_cm: FloatArray = field(init=False, repr=False)
+    _stable: npt.NDArray[np.bool_] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # 1 / cond_mean, 0 where nobody waits (p_wait 0) or the queue never drains (inf).
+        with np.errstate(divide="ignore"):
+            inv = np.where((self._cm > 0) & np.isfinite(self._cm), 1.0 / self._cm, 0.0)
+        object.__setattr__(self, "_inv_cm", inv)
+        object.__setattr__(self, "_stable", self.utilisation < 1.0)
 
     @property
     def stable(self) -> npt.NDArray[np.bool_]:
-        return self.utilisation < 1.0
+        return self._stable
 
     def cdf(self, t: npt.ArrayLike, rows: IntArray | None = None) -> FloatArray:
         """P(TTFT <= t[i]) for row ``rows[i]`` (all rows when None); ``t`` is per row."""
         idx = np.arange(self.servers.size) if rows is None else np.asarray(rows)
         tt = np.asarray(t, dtype=np.float64)[:, None] / self.scale
-        a, b, pw, cm = self._a[idx], self._b[idx], self.p_wait[idx], self._cm[idx][:, None]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            waited = -np.expm1(-np.maximum(tt - b, 0.0) / cm)
-        waited = np.where(np.isinf(cm), 0.0, np.where(cm == 0, 1.0, waited))
-        waited = np.where(tt >= b, waited, 0.0)
-        per_bin = (1.0 - pw)[:, None] * (a <= tt) + pw[:, None] * waited
+        pw = self.p_wait[idx]
+        waited = -np.expm1(-np.maximum(tt - self._b[idx], 0.0) * self._inv_cm[idx][:, None])
+        per_bin = (1.0 - pw)[:, None] * (self._a[idx] <= tt) + pw[:, None] * waited
         out = per_bin @ self._p
-        return np.where(self.stable[idx], np.clip(out, 0.0, 1.0), 0.0)
+        return np.where(self._stable[idx], np.minimum(out, 1.0), 0.0)
 
     def upper_bound(self, q: float, rows: IntArray | None = None) -> FloatArray:
         """A time (scaled) by which at least a share ``q`` of each row's requests have their

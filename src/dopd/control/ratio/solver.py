@@ -29,8 +29,13 @@ import numpy as np
 
 from dopd.control.ratio.correction import CorrectionFactors
 from dopd.control.ratio.decode import decode_shape, max_batch_for_tpot
-from dopd.control.ratio.evaluate import PairScores, SideTables, pair_quantiles, score_pairs, \
-    side_tables
+from dopd.control.ratio.evaluate import (
+    PairScores,
+    SideTables,
+    pair_quantiles,
+    score_pairs,
+    side_tables,
+)
 from dopd.control.ratio.instance import InstanceModel
 from dopd.control.ratio.stats import WorkloadStats, as_stats
 from dopd.errors import require
@@ -247,6 +252,7 @@ def _elastic(stats: WorkloadStats, inst: InstanceModel, slo: SLO, q: float,
     n_p = _first_at_least(side_p, q) or m
     little = math.ceil(rate * steps_mean * (1 + config.decode_headroom) / tok_s) if tok_s else m
     n_d = max(_first_at_least(side_d, q) or m, min(little, m))
+    minimal = (n_p, n_d)
 
     def joint(a: int, b: int) -> float:
         return float(score_pairs(tab, np.array([a]), np.array([b])).attainment[0])
@@ -277,11 +283,15 @@ def _elastic(stats: WorkloadStats, inst: InstanceModel, slo: SLO, q: float,
     _, rows = _rows(tab, np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]), q,
                     rate)
     chosen = rows[0]
-    why = (f"elastic for {rate:.3g} req/s (upper bound): P={n_p} meets TTFT, D={n_d} meets TPOT "
-           f"and Little's law ({little} at B*={b_star})")
+    why = (f"elastic for {rate:.3g} req/s (upper bound): each side alone needs "
+           f"P={minimal[0]} (TTFT) and D={minimal[1]} (TPOT, Little's law {little} at "
+           f"B*={b_star})")
+    if (n_p, n_d) != minimal:
+        why += f"; joint target needs P={n_p} D={n_d}"
     if chosen.attainment < slo.attainment:
-        why = (f"cost bound of {m} instances reached: predicted attainment "
-               f"{chosen.attainment:.3f} < target {slo.attainment:g}")
+        limit = f"cost bound of {m} instances" if n_p + n_d >= m else "no added instance"
+        why = (f"{limit} reached: predicted attainment {chosen.attainment:.3f} < target "
+               f"{slo.attainment:g} at {rate:.3g} req/s")
     ready = config.cold_start_s if current is not None and n_p + n_d > current else 0.0
     return PDPlan(
         n_prefill=n_p, n_decode=n_d, ttft_p90=chosen.ttft_p90, tpot_p90=chosen.tpot_p90,

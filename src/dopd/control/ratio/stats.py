@@ -26,6 +26,9 @@ from dopd.errors import DopdError, require
 
 FloatArray = npt.NDArray[np.float64]
 
+MIN_RATE = 1e-6
+"""Rate (req/s) used for a forecast of zero arrivals."""
+
 #: Probability levels of the bin edges used for samples and lognormals: dense in the tail.
 _LEVELS: FloatArray = np.unique(np.concatenate([
     np.linspace(0.0, 0.8, 9), np.linspace(0.8, 0.98, 10), [0.99, 0.995, 0.999, 1.0],
@@ -308,9 +311,10 @@ class WorkloadStats:
     @classmethod
     def from_forecast(cls, forecast: Any, arrival_scv: float = 1.0) -> WorkloadStats:
         """From a LoadForecast-like object: ``rate, rate_upper, mean_in, m2_in, mean_out,
-        m2_out``."""
+        m2_out``. A forecast of no arrivals is planned as a trickle (``MIN_RATE``)."""
         try:
-            rate, upper = float(forecast.rate), float(forecast.rate_upper)
+            rate = max(float(forecast.rate), MIN_RATE)
+            upper = float(forecast.rate_upper)
             isl = LengthDist.from_moments(float(forecast.mean_in), float(forecast.m2_in))
             osl = LengthDist.from_moments(float(forecast.mean_out), float(forecast.m2_out))
         except AttributeError as exc:
