@@ -9,13 +9,15 @@ Lindley's recursion ``B_{w+1} = max(0, B_w + X_w / k - width)``, evaluated for e
 once in closed form (``B_w = S_w - min_{j <= w} S_j`` with ``S`` the partial sums). Requests of a
 window see the time-average of the backlog over it.
 
-The stationary queue model runs on top at each window's rate level, capped at
-``FLUID_UTILISATION`` of capacity: the fluid part carries the excess, and the cap keeps the two
-from counting the same slow fluctuations twice near saturation (the window counts keep their
-Poisson noise, which is real variation of the arrivals at that scale). Checked against the
-simulator on Poisson, Azure conversation and Azure code workloads (see the tests). The result
-is a list of weighted *entries* (count, stationary row, backlog delay) that :mod:`.evaluate`
-mixes.
+Each window's cost per request is shrunk towards the overall mean by the share of its spread
+that is sampling noise of random prompt lengths (the stationary model's service variance covers
+that), so real shifts of the length mix stay; the window counts keep their Poisson noise, which
+is real variation of the arrivals at that scale. The stationary queue model runs on top at each
+window's rate level, capped at ``FLUID_UTILISATION`` of capacity: the fluid part carries the
+excess, and the cap keeps the two from counting the same slow fluctuations twice near
+saturation. Checked against the simulator on Poisson, Azure conversation, Azure code and
+Mooncake workloads (see the tests and ``benchmarks/bench_ratio_solver.py``). The result is a
+list of weighted *entries* (count, stationary row, backlog delay) that :mod:`.evaluate` mixes.
 """
 
 from __future__ import annotations
@@ -62,7 +64,19 @@ def window_work(inst: InstanceModel, stats: WorkloadStats, series: ArrivalSeries
     exact = float(share @ p) * float(series.counts.sum())
     if total > 0:
         work = work * (exact / total)
-    return np.maximum(work, 0.0)
+    work = np.maximum(work, 0.0)
+    # Shrink each window's mean cost per request towards the overall mean by how much of its
+    # spread is sampling noise of random prompt lengths (which the stationary model's service
+    # variance already covers); real shifts of the length mix survive.
+    counts = series.counts
+    busy = counts > 0
+    mean = exact / float(counts.sum())
+    per_req = np.where(busy, work / np.where(busy, counts, 1.0), mean)
+    scv = max(float((share * share) @ p) / float(share @ p) ** 2 - 1.0, 0.0)
+    spread = float((counts * (per_req - mean) ** 2).sum())
+    noise = scv * mean * mean * float(busy.sum())
+    keep = max(0.0, 1.0 - noise / spread) if spread > 0 else 0.0
+    return counts * (mean + keep * (per_req - mean))
 
 
 def mean_backlog(work: FloatArray, servers: npt.ArrayLike, width: float) -> FloatArray:

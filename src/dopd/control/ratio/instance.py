@@ -184,7 +184,8 @@ class InstanceModel:
 
     # ------------------------------------------------------------------ lookups
     def prefill_tables(self, lengths: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """``(solo, fixed, variable)`` seconds per prompt for each length (interpolated)."""
+        """``(solo, fixed, variable)`` seconds per prompt for each length (interpolated on the
+        grid; lengths beyond ``max_prompt_tokens`` are costed as that length)."""
         solo = np.interp(lengths, self.grid, self.solo)
         full = np.interp(lengths, self.grid, self.full)
         k = np.where(lengths <= self.max_batched_tokens,

@@ -13,7 +13,10 @@ Model (see DESIGN.md "The P/D ratio solver"):
   fixed point.
 - The queueing delay is Erlang C with the Allen-Cunneen correction for the service time's
   squared CV (computed on the prompt-length distribution, so E[ISL^2] matters) and the arrivals'
-  burstiness; delayed requests wait an exponential time (:mod:`.queueing`).
+  squared CV; delayed requests wait an exponential time (:mod:`.queueing`). For a trace, whose
+  bursts the fluid backlog of :mod:`.backlog` carries, arrivals are Poisson between clumps of
+  near-simultaneous requests, and a clumped request also waits for half its clump (index of
+  dispersion I: (I - 1) / 2 requests' full-batch work on the k instances).
 - TTFT = wait + own service (+ the KV hand-off when the first token arrives with the KV, as in
   dopd's engines). Its CDF is exact on the length distribution:
   P(TTFT <= t) = sum_i p_i P(W <= t - r_i).
@@ -135,13 +138,21 @@ def predict_prefill(
         s_mean = 0.5 * (s_mean + eff @ p)
     rho = lam * s_mean / kf
     scv = np.maximum((eff * eff) @ p / (s_mean * s_mean) - 1.0, 0.0)
-    wait = mgk_wait(kf, lam, s_mean, scv, stats.arrival_scv)
+    if stats.series is not None:
+        # Bursts of a trace are in its series (the fluid backlog); what is left is clumps of
+        # near-simultaneous arrivals: a request waits for half its clump, batched, on k
+        # instances, and the arrivals between clumps are taken as Poisson.
+        wait = mgk_wait(kf, lam, s_mean, scv, 1.0)
+        clump = 0.5 * max(stats.arrival_scv - 1.0, 0.0) * float((var + fixed / kmax) @ p) / kf
+    else:
+        wait = mgk_wait(kf, lam, s_mean, scv, stats.arrival_scv)
+        clump = np.zeros_like(kf)
     pw, cm = wait.p_wait, wait.cond_mean
 
     # A batched request ends with its step: on average half a step after its own share.
     step_len = np.minimum(m[:, None], kmax[None, :]) * (batched @ p)[:, None]
-    b = batched + 0.5 * np.maximum(step_len - batched, 0.0) + move[None, :]
-    a = np.broadcast_to(solo + move, b.shape)
+    b = batched + 0.5 * np.maximum(step_len - batched, 0.0) + move[None, :] + clump[:, None]
+    a = solo[None, :] + move[None, :] + clump[:, None]
     stable = rho < 1.0
     with np.errstate(invalid="ignore"):
         ttft_mean = np.where(stable, scale * ((1 - pw) * (a @ p) + pw * (b @ p) + wait.mean),

@@ -4,7 +4,8 @@ A :class:`LengthDist` is a small discrete distribution (support points and proba
 constructor preserves the first two moments exactly, which is what matters for a cost that is
 quadratic in the length: samples and histogram bins are split into two points per bin at the
 bin's conditional mean +- its conditional standard deviation; moments alone are spread as a
-lognormal with that mean and CV, using its exact conditional moments on equal-probability bins.
+lognormal with that mean and CV, using its exact conditional moments on the same quantile bins
+(about 22, denser in the tail, so a distribution has at most about 44 support points).
 
 :class:`WorkloadStats` bundles the rate, its upper forecast bound, the burstiness of the arrivals
 and the two length distributions; it is built from a :class:`~dopd.workload.Workload`, from
@@ -212,9 +213,11 @@ class WorkloadStats:
 
     ``rate`` (req/s, > 0) is the expected arrival rate; ``rate_upper`` (>= rate) its upper
     forecast bound, used to provision an elastic pool ahead of bursts (None: same as ``rate``).
-    ``arrival_scv`` is the squared CV of the inter-arrival gaps (1 for Poisson). ``isl`` / ``osl``
-    are the prompt and output length distributions; ``cross_mean`` is E[ISL * OSL] (None:
-    independent lengths), used for the decode context.
+    ``arrival_scv`` is the burstiness of the arrivals: their squared CV (1 for Poisson) for
+    stated loads; for a trace (with a ``series``), the index of dispersion at the scale of a
+    couple of requests, about E[X^2] / E[X] for clumps of X near-simultaneous arrivals.
+    ``isl`` / ``osl`` are the prompt and output length distributions; ``cross_mean`` is
+    E[ISL * OSL] (None: independent lengths), used for the decode context.
 
     ``rate_levels`` / ``rate_weights`` describe a load that varies over time: a share
     ``rate_weights[j]`` of the requests arrives while the rate is ``rate * rate_levels[j]``

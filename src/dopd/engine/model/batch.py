@@ -42,18 +42,21 @@ class AttnGroup:
     a valid token). ``kv_index`` [S_g * kv_heads * ctx] picks rows of a layer's pool viewed as
     [num_blocks * block_size * kv_heads, head_dim] so that the gathered keys are contiguous
     [S_g, kv_heads, ctx, head_dim] (ctx = longest segment; padding reads slot 0, masked).
-    ``masks`` maps a sliding window (None: full attention) to the boolean mask
-    [S_g, 1, rows, ctx], rows = q_len for decodes, q_groups * q_len otherwise.
+    ``masks`` maps a sliding window (None: full attention) to the additive float mask
+    [S_g, 1, rows, ctx] (0 or -inf), rows = q_len for decodes, q_groups * q_len otherwise; the
+    mask is None when nothing is masked (decodes of equal length, no window).
+    ``members`` are the group's segment indices in the batch.
     ``out_rows`` / ``out_tokens`` scatter the valid rows of the padded output back to flat token
     order; both None when the group is the whole batch in flat order without padding.
     """
 
+    members: tuple[int, ...]
     num_segments: int
     q_len: int
     ctx: int
     token_index: torch.Tensor
     kv_index: torch.Tensor
-    masks: dict[int | None, torch.Tensor]
+    masks: dict[int | None, torch.Tensor | None]
     out_rows: torch.Tensor | None
     out_tokens: torch.Tensor | None
 
@@ -80,6 +83,7 @@ def build_batch(
     windows: Sequence[int | None],
     kv_heads: int,
     q_groups: int = 1,
+    dtype: torch.dtype = torch.float32,
     device: torch.device,
 ) -> BatchMeta:
     """Validate ``segments`` against the cache and vocabulary and build the forward's metadata.
@@ -148,7 +152,7 @@ def build_batch(
                     starts,
                     (block_size, kv_heads, q_groups),
                     distinct_windows,
-                    device,
+                    (dtype, device),
                     whole,
                 )
             )
@@ -169,10 +173,11 @@ def _group(
     starts: list[int],
     shape: tuple[int, int, int],
     windows: tuple[int | None, ...],
-    device: torch.device,
+    where: tuple[torch.dtype, torch.device],
     whole: bool,
 ) -> AttnGroup:
     block_size, kv_heads, q_groups = shape
+    dtype, device = where
     n = len(members)
     q_len = max(len(segments[s].token_ids) for s in members)
     ctx = max(segments[s].total_len for s in members)
@@ -207,18 +212,21 @@ def _group(
     heads = torch.arange(kv_heads, device=device)
     kv_index = (slot[:, None, :] * kv_heads + heads[None, :, None]).reshape(-1)
     causal = k_pos[None, None, :] <= q_pos[:, :, None]
-    masks: dict[int | None, torch.Tensor] = {}
+    masks: dict[int | None, torch.Tensor | None] = {}
     for w in windows:
-        m = causal if w is None else causal & (k_pos[None, None, :] > q_pos[:, :, None] - w)
+        if w is None and q_len == 1 and all(c == ctx - 1 for c in cached):
+            masks[w] = None
+            continue
+        allowed = causal if w is None else causal & (k_pos[None, None, :] > q_pos[:, :, None] - w)
+        m = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
+            ~allowed, -torch.inf
+        )
         if q_len > 1 and q_groups > 1:
-            m = (
-                m[:, None]
-                .expand(n, q_groups, q_len, m.shape[-1])
-                .reshape(n, q_groups * q_len, m.shape[-1])
-            )
+            m = m[:, None].expand(n, q_groups, q_len, ctx).reshape(n, q_groups * q_len, ctx)
         masks[w] = m[:, None, :, :]
     as_t = torch.tensor
     return AttnGroup(
+        members=tuple(members),
         num_segments=n,
         q_len=q_len,
         ctx=ctx,

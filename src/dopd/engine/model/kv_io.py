@@ -105,6 +105,7 @@ def import_kv(cache: PagedKVCache, block_table: Sequence[int], payload: KVPayloa
     )
     slots = cache.slots(list(block_table), payload.num_tokens)
     cache.flat().index_copy_(2, slots, payload.data.to(device=cache.device, dtype=cache.dtype))
+    cache.mark_written()
 
 
 def export_blocks(cache: PagedKVCache, block_ids: Sequence[int]) -> torch.Tensor:
@@ -129,6 +130,7 @@ def import_blocks(cache: PagedKVCache, block_ids: Sequence[int], blocks: torch.T
     cache.data.index_copy_(
         2, _block_tensor(cache, block_ids), blocks.to(device=cache.device, dtype=cache.dtype)
     )
+    cache.mark_written()
 
 
 def _block_tensor(cache: PagedKVCache, block_ids: Sequence[int]) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dopd.engine.model.batch import AttnGroup, BatchMeta, Segment, build_batch
 from dopd.engine.model.config import ModelConfig
 from dopd.engine.model.paged_cache import DEFAULT_BLOCK_SIZE, PagedKVCache
 from dopd.engine.model.rope import RotaryTable, apply_rotary
+from dopd.engine.model.staging import DecodeStaging
 from dopd.errors import DopdError, require
 
 
@@ -54,6 +55,8 @@ class LlamaModel:
         layers: Sequence[LayerWeights],
         final_norm: torch.Tensor,
         lm_head: torch.Tensor,
+        *,
+        decode_staging: bool | None = None,
     ) -> None:
         self.config = config
         self.embed = embed
@@ -63,6 +66,9 @@ class LlamaModel:
         self.device = embed.device
         self.dtype = embed.dtype
         self.rotary = RotaryTable(config, self.device, self.dtype)
+        if decode_staging is None:
+            decode_staging = self.device.type == "cpu"
+        self.staging: DecodeStaging | None = DecodeStaging() if decode_staging else None
 
     @classmethod
     def from_hf_state_dict(
@@ -72,11 +78,14 @@ class LlamaModel:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        decode_staging: bool | None = None,
     ) -> LlamaModel:
         """Build from HF-named tensors (``model.layers.0.self_attn.q_proj.weight`` ...).
 
         Missing or mis-shaped tensors raise DopdError naming the tensor. Extra tensors
-        (e.g. rotary ``inv_freq`` buffers) are ignored.
+        (e.g. rotary ``inv_freq`` buffers) are ignored. ``decode_staging`` (default: on for CPU,
+        off for CUDA) keeps contiguous copies of the running decodes' KV between steps (see
+        :mod:`dopd.engine.model.staging`); it trades memory for CPU decode speed.
         """
         device = torch.device(device)
         c = config
@@ -138,7 +147,8 @@ class LlamaModel:
             )
         embed = get("model.embed_tokens.weight", (c.vocab_size, h))
         lm_head = embed if c.tie_word_embeddings else get("lm_head.weight", (c.vocab_size, h))
-        return cls(c, embed, layers, get("model.norm.weight", (h,)), lm_head)
+        final_norm = get("model.norm.weight", (h,))
+        return cls(c, embed, layers, final_norm, lm_head, decode_staging=decode_staging)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under Hugging Face names (fused projections split again), on CPU."""
@@ -211,8 +221,25 @@ class LlamaModel:
             windows=c.sliding_windows,
             kv_heads=c.num_kv_heads,
             q_groups=c.num_query_groups,
+            dtype=self.dtype,
             device=self.device,
         )
+        staged = False
+        if self.staging is not None:
+            decodes = [g for g in meta.groups if g.q_len == 1]
+            if decodes:
+                staged = self.staging.begin(cache, segments, decodes[0])
+            else:
+                self.staging.reset()
+        try:
+            return self._run(meta, cache, staged)
+        except BaseException:
+            if self.staging is not None:
+                self.staging.reset()
+            raise
+
+    def _run(self, meta: BatchMeta, cache: PagedKVCache, staged: bool) -> torch.Tensor:
+        c = self.config
         cos, sin = self.rotary.cos_sin(meta.positions, meta.seq_lens)
         x = F.embedding(meta.input_ids, self.embed)
         flat = cache.flat()
@@ -223,9 +250,10 @@ class LlamaModel:
             h = self._norm(x, lw.input_norm)
             qkv = F.linear(h, lw.qkv_w, lw.qkv_b)
             qk = apply_rotary(qkv[:, :qk_dim].view(t, heads + kv_heads, d), cos, sin)
-            flat[i, 0].index_copy_(0, meta.write_slots, qk[:, heads:])
-            flat[i, 1].index_copy_(0, meta.write_slots, qkv[:, qk_dim:].view(t, kv_heads, d))
-            attn = self._attention(qk[:, :heads], cache, i, meta)
+            k, v = qk[:, heads:], qkv[:, qk_dim:].view(t, kv_heads, d)
+            flat[i, 0].index_copy_(0, meta.write_slots, k)
+            flat[i, 1].index_copy_(0, meta.write_slots, v)
+            attn = self._attention(qk[:, :heads], (k, v), cache, i, meta, staged)
             x = x + F.linear(attn, lw.o_w, lw.o_b)
             h = self._norm(x, lw.post_norm)
             gu = F.linear(h, lw.gate_up_w, lw.gate_up_b)
@@ -234,11 +262,35 @@ class LlamaModel:
         return F.linear(last, self.lm_head).float()
 
     def _attention(
-        self, q: torch.Tensor, cache: PagedKVCache, layer: int, meta: BatchMeta
+        self,
+        q: torch.Tensor,
+        kv_new: tuple[torch.Tensor, torch.Tensor],
+        cache: PagedKVCache,
+        layer: int,
+        meta: BatchMeta,
+        staged: bool,
     ) -> torch.Tensor:
-        """Attention output [T, heads * head_dim] of the flat queries ``q`` [T, heads, head_dim]."""
-        window = self.config.sliding_windows[layer]
-        outs = [(g, self._group_attention(q, cache, layer, g, window)) for g in meta.groups]
+        """Attention output [T, heads * head_dim] of the flat queries ``q`` [T, heads, head_dim].
+
+        ``kv_new`` are the flat new keys/values [T, kv_heads, head_dim] (already in the pool);
+        with ``staged`` the decode group reads its KV from the decode staging.
+        """
+        outs = []
+        for g in meta.groups:
+            if staged and g.q_len == 1:
+                assert self.staging is not None
+                k_new, v_new = kv_new
+                if g.out_rows is not None:
+                    k_new, v_new = (
+                        k_new.index_select(0, g.token_index),
+                        v_new.index_select(0, g.token_index),
+                    )
+                k, v = self.staging.layer_kv(cache, layer, g, k_new, v_new)
+            else:
+                d = self.config.head_dim
+                k = cache.k(layer).view(-1, d).index_select(0, g.kv_index)
+                v = cache.v(layer).view(-1, d).index_select(0, g.kv_index)
+            outs.append((g, self._group_attention(q, k, v, layer, g)))
         if len(outs) == 1 and outs[0][0].out_rows is None:
             return outs[0][1]
         out = q.new_empty(meta.num_tokens, q.shape[1] * q.shape[2])
@@ -249,19 +301,23 @@ class LlamaModel:
         return out
 
     def _group_attention(
-        self, q: torch.Tensor, cache: PagedKVCache, layer: int, g: AttnGroup, window: int | None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, g: AttnGroup
     ) -> torch.Tensor:
+        """One padded SDPA call: flat queries ``q``, the group's K/V [S_g, kv_heads, ctx, d]."""
         c = self.config
         n, q_len, kv_heads, d = g.num_segments, g.q_len, c.num_kv_heads, c.head_dim
         groups = c.num_query_groups
-        k = cache.k(layer).view(-1, d).index_select(0, g.kv_index).view(n, kv_heads, g.ctx, d)
-        v = cache.v(layer).view(-1, d).index_select(0, g.kv_index).view(n, kv_heads, g.ctx, d)
-        qg = q.index_select(0, g.token_index).view(n, q_len, kv_heads, groups, d)
+        k = k.view(n, kv_heads, g.ctx, d)
+        v = v.view(n, kv_heads, g.ctx, d)
+        if g.out_rows is None and q_len == 1:
+            qg = q.view(n, q_len, kv_heads, groups, d)
+        else:
+            qg = q.index_select(0, g.token_index).view(n, q_len, kv_heads, groups, d)
         if q_len == 1:
             qh = qg.view(n, kv_heads, groups, d)
         else:
             qh = qg.permute(0, 2, 3, 1, 4).reshape(n, kv_heads, groups * q_len, d)
-        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=g.masks[window])
+        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=g.masks[c.sliding_windows[layer]])
         if q_len == 1:
             return o.reshape(n, c.num_heads * d)
         return (

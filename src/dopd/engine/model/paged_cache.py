@@ -49,6 +49,7 @@ class PagedKVCache:
         self.head_dim = head_dim
         self.dtype = dtype
         self.device = torch.device(device)
+        self.version = 0
         self.data = torch.zeros(
             num_layers,
             2,
@@ -88,6 +89,14 @@ class PagedKVCache:
     def v(self, layer: int) -> torch.Tensor:
         """Layer ``layer``'s V pool [num_blocks, block_size, num_kv_heads, head_dim] (a view)."""
         return self.data[layer, 1]
+
+    def mark_written(self) -> None:
+        """Record a write to ``data`` made outside a model forward (KV import, tests ...).
+
+        Models keep derived copies of the KV of running decodes; they are dropped when the
+        version changes.
+        """
+        self.version += 1
 
     @property
     def bytes_per_block(self) -> int:

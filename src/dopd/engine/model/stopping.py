@@ -10,23 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 from dopd.engine.model.sampler import SamplingParams
 from dopd.engine.model.tokenizer import Tokenizer
+from dopd.engine.plan import FinishReason
 from dopd.errors import require
-
-
-class FinishReason(str, Enum):
-    """Why a request finished (the OpenAI ``finish_reason`` values)."""
-
-    STOP = "stop"
-    LENGTH = "length"
 
 
 @dataclass(frozen=True, slots=True)
 class StopHit:
-    """A finished request: the reason and what matched (token id or stop string), if anything."""
+    """A finished request: the reason (``STOP`` or ``LENGTH`` of the engine's FinishReason) and
+    what matched (token id or stop string), if anything."""
 
     reason: FinishReason
     token_id: int | None = None
