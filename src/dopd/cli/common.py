@@ -33,6 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, WorkloadConfig, load_run_config
 from dopd.errors import require
 from dopd.perf import get_model
+from dopd.sim.routing import ROUTERS
 from dopd.workload import (
     ARRIVALS,
     LENGTHS,
@@ -59,6 +60,7 @@ OPTION_KEYS: dict[str, str] = {
     "calibration": "cluster.calibration",
     "instances": "cluster.instances",
     "kv_mem_util": "cluster.kv_mem_util",
+    "router": "cluster.router",
     "slo_ttft": "slo.ttft_s",
     "slo_tpot": "slo.tpot_s",
     "attainment": "slo.attainment",
@@ -113,6 +115,10 @@ def add_cluster_options(parser: argparse.ArgumentParser, instances: bool = True)
                    help=f"share of each GPU's memory the engine may use for weights, "
                    f"activations and KV cache, as vLLM's gpu_memory_utilization "
                    f"(default {c.kv_mem_util})")
+    g.add_argument("--router", default=None, metavar="SPEC",
+                   help=f"request router: auto (the policy's own), or a name from "
+                   f"{', '.join(ROUTERS.names())}, with options as NAME:KEY=VALUE,... "
+                   f"(e.g. length-aware:bypass=off,admit_k=2) (default {c.router})")
     if instances:
         g.add_argument("--instances", type=int, default=None, metavar="N",
                        help=f"instance budget, each of --tp GPUs (default {c.instances})")

@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "dopd.cli.forecast_cmd",
     "dopd.cli.simulate_cmd",
     "dopd.cli.plan_cmd",
+    "dopd.cli.experiment_cmd",
 )
 
 

@@ -49,6 +49,7 @@ from dopd.cli.common import (
     progress_bar,
 )
 from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, write_resolved
+from dopd.control.manager.decisions import write_jsonl
 from dopd.perf import build_latency_model
 from dopd.sim.api import SimResult
 from dopd.sim.models import build_models
@@ -221,7 +222,8 @@ def write_outputs(
 
     ``results.json`` (as ``--json``), ``config.json`` / ``config.toml`` (resolved config),
     ``workload.json`` (workload facts), per policy ``requests_<name>.csv``,
-    ``timeline_<name>.csv`` and ``decisions_<name>.json`` (when the policy logged any), and the
+    ``timeline_<name>.csv`` and ``decisions_<name>.jsonl`` (the decision log as JSON lines, when
+    the policy logged any), and the
     plots ``timeline.png``, ``latency_cdf.png`` and, with a goodput search,
     ``attainment_vs_rate.png``.
     """
@@ -232,7 +234,7 @@ def write_outputs(
         paths.append(write_requests_csv(out / f"requests_{name}.csv", run.result))
         paths.append(write_timeline_csv(out / f"timeline_{name}.csv", run.result.timeline))
         if run.result.decisions:
-            paths.append(write_json(out / f"decisions_{name}.json", run.result.decisions))
+            paths.append(write_jsonl(out / f"decisions_{name}.jsonl", run.result.decisions))
     results = {spec: run.result for spec, run in runs.items()}
     paths.append(plot_timelines(results, out / "timeline.png"))
     paths.append(plot_latency_cdfs(results, out / "latency_cdf.png", cfg.slo))

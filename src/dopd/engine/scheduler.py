@@ -115,6 +115,7 @@ class Scheduler(SchedulerState):
             elif self.role == Role.PREFILL and seq.generated == 1:
                 seq.status = _HELD
                 self._held_count += 1
+                self.final_kv_sum -= seq.prompt + seq.max_tokens - 1
                 prefilled.append(seq.request_id)
             else:
                 self._join(seq)

@@ -7,6 +7,9 @@ from enum import IntEnum
 
 from dopd.errors import require
 
+QUEUE_ORDERS = ("fcfs", "short-first")
+"""Orders of a scheduler's waiting queue (:attr:`SchedulerConfig.queue_order`)."""
+
 
 class SeqStatus(IntEnum):
     """Where a request is inside one scheduler."""
@@ -29,6 +32,11 @@ class SchedulerConfig:
     admissible prefills in prefill-only steps before any decode (vLLM's classic scheduler);
     otherwise decodes go first and prefills fill the remaining budget (chunked-prefill style).
     ``watermark`` is the fraction of KV blocks that admissions must leave free.
+    ``queue_order`` orders new prompts waiting for prefill: ``"fcfs"`` (arrival order) or
+    ``"short-first"`` (shortest prompt first, with aging: a prompt that has waited ``aging_s``
+    seconds, or that ``max_passes`` later arrivals have overtaken, goes before every prompt not
+    yet aged; see :class:`dopd.engine.waitqueue.ShortFirstQueue`). Requests preempted for
+    recompute always go first.
     """
 
     max_batched_tokens: int = 8192
@@ -36,20 +44,29 @@ class SchedulerConfig:
     chunked_prefill: bool = True
     prefill_priority: bool = False
     watermark: float = 0.01
+    queue_order: str = "fcfs"
+    aging_s: float = 5.0
+    max_passes: int = 32
 
     def __post_init__(self) -> None:
         require(self.max_batched_tokens >= 1, "max batched tokens must be >= 1")
         require(self.max_num_seqs >= 1, "max num seqs must be >= 1")
         require(0 <= self.watermark < 1, f"watermark must be in [0, 1), got {self.watermark}")
+        require(self.queue_order in QUEUE_ORDERS, f"unknown queue order {self.queue_order!r} "
+                f"(known: {', '.join(QUEUE_ORDERS)})")
+        require(self.aging_s > 0, f"aging bound must be > 0 s, got {self.aging_s}")
+        require(self.max_passes >= 0, f"max passes must be >= 0, got {self.max_passes}")
 
 
 class Seq:
     """One request's progress: ``prefill_len`` tokens to prefill (the prompt, or prompt plus
     sampled tokens when recomputing after preemption), ``computed`` of them done, ``generated``
-    output tokens sampled, ``kv_len`` tokens of KV while decoding."""
+    output tokens sampled, ``kv_len`` tokens of KV while decoding. ``queued_s`` (the caller's
+    clock at intake) and ``order`` (>= 0 while ordered in a short-first queue) serve the
+    waiting queue's aging."""
 
-    __slots__ = ("computed", "generated", "kv_len", "max_tokens", "prefill_len", "prompt",
-                 "request_id", "status")
+    __slots__ = ("computed", "generated", "kv_len", "max_tokens", "order", "prefill_len",
+                 "prompt", "queued_s", "request_id", "status")
 
     def __init__(self, request_id: int, prompt: int, max_tokens: int, generated: int = 0) -> None:
         self.request_id = request_id
@@ -60,6 +77,8 @@ class Seq:
         self.computed = 0
         self.kv_len = 0
         self.status = SeqStatus.WAITING
+        self.queued_s = 0.0
+        self.order = -1
 
     @property
     def remaining_prefill(self) -> int:

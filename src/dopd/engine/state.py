@@ -11,6 +11,7 @@ from collections import deque
 from dopd.engine.blocks import BlockManager
 from dopd.engine.plan import DecodeRun, FinishReason
 from dopd.engine.sequence import SchedulerConfig, Seq, SeqStatus
+from dopd.engine.waitqueue import ShortFirstQueue
 from dopd.errors import require
 from dopd.types import Role
 
@@ -20,7 +21,11 @@ _WAITING, _PREFILLING, _HELD, _RESERVED, _DECODING = (
 
 
 class SchedulerState:
-    """Queues, KV blocks and running sums of one instance (no batch formation)."""
+    """Queues, KV blocks and running sums of one instance (no batch formation).
+
+    ``final_kv_sum`` is the KV (tokens) that the requests here, except held ones, will hold at
+    their last step if they run to ``max_tokens``: the sum of ``prompt + max_tokens - 1``.
+    """
 
     def __init__(self, config: SchedulerConfig, blocks: BlockManager,
                  role: Role = Role.MIXED) -> None:
@@ -28,7 +33,7 @@ class SchedulerState:
         self.blocks = blocks
         self.role = role
         self._seqs: dict[int, Seq] = {}
-        self._waiting: deque[Seq] = deque()
+        self._waiting: deque[Seq] | ShortFirstQueue = self._new_queue()
         self._prefilling: list[Seq] = []
         self._running: dict[int, Seq] = {}  # decoding, in admission order (LIFO preemption)
         self._reserved_count = 0
@@ -41,6 +46,7 @@ class SchedulerState:
         self.queued_prefill_tokens = 0
         self.queued_prefill_attn = 0
         self.decode_kv_sum = 0
+        self.final_kv_sum = 0
         self.preemptions = 0
         self._pending_preempted: list[int] = []
 
@@ -115,15 +121,33 @@ class SchedulerState:
             return True
         return bool(self._waiting) and self._admissible(self._waiting[0])
 
+    def prefill_work_ahead(self, prompt_tokens: int) -> tuple[int, int, int]:
+        """(tokens, attention sum, requests) of the queued prefill work that would run before a
+        new prompt of ``prompt_tokens`` tokens in this queue order: all of it under FCFS; under
+        short-first the prompts in progress, preempted or aged, and the new ones not longer.
+        Sums are in the units of :attr:`queued_prefill_tokens` / :attr:`queued_prefill_attn`."""
+        waiting = self._waiting
+        if type(waiting) is deque:
+            return (self.queued_prefill_tokens, self.queued_prefill_attn,
+                    len(waiting) + len(self._prefilling))
+        assert isinstance(waiting, ShortFirstQueue)
+        tokens, attn, count = waiting.work_ahead(prompt_tokens)
+        return (self.queued_prefill_tokens - waiting.tokens + tokens,
+                self.queued_prefill_attn - waiting.attn + attn, count + len(self._prefilling))
+
     # ------------------------------------------------------------------ intake
-    def add_request(self, request_id: int, prompt_tokens: int, max_tokens: int) -> None:
-        """Queue a new request for prefill here (FCFS)."""
+    def add_request(self, request_id: int, prompt_tokens: int, max_tokens: int,
+                    now: float = 0.0) -> None:
+        """Queue a new request for prefill here (in ``config.queue_order``); ``now`` is the
+        caller's clock, from which a short-first queue measures its wait."""
         require(request_id not in self._seqs, f"request {request_id} is already on this instance")
         require(prompt_tokens >= 1 and max_tokens >= 1, "prompt and max tokens must be >= 1")
         require(self.fits(prompt_tokens, max_tokens),
                 f"request {request_id} needs more KV than this instance has")
         seq = Seq(request_id, prompt_tokens, max_tokens)
+        seq.queued_s = now
         self._seqs[request_id] = seq
+        self.final_kv_sum += prompt_tokens + max_tokens - 1
         self._enqueue(seq, front=False)
 
     def reserve_remote(self, request_id: int, prompt_tokens: int, generated: int,
@@ -144,6 +168,7 @@ class SchedulerState:
         seq.status = _RESERVED
         self._seqs[request_id] = seq
         self._reserved_count += 1
+        self.final_kv_sum += prompt_tokens + max_tokens - 1
         return True
 
     def admit_remote(self, request_id: int) -> None:
@@ -192,9 +217,20 @@ class SchedulerState:
             self._held_count -= 1
         elif status == _RESERVED:
             self._reserved_count -= 1
+        if status != _HELD:
+            self.final_kv_sum -= seq.prompt + seq.max_tokens - 1
         del self._seqs[request_id]
         self.blocks.free(request_id)
         return True
+
+    def age(self, now: float) -> int:
+        """Apply the time bound of a short-first queue at the caller's clock ``now`` (call it
+        before :meth:`schedule`); returns the prompts aged. No-op under FCFS."""
+        waiting = self._waiting
+        if type(waiting) is deque:
+            return 0
+        assert isinstance(waiting, ShortFirstQueue)
+        return waiting.age(now)
 
     def take_unstarted(self) -> list[tuple[int, int, int]]:
         """Remove and return (request id, prompt tokens, max tokens) of the queued requests whose
@@ -205,13 +241,25 @@ class SchedulerState:
             if seq.generated == 0:
                 out.append((seq.request_id, seq.prompt, seq.max_tokens))
                 self._unqueue(seq)
+                self.final_kv_sum -= seq.prompt + seq.max_tokens - 1
                 del self._seqs[seq.request_id]
             else:
                 keep.append(seq)
-        self._waiting = keep
+        if type(self._waiting) is deque:
+            self._waiting = keep
+        else:
+            self._waiting = self._new_queue()
+            for seq in reversed(keep):
+                self._waiting.appendleft(seq)
         return out
 
     # ------------------------------------------------------------------ internals
+    def _new_queue(self) -> deque[Seq] | ShortFirstQueue:
+        cfg = self.config
+        if cfg.queue_order == "short-first":
+            return ShortFirstQueue(cfg.aging_s, cfg.max_passes)
+        return deque()
+
     def _slots_used(self) -> int:
         return (len(self._running) + len(self._prefilling) + self._reserved_count
                 + len(self._joining))
@@ -253,6 +301,7 @@ class SchedulerState:
         if seq.status == _DECODING:
             del self._running[rid]
             self.decode_kv_sum -= seq.kv_len
+        self.final_kv_sum -= seq.prompt + seq.max_tokens - 1
         del self._seqs[rid]
         self.blocks.free(rid)
         finished.append((rid, FinishReason.LENGTH if reason is None else reason))
@@ -266,6 +315,10 @@ class SchedulerState:
         assert self.queued_prefill_attn == sum((s.prefill_len - s.computed) * s.prefill_len
                                                for s in queued)
         assert self.decode_kv_sum == sum(s.kv_len for s in self._running.values())
+        assert self.final_kv_sum == sum(s.prompt + s.max_tokens - 1 for s in self._seqs.values()
+                                        if s.status != _HELD)
+        if isinstance(self._waiting, ShortFirstQueue):
+            self._waiting.check()
         by_status: dict[SeqStatus, int] = {}
         for seq in self._seqs.values():
             by_status[seq.status] = by_status.get(seq.status, 0) + 1

@@ -10,6 +10,12 @@ The first token reaches the user when the KV (and the token sampled with it) arr
 decode instance, so TTFT includes waiting for decode memory and the transfer (as the DESIGN's
 solver assumes); TPOT runs from there. One-token outputs finish on the prefill instance.
 
+A router that overrides :meth:`~dopd.sim.routing.Router.place` decides each arrival in full: it
+may reject the request (REJECTED, with the router's reason: admission control) or send it to a
+``DECODE`` instance, which then prefills and decodes it in place with no KV hand-off (bypass).
+The router also sets the instances' scheduler settings (queue order); with a short-first queue,
+its time-based aging is applied whenever an instance starts work.
+
 Events: see :class:`~dopd.sim.events.Kind`. Decode-only batches advance in multi-step runs that
 end at the first finish or when new work arrives (the run is cut after the step in progress), so
 long decodes cost a few events instead of one per token. Instance life cycle (role switches,
@@ -60,10 +66,12 @@ class SimCluster(Lifecycle):
         self.router = router
         self.progress = progress
         self.q = EventQueue()
-        self.sched_config = SchedulerConfig(
+        self.sched_config = router.scheduler_config(SchedulerConfig(
             max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs,
             chunked_prefill=config.chunked_prefill, prefill_priority=config.prefill_priority,
-            watermark=models.watermark)
+            watermark=models.watermark))
+        self._aging = self.sched_config.queue_order != "fcfs"
+        self._place = type(router).place is not Router.place
         self.runner = LatencyModelRunner(models.latency)
         self.network = TransferNetwork(models.transfer_latency_s, models.transfer_bandwidth_Bps)
         nan = math.nan
@@ -106,6 +114,8 @@ class SimCluster(Lifecycle):
         """Start the instance's next step or decode run if it is idle and may work."""
         if inst.busy or inst.state not in (InstanceState.ACTIVE, InstanceState.DRAINING):
             return
+        if self._aging:
+            inst.sched.age(self.q.now)
         end = inst.next_work(self.q.now, _MAX_RUN)
         if end is not None:
             self.q.push(end, Kind.STEP, inst.instance_id, inst.version)
@@ -131,17 +141,28 @@ class SimCluster(Lifecycle):
             self.end_request(i, _REJECTED, f"needs KV for {p + o - 1} tokens, an instance holds "
                                            f"{self.max_kv_tokens}")
             return
-        self.route_prefill(i)
+        self.route_prefill(i, True)
 
-    def route_prefill(self, i: int) -> None:
+    def route_prefill(self, i: int, admit: bool = False) -> None:
+        """Send request ``i`` to an instance for prefill; ``admit``: it is arriving (the router
+        may reject it)."""
         targets = self.prefill_targets
         if not targets:
             self.unrouted.append(i)
             return
         p, o = self.prompt[i], self.output[i]
-        inst = self.router.select_prefill(self.q.now, p, o, targets)
+        now = self.q.now
+        if self._place:
+            placement = self.router.place(now, p, o, targets, self.decode_targets, admit)
+            if placement.reject:
+                self.end_request(i, _REJECTED, placement.reject)
+                return
+            inst = placement.instance
+            assert isinstance(inst, SimInstance)
+        else:
+            inst = self.router.select_prefill(now, p, o, targets)
         self.prefill_of[i] = inst.instance_id
-        inst.sched.add_request(i, p, o)
+        inst.sched.add_request(i, p, o, now)
         if not inst.busy:
             self.start(inst)
         elif inst.run is not None and inst.sched.has_prefill_work():

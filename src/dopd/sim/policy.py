@@ -180,7 +180,12 @@ POLICIES: Registry[PolicyFactory] = Registry("cluster policy")
 """Factories by spec name; a factory gets the spec's arguments (text after the first ``:``).
 Use :func:`load_policies` before listing it."""
 
-POLICY_MODULES: tuple[str, ...] = ("dopd.sim.policies",)
+POLICY_MODULES: tuple[str, ...] = (
+    "dopd.sim.policies",
+    "dopd.control.policies.dopd_policy",
+    "dopd.control.policies.reactive",
+    "dopd.control.policies.sla_planner",
+)
 """Modules that register their policies in :data:`POLICIES` when imported; a new policy module
 is added here (as a command module is added to the CLI's ``COMMANDS``)."""
 

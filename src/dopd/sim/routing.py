@@ -10,24 +10,43 @@ questions, each over a non-empty list of candidate instances that accept that ki
 Routers read instance signals through the :class:`Routable` protocol only (running sums kept by
 the engine's scheduler, O(1) each), so routing costs O(candidates) per request.
 
+A router may also take over the whole arrival decision with :meth:`Router.place` (which
+prefill instance, or prefill on a decode instance, or reject the request: a :class:`Placement`),
+and set the instances' queue order with :meth:`Router.scheduler_config`; the simulator calls
+``place`` only when a router overrides it.
+
+Routers are built from a spec ``NAME`` or ``NAME:KEY=VALUE,...`` by :func:`make_router`; the
+options reach the factory as :attr:`RouterContext.options` (routers without options refuse
+them).
+
 Built-in routers: ``round-robin``; ``least-loaded`` (prefill: smallest predicted time until the
 new prompt is prefilled, from the latency model over the queued prefill work; decode: smallest
 predicted decode step time after admission); ``pd-pair`` (prefill as ``least-loaded``; decode:
 instances whose free KV holds the request first, then the smallest predicted step time, else the
-most KV headroom).
+most KV headroom); ``length-aware`` (:mod:`dopd.control.routing`: predicted-TTFT placement,
+short-first queues with aging, a long-prompt lane, KV-footprint decode placement, short-prompt
+bypass and admission control, each behind an option).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from dopd.engine.sequence import SchedulerConfig
 from dopd.engine.state import SchedulerState
+from dopd.errors import require
 from dopd.perf.base import LatencyModel
 from dopd.registry import Registry
+from dopd.types import SLO
+
+if TYPE_CHECKING:
+    from dopd.sim.api import SimConfig
+    from dopd.sim.models import SimModels
 
 
 class Routable(Protocol):
@@ -44,21 +63,70 @@ class Routable(Protocol):
 
 @dataclass(frozen=True)
 class RouterContext:
-    """What a router factory gets."""
+    """What a router factory gets.
+
+    ``slo`` is the run's SLO when it has one; ``kv_bytes_per_token`` and the ``transfer_*``
+    figures model a KV hand-off (base latency plus bytes over the sender's bandwidth);
+    ``options`` is the text after ``NAME:`` in the router spec.
+    """
 
     latency: LatencyModel
     max_batched_tokens: int
     block_size: int
     watermark_blocks: int
+    slo: SLO | None = None
+    kv_bytes_per_token: int = 0
+    transfer_latency_s: float = 0.0
+    transfer_bandwidth_Bps: float = math.inf
+    options: str = ""
+
+    @classmethod
+    def of(cls, config: SimConfig, models: SimModels, slo: SLO | None = None) -> RouterContext:
+        """The context of a simulated run."""
+        return cls(models.latency, config.max_batched_tokens, config.block_size,
+                   models.watermark_blocks, slo, models.kv_bytes_per_token,
+                   models.transfer_latency_s, models.transfer_bandwidth_Bps)
+
+    def transfer_s(self, prompt_tokens: int) -> float:
+        """Predicted seconds to hand over the KV of ``prompt_tokens`` tokens on an idle link."""
+        return (self.transfer_latency_s
+                + prompt_tokens * self.kv_bytes_per_token / self.transfer_bandwidth_Bps)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A router's decision at arrival: prefill on ``instance`` (a decode instance when
+    ``bypass``: it prefills and decodes there, with no KV hand-off), or, when ``reject`` is not
+    empty, refuse the request for that reason (``instance`` is then None)."""
+
+    instance: Routable | None
+    bypass: bool = False
+    reject: str = ""
 
 
 class Router:
-    """Base router: subclasses implement both selections."""
+    """Base router: subclasses implement both selections. ``accepts_options`` says whether the
+    router takes ``NAME:KEY=VALUE`` options."""
 
     name = "router"
+    accepts_options = False
 
     def __init__(self, context: RouterContext) -> None:
+        require(self.accepts_options or not context.options,
+                f"router {self.name} takes no options, got {context.options!r}")
         self.context = context
+
+    def scheduler_config(self, base: SchedulerConfig) -> SchedulerConfig:
+        """The scheduler settings the instances should use, given the run's (unchanged here)."""
+        return base
+
+    def place(self, now: float, prompt_tokens: int, output_tokens: int,
+              prefill: Sequence[Routable], decode: Sequence[Routable],
+              admit: bool) -> Placement:
+        """Where a new request goes; ``prefill`` is non-empty, ``decode`` lists the instances
+        that accept decode work (maybe empty). ``admit`` is True at arrival (the request may be
+        rejected) and False for a request being re-routed. Default: :meth:`select_prefill`."""
+        return Placement(self.select_prefill(now, prompt_tokens, output_tokens, prefill))
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
                        candidates: Sequence[Routable]) -> Routable:
@@ -70,6 +138,22 @@ class Router:
 
 
 ROUTERS: Registry[Callable[[RouterContext], Router]] = Registry("router")
+
+
+def make_router(spec: str, context: RouterContext) -> Router:
+    """The router named by ``spec`` (``NAME`` or ``NAME:KEY=VALUE,...``); DopdError if the name
+    is unknown or the options are bad."""
+    require(isinstance(spec, str) and spec.strip() != "", "router spec is empty")
+    name, _, options = spec.strip().partition(":")
+    return ROUTERS.get(name)(dataclasses.replace(context, options=options.strip()))
+
+
+@ROUTERS.decorator("length-aware")
+def _length_aware(context: RouterContext) -> Router:
+    """The length-aware router; imported on first use (it lives in the control plane)."""
+    from dopd.control.routing.length_aware import LengthAwareRouter
+
+    return LengthAwareRouter(context)
 
 
 @ROUTERS.decorator("round-robin")

@@ -15,7 +15,7 @@ from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.cluster import SimCluster
 from dopd.sim.models import SimModels, build_models
 from dopd.sim.policy import ClusterPolicy, HindsightSearch, PolicyContext, make_policy
-from dopd.sim.routing import ROUTERS, RouterContext
+from dopd.sim.routing import RouterContext, make_router
 from dopd.types import SLO
 from dopd.workload import Workload
 
@@ -40,7 +40,7 @@ def run_simulation(workload: Workload, config: SimConfig, policy: str | ClusterP
             f"policy must be a spec string or a ClusterPolicy, got {type(policy).__name__}")
     if isinstance(built, HindsightSearch):
         return _search(workload, config, models, context, built, progress)
-    return _run_one(workload, config, models, built, progress)
+    return _run_one(workload, config, models, built, progress, slo)
 
 
 def build_cluster(workload: Workload, config: SimConfig, policy: str | ClusterPolicy,
@@ -55,14 +55,13 @@ def build_cluster(workload: Workload, config: SimConfig, policy: str | ClusterPo
                                                   models.kv_blocks))
     require(isinstance(built, ClusterPolicy), f"{policy!r} is not a single cluster policy")
     assert isinstance(built, ClusterPolicy)
-    return _cluster(workload, config, models, built, progress)
+    return _cluster(workload, config, models, built, progress, slo)
 
 
 def _cluster(workload: Workload, config: SimConfig, models: SimModels, policy: ClusterPolicy,
-             progress: Callable[[float], None] | None) -> SimCluster:
+             progress: Callable[[float], None] | None, slo: SLO | None = None) -> SimCluster:
     router_name = policy.router if config.router == "auto" else config.router
-    router = ROUTERS.get(router_name)(RouterContext(
-        models.latency, config.max_batched_tokens, config.block_size, models.watermark_blocks))
+    router = make_router(router_name, RouterContext.of(config, models, slo))
     cluster = SimCluster(workload.arrival_s.tolist(), workload.prompt_tokens.tolist(),
                          workload.output_tokens.tolist(), config, models, policy, router, progress)
     cluster.init_instances(list(policy.initial_roles(config.instances)))
@@ -92,14 +91,24 @@ def collect_result(cluster: SimCluster, wall_s: float) -> SimResult:
         events=cluster.q.popped,
         wall_s=wall_s,
         reason=dict(cluster.reason),
-        decisions=tuple(cluster.decisions),
+        decisions=_decisions(cluster),
     )
 
 
+def _decisions(cluster: SimCluster) -> tuple[dict[str, object], ...]:
+    """The cluster's action records merged, by time, with the records a policy keeps in its
+    ``decisions`` attribute (if any)."""
+    own = getattr(cluster.policy, "decisions", None)
+    if not own:
+        return tuple(cluster.decisions)
+    merged = sorted([*cluster.decisions, *own], key=lambda r: float(r.get("t", 0.0)))
+    return tuple(merged)
+
+
 def _run_one(workload: Workload, config: SimConfig, models: SimModels, policy: ClusterPolicy,
-             progress: Callable[[float], None] | None) -> SimResult:
+             progress: Callable[[float], None] | None, slo: SLO | None = None) -> SimResult:
     started = time.perf_counter()
-    cluster = _cluster(workload, config, models, policy, progress)
+    cluster = _cluster(workload, config, models, policy, progress, slo)
     cluster.run()
     return collect_result(cluster, time.perf_counter() - started)
 
@@ -128,7 +137,7 @@ def _search(workload: Workload, config: SimConfig, models: SimModels, context: P
                 reported[0] = overall
                 progress(overall)
 
-        result = _run_one(workload, config, models, policy, sub if progress else None)
+        result = _run_one(workload, config, models, policy, sub if progress else None, slo)
         summary = summarize_result(result, slo)
         tried.append({"t": 0.0, "action": "candidate", "policy": spec,
                       "attainment": summary.attainment, "goodput_rps": summary.goodput_rps})

@@ -43,8 +43,10 @@ class AttnGroup:
     [num_blocks * block_size * kv_heads, head_dim] so that the gathered keys are contiguous
     [S_g, kv_heads, ctx, head_dim] (ctx = longest segment; padding reads slot 0, masked).
     ``masks`` maps a sliding window (None: full attention) to the additive float mask
-    [S_g, 1, rows, ctx] (0 or -inf), rows = q_len for decodes, q_groups * q_len otherwise; the
-    mask is None when nothing is masked (decodes of equal length, no window).
+    [S_g, 1, rows, ctx] (0 or -inf), rows = q_len for decodes, q_groups * q_len otherwise. It is
+    None when no mask is needed: decodes of equal length, or chunks that all start their
+    sequences with the same length (plain causal attention over their own tokens), provided the
+    window does not cut into the context.
     ``members`` are the group's segment indices in the batch.
     ``out_rows`` / ``out_tokens`` scatter the valid rows of the padded output back to flat token
     order; both None when the group is the whole batch in flat order without padding.
@@ -72,6 +74,7 @@ class BatchMeta:
     last_index: torch.Tensor  # [S] flat index of each segment's last token
     groups: tuple[AttnGroup, ...]
     num_tokens: int
+    max_len: int  # longest segment after this step
 
 
 def build_batch(
@@ -142,7 +145,7 @@ def build_batch(
 
     groups = []
     distinct_windows = tuple(dict.fromkeys(windows))
-    whole = len(decodes) == len(segments) or len(chunks) == len(segments) == 1
+    single = not (decodes and chunks)
     for members in (decodes, chunks):
         if members:
             groups.append(
@@ -153,7 +156,7 @@ def build_batch(
                     (block_size, kv_heads, q_groups),
                     distinct_windows,
                     (dtype, device),
-                    whole,
+                    single,
                 )
             )
     return BatchMeta(
@@ -164,6 +167,7 @@ def build_batch(
         last_index=as_tensor(last),
         groups=tuple(groups),
         num_tokens=len(ids),
+        max_len=max(seq_lens),
     )
 
 
@@ -174,7 +178,7 @@ def _group(
     shape: tuple[int, int, int],
     windows: tuple[int | None, ...],
     where: tuple[torch.dtype, torch.device],
-    whole: bool,
+    single: bool,
 ) -> AttnGroup:
     block_size, kv_heads, q_groups = shape
     dtype, device = where
@@ -212,9 +216,15 @@ def _group(
     heads = torch.arange(kv_heads, device=device)
     kv_index = (slot[:, None, :] * kv_heads + heads[None, :, None]).reshape(-1)
     causal = k_pos[None, None, :] <= q_pos[:, :, None]
+    # no mask needed: chunks that start their sequences together (causal SDPA), or decodes of
+    # sequences of equal length, as long as the window does not cut into the context
+    # the only group, unpadded: its padded order is the flat token order
+    whole = single and min(new) == q_len
+    fresh = q_len > 1 and max(cached) == 0 and min(new) == q_len
+    level = q_len == 1 and min(cached) == ctx - 1
     masks: dict[int | None, torch.Tensor | None] = {}
     for w in windows:
-        if w is None and q_len == 1 and all(c == ctx - 1 for c in cached):
+        if (fresh or level) and (w is None or w >= ctx):
             masks[w] = None
             continue
         allowed = causal if w is None else causal & (k_pos[None, None, :] > q_pos[:, :, None] - w)

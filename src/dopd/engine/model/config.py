@@ -143,10 +143,9 @@ class ModelConfig:
         """Query heads per KV head (grouped-query attention)."""
         return self.num_heads // self.num_kv_heads
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """KV cache bytes per token at 2 bytes per element (bf16/fp16); scale for other dtypes."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
+    def kv_bytes_per_token(self, element_size: int = 2) -> int:
+        """KV cache bytes per token (K and V of every layer) at ``element_size`` bytes each."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element_size
 
     def num_parameters(self) -> int:
         """Number of weights, counting tied embeddings once."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dopd.engine.model.config import ModelConfig
@@ -114,7 +114,7 @@ def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     tensors[key] = handle.get_tensor(key)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             raise DopdError(
                 f"cannot read weights {file.name}: {str(exc).splitlines()[0]}"
             ) from None

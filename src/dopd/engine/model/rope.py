@@ -106,14 +106,21 @@ class RotaryTable:
         self._sin = (emb.sin() * self.scale).to(self.dtype) * self._sign
 
     def cos_sin(
-        self, positions: torch.Tensor, seq_lens: torch.Tensor | None = None
+        self,
+        positions: torch.Tensor,
+        seq_lens: torch.Tensor | None = None,
+        max_len: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin for int64 ``positions`` [T] (see the class docstring)."""
+        """cos and signed sin for int64 ``positions`` [T] (see the class docstring).
+
+        ``max_len`` (> every position), when known, saves reading the positions back from the
+        device.
+        """
         if self.rope.rope_type == "dynamic":
             return self._dynamic(positions, seq_lens)
         if positions.numel() == 0:
             return self._cos[:0], self._sin[:0]
-        top = int(positions.max()) + 1
+        top = int(positions.max()) + 1 if max_len is None else max_len
         if top > self._cos.shape[0]:
             self._table(top)
         return self._cos.index_select(0, positions), self._sin.index_select(0, positions)

@@ -58,8 +58,9 @@ class DecodeStaging:
     def begin(self, cache: PagedKVCache, segments: Sequence[Segment], group: AttnGroup) -> bool:
         """Prepare this forward's decode ``group`` (of ``segments``); True when staging serves it.
 
-        Returns False (and resets) when a rebuilt staging would take more memory than the
-        cache's whole pool (and more than :data:`SMALL_STAGING_ELEMENTS` elements).
+        A staging never holds more elements than the cache's whole pool (or
+        :data:`SMALL_STAGING_ELEMENTS` for small pools), so it at most doubles the KV memory: the
+        headroom shrinks to fit, and without room for one more step this returns False.
         """
         members = [segments[s] for s in group.members]
         block = cache.block_size
@@ -74,9 +75,10 @@ class DecodeStaging:
             self.hits += 1
             return True
         self.reset()
-        capacity = group.ctx + self.headroom
-        per_layer = 2 * len(members) * cache.num_kv_heads * capacity * cache.head_dim
-        if per_layer * cache.num_layers > max(cache.data.numel(), SMALL_STAGING_ELEMENTS):
+        per_position = 2 * len(members) * cache.num_kv_heads * cache.head_dim * cache.num_layers
+        budget = max(cache.data.numel(), SMALL_STAGING_ELEMENTS)
+        capacity = min(group.ctx + self.headroom, budget // per_position)
+        if capacity <= group.ctx:
             return False
         self._cache = weakref.ref(cache)
         self._version = cache.version
@@ -127,6 +129,9 @@ class DecodeStaging:
             index = group.kv_index
             k[:, :, :ctx] = cache.k(layer).view(-1, d).index_select(0, index).view(n, -1, ctx, d)
             v[:, :, :ctx] = cache.v(layer).view(-1, d).index_select(0, index).view(n, -1, ctx, d)
+            # masked positions must hold finite values: 0 * NaN would poison the softmax
+            k[:, :, ctx:].zero_()
+            v[:, :, ctx:].zero_()
             self._k.append(k)
             self._v.append(v)
         return k[:, :, :ctx], v[:, :, :ctx]

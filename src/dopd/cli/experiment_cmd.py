@@ -1,0 +1,156 @@
+"""``dopd experiment SUITE``: run a built-in experiment suite and write its report.
+
+The work is in :mod:`dopd.experiments`; this module parses options, finds the traces, draws
+progress on stderr with rich and prints where the report went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dopd.cli.common import parse_list
+from dopd.errors import require
+from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
+from dopd.experiments.report import write_report
+from dopd.experiments.runner import max_workers
+
+TRACES_RELATIVE = Path("..") / "shared" / "traces"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+DESCRIPTION = """\
+Reproduce the paper's comparison in simulation: for every scenario of the suite (a trace or a
+synthetic workload on a model / GPU / instance budget under an SLO), find each policy's max
+goodput (highest load at 90% SLO attainment, by bisection), run every policy at the load where
+the best baseline reaches 90%, and write report.md (tables, targets verdict), results.json,
+config.json and PNG plots to --out.
+
+Suites: paper (the full comparison, under 30 minutes on 2 cores), quick (a couple of minutes),
+smoke (seconds). Policies not registered yet are skipped (and listed in the report) unless named
+with --policies.
+"""
+
+EPILOG = """\
+examples:
+  dopd experiment smoke --out /tmp/smoke
+  dopd experiment paper --out results/paper --workers 2
+  dopd experiment quick --scenarios conv-8b --policies colocated,static:best,dopd
+"""
+
+
+def default_traces_dir(cwd: Path | None = None) -> Path:
+    """``../shared/traces`` relative to ``cwd`` (default: the current directory), else relative
+    to the repository; DopdError naming both places when neither exists."""
+    here = (cwd or Path.cwd()) / TRACES_RELATIVE
+    if here.is_dir():
+        return here
+    repo = REPO_ROOT / TRACES_RELATIVE
+    require(repo.is_dir(), f"traces directory not found at {here} nor at {repo}; "
+            "pass --traces-dir PATH")
+    return repo
+
+
+class RichReporter(Reporter):
+    """A progress bar (on a terminal) and one line per finished task on stderr."""
+
+    def __init__(self, console: Console, quiet: bool) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def start(self, total_tasks: int) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=self.console, transient=True)
+        self.task = self.progress.add_task("experiment", total=total_tasks)
+        self.progress.start()
+
+    def probe(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=line[:90])
+
+    def task_done(self, done: int, total: int, line: str) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
+        self.console.print(f"[{done}/{total}] {line}", highlight=False)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
+    """The command that repeats this run, with every option spelled out."""
+    parts = ["dopd", "experiment", args.suite, "--out", str(out), "--workers", str(workers)]
+    if args.policies:
+        parts += ["--policies", ",".join(args.policies)]
+    if args.scenarios:
+        parts += ["--scenarios", ",".join(args.scenarios)]
+    if args.traces_dir:
+        parts += ["--traces-dir", args.traces_dir]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``dopd experiment``."""
+    suite = get_suite(args.suite)
+    cpus = max_workers()
+    workers = args.workers if args.workers is not None else min(2, cpus)
+    require(1 <= workers <= cpus, f"--workers must be between 1 and {cpus} (CPUs), got {workers}")
+    suite = suite.select(args.scenarios, args.policies)
+    suite, skipped = drop_unregistered(suite, args.policies or ())
+    traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
+    require(traces.is_dir(), f"traces directory not found: {traces}")
+    out = Path(args.out) if args.out else Path(f"experiment-{suite.name}")
+    require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
+    console = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160)
+    if skipped and not args.quiet:
+        console.print(f"not registered yet, skipped: {', '.join(skipped)}", highlight=False)
+    reporter = RichReporter(console, args.quiet)
+    try:
+        result = run_suite(suite, traces.resolve(), workers, reporter, skipped)
+    finally:
+        reporter.stop()
+    command = command_line(args, out, workers)
+    paths = write_report(result, out, command)
+    if not args.quiet:
+        print(f"wrote {len(paths)} files to {out} (report: {out / 'report.md'}) in "
+              f"{result.wall_s:.0f} s with {workers} worker(s)")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``dopd experiment``."""
+    p = subparsers.add_parser(
+        "experiment", help="run an experiment suite (the paper's comparison) and write a report",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("suite", choices=SUITES.names(), help="which suite")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default experiment-SUITE)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default min(2, CPUs))")
+    p.add_argument("--policies", type=parse_list, default=None, metavar="LIST",
+                   help="comma-separated subset of the suite's policies (the baselines are "
+                   "always run)")
+    p.add_argument("--scenarios", type=parse_list, default=None, metavar="LIST",
+                   help="comma-separated subset of the suite's scenarios")
+    p.add_argument("--traces-dir", default=None, metavar="PATH",
+                   help="directory of the public traces (default ../shared/traces from the "
+                   "current directory, then from the repository)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress, only errors")
+    p.set_defaults(func=run)
+    return p

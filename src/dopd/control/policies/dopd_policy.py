@@ -1,0 +1,361 @@
+"""The ``dopd`` cluster policy: monitor -> forecaster -> P/D solver -> manager.
+
+Every ``interval`` seconds it snapshots the arrival monitor (demand measured at arrival; output
+lengths from recently finished requests), folds the window into the forecaster, builds the
+solver's load (forecast rate and length moments, the window's prompt-length histogram, the
+arrivals' burstiness), solves the fixed pool (or the elastic one) with the online correction
+factors, and hands the split to :class:`~dopd.control.manager.PDManager`. Between plans, an
+SLO alarm (:func:`~.signals.slo_alarm`) lets the manager act on the last target at once.
+Every plan is logged (:attr:`DopdPolicy.decisions`) with what was predicted, and later what
+was observed. Options: :mod:`.options`.
+
+The initial split (``init=auto``) is the solver's answer for a prior load (prompt and output
+lengths like the Azure conversation trace) at the rate where the best split just meets the
+attainment target: a busy cluster's split, corrected at the first plans.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dopd.control.forecast import LoadForecast, MultiForecaster
+from dopd.control.manager import (
+    PDManager,
+    Split,
+    active_split,
+    committed_split,
+    in_transition,
+)
+from dopd.control.manager.decisions import DecisionLog
+from dopd.control.monitor import ArrivalMonitor, WindowStats
+from dopd.control.policies.options import DopdOptions
+from dopd.control.policies.signals import Observed, OutcomeWindow, pressure, slo_alarm
+from dopd.control.ratio import (
+    CorrectionFactors,
+    InstanceModel,
+    LengthDist,
+    PDPlan,
+    SolverConfig,
+    WorkloadStats,
+    predict,
+    solve,
+)
+from dopd.control.ratio.arrivals import burstiness
+from dopd.control.ratio.stats import MIN_RATE
+from dopd.errors import require
+from dopd.sim.policy import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
+from dopd.sim.routing import ROUTERS
+from dopd.types import SLO, InstanceState, RequestOutcome, RequestState, Role
+
+PRIOR = {"mean_in": 1155.0, "m2_in": 1155.0**2 * 1.8, "mean_out": 211.0,
+         "m2_out": 211.0**2 * 2.0}
+"""Length moments assumed before any are measured (like the Azure conversation trace)."""
+
+LENGTH_AWARE_MODULE = "dopd.control.routing.length_aware"
+"""Where the ``length-aware`` router lives; ``pd-pair`` is used while it cannot be imported."""
+
+_SCV_WINDOW_S = 60.0
+LITTLE_ALPHA = 0.6
+LITTLE_MARGIN = 1.2
+"""The Little's-law output estimate is smoothed (weight of the newest plan) and replaces the
+finished requests' mean only when it exceeds it by this factor: a shift, not noise."""
+_MIN_CALIBRATION_SAMPLES = 20
+
+
+def _prior_stats(rate: float) -> WorkloadStats:
+    return WorkloadStats(rate, LengthDist.from_moments(PRIOR["mean_in"], PRIOR["m2_in"]),
+                         LengthDist.from_moments(PRIOR["mean_out"], PRIOR["m2_out"]))
+
+
+def busy_rate(inst: InstanceModel, slo: SLO, n: int, config: SolverConfig) -> float:
+    """The prior load's rate at which the solver's best split of ``n`` just meets the SLO's
+    attainment target (bisection on the rate)."""
+    lo, hi = 0.01, 1.0
+    while solve(_prior_stats(hi), inst, slo, n, config=config).attainment >= slo.attainment:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            return lo
+    for _ in range(20):
+        mid = math.sqrt(lo * hi)
+        ok = solve(_prior_stats(mid), inst, slo, n, config=config).attainment >= slo.attainment
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo
+
+
+def decode_output_estimate(view: ClusterView, rate: float) -> float | None:
+    """Mean output length by Little's law on the decode side: decode tokens per second (the
+    requests each ACTIVE decode or mixed instance holds, running or waiting for its memory,
+    over its recent step time) over the arrival rate, plus the first token. Counting the
+    waiting ones as if they ran over-estimates the length while a queue builds, which is the
+    safe side: it is a decode shortage. None without arrivals or decodes."""
+    if rate <= 0:
+        return None
+    tokens_per_s = sum((v.decode_batch + v.pending_decodes) / v.recent_step_s
+                       for v in view.instances
+                       if v.role != Role.PREFILL and v.state == InstanceState.ACTIVE
+                       and v.decode_batch > 0 and v.recent_step_s > 0)
+    return 1.0 + tokens_per_s / rate if tokens_per_s > 0 else None
+
+
+class DopdPolicy(ClusterPolicy):
+    """DOPD's dynamic P/D split (see the module doc). ``decisions`` is the decision log."""
+
+    wants_ticks = True
+
+    def __init__(self, options: DopdOptions, context: PolicyContext) -> None:
+        require(context.slo is not None, "policy dopd needs an SLO (TTFT and TPOT targets)")
+        assert context.slo is not None
+        require(context.config.instances >= 2,
+                f"policy dopd needs at least 2 instances, the cluster has "
+                f"{context.config.instances}")
+        self.options = options
+        self.name = options.spec
+        self.slo = context.slo
+        self.budget = context.config.instances
+        self.router = self._router(options.length_aware)
+        self.inst = InstanceModel.from_sim_config(context.config)
+        self.solver_config = SolverConfig(variance_term=options.variance,
+                                          max_instances=max(self.budget, 2),
+                                          cold_start_s=context.config.cold_start_s)
+        window = options.monitor_window_s
+        self.monitor = ArrivalMonitor(window, output_window_s=max(60.0, 6 * window))
+        self.forecaster = (MultiForecaster(options.forecast, defaults=PRIOR)
+                           if options.forecast is not None else None)
+        self.outcomes = OutcomeWindow(options.interval_s, self.slo)
+        self.recent = OutcomeWindow(max(2.0 * options.interval_s, 10.0), self.slo)
+        self.manager = PDManager(options.manager)
+        self.log = DecisionLog(self.name)
+        self.decisions = self.log.records
+        self.correction = CorrectionFactors()
+        self._arrivals: deque[float] = deque()
+        self._next_plan = options.interval_s
+        self._target: Split | None = None
+        self._last_fc: dict[str, float] = dict(PRIOR)
+        self._last_plan: tuple[WorkloadStats, Split] | None = None
+        self._tok_s = self._prefill_tokens_per_s(PRIOR["mean_in"])
+        self._little: float | None = None
+
+    @staticmethod
+    def _router(length_aware: bool) -> str:
+        """The length-aware router when it is available (registered and importable), else
+        ``pd-pair``."""
+        if length_aware and "length-aware" in ROUTERS:
+            try:
+                importlib.import_module(LENGTH_AWARE_MODULE)
+            except ImportError:
+                return "pd-pair"
+            return "length-aware"
+        return "pd-pair"
+
+    def _prefill_tokens_per_s(self, mean_in: float) -> float:
+        n = np.array([max(mean_in, 1.0)])
+        _, fixed, var = self.inst.prefill_tables(n)
+        per = float(var[0] + fixed[0] / self.inst.batch_limit(n)[0])
+        return float(n[0]) / max(per, 1e-9)
+
+    # ------------------------------------------------------------------ start
+    def initial_roles(self, instances: int) -> list[Role]:
+        if self.options.init == "mixed":
+            return [Role.MIXED] * instances
+        given = self.options.initial_split()
+        if given is not None:
+            p, d = given
+            require(p + d == instances, f"policy dopd: init={p}/{d} needs {p + d} instances, "
+                    f"the cluster has {instances}")
+        else:
+            rate = busy_rate(self.inst, self.slo, instances, self.solver_config)
+            plan = solve(_prior_stats(rate), self.inst, self.slo, instances,
+                         config=self.solver_config)
+            p, d = plan.n_prefill, plan.n_decode
+        self._target = Split(p, d)
+        return [Role.PREFILL] * p + [Role.DECODE] * d
+
+    # ------------------------------------------------------------------ observation
+    def on_arrival(self, now: float, request_id: int, prompt_tokens: int,
+                   output_tokens: int) -> None:
+        self.monitor.observe_arrival(now, prompt_tokens)
+        self._arrivals.append(now)
+        cutoff = now - _SCV_WINDOW_S
+        while self._arrivals and self._arrivals[0] < cutoff:
+            self._arrivals.popleft()
+
+    def on_request_done(self, now: float, outcome: RequestOutcome) -> None:
+        if outcome.state == RequestState.FINISHED:
+            self.monitor.observe_output(now, outcome.output_tokens)
+        self.outcomes.observe(now, outcome)
+        self.recent.observe(now, outcome)
+
+    # ------------------------------------------------------------------ control
+    def on_tick(self, now: float, view: ClusterView) -> Sequence[Action]:
+        self.manager.track(now, view)
+        if now + 1e-9 >= self._next_plan:
+            while self._next_plan <= now + 1e-9:
+                self._next_plan += self.options.interval_s
+            return self._plan(now, view)
+        if self._target is None:
+            return ()
+        alarm = slo_alarm(pressure(view, self._tok_s), self.recent.summary(now), self.slo)
+        if not alarm.active:
+            return ()
+        decision = self.manager.step(now, view, self._target, alarm, confirming=False)
+        if decision.actions:
+            self.log.add(now, reason=f"alarm: {decision.reason}", actions=decision.actions,
+                         target=decision.target, current=decision.current,
+                         observation={"alarm": alarm.detail})
+        return decision.actions
+
+    def _forecast(self, now: float, snap: WindowStats, view: ClusterView) -> LoadForecast:
+        """The next window's load. Output lengths are known only when requests finish, so
+        the finished ones are biased short after a shift to longer outputs (and during the
+        first output window, when only short ones have finished). The decode side's own
+        throughput gives a lag-free estimate by Little's law: tokens decoded per second over
+        the arrival rate, plus the first token. The larger of the two is used (the second
+        moment keeps the finished requests' CV)."""
+        warm = now >= self.monitor.output_window_s
+        mean_out = snap.mean_out if warm else math.nan
+        m2_out = snap.m2_out if warm else math.nan
+        little = decode_output_estimate(view, snap.rate_rps)
+        if little is not None:
+            prev = self._little
+            self._little = little if prev is None else prev + LITTLE_ALPHA * (little - prev)
+        if self._little is not None and self.options.little:
+            little = self._little
+            base = mean_out if not math.isnan(mean_out) else self._last_fc["mean_out"]
+            if little > LITTLE_MARGIN * base:
+                scv = (m2_out / mean_out**2) if not math.isnan(mean_out) and mean_out > 0 \
+                    else self._last_fc["m2_out"] / self._last_fc["mean_out"] ** 2
+                mean_out, m2_out = little, little * little * max(scv, 1.0)
+        if self.forecaster is not None:
+            self.forecaster.update_values(rate=snap.rate_rps, mean_in=snap.mean_in,
+                                          m2_in=snap.m2_in, mean_out=mean_out, m2_out=m2_out)
+            return self.forecaster.predict()
+        last = self._last_fc
+        for key, value in (("mean_in", snap.mean_in), ("m2_in", snap.m2_in),
+                           ("mean_out", mean_out), ("m2_out", m2_out)):
+            if not math.isnan(value):
+                last[key] = value
+        return LoadForecast(snap.rate_rps, snap.rate_rps, last["mean_in"],
+                            max(last["m2_in"], last["mean_in"] ** 2), last["mean_out"],
+                            max(last["m2_out"], last["mean_out"] ** 2))
+
+    def _stats(self, fc: LoadForecast, snap: WindowStats) -> WorkloadStats:
+        mean_in = max(fc.mean_in, 1.0)
+        m2_in = max(fc.m2_in, mean_in * mean_in)
+        if sum(snap.in_hist) > 0:
+            isl = LengthDist.from_bins(snap.in_hist_edges, snap.in_hist, mean_in, m2_in)
+        else:
+            isl = LengthDist.from_moments(mean_in, m2_in)
+        mean_out = max(fc.mean_out, 1.5)
+        osl = LengthDist.from_moments(mean_out, max(fc.m2_out, mean_out * mean_out))
+        upper = max(fc.rate_upper, fc.rate, MIN_RATE)
+        rate = upper if self.options.rate == "upper" else max(fc.rate, MIN_RATE)
+        scv = burstiness(np.fromiter(self._arrivals, dtype=np.float64)) \
+            if len(self._arrivals) >= 8 else 1.0
+        return WorkloadStats(rate, isl, osl, rate_upper=max(upper, rate), arrival_scv=scv)
+
+    def _calibrate(self, view: ClusterView, observed: Observed) -> None:
+        """Fold the last interval's observed P90s into the correction factors, against the raw
+        prediction for the split that ran (only when it ran unchanged and served enough)."""
+        if not self.options.calibrate or self._last_plan is None:
+            return
+        stats, split = self._last_plan
+        if observed.finished < _MIN_CALIBRATION_SAMPLES or active_split(view) != split \
+                or in_transition(view) or split.prefill < 1 or split.decode < 1:
+            return
+        raw = predict(stats, self.inst, self.slo, split.prefill, split.decode,
+                      self.solver_config)
+        self.correction = self.correction.update(observed.ttft_p90, raw.ttft_p90,
+                                                 observed.tpot_p90, raw.tpot_p90)
+
+    def _target_of(self, plan: PDPlan, current: Split) -> Split:
+        """The split to aim for: the plan's, unless the committed split is predicted within
+        ``stick`` attainment of it (a switch costs a drain, so a near-tie keeps what runs)."""
+        best = Split(plan.n_prefill, plan.n_decode)
+        if plan.mode == "fixed" and current.mixed == 0 and current != best \
+                and current.total == self.budget and current.prefill >= 1 \
+                and current.decode >= 1:
+            now = plan.splits[current.prefill - 1]
+            if now.attainment >= plan.attainment - self.options.stick:
+                best = current
+        if not self.options.mixed or plan.mode != "fixed":
+            return best
+        q = plan.quantile
+        rows = plan.splits
+        need_p = next((r.n_prefill for r in rows if r.ttft_attainment >= q), plan.n_prefill)
+        need_d = next((r.n_decode for r in reversed(rows) if r.tpot_attainment >= q),
+                      plan.n_decode)
+        spare = self.budget - need_p - need_d
+        if spare <= 0:
+            return Split(plan.n_prefill, plan.n_decode)
+        return Split(need_p, need_d, spare)
+
+    def _plan(self, now: float, view: ClusterView) -> Sequence[Action]:
+        snap = self.monitor.snapshot(now)
+        observed = self.outcomes.summary(now)
+        self.log.settle(now, {"finished": observed.finished, "ttft_p90": observed.ttft_p90,
+                              "tpot_p90": observed.tpot_p90, "attainment": observed.attainment})
+        self._calibrate(view, observed)
+        fc = self._forecast(now, snap, view)
+        self._tok_s = self._prefill_tokens_per_s(fc.mean_in)
+        if snap.count == 0 and self.forecaster is None:
+            return ()
+        stats = self._stats(fc, snap)
+        if self.options.elastic:
+            plan = solve(stats, self.inst, self.slo, None, config=self.solver_config,
+                         correction=self.correction, current=len(view.alive()))
+        else:
+            plan = solve(stats, self.inst, self.slo, self.budget, config=self.solver_config,
+                         correction=self.correction)
+        target = self._target_of(plan, committed_split(view))
+        self._target = target
+        press = pressure(view, self._tok_s)
+        alarm = slo_alarm(press, self.recent.summary(now), self.slo)
+        decision = self.manager.step(now, view, target, alarm, self._can_remove(stats))
+        running = active_split(view)
+        if running.mixed == 0 and running.prefill >= 1 and running.decode >= 1:
+            self._last_plan = (stats, running)
+        self.log.add(
+            now, reason=f"{decision.reason} | {plan.reason}", actions=decision.actions,
+            target=target, current=decision.current,
+            observation={"window": snap, "arrival_scv": stats.arrival_scv, "pressure": press,
+                         "alarm": alarm.detail, "correction": (self.correction.ttft,
+                                                               self.correction.tpot)},
+            forecast=fc, predicted=_prediction(plan, target),
+        )
+        return decision.actions
+
+    def _can_remove(self, stats: WorkloadStats) -> Callable[[Role], bool]:
+        """Scale-in check: the target split (the survivors) meets the attainment target at the
+        forecast's upper rate, so they absorb the load of the instance removed."""
+        def check(role: Role) -> bool:
+            target = self._target
+            if target is None or target.prefill < 1 or target.decode < 1:
+                return False
+            peak = stats.with_rate(stats.peak_rate)
+            got = predict(peak, self.inst, self.slo, target.prefill, target.decode,
+                          self.solver_config, self.correction)
+            return got.attainment >= self.slo.attainment
+        return check
+
+
+def _prediction(plan: PDPlan, target: Split) -> dict[str, float]:
+    """What the plan predicts for ``target`` (its own row when the plan scanned it)."""
+    row = next((r for r in plan.splits if (r.n_prefill, r.n_decode)
+                == (target.prefill, target.decode)), None) if target.mixed == 0 else None
+    if row is None:
+        return {"ttft_p90": plan.ttft_p90, "tpot_p90": plan.tpot_p90,
+                "attainment": plan.attainment, "rate": plan.rate, "split_of_plan": 1.0}
+    return {"ttft_p90": row.ttft_p90, "tpot_p90": row.tpot_p90,
+            "attainment": row.attainment, "rate": plan.rate}
+
+
+def _factory(args: str, context: PolicyContext) -> ClusterPolicy:
+    return DopdPolicy(DopdOptions.parse(args), context)
+
+
+POLICIES.register("dopd", _factory)

@@ -1,0 +1,106 @@
+"""Spec options of the ``dopd`` cluster policy (``dopd:flag:key=value:...``).
+
+Flags: ``noforecast`` (plan on the last window as measured, the reactive ablation),
+``novariance`` (the solver drops the prompt-length variance term), ``nolength`` (no
+length-aware routing: the plain ``pd-pair`` router), ``nocalibrate`` (no online correction
+factors), ``elastic`` (an elastic pool: the solver sizes it, instances are added and removed),
+``mixed`` (hybrid: instances the minimal split does not need serve both phases),
+``nolittle`` (output lengths from finished requests only, without the decode side's
+Little's-law estimate).
+
+Keys: ``forecast=`` (forecaster spec for every load signal, default ``ewma``), ``interval=``
+(seconds between plans, default 5), ``window=`` (monitor window, default the interval),
+``rate=mean|upper`` (rate the fixed-pool solver plans for, default ``mean``; ``upper`` plans
+for the forecast's upper bound, which over-provisions the decode side: a decode pool averages
+bursts over the seconds a request decodes, which the solver's stationary decode model misses),
+``init=auto|P/D|mixed`` (initial split),
+``stick=`` (keep the running split while its predicted attainment is within this of the
+best, default 0.02), and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from dopd.control.forecast import make_forecaster
+from dopd.control.manager import ManagerConfig
+from dopd.control.policies.signals import option_float, option_int, parse_options
+from dopd.errors import require
+
+FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixed", "nolittle"}
+KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
+        "changes", "stick"}
+
+DEFAULT_MANAGER = ManagerConfig(confirm=2, margin=2, reverse_confirm=4, reverse_window_s=60.0,
+                                dwell_s=20.0, max_changes=1, alarm_changes=2, max_in_flight=2)
+
+
+@dataclass(frozen=True)
+class DopdOptions:
+    """Parsed options of the ``dopd`` policy (see the module doc)."""
+
+    forecast: str | None = "ewma"
+    variance: bool = True
+    length_aware: bool = True
+    calibrate: bool = True
+    elastic: bool = False
+    mixed: bool = False
+    little: bool = True
+    interval_s: float = 5.0
+    window_s: float | None = None
+    rate: str = "mean"
+    init: str = "auto"
+    stick: float = 0.02
+    manager: ManagerConfig = field(default=DEFAULT_MANAGER)
+    spec: str = "dopd"
+
+    @property
+    def monitor_window_s(self) -> float:
+        return self.interval_s if self.window_s is None else self.window_s
+
+    @classmethod
+    def parse(cls, args: str) -> DopdOptions:
+        """Options from the text after ``dopd:``; DopdError on unknown or bad options."""
+        flags, values = parse_options("dopd", args, FLAGS, KEYS)
+        forecast: str | None = values.get("forecast", "ewma")
+        if "noforecast" in flags:
+            require("forecast" not in values, "policy dopd: noforecast and forecast= conflict")
+            forecast = None
+        else:
+            assert forecast is not None
+            make_forecaster(forecast)  # fails early on a bad spec
+        rate = values.get("rate", "mean").lower()
+        require(rate in ("mean", "upper"), f"policy dopd: rate must be mean or upper, got {rate!r}")
+        init = values.get("init", "auto").lower()
+        if init not in ("auto", "mixed"):
+            parts = init.split("/") if "/" in init else init.split("-")
+            require(len(parts) == 2 and all(p.isdigit() and int(p) >= 1 for p in parts),
+                    f"policy dopd: init must be auto, mixed or P/D (e.g. 3/5), got {init!r}")
+        base = DEFAULT_MANAGER
+        manager = replace(
+            base,
+            confirm=option_int("dopd", values, "confirm", base.confirm),
+            margin=option_int("dopd", values, "margin", base.margin),
+            dwell_s=option_float("dopd", values, "dwell", base.dwell_s, low=-1e-9),
+            max_changes=option_int("dopd", values, "changes", base.max_changes),
+            switch=True,
+            elastic="elastic" in flags,
+        )
+        interval = option_float("dopd", values, "interval", 5.0)
+        window = option_float("dopd", values, "window", interval) if "window" in values else None
+        spec = "dopd" + "".join(f":{a.strip()}" for a in args.split(":") if a.strip())
+        return cls(
+            forecast=forecast, variance="novariance" not in flags,
+            length_aware="nolength" not in flags, calibrate="nocalibrate" not in flags,
+            elastic="elastic" in flags, mixed="mixed" in flags, little="nolittle" not in flags,
+            interval_s=interval,
+            window_s=window, rate=rate, init=init, manager=manager, spec=spec,
+            stick=option_float("dopd", values, "stick", 0.02, low=-1e-9),
+        )
+
+    def initial_split(self) -> tuple[int, int] | None:
+        """The P/D split named by ``init=P/D``, else None."""
+        if self.init in ("auto", "mixed"):
+            return None
+        parts = self.init.split("/") if "/" in self.init else self.init.split("-")
+        return int(parts[0]), int(parts[1])

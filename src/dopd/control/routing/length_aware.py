@@ -1,0 +1,195 @@
+"""``length-aware``: DOPD's request scheduling (DESIGN.md, "Request scheduling (length-aware)").
+
+At arrival (:meth:`LengthAwareRouter.place`), in this order:
+
+1. Long-prompt lane: while recent prompt lengths are heavy-tailed, long prompts may only use the
+   lane's prefill instances (the last ones of the candidate list) and short ones only the others
+   (:mod:`dopd.control.routing.lanes`). A long prompt spills over to the others only when that
+   rescues it: its best predicted TTFT in the lane is hopeless (above ``admit_k`` x the SLO)
+   and outside it is not.
+2. Prefill placement: the candidate with the smallest predicted TTFT
+   (:func:`~dopd.control.routing.predict.ttft_s`): the step in progress, the queued work ahead
+   of the prompt in the instance's queue order drained in budget-sized steps, the prompt itself
+   and its KV hand-off.
+3. Short-prompt bypass: a short prompt prefills on a decode instance when that is predicted to
+   give an earlier first token, the step carrying it and the decode step after it stay within
+   the TPOT SLO, and its whole-life KV fits there.
+4. Admission control: a request whose best predicted TTFT exceeds ``admit_k`` x the TTFT SLO is
+   rejected at once (it would miss the SLO anyway, and serving it would delay the others).
+
+Within an instance, prompts wait shortest first with aging (:meth:`scheduler_config`; see
+:mod:`dopd.engine.waitqueue` for the starvation bound). Decode placement
+(:meth:`select_decode`): among the decode instances whose KV holds every request placed there
+and this one at their last step (ISL + expected OSL, the request's ``output_tokens``), the
+smallest predicted step time after admission; when none has room for a whole life, ``pd-pair``'s
+choice (free KV for the prompt now, else the most headroom): the hand-off then waits for memory
+rather than being admitted where it does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from dopd.control.routing.lanes import LengthWindow
+from dopd.control.routing.options import LengthAwareOptions, parse_options
+from dopd.control.routing.predict import DecodeModel, request_cost_s, ttft_s
+from dopd.engine.sequence import SchedulerConfig
+from dopd.errors import require
+from dopd.sim.routing import PDPair, Placement, Routable, RouterContext
+from dopd.types import Role
+
+AGING_SLOS = 5.0
+"""Default aging bound of the short-first queue, in TTFT SLOs."""
+
+DEFAULT_AGING_S = 10.0
+"""Default aging bound of the short-first queue when the run has no SLO."""
+
+_EWMA = 1 / 256  # weight of the newest arrival in the mean prompt and output lengths
+
+
+class LengthAwareRouter(PDPair):
+    """The ``length-aware`` router (see the module docstring); options from the spec text,
+    :class:`~dopd.control.routing.options.LengthAwareOptions`. Bypass and admission control
+    need the run's SLO (DopdError without one, unless both are off)."""
+
+    name = "length-aware"
+    accepts_options = True
+
+    def __init__(self, context: RouterContext) -> None:
+        super().__init__(context)
+        self.options: LengthAwareOptions = parse_options(context.options)
+        opts = self.options
+        require(context.slo is not None or not opts.needs_slo,
+                "router length-aware needs an SLO for bypass and admission control "
+                "(give one, or turn them off with bypass=off,admit=off)")
+        self.window = LengthWindow(opts.lane_window, opts.lane_quantile, opts.lane_ratio)
+        self.decode_model = DecodeModel(context)
+        slo = context.slo
+        self._ttft_limit = opts.admit_k * slo.ttft_s if slo is not None else math.inf
+        self._tpot = slo.tpot_s if slo is not None else math.inf
+        self._mean_prompt = 0.0
+        self._mean_osl = 1.0
+        self._seen = 0
+        self.rejected = 0
+        self.bypassed = 0
+
+    # ------------------------------------------------------------------ engine settings
+    def scheduler_config(self, base: SchedulerConfig) -> SchedulerConfig:
+        opts = self.options
+        if opts.order == "fcfs":
+            return base
+        aging = opts.aging_s
+        if aging is None:
+            slo = self.context.slo
+            aging = AGING_SLOS * slo.ttft_s if slo is not None else DEFAULT_AGING_S
+        return dataclasses.replace(base, queue_order="short-first", aging_s=aging,
+                                   max_passes=opts.max_passes)
+
+    # ------------------------------------------------------------------ arrival
+    def place(self, now: float, prompt_tokens: int, output_tokens: int,
+              prefill: Sequence[Routable], decode: Sequence[Routable],
+              admit: bool) -> Placement:
+        opts = self.options
+        p = prompt_tokens
+        if admit:
+            if self._seen:
+                self._mean_prompt += _EWMA * (p - self._mean_prompt)
+                self._mean_osl += _EWMA * (output_tokens - self._mean_osl)
+            else:
+                self._mean_prompt, self._mean_osl = float(p), float(output_tokens)
+            self._seen += 1
+            if opts.lane:
+                self.window.observe(p, request_cost_s(self.context, p))
+        candidates = prefill
+        lane = self.window.lanes(len(prefill)) if opts.lane else 0
+        long = lane > 0 and self.window.is_long(p)
+        if long:
+            candidates = prefill[-lane:]
+        wait = self.decode_model.handoff_wait_s(prefill, decode, self._mean_prompt,
+                                                self._mean_osl)
+        best, best_t = self._best_prefill(now, p, output_tokens, candidates, wait)
+        if long and best_t > self._ttft_limit:
+            other, other_t = self._best_prefill(now, p, output_tokens, prefill[:-lane], wait)
+            if other_t <= self._ttft_limit:
+                best, best_t = other, other_t
+        if opts.bypass and p <= opts.bypass_tokens and decode:
+            inst, t = self._best_bypass(now, p, output_tokens, decode)
+            if inst is not None and t < best_t:
+                self.bypassed += 1
+                return Placement(inst, bypass=True)
+        if admit and opts.admit and best_t > self._ttft_limit:
+            self.rejected += 1
+            slo = self.context.slo
+            assert slo is not None
+            return Placement(None, reject=f"admission control: predicted TTFT {best_t:.2f} s > "
+                                          f"{opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s")
+        return Placement(best)
+
+    def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
+                       candidates: Sequence[Routable]) -> Routable:
+        """Prefill placement alone (no lane, bypass or admission): the :meth:`place` rule."""
+        return self._best_prefill(now, prompt_tokens, output_tokens, candidates)[0]
+
+    def _best_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
+                      candidates: Sequence[Routable], decode_wait_s: float = 0.0
+                      ) -> tuple[Routable, float]:
+        """The candidate with the smallest predicted TTFT without the wait for decode memory
+        (``least-loaded``'s choice when the ``ttft`` option is off; that wait is the same for
+        every prefill-only candidate, so it would only create ties) and its predicted TTFT
+        with that wait."""
+        context = self.context
+        if not self.options.ttft:
+            inst = super().select_prefill(now, prompt_tokens, output_tokens, candidates)
+            return inst, ttft_s(context, now, inst, prompt_tokens, decode_wait_s)
+        best = candidates[0]
+        best_t = math.inf
+        for inst in candidates:
+            t = ttft_s(context, now, inst, prompt_tokens)
+            if t < best_t:
+                best, best_t = inst, t
+        if decode_wait_s > 0 and best.sched.role == Role.PREFILL:
+            best_t = max(best_t, decode_wait_s + context.transfer_s(prompt_tokens))
+        return best, best_t
+
+    def _best_bypass(self, now: float, prompt_tokens: int, output_tokens: int,
+                     decode: Sequence[Routable]) -> tuple[Routable | None, float]:
+        """The decode instance that would give the bypassed prompt its first token soonest
+        while keeping its decodes within the TPOT SLO and the KV within memory, and that time
+        (None, inf when none qualifies)."""
+        model = self.decode_model
+        tpot = self._tpot
+        osl = self._mean_osl
+        best: Routable | None = None
+        best_t = math.inf
+        for inst in decode:
+            if inst.sched.role != Role.DECODE:
+                continue
+            step = model.bypass_step(inst, prompt_tokens)
+            if step > tpot or model.step_after(inst, prompt_tokens) > tpot:
+                continue
+            if not model.lifetime_fits(inst, prompt_tokens, output_tokens, osl):
+                continue
+            t = inst.free_at(now) - now + step
+            if t < best_t:
+                best, best_t = inst, t
+        return best, best_t
+
+    # ------------------------------------------------------------------ decode
+    def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
+                      candidates: Sequence[Routable]) -> Routable:
+        if not self.options.decode:
+            return super().select_decode(now, prompt_tokens, output_tokens, candidates)
+        model = self.decode_model
+        osl = self._mean_osl
+        best: Routable | None = None
+        best_t = math.inf
+        for inst in candidates:
+            if model.lifetime_fits(inst, prompt_tokens, output_tokens, osl):
+                t = model.step_after(inst, prompt_tokens)
+                if t < best_t:
+                    best, best_t = inst, t
+        if best is not None:
+            return best
+        return super().select_decode(now, prompt_tokens, output_tokens, candidates)

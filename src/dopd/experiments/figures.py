@@ -1,0 +1,87 @@
+"""The report's PNG plots: goodput bars, attainment-vs-rate curves, P/D counts over time and
+latency CDFs (the last three reuse ``dopd.bench.plots``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from dopd.bench.plots import plot_attainment_vs_rate, plot_latency_cdfs, plot_timelines
+from dopd.bench.report import safe_name
+from dopd.experiments.analysis import ScenarioAnalysis
+from dopd.experiments.runner import ExperimentResult
+
+ROLE_COLORS = {"baseline": "tab:gray", "competitor": "tab:blue", "proposed": "tab:red",
+               "ablation": "tab:orange"}
+
+
+def plot_goodput_bars(analyses: tuple[ScenarioAnalysis, ...], path: Path,
+                      target_ratio: float | None = None) -> Path:
+    """Max goodput (req/s) per policy, one panel per scenario; the best baseline as a dotted
+    line and ``target_ratio`` x it as a dashed one."""
+    n = len(analyses)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, a in zip(axes.flat, analyses, strict=False):
+        names = [r.policy for r in a.rows]
+        values = [r.max_goodput_rps for r in a.rows]
+        colors = [ROLE_COLORS.get(r.role, "tab:green") for r in a.rows]
+        x = np.arange(len(names))
+        ax.bar(x, values, color=colors)
+        best = a.reference.goodput_rps
+        if best > 0:
+            ax.axhline(best, color="k", linestyle=":", linewidth=1, label="best baseline")
+            if target_ratio is not None:
+                ax.axhline(target_ratio * best, color="tab:red", linestyle="--", linewidth=1,
+                           label=f"{target_ratio:g}x target")
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize="small")
+        ax.set_title(a.scenario.name, fontsize="medium")
+        ax.set_ylabel("max goodput (req/s)")
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize="small")
+    fig.suptitle("Max goodput at 90% SLO attainment")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return p
+
+
+def write_figures(result: ExperimentResult, analyses: tuple[ScenarioAnalysis, ...],
+                  out: Path) -> list[Path]:
+    """Every plot of the report under ``out``; returns the paths, in report order.
+
+    ``goodput.png``; per scenario ``attainment_<name>.png`` (from the search probes) and
+    ``cdf_<name>.png`` (at the comparison load); ``timeline_<name>.png`` for the suite's
+    timeline scenario (ablations left out).
+    """
+    suite = result.suite
+    paths = [plot_goodput_bars(analyses, out / "goodput.png",
+                               suite.targets.goodput_ratio if suite.proposed else None)]
+    for scenario in suite.scenarios:
+        name = scenario.name
+        probes = {p: [(pr.rate_rps, pr.attainment) for pr in result.searches[(name, p)].probes]
+                  for p in suite.policies}
+        paths.append(plot_attainment_vs_rate(probes, out / f"attainment_{safe_name(name)}.png",
+                                             scenario.slo.attainment))
+        runs = {p: result.comparisons[(name, p)].result for p in suite.policies}
+        paths.append(plot_latency_cdfs(runs, out / f"cdf_{safe_name(name)}.png", scenario.slo))
+    if suite.timeline_scenario is not None:
+        name = suite.timeline_scenario
+        shown = [p for p in suite.policies if p not in suite.ablations]
+        runs = {p: result.comparisons[(name, p)].result for p in shown}
+        paths.append(plot_timelines(runs, out / f"timeline_{safe_name(name)}.png"))
+    return paths

@@ -1,0 +1,127 @@
+"""``dopd experiment`` end to end on the smoke suite, and its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dopd.cli.experiment_cmd import default_traces_dir
+from dopd.cli.main import main
+from dopd.errors import DopdError
+from dopd.experiments.runner import drop_unregistered
+from dopd.experiments.suites import get_suite
+
+TRACES = Path("/work/shared/traces")
+needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not present")
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table as rows of cells (header first, separator dropped)."""
+    out: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(re.fullmatch(r"-+", c) for c in cells):
+                current.append(cells)
+        elif current:
+            out.append(current)
+            current = []
+    return out
+
+
+def number(cell: str) -> float | None:
+    return None if cell == "-" else float(cell)
+
+
+@needs_traces
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "smoke"
+    assert main(["experiment", "smoke", "--out", str(out), "--workers", "2",
+                 "--traces-dir", str(TRACES)]) == 0
+    policies = drop_unregistered(get_suite("smoke"))[0].policies
+    assert "dopd" in policies
+    err = capsys.readouterr().err
+    assert re.search(r"\[\d+/\d+\] shift-8b dopd: max goodput", err)
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "results.json", "config.json", "goodput.png",
+            "attainment_conv-8b.png", "cdf_conv-8b.png", "attainment_shift-8b.png",
+            "cdf_shift-8b.png", "timeline_shift-8b.png"} <= names
+    assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
+
+    report = (out / "report.md").read_text()
+    assert "dopd experiment smoke --out" in report
+    per_scenario = [t for t in tables(report) if t[0][:3] == ["policy", "role",
+                                                                "max goodput r/s"]]
+    assert len(per_scenario) == 2
+    for table in per_scenario:
+        assert [row[0] for row in table[1:]] == list(policies)
+        for row in table[1:]:
+            values = [number(c) for c in row[2:5] + row[6:]]
+            assert values[0] is not None and values[0] > 0
+            assert 0 <= number(row[6]) <= 100  # type: ignore[operator]
+    verdict_table = next(t for t in tables(report) if t[0][:2] == ["scenario", "target"])
+    assert {row[3] for row in verdict_table[1:]} <= {"met", "MISSED", "n/a"}
+    assert len(verdict_table) > 1
+    ablations = next(t for t in tables(report) if t[0][:2] == ["scenario", "ablation"])
+    assert len(ablations) - 1 == 2 * sum(p.startswith("dopd:") for p in policies)
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["suite"] == "smoke" and results["workers"] == 2
+    for name, scenario in results["scenarios"].items():
+        assert list(scenario["policies"]) == list(policies), name
+        for record in scenario["policies"].values():
+            assert record["max_goodput_rps"] > 0 and record["probes"]
+            assert 0 <= record["attainment"] <= 1
+        assert scenario["comparison_load"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["suite"]["name"] == "smoke" and len(config["suite"]["scenarios"]) == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--workers", "0"], "--workers must be between 1"),
+    (["--workers", "999"], "--workers must be between 1"),
+    (["--scenarios", "nope"], "no scenario 'nope'"),
+    (["--policies", "colocated,bogus"], "no policy bogus"),
+    (["--traces-dir", "/nonexistent/traces"], "traces directory not found"),
+])
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "smoke", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_must_be_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert main(["experiment", "smoke", "--out", str(target)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_unknown_suite_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", "nosuch"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_default_traces_dir(tmp_path: Path) -> None:
+    (tmp_path / "shared" / "traces").mkdir(parents=True)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    assert default_traces_dir(cwd) == cwd / ".." / "shared" / "traces"
+
+
+def test_missing_traces_everywhere_is_a_clear_error(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import dopd.cli.experiment_cmd as cmd
+
+    monkeypatch.setattr(cmd, "REPO_ROOT", tmp_path / "repo")
+    with pytest.raises(DopdError, match=r"traces directory not found at .* nor at"):
+        cmd.default_traces_dir(tmp_path)

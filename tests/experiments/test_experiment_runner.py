@@ -1,0 +1,152 @@
+"""Running a suite: determinism across worker counts, the comparison load, policy filtering,
+fail-fast checks, and the verdicts against the targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dopd.errors import DopdError
+from dopd.experiments.analysis import Floors, PolicyRow, Reference, verdicts
+from dopd.experiments.runner import (
+    ExperimentResult,
+    Reporter,
+    check_suite,
+    comparison_load,
+    drop_unregistered,
+    run_suite,
+)
+from dopd.experiments.suites import get_suite
+from dopd.experiments.tasks import Misses
+
+TRACES = Path("/work/shared/traces")
+needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not present")
+
+
+class Recorder(Reporter):
+    def __init__(self) -> None:
+        self.total = 0
+        self.done: list[tuple[int, str]] = []
+        self.probes: list[str] = []
+
+    def start(self, total_tasks: int) -> None:
+        self.total = total_tasks
+
+    def probe(self, line: str) -> None:
+        self.probes.append(line)
+
+    def task_done(self, done: int, total: int, line: str) -> None:
+        self.done.append((done, line))
+
+
+def baselines_only() -> object:
+    return get_suite("smoke").select(("shift-8b",), ())
+
+
+def fingerprint(result: ExperimentResult) -> dict[str, object]:
+    """Everything of a result except wall times."""
+    out: dict[str, object] = {"loads": result.loads}
+    for key, s in result.searches.items():
+        out[f"search {key}"] = (s.result.rate_scale, s.result.history, s.probes, s.goodput_rps,
+                                s.resolved)
+    for key, c in result.comparisons.items():
+        r = c.result
+        out[f"compare {key}"] = (c.load, c.rate_rps, r.policy, r.switches, r.gpu_seconds,
+                                 r.state.tolist(), np.nan_to_num(r.first_token_s).tolist(),
+                                 np.nan_to_num(r.finish_s).tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def inline_run() -> tuple[ExperimentResult, Recorder]:
+    recorder = Recorder()
+    suite = baselines_only()
+    return run_suite(suite, TRACES, workers=1, reporter=recorder), recorder  # type: ignore[arg-type]
+
+
+def test_results_are_keyed_complete_and_reported(inline_run: tuple[ExperimentResult,
+                                                                   Recorder]) -> None:
+    result, recorder = inline_run
+    keys = [("shift-8b", "colocated"), ("shift-8b", "static:best")]
+    assert list(result.searches) == keys and list(result.comparisons) == keys
+    assert recorder.total == 4 and [d for d, _ in recorder.done] == [1, 2, 3, 4]
+    runs = sum(len(s.probes) for s in result.searches.values()) + len(result.comparisons)
+    assert len(recorder.probes) == runs
+    load = result.loads["shift-8b"]
+    assert load == max(s.load for s in result.searches.values())
+    assert load == comparison_load(result.suite, "shift-8b", result.searches)
+    for s in result.searches.values():
+        assert s.result.feasible and s.goodput_rps > 0
+        met = [p for p in s.probes if p.attainment >= 0.9]
+        assert s.load == max(p.load for p in met)
+    for c in result.comparisons.values():
+        assert c.load == load and len(c.result) > 100
+
+
+@needs_traces
+def test_two_workers_give_the_same_results(inline_run: tuple[ExperimentResult,
+                                                             Recorder]) -> None:
+    pooled = run_suite(baselines_only(), TRACES, workers=2)  # type: ignore[arg-type]
+    assert fingerprint(pooled) == fingerprint(inline_run[0])
+    assert pooled.workers == 2
+
+
+def test_unregistered_policies_are_skipped_unless_asked_for() -> None:
+    suite = get_suite("smoke")
+    from dataclasses import replace
+
+    suite = replace(suite, competitors=("not-yet-written",))
+    kept, skipped = drop_unregistered(suite)
+    assert skipped == ("not-yet-written",) and "not-yet-written" not in kept.policies
+    with pytest.raises(DopdError, match="not registered"):
+        drop_unregistered(suite, ("not-yet-written",))
+
+
+def test_bad_input_fails_before_running(tmp_path: Path) -> None:
+    suite = baselines_only()
+    with pytest.raises(DopdError, match="traces directory not found"):
+        check_suite(suite, tmp_path / "absent")  # type: ignore[arg-type]
+    with pytest.raises(DopdError, match="workers must be >= 1"):
+        run_suite(suite, TRACES, workers=0)  # type: ignore[arg-type]
+    from dataclasses import replace
+
+    bad = replace(get_suite("smoke"), competitors=("static:9:9",), proposed=None, ablations=())
+    with pytest.raises(DopdError, match="instances"):
+        check_suite(bad.select(("shift-8b",)), TRACES)
+
+
+def row(policy: str, role: str, goodput: float, ratio: float | None, attainment: float,
+        ttft: float, tpot: float) -> PolicyRow:
+    misses = Misses(ttft=0.02, tpot=0.01, unfinished=0.0)
+    return PolicyRow(policy, role, True, True, 6, 1.0, goodput, goodput / 8, ratio, policy,
+                     policy, attainment, goodput, ttft, tpot, None, None, 100.0, 2, misses,
+                     misses)
+
+
+def test_verdicts_judge_each_target_and_explain_misses() -> None:
+    suite = get_suite("paper")
+    ref = Reference(10.0, "colocated", 0.30, "colocated", 0.040, "static:best", 0.95,
+                    "colocated")
+    floors = Floors(p90_prompt=2000, ttft_s=0.12, mean_context=1500, tpot_s=0.009)
+    rows = (
+        row("colocated", "baseline", 10.0, 1.0, 0.95, 0.30, 0.050),
+        row("static:best", "baseline", 8.0, 0.8, 0.90, 0.50, 0.040),
+        row("reactive", "competitor", 12.0, 1.2, 0.96, 0.20, 0.035),
+        row("sla-planner", "competitor", 20.0, 2.0, 0.99, 0.10, 0.030),
+        row("dopd", "proposed", 16.0, 1.6, 0.995, 0.15, 0.030),
+    )
+    got = {v.target.split(" (")[0].split(" vs")[0]: v for v in verdicts(suite, "s", rows, ref,
+                                                                         floors)}
+    assert got["max goodput >= 1.5x best baseline"].met is True
+    ttft = got["P90 TTFT -67% or better"]
+    # 0.15 vs 0.30 is -50%; a -67% cut needs 0.099 s, below the 0.12 s floor
+    assert ttft.met is False and "missed by 17.0 points" in ttft.gap
+    assert "below the unloaded prefill" in ttft.why
+    tpot = got["P90 TPOT -22% or better"]
+    assert tpot.met is True and tpot.value.startswith("-25.0%")
+    assert got["attainment >= 99.0% at the baselines' 90% load"].met is True
+    assert got["max goodput ahead of reactive"].met is True
+    behind = got["max goodput ahead of sla-planner"]
+    assert behind.met is False and "behind by 20.0%" in behind.gap
