@@ -77,8 +77,8 @@ def compare(name: str, folder: Path, hf, args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(0)
     print(f"\n== {name}: prompt {args.prompt}, new {args.new}, threads {args.threads}, "
           f"detokenize {args.detokenize}")
-    print(f"{'batch':>5} {'system':>12} {'prefill tok/s':>14} {'decode tok/s wall':>18} "
-          f"{'decode tok/s CPU':>17}")
+    print(f"{'batch':>5} {'system':>12} {'prefill tok/s wall':>19} {'prefill tok/s CPU':>18} "
+          f"{'decode tok/s wall':>18} {'decode tok/s CPU':>17}")
     for batch in args.batches:
         prompts = torch.randint(0, 256, (batch, args.prompt), generator=gen).tolist()
         engine = make_engine(folder, batch, args.prompt, args.new, args.detokenize)
@@ -86,7 +86,7 @@ def compare(name: str, folder: Path, hf, args: argparse.Namespace) -> None:
             "dopd": lambda e=engine, p=prompts: engine_generate(e, p, args.new),
             "transformers": lambda p=prompts: hf_generate(hf, p, args.new),
         }
-        best = {k: [0.0, 0.0, 0.0] for k in runners}  # prefill tok/s, decode wall, decode cpu
+        best = {k: [0.0] * 4 for k in runners}  # prefill wall, prefill cpu, decode wall, cpu
         tokens: dict[str, list[list[int]]] = {}
         for fn in runners.values():
             fn()  # warm-up
@@ -94,15 +94,16 @@ def compare(name: str, folder: Path, hf, args: argparse.Namespace) -> None:
             for key, fn in runners.items():
                 pre, total, tokens[key] = fn()
                 b = best[key]
-                b[0] = max(b[0], batch * args.prompt / pre[0])
-                b[1] = max(b[1], batch * (args.new - 1) / max(total[0] - pre[0], 1e-9))
-                b[2] = max(b[2], batch * (args.new - 1) / max(total[1] - pre[1], 1e-9))
-        for key, (pre, wall, cpu) in best.items():
-            print(f"{batch:>5} {key:>12} {pre:>14.0f} {wall:>18.0f} {cpu:>17.0f}")
+                for i in (0, 1):
+                    b[i] = max(b[i], batch * args.prompt / max(pre[i], 1e-9))
+                    b[2 + i] = max(b[2 + i], batch * (args.new - 1) / max(total[i] - pre[i], 1e-9))
+        for key, (pw, pc, dw, dc) in best.items():
+            print(f"{batch:>5} {key:>12} {pw:>19.0f} {pc:>18.0f} {dw:>18.0f} {dc:>17.0f}")
         d, t = best["dopd"], best["transformers"]
         same = sum(a == b for a, b in zip(tokens["dopd"], tokens["transformers"], strict=True))
-        print(f"{batch:>5} {'ratio':>12} {d[0] / t[0]:>13.2f}x {d[1] / t[1]:>17.2f}x "
-              f"{d[2] / t[2]:>16.2f}x   identical greedy tokens {same}/{batch}")
+        r = [f"{x / y:.2f}x" for x, y in zip(d, t, strict=True)]
+        print(f"{batch:>5} {'ratio':>12} {r[0]:>19} {r[1]:>18} {r[2]:>18} {r[3]:>17}"
+              f"   identical greedy tokens {same}/{batch}")
     if args.sequential:
         sequential_gain(folder, args, gen)
 

@@ -156,7 +156,7 @@ def test_length_window_opens_a_lane_only_for_heavy_tails() -> None:
 
 
 # ---------------------------------------------------------------------------------- placement
-def test_prefill_goes_to_the_smallest_predicted_ttft() -> None:
+def test_prefill_goes_where_the_queue_with_the_prompt_drains_first() -> None:
     r = router("bypass=off,admit=off")
     a, b, c = instance(0, Role.PREFILL), instance(1, Role.PREFILL), instance(2, Role.PREFILL)
     a.sched.add_request(1, 6000, 2)

@@ -86,6 +86,7 @@ def test_results_are_keyed_complete_and_reported(inline_run: tuple[ExperimentRes
 
 
 @needs_traces
+@pytest.mark.slow
 def test_two_workers_give_the_same_results(inline_run: tuple[ExperimentResult,
                                                              Recorder]) -> None:
     pooled = run_suite(baselines_only(), TRACES, workers=2)  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dopd.cli.common import parse_list
 from dopd.errors import require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
-from dopd.experiments.report import write_report
 from dopd.experiments.runner import max_workers
 
 TRACES_RELATIVE = Path("..") / "shared" / "traces"
@@ -124,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         reporter.stop()
     command = command_line(args, out, workers)
+    from dopd.experiments.report import write_report  # matplotlib: only when writing
+
     paths = write_report(result, out, command)
     if not args.quiet:
         print(f"wrote {len(paths)} files to {out} (report: {out / 'report.md'}) in "

@@ -21,6 +21,9 @@ COMMANDS: tuple[str, ...] = (
     "dopd.cli.simulate_cmd",
     "dopd.cli.plan_cmd",
     "dopd.cli.experiment_cmd",
+    "dopd.cli.generate_cmd",
+    "dopd.cli.bench_cmd",
+    "dopd.cli.serve_cmd",
 )
 
 

@@ -40,7 +40,8 @@ def _method(result: ExperimentResult) -> list[str]:
         "- Simulated with `dopd.sim` (the same control plane as the live system); latency model: "
         "roofline, `modern` preset; every policy gets the same instance budget.",
         "- Load axis: at load x a scenario replays its source at `scale * x` times the source's "
-        "rate over a fixed window of arrivals (a trace is time-compressed, then cut).",
+        "rate over a fixed window of arrivals (a trace is time-compressed, then cut; where the "
+        "compressed trace ends early the window is that much shorter, at the same rate).",
         f"- Max goodput: the highest load at which SLO attainment stays >= the scenario's target "
         f"(90%), found by bisection from the bracket [{g.lo:g}, {g.hi:g}] (grown x2) to a "
         f"relative width of {100 * g.rel_tol:g}% (at most {g.max_runs} runs, then [lo/8, lo] "

@@ -3,14 +3,16 @@
 At arrival (:meth:`LengthAwareRouter.place`), in this order:
 
 1. Long-prompt lane: while recent prompt lengths are heavy-tailed, long prompts may only use the
-   lane's prefill instances (the last ones of the candidate list) and short ones only the others
-   (:mod:`dopd.control.routing.lanes`). A long prompt spills over to the others only when that
-   rescues it: its best predicted TTFT in the lane is hopeless (above ``admit_k`` x the SLO)
-   and outside it is not.
-2. Prefill placement: the candidate with the smallest predicted TTFT
-   (:func:`~dopd.control.routing.predict.ttft_s`): the step in progress, the queued work ahead
-   of the prompt in the instance's queue order drained in budget-sized steps, the prompt itself
-   and its KV hand-off.
+   lane's prefill instances (the last ones of the candidate list), so the others never have a
+   long prompt in progress for a short one to wait behind; short prompts may use any instance
+   (:mod:`dopd.control.routing.lanes`; a strict split of both ways measured worse: it loses
+   pooling). A long prompt spills over to the others only when that rescues it: its best
+   predicted TTFT in the lane is hopeless (above ``admit_k`` x the SLO) and outside it is not.
+2. Prefill placement: the candidate that is predicted to drain its queue with the prompt added
+   soonest (:func:`~dopd.control.routing.predict.ttft_s`: the step in progress, the queued work
+   in budget-sized steps next to the instance's decodes, the prompt and its KV hand-off). The
+   prompt's own predicted TTFT there (only the work ahead of it in the queue order, and the
+   wait for decode memory) decides bypass and admission.
 3. Short-prompt bypass: a short prompt prefills on a decode instance when that is predicted to
    give an earlier first token, the step carrying it and the decode step after it stay within
    the TPOT SLO, and its whole-life KV fits there.
@@ -19,11 +21,12 @@ At arrival (:meth:`LengthAwareRouter.place`), in this order:
 
 Within an instance, prompts wait shortest first with aging (:meth:`scheduler_config`; see
 :mod:`dopd.engine.waitqueue` for the starvation bound). Decode placement
-(:meth:`select_decode`): among the decode instances whose KV holds every request placed there
-and this one at their last step (ISL + expected OSL, the request's ``output_tokens``), the
-smallest predicted step time after admission; when none has room for a whole life, ``pd-pair``'s
-choice (free KV for the prompt now, else the most headroom): the hand-off then waits for memory
-rather than being admitted where it does not fit.
+(:meth:`select_decode`), over the decode instances with free KV for the prompt now (after the
+hand-offs queued there): those whose KV also holds every request placed there and this one at
+their last step (ISL + expected OSL, the running mean output length) first, by the smallest
+predicted step time after admission; else the one with the most KV left at that horizon. When
+no instance has room for the prompt now, ``pd-pair``'s choice (the most headroom): the hand-off
+waits there for memory; an instance reserves KV only for what fits now.
 """
 
 from __future__ import annotations
@@ -135,23 +138,25 @@ class LengthAwareRouter(PDPair):
     def _best_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
                       candidates: Sequence[Routable], decode_wait_s: float = 0.0
                       ) -> tuple[Routable, float]:
-        """The candidate with the smallest predicted TTFT without the wait for decode memory
-        (``least-loaded``'s choice when the ``ttft`` option is off; that wait is the same for
-        every prefill-only candidate, so it would only create ties) and its predicted TTFT
-        with that wait."""
+        """The candidate that would drain its queue soonest with the prompt added
+        (``least-loaded``'s choice when the ``ttft`` option is off), and the prompt's own
+        predicted TTFT there (in the instance's queue order, with the wait for decode memory).
+
+        Ranking by the prompt's own TTFT instead would send short prompts to long short-first
+        queues they can jump, delaying those queues' long prompts: it measured worse. The wait
+        for decode memory is the same for every prefill-only candidate, so it is left out of
+        the ranking."""
         context = self.context
         if not self.options.ttft:
-            inst = super().select_prefill(now, prompt_tokens, output_tokens, candidates)
-            return inst, ttft_s(context, now, inst, prompt_tokens, decode_wait_s)
-        best = candidates[0]
-        best_t = math.inf
-        for inst in candidates:
-            t = ttft_s(context, now, inst, prompt_tokens)
-            if t < best_t:
-                best, best_t = inst, t
-        if decode_wait_s > 0 and best.sched.role == Role.PREFILL:
-            best_t = max(best_t, decode_wait_s + context.transfer_s(prompt_tokens))
-        return best, best_t
+            best = super().select_prefill(now, prompt_tokens, output_tokens, candidates)
+        else:
+            best = candidates[0]
+            best_drain = math.inf
+            for inst in candidates:
+                t = ttft_s(context, now, inst, prompt_tokens, whole_queue=True)
+                if t < best_drain:
+                    best, best_drain = inst, t
+        return best, ttft_s(context, now, best, prompt_tokens, decode_wait_s)
 
     def _best_bypass(self, now: float, prompt_tokens: int, output_tokens: int,
                      decode: Sequence[Routable]) -> tuple[Routable | None, float]:
@@ -161,6 +166,7 @@ class LengthAwareRouter(PDPair):
         model = self.decode_model
         tpot = self._tpot
         osl = self._mean_osl
+        expected_osl = max(1, round(osl))  # a live router cannot know this request's own OSL
         best: Routable | None = None
         best_t = math.inf
         for inst in decode:
@@ -169,7 +175,7 @@ class LengthAwareRouter(PDPair):
             step = model.bypass_step(inst, prompt_tokens)
             if step > tpot or model.step_after(inst, prompt_tokens) > tpot:
                 continue
-            if not model.lifetime_fits(inst, prompt_tokens, output_tokens, osl):
+            if not model.lifetime_fits(inst, prompt_tokens, expected_osl, osl):
                 continue
             t = inst.free_at(now) - now + step
             if t < best_t:
@@ -183,13 +189,25 @@ class LengthAwareRouter(PDPair):
             return super().select_decode(now, prompt_tokens, output_tokens, candidates)
         model = self.decode_model
         osl = self._mean_osl
+        expected_osl = max(1, round(osl))  # a live router cannot know this request's own OSL
+        floor = self.context.watermark_blocks + -(-(prompt_tokens + 1) // self.context.block_size)
         best: Routable | None = None
         best_t = math.inf
+        roomiest: Routable | None = None
+        most = -math.inf
         for inst in candidates:
-            if model.lifetime_fits(inst, prompt_tokens, output_tokens, osl):
+            if model.headroom_blocks(inst) < floor:
+                continue  # no room for the prompt now
+            if model.lifetime_fits(inst, prompt_tokens, expected_osl, osl):
                 t = model.step_after(inst, prompt_tokens)
                 if t < best_t:
                     best, best_t = inst, t
+            elif best is None:
+                left = model.lifetime_headroom(inst, osl)
+                if left > most:
+                    roomiest, most = inst, left
         if best is not None:
             return best
+        if roomiest is not None:
+            return roomiest
         return super().select_decode(now, prompt_tokens, output_tokens, candidates)

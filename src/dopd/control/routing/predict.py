@@ -32,15 +32,20 @@ def drain_s(latency: LatencyModel, budget: int, tokens: int, attn: float, count:
     return steps * latency.step_time(tokens / steps, attn / steps, count / steps, b, kv)  # type: ignore[arg-type]
 
 
-def prefill_done_s(context: RouterContext, now: float, inst: Routable, prompt_tokens: int
-                   ) -> float:
+def prefill_done_s(context: RouterContext, now: float, inst: Routable, prompt_tokens: int,
+                   whole_queue: bool = False) -> float:
     """Predicted seconds from ``now`` until ``inst`` has prefilled a new prompt of
     ``prompt_tokens`` tokens: the step in progress, then the steps that prefill the work queued
     ahead of the prompt in the instance's queue order and the prompt itself; work queued behind
-    it fills the budget of the last of those steps."""
+    it fills the budget of the last of those steps. ``whole_queue``: as if it were queued
+    behind all the queued work (the time to drain the instance with it)."""
     s = inst.sched
     p = prompt_tokens
-    tokens, attn, count = s.prefill_work_ahead(p)
+    if whole_queue:
+        tokens, attn = s.queued_prefill_tokens, s.queued_prefill_attn
+        count = s.num_waiting + s.num_prefilling
+    else:
+        tokens, attn, count = s.prefill_work_ahead(p)
     tokens += p
     attn += p * p
     count += 1
@@ -60,11 +65,11 @@ def prefill_done_s(context: RouterContext, now: float, inst: Routable, prompt_to
 
 
 def ttft_s(context: RouterContext, now: float, inst: Routable, prompt_tokens: int,
-           decode_wait_s: float = 0.0) -> float:
+           decode_wait_s: float = 0.0, whole_queue: bool = False) -> float:
     """Predicted TTFT of a new prompt prefilled on ``inst``: :func:`prefill_done_s`; on a
     prefill-only instance, at least ``decode_wait_s`` (the predicted wait for decode memory,
     :meth:`DecodeModel.handoff_wait_s`), plus the KV hand-off on an idle link."""
-    t = prefill_done_s(context, now, inst, prompt_tokens)
+    t = prefill_done_s(context, now, inst, prompt_tokens, whole_queue)
     if inst.sched.role == Role.PREFILL:
         t = (t if t > decode_wait_s else decode_wait_s) + context.transfer_s(prompt_tokens)
     return t
@@ -96,17 +101,22 @@ class DecodeModel:
             c = self._coeffs[batch] = self.context.latency.decode_coefficients(batch)
         return c[0] + c[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
 
-    def lifetime_fits(self, inst: Routable, prompt_tokens: int, output_tokens: int,
-                      pending_osl: float) -> bool:
-        """Whether ``inst``'s KV holds every request placed on it (the queued hand-offs with
-        ``pending_osl`` output tokens each) and this one at their last decode step, with one
-        block per request for rounding and the watermark kept."""
+    def lifetime_headroom(self, inst: Routable, pending_osl: float) -> float:
+        """KV blocks of ``inst`` left once every request placed on it (the queued hand-offs
+        with ``pending_osl`` output tokens each) is at its last decode step, with one block per
+        request for rounding and the watermark kept (negative: over-committed)."""
         s = inst.sched
         pending = len(inst.pending)
-        tokens = (s.final_kv_sum + inst.pending_tokens + pending * pending_osl
-                  + prompt_tokens + output_tokens - 1)
-        blocks = tokens / self.context.block_size + s.num_requests + pending + 1
-        return blocks <= s.blocks.num_blocks - self.context.watermark_blocks
+        tokens = s.final_kv_sum + inst.pending_tokens + pending * pending_osl
+        used = tokens / self.context.block_size + s.num_requests + pending
+        return s.blocks.num_blocks - self.context.watermark_blocks - used
+
+    def lifetime_fits(self, inst: Routable, prompt_tokens: int, output_tokens: int,
+                      pending_osl: float) -> bool:
+        """Whether :meth:`lifetime_headroom` holds a new request's whole life: its prompt and
+        ``output_tokens`` (its expected output) of KV."""
+        need = (prompt_tokens + output_tokens - 1) / self.context.block_size + 1
+        return self.lifetime_headroom(inst, pending_osl) >= need
 
     def handoff_wait_s(self, prefill: Sequence[Routable], decode: Sequence[Routable],
                        mean_prompt: float, mean_osl: float) -> float:

@@ -1,0 +1,242 @@
+"""``dopd bench``: replay a workload against any OpenAI-compatible server and measure it.
+
+The work is in :mod:`dopd.bench.loadgen` (open-loop load, streamed requests, client-side
+timing), :mod:`dopd.bench.loadgen_prompts` (prompts of the right token length) and
+:mod:`dopd.bench.loadgen_report` (record, CSVs, plots); this module is the argparse front end.
+
+The JSON (``--json``, ``results.json``) has ``dopd simulate``'s shape: an object keyed by
+``--label`` whose record carries the same fields (``requests``, ``attainment``, ``goodput_rps``,
+``ttft_p50`` ... ``e2e_p99``, ...) plus client-side extras, so a live run and a simulation of the
+same workload compare key by key. Exit status: 0 when the run completed (failed requests are
+misses in the results), 1 when no request finished, 2 on bad input or an unreachable server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dopd.bench.loadgen import LoadGenConfig, clip_to_context, run_load
+from dopd.bench.loadgen_client import ENDPOINTS, base_url, probe_server
+from dopd.bench.loadgen_prompts import make_synth, synthesize_prompts
+from dopd.bench.loadgen_report import bench_record, write_bench_outputs
+from dopd.bench.metrics import summarize_result
+from dopd.bench.report import print_comparison, write_json
+from dopd.cli.common import (
+    add_config_option,
+    add_output_options,
+    add_slo_options,
+    add_workload_options,
+    build_workload,
+    config_from_args,
+    progress_bar,
+)
+from dopd.config import RunConfig, write_resolved
+from dopd.errors import require
+from dopd.types import RequestState
+from dopd.workload import Workload
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 600.0
+
+DESCRIPTION = """\
+Replay a trace or a synthetic workload against an OpenAI-compatible server (dopd serve, vLLM,
+SGLang, ...) with the workload's timing (open loop: requests go out on schedule whatever the
+server does), stream every answer, and measure TTFT, TPOT and E2E on the client. Prints and
+writes the same fields and plots as `dopd simulate`.
+
+Each request asks for its trace output length as max_tokens with `ignore_eos: true` (a vLLM,
+SGLang and dopd extension; --no-ignore-eos for servers that reject unknown fields) and a prompt
+synthesized to its trace prompt length: exact for dopd-tiny (one byte per token) and for
+--tokenizer PATH (a tokenizer.json), about 4 characters per token otherwise (--tokenizer
+chars:C). The chat endpoint adds the server's chat template to the prompt.
+"""
+
+EPILOG = """\
+examples:
+  dopd bench --url http://127.0.0.1:8000 --requests 200 --rate 5 --max-context 2048
+  dopd bench --url http://gpu-host:8000 --model meta-llama/Llama-3.1-8B-Instruct \\
+      --tokenizer ./llama31/tokenizer.json --trace AzureLLMInferenceTrace_conv.csv \\
+      --duration 120 --rate-scale 2 --slo-ttft 0.5 --slo-tpot 0.1 --out results/vllm
+  dopd bench --endpoint chat --lengths sharegpt.csv --arrival gamma --cv 3 --rate 10 \\
+      --max-concurrency 256 --json live.json
+"""
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"min_tokens\": 8}'")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``dopd bench``."""
+    p = subparsers.add_parser(
+        "bench", help="load-test an OpenAI-compatible server with a trace or synthetic workload",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s = p.add_argument_group("server")
+    s.add_argument("--url", default=DEFAULT_URL, help=f"server base URL (default {DEFAULT_URL})")
+    s.add_argument("--model", default=None,
+                   help="model name to request (default: the first one the server lists)")
+    s.add_argument("--api-key", default=None, metavar="KEY",
+                   help="bearer token (default: $OPENAI_API_KEY if set)")
+    s.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="completions",
+                   help="/v1/completions or /v1/chat/completions (default completions)")
+    r = p.add_argument_group("requests")
+    r.add_argument("--tokenizer", default="auto", metavar="SPEC|PATH",
+                   help="how prompts get their token length: auto (dopd-tiny for a model of "
+                   "that name, else chars:4), dopd-tiny, byte[:special=K], chars:C, or a "
+                   "tokenizer.json / HF folder (default auto)")
+    r.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="shorten requests so that prompt + output fits N tokens (the "
+                   "server's context window)")
+    r.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="send ignore_eos: true so outputs have the trace's length (default on)")
+    r.add_argument("--extra-body", type=_json_object, default=None, metavar="JSON",
+                   help="extra fields merged into every request body, e.g. "
+                   "'{\"min_tokens\": 16, \"temperature\": 0}'")
+    r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"per-request time limit from its send; a request past it is aborted "
+                   f"(default {DEFAULT_TIMEOUT_S:g})")
+    r.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                   help="most requests in flight; later arrivals wait, and the wait counts in "
+                   "their TTFT (default: no cap)")
+    r.add_argument("--label", default="bench",
+                   help="name of this run in the table and the JSON (default bench)")
+    r.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="GPUs behind the server, for goodput per GPU and GPU-seconds")
+    add_config_option(p)
+    add_workload_options(p)
+    add_slo_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    require(args.timeout > 0, f"--timeout must be > 0 s, got {args.timeout}")
+    require(args.max_concurrency is None or args.max_concurrency >= 1,
+            f"--max-concurrency must be >= 1, got {args.max_concurrency}")
+    require(args.max_context is None or args.max_context >= 2,
+            f"--max-context must be >= 2 tokens, got {args.max_context}")
+    require(args.gpus is None or args.gpus >= 1, f"--gpus must be >= 1, got {args.gpus}")
+    require(bool(args.label.strip()), "--label must not be empty")
+    base_url(args.url)
+
+
+def resolve_model(requested: str | None, served: tuple[str, ...], url: str) -> str:
+    """The model to request: ``requested`` when the server lists it (or lists nothing), else
+    the first listed one when none was requested. DopdError otherwise."""
+    if requested is None:
+        require(bool(served), f"server at {url} lists no model; give --model")
+        return served[0]
+    require(not served or requested in served,
+            f"model {requested!r} is not served at {url} (it serves: {', '.join(served)})")
+    return requested
+
+
+def _workload(args: argparse.Namespace, cfg: RunConfig) -> Workload:
+    workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
+    return workload if args.max_context is None else clip_to_context(workload, args.max_context)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``dopd bench``."""
+    _check_options(args)
+    # --model names the served model here, not a catalog model: keep it out of the config.
+    cfg = config_from_args(argparse.Namespace(**{**vars(args), "model": None}))
+    workload = _workload(args, cfg)
+    api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY")
+    served = probe_server(args.url, api_key, timeout_s=min(args.timeout, 10.0))
+    model = resolve_model(args.model, served, base_url(args.url))
+    synth = make_synth(args.tokenizer, model)
+    config = LoadGenConfig(
+        url=args.url, model=model, endpoint=args.endpoint, api_key=api_key,
+        timeout_s=args.timeout, max_concurrency=args.max_concurrency,
+        ignore_eos=args.ignore_eos, extra_body=args.extra_body or {}, label=args.label,
+    )
+    prompts = synthesize_prompts(synth, workload, cfg.seed)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if not args.quiet:
+            Console(file=sys.stderr).print(f"warning: {message}", style="yellow", highlight=False)
+
+    with progress_bar(args.quiet) as bar:
+        result = run_load(workload, prompts, config, bar, warn)
+    summary = summarize_result(result, cfg.slo)
+    records = {config.label: bench_record(result, summary, workload.rate_rps, args.gpus)}
+    settings = {
+        "url": base_url(args.url), "model": model, "served_models": list(served),
+        "endpoint": args.endpoint, "tokenizer": synth.spec, "max_context": args.max_context,
+        "ignore_eos": args.ignore_eos, "extra_body": args.extra_body or {},
+        "timeout_s": args.timeout, "max_concurrency": args.max_concurrency,
+        "label": args.label, "gpus": args.gpus, "seed": cfg.seed, "warnings": warnings,
+    }
+    notes = _notes(records[config.label])
+    if args.json:
+        json_path = Path(args.json)
+        write_json(json_path, records)
+        write_resolved(cfg, json_path.parent, f"{json_path.stem}.config")
+        notes.append(f"wrote {json_path} (config: {json_path.stem}.config.toml beside it)")
+    if args.out:
+        written = write_bench_outputs(Path(args.out), cfg, workload, result, records, settings)
+        notes.append(f"wrote {len(written)} files to {args.out}")
+    if not args.quiet:
+        _print_summary(cfg, workload, config, records, notes)
+    if not (result.state == int(RequestState.FINISHED)).any():
+        print(f"dopd bench: no request finished ({_errors_text(records[config.label])})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _errors_text(record: dict[str, Any]) -> str:
+    return ", ".join(f"{n} x {kind}" for kind, n in record["errors"].items()) or "no errors"
+
+
+def _notes(record: dict[str, Any]) -> list[str]:
+    notes = []
+    if record["errors"]:
+        notes.append(f"failed requests: {_errors_text(record)}")
+    if record["capped"]:
+        notes.append(f"{record['capped']} requests waited for the concurrency cap (longest "
+                     f"wait {record['cap_wait_max_s']:.2f} s)")
+    if record["dispatch_lag_p99_s"] > 0.01:
+        notes.append(f"the load generator ran late (P99 dispatch lag "
+                     f"{1e3 * record['dispatch_lag_p99_s']:.0f} ms): client-side latencies "
+                     "include it")
+    ratio = record["prompt_tokens_ratio"]
+    if ratio is not None and abs(ratio - 1.0) > 0.05:
+        notes.append(f"the server counted {100 * ratio:.0f}% of the target prompt tokens: "
+                     "give --tokenizer for exact prompt lengths")
+    if record["short_outputs"]:
+        notes.append(f"{record['short_outputs']} answers were shorter than asked (EOS or "
+                     "context limit; see --ignore-eos, --max-context)")
+    return notes
+
+
+def _print_summary(cfg: RunConfig, workload: Workload, config: LoadGenConfig,
+                   records: dict[str, Any], notes: list[str]) -> None:
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    title = (f"{len(workload)} requests, {workload.rate_rps:.2f} req/s over "
+             f"{workload.duration_s:.1f} s | {config.model} at {base_url(config.url)} "
+             f"({config.endpoint}) | SLO TTFT {cfg.slo.ttft_s:g} s, TPOT {cfg.slo.tpot_s:g} s, "
+             f"target {100 * cfg.slo.attainment:g}%")
+    print_comparison(records, console=console, title=title)
+    for line in notes:
+        console.print(line, highlight=False)
+

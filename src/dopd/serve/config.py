@@ -1,0 +1,93 @@
+"""Settings of one ``dopd serve`` deployment (:class:`ServeConfig`), from a TOML file + options.
+
+The file holds a ``[serve]`` table whose keys are the field names below; command-line options
+override it (see :func:`load_serve_config`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dopd.config import from_mapping, load_toml
+from dopd.errors import require
+
+MODES = ("real", "emulated")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """One deployment: model, workers, policy, execution mode, HTTP and SLO settings.
+
+    ``model`` is ``dopd-tiny`` or a local checkpoint folder (emulated workers still load it for
+    the tokenizer and KV layout). ``policy`` is a cluster-policy spec of
+    :data:`dopd.sim.policy.POLICIES` (``colocated``, ``static:P:D``, ``dopd`` ...). In
+    ``emulated`` mode each step sleeps ``step_time_scale`` times the time that the latency model
+    of ``perf_model`` on ``gpu`` predicts (0: steps take no time). ``kv_timeout_s`` bounds the
+    wait of a decode worker for its KV before it recomputes the prompt; ``kv_lease_s`` how long
+    a prefill worker keeps handed-off KV. ``api_key`` None accepts any request.
+    """
+
+    model: str = "dopd-tiny"
+    instances: int = 2
+    policy: str = "colocated"
+    mode: str = "real"
+    gpu: str = "a100-80gb"
+    perf_model: str = "llama-3-8b"
+    preset: str = "modern"
+    step_time_scale: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    slo_ttft_s: float = 1.0
+    slo_tpot_s: float = 0.1
+    attainment: float = 0.9
+    max_model_len: int | None = None
+    kv_cache_mb: float = 64.0
+    max_num_seqs: int = 64
+    max_batched_tokens: int = 2048
+    kv_timeout_s: float = 5.0
+    kv_lease_s: float = 10.0
+    tick_s: float = 1.0
+    default_max_tokens: int = 256
+    restart_workers: bool = True
+    worker_start_timeout_s: float = 120.0
+    shutdown_timeout_s: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        require(self.policy.strip() != "", "policy is empty")
+        require(0 <= self.port <= 65535, f"port must be in [0, 65535], got {self.port}")
+        require(math.isfinite(self.step_time_scale) and self.step_time_scale >= 0,
+                f"step_time_scale must be >= 0, got {self.step_time_scale}")
+        for name in ("kv_timeout_s", "kv_lease_s", "tick_s", "worker_start_timeout_s",
+                     "shutdown_timeout_s", "slo_ttft_s", "slo_tpot_s", "kv_cache_mb"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, f"{name} must be > 0, got {value}")
+        require(self.max_model_len is None or self.max_model_len >= 2,
+                f"max_model_len must be >= 2, got {self.max_model_len}")
+        require(self.default_max_tokens >= 1, "default_max_tokens must be >= 1")
+        require(self.max_num_seqs >= 1 and self.max_batched_tokens >= 1,
+                "max_num_seqs and max_batched_tokens must be >= 1")
+        require(self.api_key is None or self.api_key != "", "api_key must not be empty")
+
+
+def load_serve_config(path: str | Path | None, overrides: Mapping[str, Any]) -> ServeConfig:
+    """Defaults < the ``[serve]`` table of ``path`` (TOML) < ``overrides`` (None values skipped).
+
+    Unknown keys or values of the wrong type raise DopdError naming the key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        raw = load_toml(path)
+        require(set(raw) <= {"serve"}, f"{path}: expected only a [serve] table, got "
+                f"{', '.join(sorted(set(raw) - {'serve'}))}")
+        data = dict(raw.get("serve", {}))
+    config = from_mapping(ServeConfig, data, "serve")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **given) if given else config

@@ -1,0 +1,222 @@
+"""The live controller: drives a cluster policy on the wall clock and switches roles live.
+
+The policy objects are those of the simulator (:mod:`dopd.sim.policy`): every ``tick_s`` the
+controller builds a :class:`~dopd.sim.policy.ClusterView` from the workers' latest stats and the
+dispatcher's placements, calls ``on_tick`` (when the policy wants ticks) and applies the
+actions; arrivals and outcomes are forwarded to the policy's hooks. A role switch (from the
+policy or :meth:`Controller.switch`, the admin endpoint) is ACTIVE -> DRAINING (no new work of
+the old role; in-flight requests finish there, handed-off KV is fetched) -> SWITCHING (the
+worker changes its engine's role) -> ACTIVE in the new role, so no request is dropped.
+Adding or removing instances is not supported by the fixed local pool: such actions are logged
+as refused decisions. Times given to the policy are seconds since the controller started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from dopd.serve.cluster import InstanceHandle
+from dopd.serve.dispatch import Dispatcher, Observer, Tracked
+from dopd.serve.errors import ServeError
+from dopd.serve.metrics import ServeMetrics
+from dopd.sim.policy import (
+    Action,
+    AddInstance,
+    ClusterPolicy,
+    ClusterView,
+    InstanceView,
+    RemoveInstance,
+    SwitchRole,
+)
+from dopd.types import InstanceState, RequestOutcome, RequestState, Role
+
+HISTORY_LEN = 900
+WINDOW_S = 5.0
+ROLE_ACK_TIMEOUT_S = 10.0
+
+
+class Controller(Observer):
+    """See the module docstring. ``drain_timeout_s`` bounds a switch's drain; when it passes the
+    switch is cancelled and the instance goes back to ACTIVE in its old role."""
+
+    def __init__(self, policy: ClusterPolicy, instances: dict[int, InstanceHandle],
+                 dispatcher: Dispatcher, metrics: ServeMetrics, *, tick_s: float = 1.0,
+                 drain_timeout_s: float = 120.0) -> None:
+        self.policy = policy
+        self.instances = instances
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.tick_s = policy.tick_s or tick_s
+        self.drain_timeout_s = drain_timeout_s
+        self.t0 = time.monotonic()
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LEN)
+        self.switches = 0
+        self.arrived = 0
+        self.finished = 0
+        self._recent: deque[tuple[float, float | None, float | None]] = deque()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._arrival_hook = type(policy).on_arrival is not ClusterPolicy.on_arrival
+        self._done_hook = type(policy).on_request_done is not ClusterPolicy.on_request_done
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # ------------------------------------------------------------------ observer hooks
+    def on_arrival(self, t: Tracked) -> None:
+        self.arrived += 1
+        if self._arrival_hook:
+            self.policy.on_arrival(t.arrival - self.t0, t.rid, len(t.prompt_ids),
+                                   t.params.max_tokens)
+
+    def on_done(self, t: Tracked, outcome: RequestOutcome) -> None:
+        self.finished += 1
+        if outcome.state == RequestState.FINISHED:
+            self._recent.append((time.monotonic(), outcome.ttft_s, outcome.tpot_s))
+        if self._done_hook:
+            shift = self.t0
+            self.policy.on_request_done(self.now(), dataclasses.replace(
+                outcome, arrival_s=outcome.arrival_s - shift,
+                first_token_s=None if outcome.first_token_s is None
+                else outcome.first_token_s - shift,
+                finish_s=None if outcome.finish_s is None else outcome.finish_s - shift))
+
+    # ------------------------------------------------------------------ view and loop
+    def view(self) -> ClusterView:
+        """The policy's snapshot of the cluster now."""
+        views = []
+        for iid, h in sorted(self.instances.items()):
+            s = h.stats
+            views.append(InstanceView(
+                iid, h.role, h.state, h.target_role, int(s.get("queued_prefill_tokens", 0)),
+                int(s.get("waiting", 0)), int(s.get("prefilling", 0)),
+                int(s.get("decode_batch", 0)), int(s.get("decode_ctx_sum", 0)),
+                int(s.get("pending_decodes", 0)), int(s.get("kv_used_blocks", 0)),
+                max(1, int(s.get("kv_total_blocks", 1))), float(s.get("recent_step_s", 0.0)),
+                int(s.get("steps", 0))))
+        return ClusterView(self.now(), tuple(views), len(self.instances), self.arrived,
+                           self.finished)
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self.sample()
+            if self.policy.wants_ticks:
+                for action in self.policy.on_tick(self.now(), self.view()):
+                    self.apply(action)
+
+    def apply(self, action: Action) -> None:
+        if isinstance(action, SwitchRole):
+            try:
+                self.switch(action.instance_id, action.role, action.reason or "policy",
+                            source="policy")
+            except ServeError as exc:
+                self._decide(action.instance_id, None, action.role, action.reason, "policy",
+                             f"refused: {exc.message}")
+        elif isinstance(action, AddInstance | RemoveInstance):
+            iid = getattr(action, "instance_id", None)
+            role = getattr(action, "role", None)
+            self._decide(iid, None, role, action.reason, "policy",
+                         "refused: the local pool has a fixed size")
+
+    def sample(self) -> None:
+        """Append one point to :attr:`history` (P/D counts, load, recent TTFT/TPOT medians)."""
+        cutoff = time.monotonic() - WINDOW_S
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
+        ttfts = [x for _, x, _ in self._recent if x is not None]
+        tpots = [y for _, _, y in self._recent if y is not None]
+        counts = {r: 0 for r in Role}
+        for h in self.instances.values():
+            if h.state == InstanceState.ACTIVE:
+                counts[h.role] += 1
+        self.history.append({
+            "t": round(self.now(), 3), "prefill": counts[Role.PREFILL],
+            "decode": counts[Role.DECODE], "mixed": counts[Role.MIXED],
+            "in_flight": len(self.dispatcher.tracked),
+            "load": {str(i): self.dispatcher.holding(i) for i in self.instances},
+            "ttft_p50": float(np.median(ttfts)) if ttfts else None,
+            "tpot_p50": float(np.median(tpots)) if tpots else None})
+
+    # ------------------------------------------------------------------ role switches
+    def switch(self, iid: int, role: Role, reason: str = "admin", *,
+               source: str = "admin") -> dict[str, Any]:
+        """Start switching ``iid`` to ``role``; returns the decision record. ServeError 404 for
+        an unknown instance, 409 when it is not ACTIVE or already in that role."""
+        h = self.instances.get(iid)
+        if h is None:
+            raise ServeError(404, f"no instance {iid}", code="instance_not_found")
+        if h.state != InstanceState.ACTIVE:
+            raise ServeError(409, f"instance {iid} is {h.state}, not active", code="conflict")
+        if h.role == role:
+            raise ServeError(409, f"instance {iid} is already {role}", code="conflict")
+        decision = self._decide(iid, h.role, role, reason, source, "draining")
+        h.state = InstanceState.DRAINING
+        h.target_role = role
+        self._tasks[iid] = asyncio.create_task(self._switch(h, role, decision))
+        return decision
+
+    async def _switch(self, h: InstanceHandle, role: Role, decision: dict[str, Any]) -> None:
+        iid = h.instance_id
+        old = h.role
+        try:
+            if not await self._drained(h):
+                h.state, h.target_role = InstanceState.ACTIVE, None
+                decision["status"] = "cancelled: drain timed out"
+                return
+            h.state = InstanceState.SWITCHING
+            decision["status"] = "switching"
+            ack = self.dispatcher.expect_role(iid)
+            if not h.send({"op": "set_role", "role": str(role)}):
+                raise TimeoutError
+            await asyncio.wait_for(ack, ROLE_ACK_TIMEOUT_S)
+            h.role = role
+            h.state, h.target_role = InstanceState.ACTIVE, None
+            self.switches += 1
+            self.metrics.role_switches.inc()
+            decision.update(status="done", done_t=round(self.now(), 3))
+        except TimeoutError:
+            if h.state != InstanceState.STOPPED:
+                h.state, h.target_role = InstanceState.ACTIVE, None
+            decision["status"] = f"failed: instance {iid} did not confirm the role {role}"
+            h.role = old
+        finally:
+            self._tasks.pop(iid, None)
+
+    async def _drained(self, h: InstanceHandle) -> bool:
+        """Wait until ``h`` holds no request of the front end and a fresh stats report shows no
+        unfinished work nor leased KV; False on timeout."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        zero_since: float | None = None
+        while time.monotonic() < deadline:
+            if self.dispatcher.holding(h.instance_id) == 0:
+                zero_since = zero_since or time.monotonic()
+                s = h.stats
+                if (h.stats_t > zero_since and s.get("unfinished", 1) == 0
+                        and s.get("held", 1) == 0 and s.get("pending_decodes", 1) == 0):
+                    return True
+            else:
+                zero_since = None
+            await asyncio.sleep(0.02)
+        return False
+
+    def _decide(self, iid: int | None, old: Role | None, new: Role | None, reason: str,
+                source: str, status: str) -> dict[str, Any]:
+        record = {"t": round(self.now(), 3), "instance": iid,
+                  "from": None if old is None else str(old),
+                  "to": None if new is None else str(new), "reason": reason, "source": source,
+                  "status": status}
+        self.decisions.append(record)
+        return record
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -1,0 +1,194 @@
+"""OpenAI request and response bodies (pydantic), and their translation to engine parameters.
+
+Unknown request fields are ignored (clients send many optional ones); fields we do not support
+with a non-default value (``n`` > 1, ``best_of``, ``logprobs`` ...) raise a 400. Validation
+failures become OpenAI-style 400 errors in :mod:`dopd.serve.api`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dopd.engine.model import SamplingParams
+from dopd.errors import DopdError
+from dopd.serve.errors import ServeError
+
+MAX_STOP = 4
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = 0
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
+    return_token_ids: bool = False
+    user: str | None = None
+
+    def output_limit(self) -> int | None:
+        return self.max_tokens
+
+    def sampling(self, prompt_len: int, max_model_len: int, default_max: int) -> SamplingParams:
+        """Engine parameters; ServeError 400 for unsupported or out-of-range values."""
+        if self.n != 1:
+            raise ServeError(400, "only n=1 is supported", param="n")
+        limit = self.output_limit()
+        room = max_model_len - prompt_len
+        if room < 1:
+            raise ServeError(400, f"the prompt has {prompt_len} tokens; this model's context "
+                             f"window is {max_model_len} tokens", code="context_length_exceeded",
+                             param="messages" if isinstance(self, ChatRequest) else "prompt")
+        if limit is None:
+            limit = min(default_max, room)
+        if limit < 1:
+            raise ServeError(400, f"max_tokens must be >= 1, got {limit}", param="max_tokens")
+        if limit > room:
+            raise ServeError(400, f"max_tokens={limit} plus the prompt's {prompt_len} tokens "
+                             f"exceed the context window of {max_model_len} tokens",
+                             code="context_length_exceeded", param="max_tokens")
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > MAX_STOP or any(not s for s in stop):
+            raise ServeError(400, f"stop must be up to {MAX_STOP} non-empty strings",
+                             param="stop")
+        try:
+            return SamplingParams(max_tokens=limit, temperature=self.temperature,
+                                  top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+                                  stop=tuple(stop), ignore_eos=self.ignore_eos)
+        except DopdError as exc:
+            raise ServeError(400, str(exc)) from None
+
+
+class CompletionRequest(_Common):
+    """``POST /v1/completions``: one prompt (text or token ids)."""
+
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = 16
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    def single_prompt(self) -> str | list[int]:
+        p = self.prompt
+        if self.echo or self.logprobs is not None or (self.best_of or 1) != 1:
+            raise ServeError(400, "echo, logprobs and best_of are not supported")
+        if isinstance(p, list) and p and isinstance(p[0], str | list):
+            if len(p) != 1:
+                raise ServeError(400, "only one prompt per request is supported",
+                                 param="prompt")
+            p = p[0]
+        if not p:
+            raise ServeError(400, "the prompt is empty", param="prompt")
+        return p  # type: ignore[return-value]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatRequest(_Common):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        if self.logprobs:
+            raise ServeError(400, "logprobs are not supported", param="logprobs")
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in self.messages]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(rid: str, model: str, text: str, reason: str | None, prompt_tokens: int,
+                    completion_tokens: int, token_ids: list[int] | None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None,
+                              "finish_reason": _reason(reason)}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return {"id": rid, "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chat_body(rid: str, model: str, text: str, reason: str | None, prompt_tokens: int,
+              completion_tokens: int, token_ids: list[int] | None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                              "logprobs": None, "finish_reason": _reason(reason)}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [choice],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def completion_chunk(rid: str, model: str, text: str, reason: str | None,
+                     token_ids: list[int] | None = None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None,
+                              "finish_reason": _reason(reason)}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return {"id": rid, "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice]}
+
+
+def chat_chunk(rid: str, model: str, delta: dict[str, str], reason: str | None,
+               token_ids: list[int] | None = None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
+                              "finish_reason": _reason(reason)}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "choices": [choice]}
+
+
+def _reason(reason: str | None) -> str | None:
+    """Engine finish reasons as OpenAI's: length or stop."""
+    if reason is None:
+        return None
+    return "length" if reason == "length" else "stop"

@@ -1,0 +1,132 @@
+"""Start/stop lifecycle of ``dopd serve``: the runtime (workers, dispatcher, controller,
+metrics) and the uvicorn server around the FastAPI app.
+
+:func:`serve` blocks until SIGINT or SIGTERM; then the server stops accepting connections,
+in-flight responses finish (up to ``shutdown_timeout_s``, after which they are aborted), the
+workers are stopped, and it returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import FrameType
+
+from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
+from dopd.errors import require
+from dopd.perf.factory import build_latency_model
+from dopd.serve.cluster import LocalCluster
+from dopd.serve.config import ServeConfig
+from dopd.serve.controller import Controller
+from dopd.serve.dispatch import Dispatcher, Event
+from dopd.serve.engines import EngineSpec
+from dopd.serve.metrics import ServeMetrics
+from dopd.sim.api import SimConfig
+from dopd.sim.policy import ClusterPolicy, PolicyContext, make_policy
+from dopd.types import SLO
+
+
+def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
+    """(served model name, tokenizer) of ``dopd-tiny`` or a checkpoint folder."""
+    if model == TINY_NAME:
+        return TINY_NAME, tiny_tokenizer()
+    path = Path(model)
+    require(path.is_dir(), f"unknown model {model!r}: not {TINY_NAME} and no such folder")
+    return path.resolve().name, Tokenizer.from_folder(path)
+
+
+def build_policy(config: ServeConfig) -> ClusterPolicy:
+    """The cluster policy of ``config.policy``, built as the simulator builds it."""
+    latency = build_latency_model(config.perf_model, config.gpu, preset=config.preset)
+    sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
+                    instances=config.instances, tick_s=config.tick_s)
+    slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
+    blocks = (latency.kv_capacity_tokens or 2**20) // sim.block_size
+    policy = make_policy(config.policy, PolicyContext(sim, latency, slo, config.seed, blocks))
+    require(isinstance(policy, ClusterPolicy),
+            f"policy {config.policy!r} searches in hindsight; it cannot serve live")
+    assert isinstance(policy, ClusterPolicy)
+    return policy
+
+
+class ServeRuntime:
+    """Everything behind the HTTP layer of one deployment; :meth:`start` and :meth:`stop` run
+    in the server's event loop."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.model_name, self.tokenizer = load_tokenizer(config.model)
+        self.policy = build_policy(config)
+        roles = list(self.policy.initial_roles(config.instances))
+        require(len(roles) == config.instances,
+                f"policy {config.policy} starts {len(roles)} of {config.instances} instances; "
+                "the local pool starts all")
+        spec = EngineSpec(model=config.model, role=roles[0], mode=config.mode,
+                          max_model_len=config.max_model_len, kv_cache_mb=config.kv_cache_mb,
+                          max_num_seqs=config.max_num_seqs,
+                          max_batched_tokens=config.max_batched_tokens,
+                          kv_timeout_s=config.kv_timeout_s, kv_lease_s=config.kv_lease_s,
+                          perf_model=config.perf_model, gpu=config.gpu, preset=config.preset,
+                          step_time_scale=config.step_time_scale, seed=config.seed)
+        self.cluster = LocalCluster(spec, roles, restart=config.restart_workers,
+                                    start_timeout_s=config.worker_start_timeout_s,
+                                    host=config.host if config.host != "0.0.0.0" else "127.0.0.1")
+        self.metrics = ServeMetrics()
+        instances = self.cluster.instances
+        self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr)  # type: ignore[arg-type]
+        self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
+                                     self.metrics, tick_s=config.tick_s)
+        self.dispatcher.observers = [self.metrics, self.controller]
+        self.cluster.listener = self.dispatcher.on_event
+        self.cluster.on_crash = self.dispatcher.on_crash
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def max_model_len(self) -> int:
+        return self.cluster.max_model_len
+
+    async def start(self) -> None:
+        await self.cluster.start()
+        self.controller.t0 = time.monotonic()
+        self._loop_task = asyncio.create_task(self.controller.run())
+
+    async def stop(self) -> None:
+        """Stop admitting, let in-flight requests finish (bounded), abort the rest, stop
+        the workers."""
+        self.dispatcher.admitting = False
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        while self.dispatcher.tracked and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for rid in list(self.dispatcher.tracked):
+            t = self.dispatcher.tracked[rid]
+            self.dispatcher.abort(rid)
+            t.queue.put_nowait(Event("error", status=503, message="the server is shutting down"))
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self.controller.close()
+        await self.cluster.stop(self.config.shutdown_timeout_s)
+
+
+def serve(config: ServeConfig) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean stop)."""
+    import uvicorn
+
+    from dopd.serve.api import create_app
+
+    class _Server(uvicorn.Server):
+        """uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown, which would
+        end the process with 143/130; a stop by signal is a clean exit here."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    runtime = ServeRuntime(config)
+    app = create_app(runtime)
+    server = _Server(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=int(max(1, config.shutdown_timeout_s)), lifespan="on"))
+    server.run()
+    return 0 if app.state.started else 1

@@ -1,0 +1,219 @@
+"""One worker process: the engine loop of one instance, its control channel and KV peer channel.
+
+:func:`worker_main` (the target of a ``spawn`` process) builds the engine, binds its KV server
+socket, says ``ready`` to the front end, then loops: handle control commands (``submit``,
+``accept``, ``abort``, ``set_role``, ``stop``), serve KV fetches of its leased prefills, take KV
+replies from peers, run one engine step, and send the step's outputs back. It exits on ``stop``,
+or when its parent process is gone. Message formats: :mod:`dopd.serve.channels`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dopd.engine.kv_handoff import KVHandle
+from dopd.engine.llm_engine import LLMEngine
+from dopd.errors import DopdError
+from dopd.serve.channels import KVClient, KVServer, WorkerControl
+from dopd.serve.engines import EngineSpec, build_engine
+from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire
+from dopd.types import Role
+
+STATS_INTERVAL_S = 0.25
+_EWMA = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a worker process needs: its id, the front end's control address, its engine."""
+
+    instance_id: int
+    control_addr: str
+    engine: EngineSpec
+    host: str = "127.0.0.1"
+
+
+class Worker:
+    """The loop state of one worker (see the module docstring)."""
+
+    def __init__(self, spec: WorkerSpec, engine: LLMEngine) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.control = WorkerControl(spec.control_addr, spec.instance_id)
+        self.kv_server = KVServer(spec.host)
+        self.kv_client = KVClient()
+        self.handles: dict[int, KVHandle] = {}
+        self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
+        self.step_s = 0.0
+        self.kv_bytes_sent = 0
+        self.kv_bytes_received = 0
+        self.kv_failures = 0
+        self.stopping = False
+        self._parent = os.getppid()
+        self._next_stats = 0.0
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        eng = self.engine
+        self.control.send({"ev": "ready", "kv_addr": self.kv_server.address,
+                           "pid": os.getpid(), "max_model_len": eng.max_model_len,
+                           "stats": self.stats()})
+        idle_plan = True
+        while not self.stopping:
+            busy = eng.has_unfinished() and not idle_plan
+            waiting_kv = len(eng.pending) > 0 or len(eng.leases) > 0
+            timeout_ms = 0 if busy else (5 if waiting_kv else 50)
+            ready = self.poll(timeout_ms)
+            if ready:
+                self.handle_control()
+                self.handle_fetches()
+                self.handle_replies()
+            self.check_fetch_timeouts()
+            if self.stopping:
+                break
+            outputs = []
+            if eng.has_unfinished() or waiting_kv:
+                start = time.perf_counter()
+                outputs = eng.step()
+                if eng.last_plan is not None:
+                    dt = time.perf_counter() - start
+                    self.step_s = dt if self.step_s == 0 else (1 - _EWMA) * self.step_s + _EWMA * dt
+            idle_plan = eng.last_plan is None
+            now = time.monotonic()
+            if outputs:
+                self.send_outputs(outputs)
+            elif now >= self._next_stats:
+                self.control.send({"ev": "stats", "stats": self.stats()})
+            if now >= self._next_stats:
+                self._next_stats = now + STATS_INTERVAL_S
+                self.forget_expired()
+                if os.getppid() != self._parent:
+                    break  # orphaned: the front end is gone
+        self.close()
+
+    def poll(self, timeout_ms: int) -> bool:
+        import zmq
+
+        poller = zmq.Poller()
+        for sock in (self.control.socket, self.kv_server.socket, *self.kv_client.sockets()):
+            poller.register(sock, zmq.POLLIN)
+        return bool(poller.poll(timeout_ms))
+
+    # ------------------------------------------------------------------ control
+    def handle_control(self) -> None:
+        for msg in self.control.receive_all():
+            op = msg.get("op")
+            rid = msg.get("rid")
+            try:
+                if op == "submit":
+                    self.engine.add_request(msg["ids"], params_from_wire(msg["params"]),
+                                            request_id=rid)
+                elif op == "accept":
+                    handle = handle_from_wire(msg["handle"])
+                    self.engine.accept_remote(handle)
+                    self.kv_client.fetch(msg["src"], handle.request_id, handle.source)
+                    now = time.monotonic()
+                    self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
+                elif op == "abort":
+                    self.engine.abort(rid)
+                    self.handles.pop(rid, None)
+                    self.fetches.pop(rid, None)
+                elif op == "set_role":
+                    self.engine.role = Role(msg["role"])
+                    self.control.send({"ev": "role", "role": msg["role"],
+                                       "stats": self.stats()})
+                elif op == "stop":
+                    self.stopping = True
+                else:
+                    raise DopdError(f"unknown operation {op!r}")
+            except DopdError as exc:
+                self.control.send({"ev": "error", "rid": rid, "msg": str(exc)})
+
+    def send_outputs(self, outputs: list[Any]) -> None:
+        items = []
+        for out in outputs:
+            handle = None
+            if out.kv_handle is not None:
+                self.handles[out.request_id] = out.kv_handle
+                handle = handle_to_wire(out.kv_handle)
+            items.append([out.request_id, list(out.new_token_ids), out.new_text,
+                          out.num_prompt_tokens, out.num_output_tokens, out.finished,
+                          None if out.finish_reason is None else str(out.finish_reason), handle])
+        self.control.send({"ev": "out", "items": items, "kv_addr": self.kv_server.address,
+                           "stats": self.stats()})
+
+    # ------------------------------------------------------------------ KV
+    def handle_fetches(self) -> None:
+        for ident, rid, source in self.kv_server.receive_all():
+            handle = self.handles.pop(rid, None)
+            try:
+                if handle is None or handle.source != source:
+                    raise DopdError(f"no KV held for request {rid}")
+                payload = self.engine.fetch_kv(handle)
+            except DopdError as exc:
+                self.kv_server.reply_error(ident, rid, str(exc))
+                continue
+            self.kv_bytes_sent += self.kv_server.reply(ident, rid, payload)
+            self.engine.release_kv(rid)
+
+    def handle_replies(self) -> None:
+        for rid, payload, error in self.kv_client.receive_all():
+            if rid not in self.fetches:
+                continue  # timed out already: the prompt is being recomputed
+            started, _ = self.fetches.pop(rid)
+            if payload is not None:
+                self.engine.deliver_kv(rid, payload)
+                self.kv_bytes_received += payload.nbytes
+                self.control.send({"ev": "kv", "rid": rid, "ok": True, "bytes": payload.nbytes,
+                                   "wait_s": time.monotonic() - started})
+            else:
+                self.engine.fail_kv(rid)
+                self.kv_failures += 1
+                self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
+                                   "msg": error or "transfer failed"})
+
+    def check_fetch_timeouts(self) -> None:
+        now = time.monotonic()
+        for rid in [r for r, (_, deadline) in self.fetches.items() if now > deadline]:
+            del self.fetches[rid]
+            self.engine.fail_kv(rid)
+            self.kv_failures += 1
+            self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
+                               "msg": "KV transfer timed out"})
+
+    def forget_expired(self) -> None:
+        for rid in [r for r in self.handles if r not in self.engine.leases]:
+            del self.handles[rid]
+
+    # ------------------------------------------------------------------ stats, shutdown
+    def stats(self) -> dict[str, Any]:
+        eng = self.engine
+        s = eng.scheduler
+        st = eng.stats
+        return {"role": str(eng.role), "waiting": s.num_waiting, "prefilling": s.num_prefilling,
+                "decode_batch": s.num_decoding, "queued_prefill_tokens": s.queued_prefill_tokens,
+                "decode_ctx_sum": s.decode_kv_sum, "pending_decodes": len(eng.pending),
+                "held": len(eng.leases), "kv_used_blocks": s.blocks.used_blocks,
+                "kv_total_blocks": s.blocks.num_blocks, "recent_step_s": self.step_s,
+                "steps": st.steps, "unfinished": eng.num_unfinished,
+                "kv_exports": st.kv_exports, "kv_imports": st.kv_imports,
+                "kv_recomputes": st.kv_recomputes, "lease_expiries": st.lease_expiries,
+                "kv_bytes_sent": self.kv_bytes_sent, "kv_bytes_received": self.kv_bytes_received,
+                "kv_failures": self.kv_failures, "busy_s": st.busy_s}
+
+    def close(self) -> None:
+        self.kv_client.close()
+        self.kv_server.close()
+        self.control.close()
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point: build the engine and serve until ``stop`` (Ctrl-C is the front
+    end's to handle, so the worker ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine = build_engine(spec.engine)
+    Worker(spec, engine).run()

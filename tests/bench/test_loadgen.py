@@ -1,0 +1,456 @@
+"""The load generator against a real HTTP server (FastAPI + uvicorn on a free local port) that
+streams tokens with known delays: measured TTFT/TPOT, open-loop timing, the concurrency cap,
+error accounting, prompt synthesis and the JSON record.
+
+:class:`FakeServer` is reused by ``tests/cli/test_bench_cmd.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dopd.bench.loadgen import LoadGenConfig, LoadResult, clip_to_context, run_load
+from dopd.bench.loadgen_client import base_url, probe_server, request_body
+from dopd.bench.loadgen_prompts import (
+    ByteSynth,
+    CharsSynth,
+    TokenizerSynth,
+    make_synth,
+    synthesize_prompts,
+)
+from dopd.bench.loadgen_report import bench_columns, bench_record, write_bench_outputs
+from dopd.bench.metrics import summarize_result
+from dopd.config import RunConfig
+from dopd.errors import DopdError
+from dopd.types import SLO, RequestState
+from dopd.workload import Workload
+
+MODEL = "fake-model"
+FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG = 13, 29, 17, 23, 19
+"""Output lengths (max_tokens) at which the fake server misbehaves in the named way."""
+
+
+@dataclass
+class Behaviour:
+    """How the fake server answers: the first token ``ttft_s`` after the request, then one
+    token every ``tpot_s`` (deadlines from the request's receipt, so no drift), sent
+    ``tokens_per_chunk`` at a time; ``usage`` says whether it honours ``include_usage``."""
+
+    ttft_s: float = 0.05
+    tpot_s: float = 0.01
+    tokens_per_chunk: int = 1
+    usage: bool = True
+    models: tuple[str, ...] = (MODEL,)
+    api_key: str | None = None
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it: perf_counter at receipt, the body, the path."""
+
+    at: float
+    body: dict[str, Any]
+    path: str
+
+
+@dataclass
+class FakeServer:
+    """An OpenAI-compatible streaming server in a background thread (see :class:`Behaviour`)."""
+
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    seen: list[Seen] = field(default_factory=list)
+    active: int = 0
+    max_active: int = 0
+    url: str = ""
+
+    def reset(self, **changes: Any) -> None:
+        self.behaviour = Behaviour(**changes)
+        self.seen.clear()
+        self.max_active = 0
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        def authorized(request: Request) -> bool:
+            key = self.behaviour.api_key
+            return key is None or request.headers.get("authorization") == f"Bearer {key}"
+
+        @app.get("/v1/models")
+        async def models(request: Request) -> Any:
+            if not authorized(request):
+                return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
+            return {"object": "list", "data": [{"id": m, "object": "model"}
+                                               for m in self.behaviour.models]}
+
+        async def answer(request: Request, chat: bool) -> Any:
+            at = time.perf_counter()
+            body = await request.json()
+            self.seen.append(Seen(at, body, request.url.path))
+            if not authorized(request):
+                return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
+            n = int(body["max_tokens"])
+            if n == FAIL_500:
+                return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+            if n == REJECT_429:
+                return JSONResponse({"error": {"message": "overloaded"}}, status_code=429)
+            prompt = body["messages"][0]["content"] if chat else body["prompt"]
+            return StreamingResponse(self._events(at, n, len(prompt.encode()) + 1, chat, body),
+                                     media_type="text/event-stream")
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Any:
+            return await answer(request, chat=False)
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Any:
+            return await answer(request, chat=True)
+
+        return app
+
+    async def _events(self, at: float, n: int, prompt_tokens: int, chat: bool,
+                      body: dict[str, Any]) -> AsyncIterator[str]:
+        b = self.behaviour
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if chat:  # the role-only first chunk real servers send: not a token
+                yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+            sent = 0
+            while sent < n:
+                k = min(b.tokens_per_chunk, n - sent)
+                last = sent + k - 1
+                delay = at + b.ttft_s + last * b.tpot_s - time.perf_counter()
+                if n == HANG:
+                    delay = 60.0
+                await asyncio.sleep(max(delay, 0.0))
+                if n == BREAK and sent >= n // 2:
+                    raise RuntimeError("connection dropped mid-stream")
+                if n == NO_FINISH and sent + k == n:
+                    return
+                text = "x" * k
+                finish = "length" if sent + k == n else None
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+                choice.update({"delta": {"content": text}} if chat else {"text": text})
+                yield _sse({"choices": [choice]})
+                sent += k
+            if b.usage and body.get("stream_options", {}).get("include_usage"):
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                         "total_tokens": prompt_tokens + n}
+                yield _sse({"choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+        finally:
+            self.active -= 1
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    yield from serve_fake()
+
+
+def serve_fake() -> Iterator[FakeServer]:
+    """Start a :class:`FakeServer` on a free 127.0.0.1 port; stop it when the generator ends."""
+    fake = FakeServer()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(fake.app(), log_level="warning", lifespan="off")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "fake server did not start"
+        time.sleep(0.01)
+    try:
+        yield fake
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def workload(arrivals: list[float], outputs: list[int], prompt: int = 64) -> Workload:
+    return Workload("test", np.array(arrivals), np.full(len(arrivals), prompt), np.array(outputs))
+
+
+def run(fake: FakeServer, wl: Workload, **config: Any) -> LoadResult:
+    cfg = LoadGenConfig(url=fake.url, model=MODEL, **config)
+    prompts = synthesize_prompts(ByteSynth(special=1), wl, seed=0)
+    return run_load(wl, prompts, cfg)
+
+
+def test_measured_ttft_and_tpot_match_the_server_delays(server: FakeServer) -> None:
+    server.reset(ttft_s=0.08, tpot_s=0.015)
+    wl = workload([0.05 * i for i in range(12)], [20] * 12)
+    result = run(server, wl)
+    assert (result.state == RequestState.FINISHED).all()
+    ttft = result.first_token_s - result.arrival_s
+    tpot = (result.finish_s - result.first_token_s) / (result.output_tokens - 1)
+    assert np.all(ttft >= 0.08 - 1e-3) and np.median(ttft) < 0.08 + 0.03
+    assert np.median(tpot) == pytest.approx(0.015, rel=0.1)
+    assert (result.output_tokens == 20).all() and (result.chunks == 20).all()
+    summary = summarize_result(result, SLO(ttft_s=0.3, tpot_s=0.03))
+    assert summary.attainment == 1.0 and summary.finished == 12
+    assert summary.ttft_p50 == pytest.approx(np.median(ttft))
+    # the server saw the requested lengths and the ignore_eos extension
+    assert all(s.body["max_tokens"] == 20 and s.body["ignore_eos"] is True for s in server.seen)
+
+
+def test_tpot_uses_the_reported_token_count_when_chunks_carry_several_tokens(
+    server: FakeServer,
+) -> None:
+    server.reset(ttft_s=0.02, tpot_s=0.01, tokens_per_chunk=4)
+    result = run(server, workload([0.0, 0.1], [40, 40]))
+    assert (result.chunks == 10).all() and (result.output_tokens == 40).all()
+    tpot = (result.finish_s - result.first_token_s) / 39
+    # first chunk = tokens 0-3 at 0.05 s, last = tokens 36-39 at 0.41 s: 0.36 s / 39 tokens
+    assert np.median(tpot) == pytest.approx(0.36 / 39, rel=0.15)
+
+
+def test_without_usage_the_chunk_count_is_the_token_count(server: FakeServer) -> None:
+    server.reset(ttft_s=0.02, tpot_s=0.01, usage=False)
+    result = run(server, workload([0.0, 0.05], [15, 15]))
+    assert (result.output_tokens == 15).all()
+    assert (result.server_output_tokens == -1).all() and (result.server_prompt_tokens == -1).all()
+
+
+def test_arrivals_are_open_loop_whatever_the_server_takes(server: FakeServer) -> None:
+    server.reset(ttft_s=0.6, tpot_s=0.01)  # every answer outlives the gaps between arrivals
+    arrivals = [0.0, 0.05, 0.1, 0.3, 0.32, 0.34, 0.5, 0.7]
+    result = run(server, workload(arrivals, [5] * len(arrivals)))
+    seen = np.array(sorted(s.at for s in server.seen))
+    assert np.allclose(seen - seen[0], arrivals, atol=0.03)
+    assert np.abs(result.dispatch_s - result.arrival_s).max() < 0.03
+    assert server.max_active == len(arrivals) == result.max_in_flight
+    assert result.capped == 0
+
+
+def test_concurrency_cap_queues_requests_counts_the_wait_and_warns(server: FakeServer) -> None:
+    server.reset(ttft_s=0.15, tpot_s=0.01)
+    warnings: list[str] = []
+    wl = workload([0.0] * 6, [6] * 6)
+    cfg = LoadGenConfig(url=server.url, model=MODEL, max_concurrency=2)
+    result = run_load(wl, synthesize_prompts(ByteSynth(), wl, 0), cfg, warn=warnings.append)
+    assert server.max_active == 2 and result.max_in_flight == 2
+    assert result.capped == 4
+    assert len(warnings) == 1 and "concurrency cap of 2" in warnings[0]
+    ttft = np.sort(result.first_token_s - result.arrival_s)
+    # three waves of two: the wait for the cap counts in TTFT
+    assert ttft[:2].max() < 0.25 and ttft[2:4].min() > 0.15 + 0.15 and ttft[4:].min() > 0.6
+    assert (result.send_s[np.argsort(result.send_s)][2:] > 0.15).all()
+
+
+def test_errors_are_misses_with_their_reason(server: FakeServer) -> None:
+    server.reset(ttft_s=0.02, tpot_s=0.005)
+    outputs = [8, FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG, 8]
+    result = run(server, workload([0.02 * i for i in range(7)], outputs), timeout_s=1.0)
+    state = [RequestState(int(s)) for s in result.state]
+    assert state == [RequestState.FINISHED, RequestState.ABORTED, RequestState.REJECTED,
+                     RequestState.ABORTED, RequestState.ABORTED, RequestState.ABORTED,
+                     RequestState.FINISHED]
+    assert result.reason[1] == "HTTP 500: boom"
+    assert result.reason[2] == "HTTP 429: overloaded"
+    assert result.reason[3].startswith("connection error")
+    assert result.reason[4] == "stream ended before the answer did"
+    assert result.reason[5] == "timeout after 1 s"
+    assert list(result.http_status) == [200, 500, 429, 200, 200, 200, 200]
+    # the broken stream got tokens before it died: TTFT is known, finish is not
+    assert math.isfinite(result.first_token_s[3]) and math.isnan(result.finish_s[3])
+    assert result.done_s[5] - result.send_s[5] == pytest.approx(1.0, abs=0.1)
+    summary = summarize_result(result, SLO(ttft_s=1.0, tpot_s=0.1))
+    assert (summary.finished, summary.aborted, summary.rejected, summary.met) == (2, 4, 1, 2)
+    assert summary.attainment == pytest.approx(2 / 7)
+    record = bench_record(result, summary, offered_rate_rps=50.0)
+    assert record["errors"] == {"HTTP 429": 1, "HTTP 500": 1, "connection error": 1,
+                                "stream ended before the answer did": 1,
+                                "timeout after 1 s": 1}
+
+
+def test_chat_endpoint_skips_the_role_chunk(server: FakeServer) -> None:
+    server.reset(ttft_s=0.05, tpot_s=0.01)
+    result = run(server, workload([0.0, 0.05], [10, 10]), endpoint="chat")
+    assert all(s.path == "/v1/chat/completions" for s in server.seen)
+    assert server.seen[0].body["messages"][0]["role"] == "user"
+    assert (result.chunks == 10).all()
+    assert np.min(result.first_token_s - result.arrival_s) >= 0.05 - 1e-3
+
+
+def test_record_has_simulate_fields_and_outputs_are_written(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.reset(ttft_s=0.03, tpot_s=0.005)
+    wl = workload([0.0, 0.1, 0.2, 0.3], [10, FAIL_500, 10, 1], prompt=100)
+    result = run(server, wl)
+    slo = SLO(ttft_s=0.5, tpot_s=0.05)
+    record = bench_record(result, summarize_result(result, slo), wl.rate_rps, gpus=2)
+    for key in ("policy", "requests", "finished", "rejected", "aborted", "met", "attainment",
+                "goodput_rps", "goodput_rps_per_gpu", "ttft_p50", "ttft_p90", "ttft_p99",
+                "tpot_p50", "tpot_p90", "tpot_p99", "e2e_p50", "e2e_p90", "e2e_p99",
+                "gpu_seconds", "switches", "kv_bytes_moved", "sim_end_s", "events", "wall_s"):
+        assert key in record, key
+    assert record["policy"] == "bench" and record["requests"] == 4 and record["met"] == 3
+    assert record["goodput_rps_per_gpu"] == pytest.approx(record["goodput_rps"] / 2)
+    assert record["switches"] is None and record["gpu_seconds"] == pytest.approx(
+        2 * result.end_s)
+    assert record["prompt_tokens_ratio"] == pytest.approx(1.0)  # dopd-tiny style: BOS + bytes
+    assert record["short_outputs"] == 0
+    columns = bench_columns(result)
+    assert list(columns["state"]) == ["FINISHED", "ABORTED", "FINISHED", "FINISHED"]
+    assert list(columns["server_prompt_tokens"]) == [100, -1, 100, 100]
+    paths = write_bench_outputs(tmp_path, RunConfig(slo=slo), wl, result, {"bench": record},
+                                {"url": server.url})
+    names = {p.name for p in paths}
+    assert {"results.json", "config.toml", "bench.json", "workload.json", "requests_bench.csv",
+            "timeline_bench.csv", "latency_cdf.png", "timeline.png"} <= names
+    assert json.loads((tmp_path / "results.json").read_text())["bench"]["met"] == 3
+    assert (tmp_path / "timeline.png").stat().st_size > 10_000
+
+
+def test_timeline_counts_waiting_and_decoding_requests(server: FakeServer) -> None:
+    server.reset(ttft_s=0.3, tpot_s=0.02)
+    result = run(server, workload([0.0, 0.0, 0.0], [26, 26, 26], prompt=50))
+    tl = result.timeline
+    t = np.asarray(tl.time_s)
+    mid_prefill = (t > 0.1) & (t < 0.25)
+    mid_decode = (t > 0.4) & (t < 0.75)
+    assert (tl.queued_prefill_tokens[mid_prefill] == 150).all()
+    assert (tl.running_decodes[mid_decode] == 3).all()
+    assert tl.arrivals_rps.sum() * (t[1] - t[0]) == pytest.approx(3)
+
+
+def test_probe_lists_models_and_fails_clearly(server: FakeServer) -> None:
+    server.reset(models=("a", "b"), api_key="sekrit")
+    assert probe_server(server.url + "/v1/", "sekrit") == ("a", "b")
+    with pytest.raises(DopdError, match="refused the API key"):
+        probe_server(server.url, "wrong")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(DopdError, match=r"cannot reach the server at http://127\.0\.0\.1"):
+        probe_server(f"http://127.0.0.1:{closed}", timeout_s=2)
+    with pytest.raises(DopdError, match="server URL"):
+        base_url("localhost:8000")
+
+
+def test_request_body_shapes() -> None:
+    body = request_body("completions", "m", "hi", 7, extra={"min_tokens": 7, "ignore_eos": False})
+    assert body == {"model": "m", "prompt": "hi", "max_tokens": 7, "stream": True,
+                    "stream_options": {"include_usage": True}, "ignore_eos": False,
+                    "min_tokens": 7}
+    chat = request_body("chat", "m", "hi", 3, ignore_eos=False)
+    assert chat["messages"] == [{"role": "user", "content": "hi"}] and "ignore_eos" not in chat
+    with pytest.raises(DopdError, match="unknown endpoint"):
+        request_body("embeddings", "m", "hi", 1)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(DopdError, match="timeout"):
+        LoadGenConfig(url="http://x:1", model="m", timeout_s=0)
+    with pytest.raises(DopdError, match="max concurrency"):
+        LoadGenConfig(url="http://x:1", model="m", max_concurrency=0)
+    with pytest.raises(DopdError, match="endpoint"):
+        LoadGenConfig(url="http://x:1", model="m", endpoint="embeddings")
+    with pytest.raises(DopdError, match="prompts for a workload"):
+        run_load(workload([0.0], [1]), [], LoadGenConfig(url="http://x:1", model="m"))
+
+
+def test_clip_to_context() -> None:
+    wl = Workload("w", np.array([0.0, 1.0, 2.0]), np.array([10, 3000, 1500]),
+                  np.array([5, 100, 1000]))
+    clipped = clip_to_context(wl, 2048)
+    assert list(clipped.prompt_tokens) == [10, 2047, 1500]
+    assert list(clipped.output_tokens) == [5, 1, 548]
+    with pytest.raises(DopdError, match="max context"):
+        clip_to_context(wl, 1)
+
+
+# ---------------------------------------------------------------- prompt synthesis
+
+
+def test_byte_synth_matches_the_dopd_tiny_tokenizer_exactly() -> None:
+    from dopd.engine.model.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    synth = make_synth("auto", "dopd-tiny")
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 17, 500, 2047):
+        assert len(tok.encode(synth.make(n, rng))) == n
+    assert make_synth("byte").make(9, rng).isascii() and len(make_synth("byte").make(9, rng)) == 9
+
+
+def _trained_bpe(path: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from dopd.bench.loadgen_prompts import WORDS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    rng = np.random.default_rng(0)
+    corpus = [" ".join(rng.choice(WORDS[:150], 40)) for _ in range(300)]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.save(str(path))
+    return path
+
+
+def test_tokenizer_synth_hits_exact_lengths_with_a_bpe_tokenizer(tmp_path: Path) -> None:
+    path = _trained_bpe(tmp_path / "tokenizer.json")
+    synth = make_synth(str(tmp_path))  # a folder holding tokenizer.json
+    assert isinstance(synth, TokenizerSynth)
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 5, 64, 333, 1500):
+        text = synth.make(n, rng)
+        assert synth.count(text) == n, n
+    assert synth.count("") == 1  # the BOS the post-processor adds counts
+    assert make_synth(str(path)).spec == str(path)
+
+
+def test_chars_synth_and_spec_errors(tmp_path: Path) -> None:
+    synth = make_synth("chars:3.5")
+    assert isinstance(synth, CharsSynth)
+    assert len(synth.make(100, np.random.default_rng(0))) == 350
+    assert isinstance(make_synth("auto", "llama"), CharsSynth)
+    assert make_synth("byte:special=2").make(10, np.random.default_rng(0)).__len__() == 8
+    for bad, match in (("chars:x", "not a number"), ("chars:-1", "must be > 0"),
+                       ("byte:special=1.5", "whole number"), ("nope", "not auto, dopd-tiny")):
+        with pytest.raises(DopdError, match=match):
+            make_synth(bad)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(DopdError, match="cannot read tokenizer"):
+        make_synth(str(tmp_path))
+
+
+def test_prompts_are_seeded_distinct_and_independent_of_other_requests() -> None:
+    wl = workload([0.0, 0.1, 0.2, 0.3], [1] * 4, prompt=200)
+    synth = ByteSynth()
+    a = synthesize_prompts(synth, wl, seed=5)
+    assert a == synthesize_prompts(ByteSynth(), wl, seed=5)
+    assert a != synthesize_prompts(ByteSynth(), wl, seed=6)
+    assert len({p[:32] for p in a}) == 4  # no shared prefixes between requests
+    longer = Workload("w", wl.arrival_s, np.array([200, 50_000, 200, 200]), wl.output_tokens)
+    b = synthesize_prompts(ByteSynth(), longer, seed=5)
+    assert b[0] == a[0] and b[2:] == a[2:] and len(b[1]) == 50_000
