@@ -24,8 +24,20 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from dopd.bench.loadgen import LoadGenConfig, LoadResult, clip_to_context, run_load
-from dopd.bench.loadgen_client import base_url, probe_server, request_body
+from dopd.bench.loadgen import (
+    LoadGenConfig,
+    LoadResult,
+    client_timeline,
+    clip_to_context,
+    run_load,
+)
+from dopd.bench.loadgen_client import (
+    ClientPool,
+    ServedModel,
+    base_url,
+    probe_server,
+    request_body,
+)
 from dopd.bench.loadgen_prompts import (
     ByteSynth,
     CharsSynth,
@@ -41,7 +53,7 @@ from dopd.types import SLO, RequestState
 from dopd.workload import Workload
 
 MODEL = "fake-model"
-FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG = 13, 29, 17, 23, 19
+FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG, ERROR_EVENT, HOLD = 13, 29, 17, 23, 19, 31, 37
 """Output lengths (max_tokens) at which the fake server misbehaves in the named way."""
 
 
@@ -49,13 +61,16 @@ FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG = 13, 29, 17, 23, 19
 class Behaviour:
     """How the fake server answers: the first token ``ttft_s`` after the request, then one
     token every ``tpot_s`` (deadlines from the request's receipt, so no drift), sent
-    ``tokens_per_chunk`` at a time; ``usage`` says whether it honours ``include_usage``."""
+    ``tokens_per_chunk`` at a time; ``usage`` says whether it honours ``include_usage``;
+    ``sse=False`` ignores ``stream: true`` and answers with one JSON body."""
 
     ttft_s: float = 0.05
     tpot_s: float = 0.01
     tokens_per_chunk: int = 1
     usage: bool = True
+    sse: bool = True
     models: tuple[str, ...] = (MODEL,)
+    max_model_len: int | None = None
     api_key: str | None = None
 
 
@@ -94,7 +109,9 @@ class FakeServer:
         async def models(request: Request) -> Any:
             if not authorized(request):
                 return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
-            return {"object": "list", "data": [{"id": m, "object": "model"}
+            extra = ({} if self.behaviour.max_model_len is None
+                     else {"max_model_len": self.behaviour.max_model_len})
+            return {"object": "list", "data": [{"id": m, "object": "model", **extra}
                                                for m in self.behaviour.models]}
 
         async def answer(request: Request, chat: bool) -> Any:
@@ -109,6 +126,11 @@ class FakeServer:
             if n == REJECT_429:
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=429)
             prompt = body["messages"][0]["content"] if chat else body["prompt"]
+            if not self.behaviour.sse:
+                await asyncio.sleep(self.behaviour.ttft_s + (n - 1) * self.behaviour.tpot_s)
+                return {"choices": [{"index": 0, "text": "x" * n, "finish_reason": "length"}],
+                        "usage": {"prompt_tokens": len(prompt.encode()) + 1,
+                                  "completion_tokens": n}}
             return StreamingResponse(self._events(at, n, len(prompt.encode()) + 1, chat, body),
                                      media_type="text/event-stream")
 
@@ -142,6 +164,9 @@ class FakeServer:
                     raise RuntimeError("connection dropped mid-stream")
                 if n == NO_FINISH and sent + k == n:
                     return
+                if n == ERROR_EVENT and sent == 2:
+                    yield _sse({"error": {"message": "engine died", "code": 500}})
+                    return
                 text = "x" * k
                 finish = "length" if sent + k == n else None
                 choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
@@ -153,6 +178,8 @@ class FakeServer:
                          "total_tokens": prompt_tokens + n}
                 yield _sse({"choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
+            if n == HOLD:  # a server that keeps the body open after [DONE]
+                await asyncio.sleep(30)
         finally:
             self.active -= 1
 
@@ -169,7 +196,9 @@ def server() -> Iterator[FakeServer]:
 def serve_fake() -> Iterator[FakeServer]:
     """Start a :class:`FakeServer` on a free 127.0.0.1 port; stop it when the generator ends."""
     fake = FakeServer()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only disables Nagle's algorithm on sockets that say
+    # so, and with Nagle every response would stall ~40 ms on the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -235,8 +264,8 @@ def test_without_usage_the_chunk_count_is_the_token_count(server: FakeServer) ->
 
 
 def test_arrivals_are_open_loop_whatever_the_server_takes(server: FakeServer) -> None:
-    server.reset(ttft_s=0.6, tpot_s=0.01)  # every answer outlives the gaps between arrivals
-    arrivals = [0.0, 0.05, 0.1, 0.3, 0.32, 0.34, 0.5, 0.7]
+    server.reset(ttft_s=0.8, tpot_s=0.01)  # the first answer outlives the last arrival
+    arrivals = [0.0, 0.05, 0.1, 0.3, 0.32, 0.34, 0.5, 0.6]
     result = run(server, workload(arrivals, [5] * len(arrivals)))
     seen = np.array(sorted(s.at for s in server.seen))
     assert np.allclose(seen - seen[0], arrivals, atol=0.03)
@@ -255,35 +284,79 @@ def test_concurrency_cap_queues_requests_counts_the_wait_and_warns(server: FakeS
     assert result.capped == 4
     assert len(warnings) == 1 and "concurrency cap of 2" in warnings[0]
     ttft = np.sort(result.first_token_s - result.arrival_s)
-    # three waves of two: the wait for the cap counts in TTFT
-    assert ttft[:2].max() < 0.25 and ttft[2:4].min() > 0.15 + 0.15 and ttft[4:].min() > 0.6
-    assert (result.send_s[np.argsort(result.send_s)][2:] > 0.15).all()
+    # three waves of two, each holding its slots 0.15 + 5 x 0.01 s: the wait counts in TTFT
+    assert ttft[:2].max() < 0.25 and ttft[2:4].min() > 0.35 - 0.01 and ttft[4:].min() > 0.54
+    assert (np.sort(result.send_s)[2:] > 0.2 - 0.01).all()
 
 
 def test_errors_are_misses_with_their_reason(server: FakeServer) -> None:
     server.reset(ttft_s=0.02, tpot_s=0.005)
-    outputs = [8, FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG, 8]
-    result = run(server, workload([0.02 * i for i in range(7)], outputs), timeout_s=1.0)
+    outputs = [8, FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG, 8, ERROR_EVENT]
+    result = run(server, workload([0.02 * i for i in range(8)], outputs), timeout_s=1.0)
     state = [RequestState(int(s)) for s in result.state]
     assert state == [RequestState.FINISHED, RequestState.ABORTED, RequestState.REJECTED,
                      RequestState.ABORTED, RequestState.ABORTED, RequestState.ABORTED,
-                     RequestState.FINISHED]
+                     RequestState.FINISHED, RequestState.ABORTED]
     assert result.reason[1] == "HTTP 500: boom"
     assert result.reason[2] == "HTTP 429: overloaded"
     assert result.reason[3].startswith("connection error")
     assert result.reason[4] == "stream ended before the answer did"
     assert result.reason[5] == "timeout after 1 s"
-    assert list(result.http_status) == [200, 500, 429, 200, 200, 200, 200]
+    assert result.reason[7] == "stream error: engine died"
+    assert list(result.http_status) == [200, 500, 429, 200, 200, 200, 200, 200]
     # the broken stream got tokens before it died: TTFT is known, finish is not
     assert math.isfinite(result.first_token_s[3]) and math.isnan(result.finish_s[3])
     assert result.done_s[5] - result.send_s[5] == pytest.approx(1.0, abs=0.1)
     summary = summarize_result(result, SLO(ttft_s=1.0, tpot_s=0.1))
-    assert (summary.finished, summary.aborted, summary.rejected, summary.met) == (2, 4, 1, 2)
-    assert summary.attainment == pytest.approx(2 / 7)
+    assert (summary.finished, summary.aborted, summary.rejected, summary.met) == (2, 5, 1, 2)
+    assert summary.attainment == pytest.approx(2 / 8)
     record = bench_record(result, summary, offered_rate_rps=50.0)
     assert record["errors"] == {"HTTP 429": 1, "HTTP 500": 1, "connection error": 1,
                                 "stream ended before the answer did": 1,
-                                "timeout after 1 s": 1}
+                                "stream error": 1, "timeout after 1 s": 1}
+
+
+def test_done_ends_the_answer_even_if_the_body_stays_open(server: FakeServer) -> None:
+    server.reset(ttft_s=0.01, tpot_s=0.002)
+    result = run(server, workload([0.0], [HOLD]), timeout_s=5.0)
+    assert result.state[0] == RequestState.FINISHED and result.output_tokens[0] == HOLD
+    assert result.finish_s[0] < 0.2  # the last token, not the end of the body
+    assert 1.0 <= result.done_s[0] < 2.5  # the client stopped waiting for the body after 1 s
+
+
+def test_a_server_that_ignores_stream_true_still_counts(server: FakeServer) -> None:
+    server.reset(ttft_s=0.05, tpot_s=0.01, sse=False)
+    result = run(server, workload([0.0, 0.05], [11, 11]))
+    assert (result.state == RequestState.FINISHED).all() and (result.output_tokens == 11).all()
+    assert np.all(result.first_token_s == result.finish_s)  # one body: TTFT = E2E
+    assert np.min(result.first_token_s - result.arrival_s) >= 0.05 + 0.1 - 1e-3
+
+
+def test_progress_is_reported_and_connections_are_reused(server: FakeServer) -> None:
+    server.reset(ttft_s=0.01, tpot_s=0.002)
+    calls: list[tuple[float, str]] = []
+    wl = workload([0.1 * i for i in range(6)], [4] * 6)
+    cfg = LoadGenConfig(url=server.url, model=MODEL, label="lbl")
+    result = run_load(wl, synthesize_prompts(ByteSynth(), wl, 0), cfg,
+                      progress=lambda f, d: calls.append((f, d)))
+    fractions = [f for f, _ in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert calls[-1][1] == "lbl: 6 done, 0 errors"
+    assert result.max_in_flight == 1
+
+
+def test_client_pool_lends_idle_clients_first() -> None:
+    async def scenario() -> tuple[bool, bool, int]:
+        pool = ClientPool("http://127.0.0.1:1", {})
+        async with pool.borrow() as a:
+            pass
+        async with pool.borrow() as b, pool.borrow() as c:
+            reused, fresh = b is a, c is not a
+        size = pool.size
+        await pool.aclose()
+        return reused, fresh, size
+
+    assert asyncio.run(scenario()) == (True, True, 2)
 
 
 def test_chat_endpoint_skips_the_role_chunk(server: FakeServer) -> None:
@@ -329,18 +402,27 @@ def test_record_has_simulate_fields_and_outputs_are_written(
 def test_timeline_counts_waiting_and_decoding_requests(server: FakeServer) -> None:
     server.reset(ttft_s=0.3, tpot_s=0.02)
     result = run(server, workload([0.0, 0.0, 0.0], [26, 26, 26], prompt=50))
-    tl = result.timeline
+    assert result.timeline.arrivals_rps.sum() * result.timeline.time_s[1] == pytest.approx(3)
+    tl = client_timeline(result.arrival_s, result.send_s, result.first_token_s,
+                         result.finish_s, result.done_s, result.prompt_tokens, interval_s=0.05)
     t = np.asarray(tl.time_s)
     mid_prefill = (t > 0.1) & (t < 0.25)
     mid_decode = (t > 0.4) & (t < 0.75)
+    assert mid_prefill.sum() >= 2 and mid_decode.sum() >= 5
     assert (tl.queued_prefill_tokens[mid_prefill] == 150).all()
+    assert (tl.running_decodes[mid_prefill] == 0).all()
     assert (tl.running_decodes[mid_decode] == 3).all()
-    assert tl.arrivals_rps.sum() * (t[1] - t[0]) == pytest.approx(3)
+    assert (tl.queued_prefill_tokens[mid_decode] == 0).all()
+    assert tl.running_decodes[-1] == 0
 
 
 def test_probe_lists_models_and_fails_clearly(server: FakeServer) -> None:
-    server.reset(models=("a", "b"), api_key="sekrit")
-    assert probe_server(server.url + "/v1/", "sekrit") == ("a", "b")
+    server.reset(models=("a", "b"), api_key="sekrit", max_model_len=4096)
+    assert probe_server(server.url + "/v1/", "sekrit") == (ServedModel("a", 4096),
+                                                          ServedModel("b", 4096))
+    server.reset(models=("c",))
+    assert probe_server(server.url) == (ServedModel("c", None),)
+    server.reset(api_key="sekrit")
     with pytest.raises(DopdError, match="refused the API key"):
         probe_server(server.url, "wrong")
     with socket.socket() as s:
@@ -393,8 +475,9 @@ def test_byte_synth_matches_the_dopd_tiny_tokenizer_exactly() -> None:
     tok = tiny_tokenizer()
     synth = make_synth("auto", "dopd-tiny")
     rng = np.random.default_rng(1)
-    for n in (1, 2, 17, 500, 2047):
+    for n in (2, 17, 500, 2047):
         assert len(tok.encode(synth.make(n, rng))) == n
+    assert len(synth.make(1, rng)) == 1  # at least one character of text, so BOS + 1
     assert make_synth("byte").make(9, rng).isascii() and len(make_synth("byte").make(9, rng)) == 9
 
 
@@ -422,10 +505,11 @@ def test_tokenizer_synth_hits_exact_lengths_with_a_bpe_tokenizer(tmp_path: Path)
     synth = make_synth(str(tmp_path))  # a folder holding tokenizer.json
     assert isinstance(synth, TokenizerSynth)
     rng = np.random.default_rng(3)
-    for n in (1, 2, 5, 64, 333, 1500):
+    for n in (2, 5, 64, 333, 1500):
         text = synth.make(n, rng)
         assert synth.count(text) == n, n
     assert synth.count("") == 1  # the BOS the post-processor adds counts
+    assert synth.count(synth.make(1, rng)) == 2  # at least one token of text
     assert make_synth(str(path)).spec == str(path)
 
 

@@ -17,6 +17,7 @@ per-request timeout) is ABORTED with the reason, e.g. ``HTTP 500: ...``; both co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ import numpy as np
 
 from dopd.bench.loadgen_client import (
     ENDPOINTS,
+    ClientPool,
     StreamResult,
     auth_headers,
     base_url,
@@ -131,13 +133,13 @@ def client_timeline(
     prompt_tokens: np.ndarray,
     interval_s: float | None = None,
 ) -> Timeline:
-    """What the client saw over time, sampled every ``interval_s`` (default: span / 200,
-    clipped to [0.1 s, 10 s]): arrivals per second over the last interval, prompt tokens of
+    """What the client saw over time, sampled every ``interval_s`` (default: span / 100,
+    clipped to [0.5 s, 10 s]): arrivals per second over the last interval, prompt tokens of
     requests sent and waiting for their first token (``queued_prefill_tokens``), and requests
     between first and last token (``running_decodes``); a request stops counting when its
     stream ends (``done_s``). Instance counts are 0 (unknown to a client)."""
     span = max(float(np.nanmax(np.append(done_s, 0.0))), float(arrival_s[-1]), 1e-9)
-    step = interval_s if interval_s is not None else float(np.clip(span / 200, 0.1, 10.0))
+    step = interval_s if interval_s is not None else float(np.clip(span / 100, 0.5, 10.0))
     t = np.arange(0.0, span + step, step)
     arrivals = np.histogram(arrival_s, bins=np.append(t - step, t[-1]))[0]
 
@@ -186,27 +188,28 @@ async def _run(
     dispatch = np.full(n, np.nan)
     arrivals = workload.arrival_s.tolist()
     outputs = workload.output_tokens.tolist()
-    start = math.inf  # set once the client is ready: creating it takes ~0.1 s (TLS context)
+    start = math.inf  # set just before the first dispatch, once the HTTP stack is warm
 
     def clock() -> float:
         return time.perf_counter() - start
 
-    async def send(i: int, client: httpx.AsyncClient) -> None:
+    async def send(i: int) -> None:
         body = request_body(config.endpoint, config.model, prompts[i], outputs[i],
                             ignore_eos=config.ignore_eos, extra=config.extra_body)
         counts.in_flight += 1
         counts.max_in_flight = max(counts.max_in_flight, counts.in_flight)
         try:
-            result = await stream_request(client, path, body, clock, config.timeout_s)
+            async with pool.borrow() as client:
+                result = await stream_request(client, path, body, clock, config.timeout_s)
         finally:
             counts.in_flight -= 1
         results[i] = result
         counts.done += 1
         counts.errors += bool(result.error)
 
-    async def one(i: int, client: httpx.AsyncClient) -> None:
+    async def one(i: int) -> None:
         if gate is None:
-            await send(i, client)
+            await send(i)
             return
         if gate.locked():
             counts.capped += 1
@@ -214,7 +217,7 @@ async def _run(
                 warn(f"concurrency cap of {cap} requests reached at {clock():.1f} s: further "
                      "requests wait for a free slot and the wait counts in their TTFT")
         async with gate:
-            await send(i, client)
+            await send(i)
 
     async def report() -> None:
         while progress is not None:
@@ -222,9 +225,15 @@ async def _run(
                      f"{counts.in_flight} in flight, {counts.errors} errors")
             await asyncio.sleep(_PROGRESS_EVERY_S)
 
-    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
-    async with httpx.AsyncClient(base_url=base_url(config.url), timeout=None, limits=limits,
-                                 headers=auth_headers(config.api_key)) as client:
+    pool = ClientPool(config.url, auth_headers(config.api_key))
+    try:
+        # The first request of a process pays ~20-30 ms of one-off setup in the HTTP stack;
+        # a harmless GET pays it before the clock starts (and leaves a warm connection).
+        async with pool.borrow() as client:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.get("/v1/models", timeout=min(config.timeout_s, 10.0))
+        if progress is not None:  # a progress display may take a while to set up: not on the clock
+            progress(0.0, f"{config.label}: starting")
         start = time.perf_counter()
         reporter = asyncio.create_task(report())
         tasks = []
@@ -234,9 +243,11 @@ async def _run(
                 await asyncio.sleep(delay)
             dispatch[i] = clock()
             counts.sent += 1
-            tasks.append(asyncio.create_task(one(i, client)))
+            tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
         reporter.cancel()
+    finally:
+        await pool.aclose()
     wall = time.perf_counter() - start
     if progress is not None:
         progress(1.0, f"{config.label}: {n} done, {counts.errors} errors")

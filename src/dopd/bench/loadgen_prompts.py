@@ -64,7 +64,8 @@ class PromptSynth(Protocol):
     spec: str
 
     def make(self, tokens: int, rng: np.random.Generator) -> str:
-        """Prompt text for ``tokens`` tokens (>= 1) drawn with ``rng``."""
+        """Prompt text for ``tokens`` tokens (>= 1) drawn with ``rng``; never empty, so a
+        target below the tokenizer's special tokens + 1 gets one token (character) of text."""
         ...
 
 
@@ -150,9 +151,8 @@ class TokenizerSynth:
 
     def make(self, tokens: int, rng: np.random.Generator) -> str:
         require(tokens >= 1, f"prompt length must be >= 1 token, got {tokens}")
-        body = tokens - self._specials
-        if body <= 0:
-            return ""
+        body = max(tokens - self._specials, 1)
+        tokens = body + self._specials
         guess = max(int(body * self._chars_per_token), 1)
         text = self._corpus.cut(int(guess * 1.2) + 64, rng)
         encoding = self.backend.encode(text, add_special_tokens=False)

@@ -121,6 +121,7 @@ def plot_bench_timeline(result: LoadResult, path: str | Path, slo: SLO | None = 
     fig, (ax_load, ax_ttft, ax_tpot) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     ax_load.plot(tl.time_s, tl.arrivals_rps, color="tab:gray", label="arrivals/s")
     ax_load.set_ylabel("arrivals (req/s)")
+    ax_load.legend(loc="upper left", fontsize="small")
     ax_count = ax_load.twinx()
     first, arrival = result.first_token_s, result.arrival_s
     t = np.asarray(tl.time_s)[:, None]
@@ -137,19 +138,21 @@ def plot_bench_timeline(result: LoadResult, path: str | Path, slo: SLO | None = 
         tpot = np.where(result.output_tokens > 1,
                         (result.finish_s - first) / np.maximum(result.output_tokens - 1, 1),
                         np.nan)
-    for ax, values, name, target in ((ax_ttft, first - arrival, "TTFT (s)", slo and slo.ttft_s),
+    ttft = first - arrival
+    if failed.any():
+        top = float(np.nanmax(np.append(ttft, slo.ttft_s if slo else 0.0)))
+        ax_ttft.scatter(arrival[failed], np.full(int(failed.sum()), top), marker="x",
+                        color="tab:red", label="failed")
+    for ax, values, name, target in ((ax_ttft, ttft, "TTFT (s)", slo and slo.ttft_s),
                                      (ax_tpot, tpot, "TPOT (s)", slo and slo.tpot_s)):
         ok = np.isfinite(values)
         ax.scatter(arrival[ok], values[ok], s=6, color="tab:blue", alpha=0.6)
         if target:
             ax.axhline(target, color="k", linestyle="--", linewidth=1, label="SLO")
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize="small")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-    if failed.any():
-        top = np.nanmax(np.append(first - arrival, slo.ttft_s if slo else 0.0))
-        ax_ttft.scatter(arrival[failed], np.full(int(failed.sum()), top), marker="x",
-                        color="tab:red", label="failed")
     ax_tpot.set_xlabel("arrival time (s)")
     fig.suptitle(f"{result.policy}: load and latency over time (client view)")
     p = Path(path)

@@ -18,14 +18,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from dopd.bench.loadgen import LoadGenConfig, clip_to_context, run_load
-from dopd.bench.loadgen_client import ENDPOINTS, base_url, probe_server
-from dopd.bench.loadgen_prompts import make_synth, synthesize_prompts
-from dopd.bench.loadgen_report import bench_record, write_bench_outputs
 from dopd.bench.metrics import summarize_result
 from dopd.bench.report import print_comparison, write_json
 from dopd.cli.common import (
@@ -41,6 +37,16 @@ from dopd.config import RunConfig, write_resolved
 from dopd.errors import require
 from dopd.types import RequestState
 from dopd.workload import Workload
+
+if TYPE_CHECKING:
+    from dopd.bench.loadgen import LoadGenConfig
+    from dopd.bench.loadgen_client import ServedModel
+
+# The load generator (httpx, asyncio) and its reports (matplotlib) are imported in run() so
+# that every other `dopd` command starts without them.
+
+ENDPOINT_NAMES = ("completions", "chat")
+"""``--endpoint`` choices: the keys of ``dopd.bench.loadgen_client.ENDPOINTS``."""
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 600.0
@@ -92,7 +98,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="model name to request (default: the first one the server lists)")
     s.add_argument("--api-key", default=None, metavar="KEY",
                    help="bearer token (default: $OPENAI_API_KEY if set)")
-    s.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="completions",
+    s.add_argument("--endpoint", choices=ENDPOINT_NAMES, default="completions",
                    help="/v1/completions or /v1/chat/completions (default completions)")
     r = p.add_argument_group("requests")
     r.add_argument("--tokenizer", default="auto", metavar="SPEC|PATH",
@@ -100,8 +106,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "that name, else chars:4), dopd-tiny, byte[:special=K], chars:C, or a "
                    "tokenizer.json / HF folder (default auto)")
     r.add_argument("--max-context", type=int, default=None, metavar="N",
-                   help="shorten requests so that prompt + output fits N tokens (the "
-                   "server's context window)")
+                   help="shorten requests so that prompt + output fits N tokens (default: the "
+                   "max_model_len the server lists for the model, if any)")
     r.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="send ignore_eos: true so outputs have the trace's length (default on)")
     r.add_argument("--extra-body", type=_json_object, default=None, metavar="JSON",
@@ -133,34 +139,55 @@ def _check_options(args: argparse.Namespace) -> None:
             f"--max-context must be >= 2 tokens, got {args.max_context}")
     require(args.gpus is None or args.gpus >= 1, f"--gpus must be >= 1, got {args.gpus}")
     require(bool(args.label.strip()), "--label must not be empty")
-    base_url(args.url)
 
 
-def resolve_model(requested: str | None, served: tuple[str, ...], url: str) -> str:
+def resolve_model(
+    requested: str | None, served: tuple[ServedModel, ...], url: str
+) -> ServedModel:
     """The model to request: ``requested`` when the server lists it (or lists nothing), else
     the first listed one when none was requested. DopdError otherwise."""
+    from dopd.bench.loadgen_client import ServedModel
+
     if requested is None:
         require(bool(served), f"server at {url} lists no model; give --model")
         return served[0]
-    require(not served or requested in served,
-            f"model {requested!r} is not served at {url} (it serves: {', '.join(served)})")
-    return requested
+    names = [m.id for m in served]
+    require(not served or requested in names,
+            f"model {requested!r} is not served at {url} (it serves: {', '.join(names)})")
+    return served[names.index(requested)] if served else ServedModel(requested)
 
 
-def _workload(args: argparse.Namespace, cfg: RunConfig) -> Workload:
-    workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
-    return workload if args.max_context is None else clip_to_context(workload, args.max_context)
+def fit_context(workload: Workload, max_context: int | None) -> tuple[Workload, int]:
+    """``workload`` shortened to ``max_context`` tokens per request (None: unchanged) and the
+    number of requests that were shortened."""
+    from dopd.bench.loadgen import clip_to_context
+
+    if max_context is None:
+        return workload, 0
+    fitted = clip_to_context(workload, max_context)
+    shorter = (fitted.prompt_tokens + fitted.output_tokens
+               < workload.prompt_tokens + workload.output_tokens)
+    return fitted, int(shorter.sum())
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd bench``."""
+    from dopd.bench.loadgen import LoadGenConfig, run_load
+    from dopd.bench.loadgen_client import base_url, probe_server
+    from dopd.bench.loadgen_prompts import make_synth, synthesize_prompts
+    from dopd.bench.loadgen_report import bench_record, write_bench_outputs
+
     _check_options(args)
+    url = base_url(args.url)
     # --model names the served model here, not a catalog model: keep it out of the config.
     cfg = config_from_args(argparse.Namespace(**{**vars(args), "model": None}))
-    workload = _workload(args, cfg)
+    workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
     api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY")
     served = probe_server(args.url, api_key, timeout_s=min(args.timeout, 10.0))
-    model = resolve_model(args.model, served, base_url(args.url))
+    listed = resolve_model(args.model, served, url)
+    model = listed.id
+    max_context = args.max_context if args.max_context is not None else listed.max_model_len
+    workload, clipped = fit_context(workload, max_context)
     synth = make_synth(args.tokenizer, model)
     config = LoadGenConfig(
         url=args.url, model=model, endpoint=args.endpoint, api_key=api_key,
@@ -175,18 +202,22 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             Console(file=sys.stderr).print(f"warning: {message}", style="yellow", highlight=False)
 
-    with progress_bar(args.quiet) as bar:
+    with progress_bar(args.quiet, delay_s=0.0) as bar:
         result = run_load(workload, prompts, config, bar, warn)
     summary = summarize_result(result, cfg.slo)
     records = {config.label: bench_record(result, summary, workload.rate_rps, args.gpus)}
     settings = {
-        "url": base_url(args.url), "model": model, "served_models": list(served),
-        "endpoint": args.endpoint, "tokenizer": synth.spec, "max_context": args.max_context,
+        "url": url, "model": model, "served_models": [m.id for m in served],
+        "endpoint": args.endpoint, "tokenizer": synth.spec, "max_context": max_context,
+        "shortened_requests": clipped,
         "ignore_eos": args.ignore_eos, "extra_body": args.extra_body or {},
         "timeout_s": args.timeout, "max_concurrency": args.max_concurrency,
         "label": args.label, "gpus": args.gpus, "seed": cfg.seed, "warnings": warnings,
     }
     notes = _notes(records[config.label])
+    if clipped:
+        notes.insert(0, f"{clipped} requests were shortened to fit the context window of "
+                     f"{max_context} tokens")
     if args.json:
         json_path = Path(args.json)
         write_json(json_path, records)
@@ -196,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         written = write_bench_outputs(Path(args.out), cfg, workload, result, records, settings)
         notes.append(f"wrote {len(written)} files to {args.out}")
     if not args.quiet:
-        _print_summary(cfg, workload, config, records, notes)
+        _print_summary(cfg, workload, config, url, records, notes)
     if not (result.state == int(RequestState.FINISHED)).any():
         print(f"dopd bench: no request finished ({_errors_text(records[config.label])})",
               file=sys.stderr)
@@ -229,11 +260,11 @@ def _notes(record: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _print_summary(cfg: RunConfig, workload: Workload, config: LoadGenConfig,
+def _print_summary(cfg: RunConfig, workload: Workload, config: LoadGenConfig, url: str,
                    records: dict[str, Any], notes: list[str]) -> None:
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
     title = (f"{len(workload)} requests, {workload.rate_rps:.2f} req/s over "
-             f"{workload.duration_s:.1f} s | {config.model} at {base_url(config.url)} "
+             f"{workload.duration_s:.1f} s | {config.model} at {url} "
              f"({config.endpoint}) | SLO TTFT {cfg.slo.ttft_s:g} s, TPOT {cfg.slo.tpot_s:g} s, "
              f"target {100 * cfg.slo.attainment:g}%")
     print_comparison(records, console=console, title=title)

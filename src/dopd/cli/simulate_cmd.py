@@ -27,7 +27,6 @@ from rich.console import Console
 
 from dopd.bench.goodput import MaxGoodputResult, max_goodput
 from dopd.bench.metrics import MetricsSummary, summarize_result
-from dopd.bench.plots import plot_attainment_vs_rate, plot_latency_cdfs, plot_timelines
 from dopd.bench.report import (
     print_comparison,
     safe_name,
@@ -236,6 +235,8 @@ def write_outputs(
         if run.result.decisions:
             paths.append(write_jsonl(out / f"decisions_{name}.jsonl", run.result.decisions))
     results = {spec: run.result for spec, run in runs.items()}
+    from dopd.bench.plots import plot_attainment_vs_rate, plot_latency_cdfs, plot_timelines
+
     paths.append(plot_timelines(results, out / "timeline.png"))
     paths.append(plot_latency_cdfs(results, out / "latency_cdf.png", cfg.slo))
     probes = {

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-from scipy.optimize import lsq_linear
 
 from dopd.errors import DopdError, require
 from dopd.perf.anchors import DECODE_SPLIT_BATCH, builtin_calibration_names, get_anchor_fit
@@ -109,6 +108,8 @@ def _relative_lstsq(x: np.ndarray, y: np.ndarray, what: str) -> tuple[Coeffs, fl
     require(np.linalg.matrix_rank(a) == 3,
             f"{what}: samples do not determine the fit (vary the batch sizes and lengths)")
     scale = np.abs(a).max(axis=0)
+    from scipy.optimize import lsq_linear  # scipy.optimize is slow to import; only fits need it
+
     result = lsq_linear(a / scale, np.ones_like(y), bounds=(0.0, np.inf), method="bvls")
     beta = result.x / scale
     rel = (x @ beta - y) / y

@@ -137,10 +137,10 @@ def _opt(name: str, layers: int, hidden: int, heads: int, *aliases: str) -> None
 _llama("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, "meta-llama/llama-2-7b-hf")
 _llama("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, 4096, "meta-llama/llama-2-13b-hf")
 _llama("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, "meta-llama/llama-2-70b-hf")
-_llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, "meta-llama/meta-llama-3-8b",
-       "llama-3.1-8b")
-_llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, "meta-llama/meta-llama-3-70b",
-       "llama-3.1-70b")
+_llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, "meta-llama/meta-llama-3-8b")
+_llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, "meta-llama/meta-llama-3-70b")
+_llama("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, "meta-llama/llama-3.1-8b")
+_llama("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, "meta-llama/llama-3.1-70b")
 _llama("qwen2.5-7b", 28, 3584, 28, 4, 18944, 152064, 32768, "qwen/qwen2.5-7b-instruct",
        qkv_bias=True)
 _llama("qwen2.5-32b", 64, 5120, 40, 8, 27648, 152064, 32768, "qwen/qwen2.5-32b-instruct",

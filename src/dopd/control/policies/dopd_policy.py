@@ -1,13 +1,17 @@
 """The ``dopd`` cluster policy: monitor -> forecaster -> P/D solver -> manager.
 
 Every ``interval`` seconds it snapshots the arrival monitor (demand measured at arrival; output
-lengths from recently finished requests), folds the window into the forecaster, builds the
-solver's load (forecast rate and length moments, the window's prompt-length histogram, the
+lengths from recently finished requests, raised to the decode side's Little's-law estimate
+when that is clearly larger, see :meth:`DopdPolicy._forecast`), folds the window into the
+forecaster (the rate's model, ``ewma`` by default; length moments as last measured), builds
+the solver's load (forecast rate and length moments, the window's prompt-length histogram, the
 arrivals' burstiness), solves the fixed pool (or the elastic one) with the online correction
-factors, and hands the split to :class:`~dopd.control.manager.PDManager`. Between plans, an
-SLO alarm (:func:`~.signals.slo_alarm`) lets the manager act on the last target at once.
-Every plan is logged (:attr:`DopdPolicy.decisions`) with what was predicted, and later what
-was observed. Options: :mod:`.options`.
+factors, keeps the running split on a near-tie (``stick``), adds decode feedback when the
+decode side alone stays short (``nudge``), and hands the split to
+:class:`~dopd.control.manager.PDManager`. Between plans, an SLO alarm
+(:func:`~.signals.slo_alarm`) lets the manager act on the last target at once. Every plan is
+logged (:attr:`DopdPolicy.decisions`) with what was predicted for the target split, and later
+what was observed. Options: :mod:`.options`.
 
 The initial split (``init=auto``) is the solver's answer for a prior load (prompt and output
 lengths like the Azure conversation trace) at the rate where the best split just meets the
@@ -25,6 +29,7 @@ import numpy as np
 
 from dopd.control.forecast import LoadForecast, MultiForecaster
 from dopd.control.manager import (
+    Alarm,
     PDManager,
     Split,
     active_split,
@@ -123,9 +128,14 @@ class DopdPolicy(ClusterPolicy):
                                           max_instances=max(self.budget, 2),
                                           cold_start_s=context.config.cold_start_s)
         window = options.monitor_window_s
-        self.monitor = ArrivalMonitor(window, output_window_s=max(60.0, 6 * window))
-        self.forecaster = (MultiForecaster(options.forecast, defaults=PRIOR)
-                           if options.forecast is not None else None)
+        self.monitor = ArrivalMonitor(window, output_window_s=max(options.output_window_s,
+                                                                  window))
+        self.forecaster = None
+        if options.forecast is not None:
+            specs = {"rate": options.forecast}
+            specs.update(dict.fromkeys(("mean_in", "m2_in", "mean_out", "m2_out"),
+                                       options.lengths))
+            self.forecaster = MultiForecaster(specs, defaults=PRIOR)
         self.outcomes = OutcomeWindow(options.interval_s, self.slo)
         self.recent = OutcomeWindow(max(2.0 * options.interval_s, 10.0), self.slo)
         self.manager = PDManager(options.manager)
@@ -139,6 +149,7 @@ class DopdPolicy(ClusterPolicy):
         self._last_plan: tuple[WorkloadStats, Split] | None = None
         self._tok_s = self._prefill_tokens_per_s(PRIOR["mean_in"])
         self._little: float | None = None
+        self._short: tuple[str, int] = ("", 0)
 
     @staticmethod
     def _router(length_aware: bool) -> str:
@@ -294,6 +305,25 @@ class DopdPolicy(ClusterPolicy):
             return Split(plan.n_prefill, plan.n_decode)
         return Split(need_p, need_d, spare)
 
+    def _nudged(self, target: Split, current: Split, alarm: Alarm) -> Split:
+        """Feedback over the model for the decode side: when it alone has been short at
+        ``nudge`` consecutive plans and the plan gives it nothing, move one instance to it
+        anyway. Output lengths are learned late (when requests finish), so after a shift to
+        longer outputs the model's decode demand lags; prompt lengths are measured at arrival,
+        so the prefill side needs no such help (and its alarms fire on every burst). The
+        manager's reversal rule and dwell time keep this from oscillating."""
+        short_p = alarm.prefill and not alarm.decode
+        short_d = alarm.decode and not alarm.prefill
+        side = "p" if short_p else "d" if short_d else ""
+        self._short = (side, self._short[1] + 1) if side and side == self._short[0] \
+            else (side, 1 if side else 0)
+        if not side or self._short[1] < self.options.nudge or self.options.elastic \
+                or current.mixed or target.mixed:
+            return target
+        if short_d and target.decode <= current.decode and current.prefill > 1:
+            return Split(current.prefill - 1, current.decode + 1)
+        return target
+
     def _plan(self, now: float, view: ClusterView) -> Sequence[Action]:
         snap = self.monitor.snapshot(now)
         observed = self.outcomes.summary(now)
@@ -311,10 +341,12 @@ class DopdPolicy(ClusterPolicy):
         else:
             plan = solve(stats, self.inst, self.slo, self.budget, config=self.solver_config,
                          correction=self.correction)
-        target = self._target_of(plan, committed_split(view))
-        self._target = target
+        current = committed_split(view)
+        target = self._target_of(plan, current)
         press = pressure(view, self._tok_s)
         alarm = slo_alarm(press, self.recent.summary(now), self.slo)
+        target = self._nudged(target, current, alarm)
+        self._target = target
         decision = self.manager.step(now, view, target, alarm, self._can_remove(stats))
         running = active_split(view)
         if running.mixed == 0 and running.prefill >= 1 and running.decode >= 1:

@@ -8,14 +8,20 @@ factors), ``elastic`` (an elastic pool: the solver sizes it, instances are added
 ``nolittle`` (output lengths from finished requests only, without the decode side's
 Little's-law estimate).
 
-Keys: ``forecast=`` (forecaster spec for every load signal, default ``ewma``), ``interval=``
+Keys: ``forecast=`` (forecaster spec of the arrival rate, default ``ewma``), ``lengths=``
+(forecaster spec of the length moments, default ``constant``: the last window as measured,
+since a step in the length mix must be followed at once and a window holds many requests),
+``interval=``
 (seconds between plans, default 5), ``window=`` (monitor window, default the interval),
 ``rate=mean|upper`` (rate the fixed-pool solver plans for, default ``mean``; ``upper`` plans
 for the forecast's upper bound, which over-provisions the decode side: a decode pool averages
 bursts over the seconds a request decodes, which the solver's stationary decode model misses),
 ``init=auto|P/D|mixed`` (initial split),
 ``stick=`` (keep the running split while its predicted attainment is within this of the
-best, default 0.02), and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
+best, default 0.02), ``outwin=`` (seconds of finished requests the output lengths are measured
+over, default 15), ``nudge=`` (plans in a row one side alone must be short before one
+instance moves to it although the model does not ask for it, default 2; a large value turns
+the feedback off), and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dopd.errors import require
 
 FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixed", "nolittle"}
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
-        "changes", "stick"}
+        "changes", "stick", "outwin", "nudge", "lengths"}
 
 DEFAULT_MANAGER = ManagerConfig(confirm=2, margin=2, reverse_confirm=4, reverse_window_s=60.0,
                                 dwell_s=20.0, max_changes=1, alarm_changes=2, max_in_flight=2)
@@ -51,6 +57,9 @@ class DopdOptions:
     rate: str = "mean"
     init: str = "auto"
     stick: float = 0.02
+    output_window_s: float = 15.0
+    nudge: int = 2
+    lengths: str = "constant"
     manager: ManagerConfig = field(default=DEFAULT_MANAGER)
     spec: str = "dopd"
 
@@ -69,6 +78,7 @@ class DopdOptions:
         else:
             assert forecast is not None
             make_forecaster(forecast)  # fails early on a bad spec
+        make_forecaster(values.get("lengths", "constant"))
         rate = values.get("rate", "mean").lower()
         require(rate in ("mean", "upper"), f"policy dopd: rate must be mean or upper, got {rate!r}")
         init = values.get("init", "auto").lower()
@@ -96,6 +106,9 @@ class DopdOptions:
             interval_s=interval,
             window_s=window, rate=rate, init=init, manager=manager, spec=spec,
             stick=option_float("dopd", values, "stick", 0.02, low=-1e-9),
+            output_window_s=option_float("dopd", values, "outwin", 15.0),
+            nudge=option_int("dopd", values, "nudge", 2),
+            lengths=values.get("lengths", "constant"),
         )
 
     def initial_split(self) -> tuple[int, int] | None:
