@@ -33,6 +33,7 @@ from dopd.bench.plots import plot_latency_cdfs
 from dopd.bench.report import (
     request_columns,
     safe_name,
+    summary_record,
     write_columns_csv,
     write_json,
     write_timeline_csv,
@@ -61,20 +62,7 @@ def bench_record(
 ) -> dict[str, Any]:
     """The JSON record of one load run (fields in the module doc)."""
     s = summary
-    record: dict[str, Any] = {
-        "policy": result.policy,
-        "requests": s.requests,
-        "finished": s.finished,
-        "rejected": s.rejected,
-        "aborted": s.aborted,
-        "met": s.met,
-        "attainment": s.attainment,
-        "goodput_rps": s.goodput_rps,
-        "goodput_rps_per_gpu": None if gpus is None else s.goodput_rps / gpus,
-    }
-    for name in ("ttft", "tpot", "e2e"):
-        for q in ("p50", "p90", "p99"):
-            record[f"{name}_{q}"] = getattr(s, f"{name}_{q}")
+    record = summary_record(result.policy, s, gpus)
     finished = result.state == int(RequestState.FINISHED)
     lag = result.dispatch_s - result.arrival_s
     reported = result.server_prompt_tokens >= 0

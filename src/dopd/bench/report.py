@@ -20,6 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from dopd.bench.metrics import MetricsSummary
 from dopd.sim.api import SimResult, Timeline
 from dopd.types import RequestState
 
@@ -128,6 +129,27 @@ def request_columns(result: SimResult) -> dict[str, np.ndarray]:
         "decode_instance": np.asarray(result.decode_instance),
         "reason": np.array([result.reason.get(int(i), "") for i in rid], dtype=object),
     }
+
+
+def summary_record(policy: str, summary: MetricsSummary, gpus: int | None) -> dict[str, Any]:
+    """The fields every result record shares (``dopd simulate``, ``dopd bench``): counts,
+    attainment, goodput (per GPU when ``gpus`` is known) and TTFT/TPOT/E2E percentiles."""
+    s = summary
+    record: dict[str, Any] = {
+        "policy": policy,
+        "requests": s.requests,
+        "finished": s.finished,
+        "rejected": s.rejected,
+        "aborted": s.aborted,
+        "met": s.met,
+        "attainment": s.attainment,
+        "goodput_rps": s.goodput_rps,
+        "goodput_rps_per_gpu": None if gpus is None else s.goodput_rps / gpus,
+    }
+    for name in ("ttft", "tpot", "e2e"):
+        for q in ("p50", "p90", "p99"):
+            record[f"{name}_{q}"] = getattr(s, f"{name}_{q}")
+    return record
 
 
 def _csv_cell(value: Any) -> str:

@@ -30,6 +30,7 @@ from dopd.bench.metrics import MetricsSummary, summarize_result
 from dopd.bench.report import (
     print_comparison,
     safe_name,
+    summary_record,
     write_json,
     write_requests_csv,
     write_timeline_csv,
@@ -171,20 +172,7 @@ def policy_record(run: PolicyRun, base_rate_rps: float, gpus: int) -> dict[str, 
     """The JSON object of one policy (fields in the module doc); ``base_rate_rps`` is the
     unscaled workload's mean arrival rate, ``gpus`` the GPUs of the instance budget."""
     s, r = run.summary, run.result
-    record: dict[str, Any] = {
-        "policy": r.policy,
-        "requests": s.requests,
-        "finished": s.finished,
-        "rejected": s.rejected,
-        "aborted": s.aborted,
-        "met": s.met,
-        "attainment": s.attainment,
-        "goodput_rps": s.goodput_rps,
-        "goodput_rps_per_gpu": s.goodput_rps / gpus,
-    }
-    for name in ("ttft", "tpot", "e2e"):
-        for q in ("p50", "p90", "p99"):
-            record[f"{name}_{q}"] = getattr(s, f"{name}_{q}")
+    record = summary_record(r.policy, s, gpus)
     record.update(
         gpu_seconds=r.gpu_seconds,
         switches=r.switches,
