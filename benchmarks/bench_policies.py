@@ -7,7 +7,11 @@ Setting (the issue's): llama-3-8b on a100-80gb, 8 instances, TTFT SLO 0.5 s, TPO
 - ``sharegpt-shift``: ShareGPT lengths with bursty Gamma arrivals (CV 2, 10 req/s, 600 s);
   the length mix shifts at 300 s from the prefill-heavy half of the ShareGPT pairs (prompt /
   output ratio above the median: prompt mean 3770, output 344) to the decode-heavy half
-  (prompt 910, output 533).
+  (prompt 910, output 533);
+- ``sharegpt-shift3``: the same two halves of ShareGPT, but the decode-heavy phase comes at
+  three times the rate (Gamma CV 2 at 8 req/s for 300 s, then 24 req/s for 300 s): with
+  shorter prompts a cluster serves more requests, and the decode side, not the prefill side,
+  becomes the bottleneck, so the best split differs between the phases.
 
 For each workload and SLO it finds every policy's max goodput (the rate scale at which
 attainment stays >= 90 %, by bisection as ``dopd simulate --max-goodput``), takes as the
@@ -43,7 +47,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRACES = SHARED / "traces"
 POLICIES = ("colocated", "static:best", "reactive", "sla-planner", "dopd")
 BASELINES = ("colocated", "static:best")
-HI_GUESS = {"conv": 8.0, "code": 2.0, "sharegpt-shift": 1.0}
+HI_GUESS = {"conv": 8.0, "code": 2.0, "sharegpt-shift": 1.0, "sharegpt-shift3": 1.0}
 
 
 @functools.lru_cache(maxsize=4)
@@ -54,6 +58,7 @@ def workload(name: str):  # -> Workload
         Gamma,
         LengthTable,
         MixShift,
+        Workload,
         load_lengths,
         load_trace,
         synthetic_workload,
@@ -61,16 +66,24 @@ def workload(name: str):  # -> Workload
 
     if name in ("conv", "code"):
         return load_trace(TRACES / f"azure_llm_2023/AzureLLMInferenceTrace_{name}.csv")
-    if name == "sharegpt-shift":
+    if name in ("sharegpt-shift", "sharegpt-shift3"):
         table = load_lengths(TRACES / "length_distributions/"
                              "sharegpt_8k_filtered_stats_llama2_tokenizer.csv")
         ratio = table.prompt_tokens / table.output_tokens
         heavy = ratio > np.median(ratio)
-        a = LengthTable("prefill-heavy", table.prompt_tokens[heavy], table.output_tokens[heavy])
-        b = LengthTable("decode-heavy", table.prompt_tokens[~heavy],
-                        table.output_tokens[~heavy])
-        return synthetic_workload(Gamma(10.0, 2.0), MixShift(Empirical(a), Empirical(b), 300.0),
-                                  duration_s=600.0, seed=1, name="sharegpt-shift")
+        a = Empirical(LengthTable("prefill-heavy", table.prompt_tokens[heavy],
+                                  table.output_tokens[heavy]))
+        b = Empirical(LengthTable("decode-heavy", table.prompt_tokens[~heavy],
+                                  table.output_tokens[~heavy]))
+        if name == "sharegpt-shift":
+            return synthetic_workload(Gamma(10.0, 2.0), MixShift(a, b, 300.0),
+                                      duration_s=600.0, seed=1, name=name)
+        first = synthetic_workload(Gamma(8.0, 2.0), a, duration_s=300.0, seed=1)
+        second = synthetic_workload(Gamma(24.0, 2.0), b, duration_s=300.0, seed=2)
+        return Workload.from_arrays(
+            name, np.concatenate([first.arrival_s, second.arrival_s + 300.0]),
+            np.concatenate([first.prompt_tokens, second.prompt_tokens]),
+            np.concatenate([first.output_tokens, second.output_tokens]))
     raise SystemExit(f"unknown workload {name!r}")
 
 

@@ -4,7 +4,9 @@ brute-force best split of small pools, beats every static split under a mix shif
 its decisions with prediction and observation.
 
 The solver alone against brute force is tested in ``tests/control/ratio/test_ratio_vs_sim.py``;
-here the whole loop (monitor, forecaster, solver, manager) is.
+here the whole loop (monitor, forecaster, solver, manager) is. The controller's properties are
+tested with ``dopd:nolength`` (the ``pd-pair`` router that the static splits use too), so that
+they are the split's and not the length-aware router's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dopd.types import SLO, RequestState, Role
 from dopd.workload import Workload
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
+CTRL = "dopd:nolength"
 
 
 def run_checked(workload: Workload, instances: int, spec: str = "dopd",
@@ -49,7 +52,7 @@ def test_constant_load_settles_and_then_holds() -> None:
     # Short prompts, long outputs at 60 req/s on 6 instances: the prior split (4:2) is one
     # decode instance short; dopd moves once, early, and holds.
     w = constant(60.0, (200, 1200), (200, 400))
-    result = run_checked(w, 6)
+    result = run_checked(w, 6, CTRL)
     moves = switches(result)
     assert 1 <= len(moves) <= 2 and all(t <= 40.0 for t, _ in moves), moves
     assert all(role == Role.DECODE for _, role in moves)
@@ -58,7 +61,7 @@ def test_constant_load_settles_and_then_holds() -> None:
 
 def test_a_step_change_of_the_mix_settles_without_oscillation() -> None:
     w = mix_shift()
-    result = run_checked(w, 4)
+    result = run_checked(w, 4, CTRL)
     moves = switches(result)
     assert reversals(moves) <= 1, moves
     # The decode-heavy phase starts at 90 s: dopd follows it within 30 s and then holds.
@@ -72,7 +75,7 @@ def test_a_step_change_of_the_mix_settles_without_oscillation() -> None:
 def test_switches_lose_no_request() -> None:
     # Without the length-aware router's admission control every request must finish, across
     # switches in both directions.
-    result = run_checked(mix_shift(), 4, "dopd:nolength")
+    result = run_checked(mix_shift(), 4, CTRL)
     assert len(switches(result)) >= 2
     assert np.all(result.state == int(RequestState.FINISHED))
 
@@ -82,8 +85,9 @@ def test_dopd_beats_every_static_split_under_a_mix_shift() -> None:
     config = SimConfig(instances=4)
     static = {p: summarize_result(run_simulation(w, config, f"static:{p}:{4 - p}", SLO_),
                                   SLO_).attainment for p in range(1, 4)}
-    dopd = summarize_result(run_simulation(w, config, "dopd", SLO_), SLO_).attainment
-    assert dopd >= max(static.values()) + 0.04, (dopd, static)
+    for spec in (CTRL, "dopd"):
+        dopd = summarize_result(run_simulation(w, config, spec, SLO_), SLO_).attainment
+        assert dopd >= max(static.values()) + 0.04, (spec, dopd, static)
 
 
 CASES = {
@@ -101,7 +105,7 @@ def test_the_settled_split_matches_brute_force(name: str) -> None:
     config = SimConfig(instances=n)
     sim = np.array([summarize_result(run_simulation(w, config, f"static:{p}:{n - p}", SLO_),
                                      SLO_).attainment for p in range(1, n)])
-    result = run_simulation(w, config, "dopd", SLO_)
+    result = run_simulation(w, config, CTRL, SLO_)
     settled = int(result.timeline.prefill_instances[-1])
     assert result.timeline.decode_instances[-1] == n - settled
     best = int(np.argmax(sim)) + 1

@@ -160,8 +160,9 @@ def slo_alarm(p: Pressure, observed: Observed, slo: SLO, wait_share: float = 0.5
     """Alarm when the SLO is being missed: the prefill side when even the least-loaded prefill
     instance holds more than ``wait_share`` of the TTFT SLO in queued work; the decode side when
     decode steps exceed the TPOT SLO or more prefilled requests wait for decode memory than there
-    are decode instances. An observed
-    P90 over its SLO with no instantaneous cause is attributed to its own phase."""
+    are decode instances. An observed TPOT P90 over its SLO is a decode alarm; an observed TTFT
+    P90 over its SLO is a prefill alarm only when prompts do queue (a quarter of the SLO) and no
+    hand-off waits for decode memory, which delays first tokens just as well."""
     prefill = p.prefill_wait_s > wait_share * slo.ttft_s
     decode = p.decode_step_s > slo.tpot_s or p.handoffs_waiting > max(p.decode_instances, 1)
     notes = []
@@ -170,7 +171,8 @@ def slo_alarm(p: Pressure, observed: Observed, slo: SLO, wait_share: float = 0.5
     if decode:
         notes.append(f"decode step {p.decode_step_s * 1e3:.0f}ms, "
                      f"{p.handoffs_waiting} hand-offs waiting")
-    if observed.ttft_p90 is not None and observed.ttft_p90 > slo.ttft_s and not decode:
+    if observed.ttft_p90 is not None and observed.ttft_p90 > slo.ttft_s and not decode \
+            and p.handoffs_waiting == 0 and p.prefill_wait_s > 0.25 * slo.ttft_s:
         prefill = True
         notes.append(f"observed TTFT p90 {observed.ttft_p90:.2f}s")
     if observed.tpot_p90 is not None and observed.tpot_p90 > slo.tpot_s:
