@@ -242,3 +242,18 @@ def test_long_prompts_keep_to_the_lane_and_spill_over_only_to_be_rescued() -> No
         placement = r.place(0.0, 40_000, 10, insts, [], admit=False)
         assert (placement.instance in general) == rescued
     assert math.isinf(LengthWindow(1000, 0.9, 8.0).threshold)
+
+
+def test_expected_output_length_is_learned_from_finished_requests_only() -> None:
+    r = router()
+    prefill = [instance(0, Role.PREFILL)]
+    decode = [instance(1, Role.DECODE)]
+    prior = r.expected_output_tokens
+    for _ in range(5):  # arrivals carry the trace's output length: the router must not read it
+        r.place(0.0, 100, 10_000, prefill, decode, admit=True)
+    assert r.expected_output_tokens == prior
+    r.observe_finish(1.0, 100, 40)
+    assert r.expected_output_tokens == 40.0
+    for _ in range(200):
+        r.observe_finish(2.0, 100, 200)
+    assert 190.0 < r.expected_output_tokens <= 200.0

@@ -185,3 +185,32 @@ def test_stranded_requests_end_aborted_with_a_reason() -> None:
     assert aborted.size > 0
     assert all("stranded" in result.reason[int(i)] for i in aborted)
     assert np.all(result.state >= int(RequestState.FINISHED))
+
+
+def _switch_decode_to_prefill(migrate: bool) -> tuple[Script, object, object]:
+    config = SimConfig(instances=4, role_switch_s=1.0)
+    policy = Script([P, P, D, D], {5: [SwitchRole(3, P, reason="test", migrate=migrate)]})
+    cluster = build_cluster(WORK, config, policy)
+    cluster.run()
+    cluster.check()
+    return policy, cluster, collect_result(cluster, 0.0)
+
+
+def test_a_migrating_switch_moves_decodes_with_their_kv_and_loses_nothing() -> None:
+    stay_policy, _, stay = _switch_decode_to_prefill(migrate=False)
+    move_policy, moved_cluster, move = _switch_decode_to_prefill(migrate=True)
+    for result in (stay, move):
+        assert np.all(result.state == int(RequestState.FINISHED))
+    # Decoding on instance 3 across the switch: they finish there, or move to instance 2.
+    across = (stay.decode_instance == 3) & (stay.first_token_s < 5.0) & (stay.finish_s > 5.0)
+    assert across.sum() >= 3
+    assert np.all(move.decode_instance[across] == 2)
+    assert np.array_equal(move.first_token_s[across], stay.first_token_s[across])
+    assert moved_cluster.migrations == across.sum()
+    assert move.kv_bytes_moved > stay.kv_bytes_moved
+    # The instance is free for its new role sooner.
+    def active_again(policy: Script) -> int:
+        seen = states_of(policy, 3)
+        return next(k for k in range(6, len(seen)) if seen[k] == InstanceState.ACTIVE)
+    assert active_again(move_policy) < active_again(stay_policy)
+    assert moved_cluster.instances[3].role == P

@@ -191,6 +191,21 @@ class SchedulerState:
         del self._seqs[request_id]
         self.blocks.free(request_id)
 
+    def hold_decode(self, request_id: int) -> int:
+        """Stop decoding ``request_id`` here and keep its KV (HELD) for a migration to another
+        instance; :meth:`release` frees it once sent. Returns the output tokens sampled so far.
+        Not during a decode run (end or cut it first)."""
+        seq = self._seqs.get(request_id)
+        require(seq is not None and seq.status == _DECODING and request_id in self._running,
+                f"request {request_id} is not decoding")
+        require(self._run is None, "cannot hold a decode during a decode run")
+        del self._running[request_id]
+        self.decode_kv_sum -= seq.kv_len
+        self.final_kv_sum -= seq.prompt + seq.max_tokens - 1
+        seq.status = _HELD
+        self._held_count += 1
+        return seq.generated
+
     def abort(self, request_id: int) -> bool:
         """Drop a request in any state and free its KV; False if unknown. A request in an active
         decode run is dropped when the run ends."""

@@ -72,6 +72,7 @@ class SimCluster(Lifecycle):
             watermark=models.watermark))
         self._aging = self.sched_config.queue_order != "fcfs"
         self._place = type(router).place is not Router.place
+        self._hook_finish = type(router).observe_finish is not Router.observe_finish
         self.runner = LatencyModelRunner(models.latency)
         self.network = TransferNetwork(models.transfer_latency_s, models.transfer_bandwidth_Bps)
         nan = math.nan
@@ -82,6 +83,8 @@ class SimCluster(Lifecycle):
         self.decode_of = [-1] * n
         self.reason: dict[int, str] = {}
         self.transfers: dict[int, tuple[int, int]] = {}  # request -> (source, destination)
+        self.migrating: dict[int, int] = {}  # request -> output tokens sampled before moving
+        self.migrations = 0
         self.instances: list[SimInstance] = []
         self.prefill_targets: list[SimInstance] = []
         self.decode_targets: list[SimInstance] = []
@@ -185,6 +188,8 @@ class SimCluster(Lifecycle):
             self.end_request(rid, _FINISHED)
         if inst.pending:
             self.try_reserve(inst)
+        if inst.migrate and inst.state == InstanceState.DRAINING:
+            self.migrate_decodes(inst)
         self.start(inst)
         if inst.state == InstanceState.DRAINING:
             self.check_drain(inst)
@@ -195,7 +200,7 @@ class SimCluster(Lifecycle):
         if not targets:
             self.unplaced.append((rid, source))
             return
-        p = self.prompt[rid]
+        p = self.prompt[rid] + self.migrating.get(rid, 1) - 1
         inst = self.router.select_decode(self.q.now, p, self.output[rid], targets)
         inst.pending.append((rid, source))
         inst.pending_tokens += p
@@ -214,13 +219,15 @@ class SimCluster(Lifecycle):
         while pending:
             rid, source = pending[0]
             p = prompt[rid]
-            if not sched.reserve_remote(rid, p, 1, output[rid]):
+            generated = self.migrating.get(rid, 1)
+            if not sched.reserve_remote(rid, p, generated, output[rid]):
                 break
             pending.popleft()
-            inst.pending_tokens -= p
+            kv_tokens = p + generated - 1
+            inst.pending_tokens -= kv_tokens
             inst.incoming += 1
             self.transfers[rid] = (source, inst.instance_id)
-            nbytes = p * per_token
+            nbytes = kv_tokens * per_token
             self.kv_bytes_moved += nbytes
             nxt = self.network.start(now, source, rid, nbytes)
             if nxt is not None:
@@ -251,7 +258,8 @@ class SimCluster(Lifecycle):
         inst = self.instances[dest]
         inst.incoming -= 1
         inst.sched.admit_remote(rid)
-        self.first_s[rid] = self.q.now
+        if self.migrating.pop(rid, 0) == 0:
+            self.first_s[rid] = self.q.now
         self.decode_of[rid] = dest
         self.poke(inst)
 
@@ -260,6 +268,8 @@ class SimCluster(Lifecycle):
         self.state[rid] = state
         if state == _FINISHED:
             self.finish_s[rid] = now
+            if self._hook_finish:
+                self.router.observe_finish(now, self.prompt[rid], self.output[rid])
             if self.first_s[rid] != self.first_s[rid]:  # NaN: a one-token output
                 self.first_s[rid] = now
                 if self.decode_of[rid] < 0:

@@ -29,10 +29,11 @@ class SimInstance:
     """One instance of the simulated cluster (mutable; the cluster owns it).
 
     ``pending`` holds (request id, source instance) of remote decodes routed here that wait for
-    KV memory; ``incoming`` counts transfers in flight to it. Times are simulated seconds.
+    KV memory; ``incoming`` counts transfers in flight to it. ``migrate``: while DRAINING, its
+    decodes move to other instances. Times are simulated seconds.
     """
 
-    __slots__ = ("busy", "busy_until", "cut_steps", "incoming", "instance_id", "pending",
+    __slots__ = ("busy", "busy_until", "cut_steps", "incoming", "instance_id", "migrate", "pending",
                  "pending_tokens", "plan", "result", "role", "run", "run_start", "runner",
                  "sched", "start_s", "state", "state_version", "step_s", "steps", "stop_s",
                  "target_role", "version")
@@ -43,6 +44,7 @@ class SimInstance:
         self.instance_id = instance_id
         self.role = role
         self.target_role: Role | None = None
+        self.migrate = False
         self.state = state
         self.state_version = 0
         self.sched = Scheduler(sched_config,

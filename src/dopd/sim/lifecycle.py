@@ -3,7 +3,9 @@ starts, the policy's view and the timeline samples.
 
 States (``dopd.types.InstanceState``): a role switch goes ACTIVE -> DRAINING (routers send it
 nothing new; queued prompts that have not started and hand-offs still waiting for its memory are
-re-routed; everything in flight finishes, including KV it still has to send) -> SWITCHING
+re-routed; everything in flight finishes, including KV it still has to send, or, for a switch
+with ``migrate``, its decodes send their KV to other decode instances after the step in
+progress and continue there) -> SWITCHING
 (``SimConfig.role_switch_s``) -> ACTIVE in the new role. Removal drains the same way and then
 STOPPED. An added instance is STARTING for ``SimConfig.cold_start_s``. An instance costs
 GPU-seconds from its start (cold start included) until it stops.
@@ -70,7 +72,7 @@ class Lifecycle:
                     f"cannot switch instance {inst.instance_id}: it is {inst.state.value}")
             require(action.role != inst.role,
                     f"instance {inst.instance_id} already has role {inst.role.value}")
-            self._drain(inst, action.role)
+            self._drain(inst, action.role, action.migrate and inst.role != Role.PREFILL)
             self.switches += 1
         elif isinstance(action, RemoveInstance):
             inst = self._instance(action.instance_id)
@@ -94,9 +96,11 @@ class Lifecycle:
         require(0 <= index < len(self.instances), f"no instance {index}")
         return self.instances[index]
 
-    def _drain(self: SimCluster, inst: SimInstance, target: Role | None) -> None:
+    def _drain(self: SimCluster, inst: SimInstance, target: Role | None,
+               migrate: bool = False) -> None:
         inst.state = InstanceState.DRAINING
         inst.target_role = target
+        inst.migrate = migrate
         self.refresh_targets()
         for rid, _, _ in inst.sched.take_unstarted():
             self.prefill_of[rid] = -1
@@ -108,13 +112,25 @@ class Lifecycle:
             self.route_decode(rid, source)
         if inst.run is not None:
             self.poke(inst)
+        if migrate and not inst.busy:
+            self.migrate_decodes(inst)
         self.check_drain(inst)
+
+    def migrate_decodes(self: SimCluster, inst: SimInstance) -> None:
+        """Move the decodes running on draining ``inst`` (not busy) to other decode instances:
+        their KV is held here until sent, as after a prefill; their first token stays."""
+        sched = inst.sched
+        for rid in sched.running_ids():
+            self.migrating[rid] = sched.hold_decode(rid)
+            self.migrations += 1
+            self.route_decode(rid, inst.instance_id)
 
     def check_drain(self: SimCluster, inst: SimInstance) -> None:
         """Move a draining instance on once it holds no work."""
         if inst.state != InstanceState.DRAINING or not inst.drained:
             return
         now = self.q.now
+        inst.migrate = False
         if inst.target_role is None:
             inst.state = InstanceState.STOPPED
             inst.stop_s = now

@@ -87,11 +87,14 @@ class ClusterView:
 
 @dataclass(frozen=True, slots=True)
 class SwitchRole:
-    """Drain ``instance_id`` of its current role's work, then switch it to ``role``."""
+    """Drain ``instance_id`` of its current role's work, then switch it to ``role``. With
+    ``migrate`` the decodes in flight there move their KV to other decode instances (after the
+    step in progress) instead of finishing in place; live serving finishes them in place."""
 
     instance_id: int
     role: Role
     reason: str = ""
+    migrate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

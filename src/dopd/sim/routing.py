@@ -132,6 +132,10 @@ class Router:
                        candidates: Sequence[Routable]) -> Routable:
         raise NotImplementedError
 
+    def observe_finish(self, now: float, prompt_tokens: int, output_tokens: int) -> None:
+        """A request finished with ``output_tokens`` generated: the only time a live router
+        learns an output length. Default: ignored."""
+
     def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
                       candidates: Sequence[Routable]) -> Routable:
         raise NotImplementedError

@@ -131,7 +131,8 @@ def test_decisions_carry_prediction_then_observation_as_json_lines() -> None:
 
 
 @pytest.mark.parametrize("spec", ["dopd:noforecast", "dopd:novariance", "dopd:nolength",
-                                  "dopd:mixed", "dopd:elastic", "dopd:forecast=holt:rate=upper"])
+                                  "dopd:mixed", "dopd:elastic", "dopd:forecast=holt:rate=upper",
+                                  "dopd:drain=migrate"])
 def test_options_and_ablations_serve_every_request(spec: str) -> None:
     result = run_checked(mix_shift(30.0), 4, spec)
     assert result.policy == spec
@@ -148,11 +149,14 @@ def test_option_parsing_and_errors() -> None:
     assert o.forecast is None and not o.variance and not o.length_aware
     assert o.interval_s == 10.0 and o.initial_split() == (1, 3)
     assert DopdOptions.parse("").forecast == "ewma" and DopdOptions.parse("").rate == "mean"
+    assert DopdOptions.parse("drain=migrate").manager.migrate
+    assert not DopdOptions.parse("").manager.migrate
     policy = make_policy("dopd:nolength:init=1/3", _context())
     assert isinstance(policy, DopdPolicy) and policy.router == "pd-pair"
     assert policy.initial_roles(4) == [Role.PREFILL, Role.DECODE, Role.DECODE, Role.DECODE]
     for bad in ("dopd:bogus", "dopd:interval=0", "dopd:forecast=nonsense", "dopd:rate=peak",
-                "dopd:init=4", "dopd:noforecast:forecast=ewma", "dopd:confirm=0"):
+                "dopd:init=4", "dopd:noforecast:forecast=ewma", "dopd:confirm=0",
+                "dopd:drain=teleport"):
         with pytest.raises(DopdError):
             make_policy(bad, _context())
     with pytest.raises(DopdError, match="needs an SLO"):

@@ -16,7 +16,8 @@ Rules, in the order :meth:`PDManager.step` applies them:
   ``dwell_s`` ago does not move; a move never leaves a phase without an ACTIVE instance.
 - The instance moved is the cheapest to drain (:func:`~.split.cheapest`).
 - Every switch and removal drains through the cluster (SwitchRole / RemoveInstance): in-flight
-  work finishes first, so no request is lost.
+  work finishes first, or (``migrate=True``, switches of decode-capable instances) decodes move
+  their KV to other decode instances; no request is lost either way.
 - Elastic pools (``elastic=True``): missing instances are added (cold start) while the budget
   allows; surplus ones (what role switches do not absorb) are removed once a surplus has been
   seen for ``scale_in_confirm`` consecutive decisions, and only when ``can_remove(role)`` says
@@ -63,6 +64,7 @@ class ManagerConfig:
     switch: bool = True
     elastic: bool = False
     scale_in_confirm: int = 6
+    migrate: bool = False
 
     def __post_init__(self) -> None:
         require(self.confirm >= 1 and self.reverse_confirm >= 1 and self.scale_in_confirm >= 1,
@@ -240,7 +242,8 @@ class PDManager:
                         iid = pick(src)
                         if iid is None:
                             break
-                        actions.append(SwitchRole(iid, dst, f"{src.value} -> {dst.value}"))
+                        actions.append(SwitchRole(iid, dst, f"{src.value} -> {dst.value}",
+                                                  migrate=cfg.migrate and src != Role.PREFILL))
                         taken.add(iid)
                         serving[src] -= 1
                         d[src] += 1

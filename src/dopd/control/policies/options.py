@@ -21,7 +21,9 @@ bursts over the seconds a request decodes, which the solver's stationary decode 
 best, default 0.02), ``outwin=`` (seconds of finished requests the output lengths are measured
 over, default 15), ``nudge=`` (plans in a row one side alone must be short before one
 instance moves to it although the model does not ask for it, default 2; a large value turns
-the feedback off), and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
+the feedback off), ``drain=finish|migrate`` (a decode instance that switches role lets its
+decodes finish in place, or moves their KV to the other decode instances; default finish),
+and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dopd.errors import require
 
 FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixed", "nolittle"}
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
-        "changes", "stick", "outwin", "nudge", "lengths"}
+        "changes", "stick", "outwin", "nudge", "lengths", "drain"}
 
 DEFAULT_MANAGER = ManagerConfig(confirm=2, margin=2, reverse_confirm=4, reverse_window_s=60.0,
                                 dwell_s=20.0, max_changes=1, alarm_changes=2, max_in_flight=2)
@@ -86,6 +88,9 @@ class DopdOptions:
             parts = init.split("/") if "/" in init else init.split("-")
             require(len(parts) == 2 and all(p.isdigit() and int(p) >= 1 for p in parts),
                     f"policy dopd: init must be auto, mixed or P/D (e.g. 3/5), got {init!r}")
+        drain = values.get("drain", "finish").lower()
+        require(drain in ("finish", "migrate"),
+                f"policy dopd: drain must be finish or migrate, got {drain!r}")
         base = DEFAULT_MANAGER
         manager = replace(
             base,
@@ -95,6 +100,7 @@ class DopdOptions:
             max_changes=option_int("dopd", values, "changes", base.max_changes),
             switch=True,
             elastic="elastic" in flags,
+            migrate=drain == "migrate",
         )
         interval = option_float("dopd", values, "interval", 5.0)
         window = option_float("dopd", values, "window", interval) if "window" in values else None

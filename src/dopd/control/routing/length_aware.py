@@ -23,7 +23,8 @@ Within an instance, prompts wait shortest first with aging (:meth:`scheduler_con
 :mod:`dopd.engine.waitqueue` for the starvation bound). Decode placement
 (:meth:`select_decode`), over the decode instances with free KV for the prompt now (after the
 hand-offs queued there): those whose KV also holds every request placed there and this one at
-their last step (ISL + expected OSL, the running mean output length) first, by the smallest
+their last step (ISL + expected OSL, the running mean output length of finished
+requests) first, by the smallest
 predicted step time after admission; else the one with the most KV left at that horizon. When
 no instance has room for the prompt now, ``pd-pair``'s choice (the most headroom): the hand-off
 waits there for memory; an instance reserves KV only for what fits now.
@@ -49,7 +50,11 @@ AGING_SLOS = 5.0
 DEFAULT_AGING_S = 10.0
 """Default aging bound of the short-first queue when the run has no SLO."""
 
-_EWMA = 1 / 256  # weight of the newest arrival in the mean prompt and output lengths
+_EWMA = 1 / 256  # weight of the newest arrival in the mean prompt length
+_EWMA_OSL = 1 / 64  # weight of the newest finished request in the mean output length
+
+OSL_PRIOR = 256
+"""Expected output length (tokens) before any request has finished."""
 
 
 class LengthAwareRouter(PDPair):
@@ -73,8 +78,9 @@ class LengthAwareRouter(PDPair):
         self._ttft_limit = opts.admit_k * slo.ttft_s if slo is not None else math.inf
         self._tpot = slo.tpot_s if slo is not None else math.inf
         self._mean_prompt = 0.0
-        self._mean_osl = 1.0
+        self._mean_osl = float(OSL_PRIOR)
         self._seen = 0
+        self._finished = 0
         self.rejected = 0
         self.bypassed = 0
 
@@ -99,9 +105,8 @@ class LengthAwareRouter(PDPair):
         if admit:
             if self._seen:
                 self._mean_prompt += _EWMA * (p - self._mean_prompt)
-                self._mean_osl += _EWMA * (output_tokens - self._mean_osl)
             else:
-                self._mean_prompt, self._mean_osl = float(p), float(output_tokens)
+                self._mean_prompt = float(p)
             self._seen += 1
             if opts.lane:
                 self.window.observe(p, request_cost_s(self.context, p))
@@ -129,6 +134,20 @@ class LengthAwareRouter(PDPair):
             return Placement(None, reject=f"admission control: predicted TTFT {best_t:.2f} s > "
                                           f"{opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s")
         return Placement(best)
+
+    @property
+    def expected_output_tokens(self) -> float:
+        """The output length the router plans decode memory with (learned, never the
+        arriving request's own)."""
+        return self._mean_osl
+
+    def observe_finish(self, now: float, prompt_tokens: int, output_tokens: int) -> None:
+        """Learn the mean output length from finished requests (the prior until the first)."""
+        if self._finished:
+            self._mean_osl += _EWMA_OSL * (output_tokens - self._mean_osl)
+        else:
+            self._mean_osl = float(output_tokens)
+        self._finished += 1
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
                        candidates: Sequence[Routable]) -> Routable:
