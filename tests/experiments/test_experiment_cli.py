@@ -86,7 +86,7 @@ def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (["--workers", "0"], "--workers must be between 1"),
     (["--workers", "999"], "--workers must be between 1"),
     (["--scenarios", "nope"], "no scenario 'nope'"),
-    (["--policies", "colocated,bogus"], "no policy bogus"),
+    (["--policies", "colocated,bogus"], "policy bogus is not registered"),
     (["--traces-dir", "/nonexistent/traces"], "traces directory not found"),
 ])
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path,

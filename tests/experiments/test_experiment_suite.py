@@ -72,8 +72,10 @@ def test_select_restricts_and_keeps_baselines() -> None:
     assert small.timeline_scenario is None
     with pytest.raises(DopdError, match="no scenario 'nope'"):
         suite.select(("nope",))
-    with pytest.raises(DopdError, match="no policy bogus"):
-        suite.select(None, ("bogus",))
+    variant = suite.select(("code-8b",), ("dopd", "dopd:drain=migrate"))
+    assert variant.policies == ("colocated", "static:best", "dopd", "dopd:drain=migrate")
+    with pytest.raises(DopdError, match="selected twice"):
+        suite.select(None, ("dopd", "dopd"))
     with pytest.raises(DopdError, match="cannot drop a baseline"):
         suite.without({"colocated"})
 

@@ -189,8 +189,9 @@ class Suite:
     def select(self, scenarios: tuple[str, ...] | None = None,
                policies: tuple[str, ...] | None = None) -> Suite:
         """A copy restricted to the named scenarios (in the order given) and to the named
-        policies plus the baselines, which every comparison needs. DopdError for names that
-        are not in the suite."""
+        policies plus the baselines, which every comparison needs. A named policy that is not
+        in the suite (a variant such as ``dopd:drain=migrate``) is run as an extra ablation.
+        DopdError for scenario names that are not in the suite."""
         suite = self
         if scenarios is not None:
             require(len(scenarios) >= 1, "no scenario selected")
@@ -199,15 +200,16 @@ class Suite:
             timeline = self.timeline_scenario if self.timeline_scenario in scenarios else None
             suite = replace(suite, scenarios=chosen, timeline_scenario=timeline)
         if policies is not None:
-            unknown = [p for p in policies if p not in self.policies]
-            require(not unknown, f"suite {self.name} has no policy {', '.join(unknown)} "
-                    f"(known: {', '.join(self.policies)})")
+            require(len(set(policies)) == len(policies), "a policy is selected twice")
+            require(all(p.strip() and "," not in p for p in policies),
+                    f"bad policy spec in {', '.join(policies)}")
+            extra = tuple(p for p in policies if p not in self.policies)
             keep = set(policies)
             suite = replace(
                 suite,
                 competitors=tuple(p for p in self.competitors if p in keep),
                 proposed=self.proposed if self.proposed in keep else None,
-                ablations=tuple(p for p in self.ablations if p in keep),
+                ablations=tuple(p for p in self.ablations if p in keep) + extra,
             )
         return suite
 
