@@ -191,7 +191,7 @@ def test_decision_log_settles_predictions_and_writes_json_lines() -> None:
     assert len(lines) == 2
     first = json.loads(lines[0])
     assert first["actions"] == [{"action": "SwitchRole", "instance_id": 3, "role": "decode",
-                                 "reason": "x", "migrate": False}]
+                                 "reason": "x", "migrate": False, "in_place": False}]
     assert first["target"] == {"prefill": 1, "decode": 3, "mixed": 0}
     assert first["observation"] == {"rate": 5.0, "bad": None}
     assert first["observed"] == {"t": 6.0, "ttft_p90": 0.3, "tpot_p90": None}

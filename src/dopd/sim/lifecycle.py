@@ -72,7 +72,10 @@ class Lifecycle:
                     f"cannot switch instance {inst.instance_id}: it is {inst.state.value}")
             require(action.role != inst.role,
                     f"instance {inst.instance_id} already has role {inst.role.value}")
-            self._drain(inst, action.role, action.migrate and inst.role != Role.PREFILL)
+            if action.in_place and inst.role == Role.MIXED and action.role == Role.DECODE:
+                self._mixed_to_decode(inst)
+            else:
+                self._drain(inst, action.role, action.migrate and inst.role != Role.PREFILL)
             self.switches += 1
         elif isinstance(action, RemoveInstance):
             inst = self._instance(action.instance_id)
@@ -115,6 +118,16 @@ class Lifecycle:
         if migrate and not inst.busy:
             self.migrate_decodes(inst)
         self.check_drain(inst)
+
+    def _mixed_to_decode(self: SimCluster, inst: SimInstance) -> None:
+        """A MIXED instance becomes DECODE at once: it keeps its decodes and the prompts it
+        has started; the prompts it has not started go elsewhere."""
+        inst.role = Role.DECODE
+        inst.sched.role = Role.DECODE
+        self.refresh_targets()
+        for rid, _, _ in inst.sched.take_unstarted():
+            self.prefill_of[rid] = -1
+            self.route_prefill(rid)
 
     def migrate_decodes(self: SimCluster, inst: SimInstance) -> None:
         """Move the decodes running on draining ``inst`` (not busy) to other decode instances:

@@ -89,12 +89,16 @@ class ClusterView:
 class SwitchRole:
     """Drain ``instance_id`` of its current role's work, then switch it to ``role``. With
     ``migrate`` the decodes in flight there move their KV to other decode instances (after the
-    step in progress) instead of finishing in place; live serving finishes them in place."""
+    step in progress) instead of finishing in place; live serving finishes them in place.
+    ``in_place`` (MIXED -> DECODE only) switches at once without a drain: prompts not started
+    are routed elsewhere, everything else (decodes, prompts in progress) stays; live serving
+    drains as usual."""
 
     instance_id: int
     role: Role
     reason: str = ""
     migrate: bool = False
+    in_place: bool = False
 
 
 @dataclass(frozen=True, slots=True)

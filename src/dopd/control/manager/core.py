@@ -14,6 +14,11 @@ Rules, in the order :meth:`PDManager.step` applies them:
 - Bounds: at most ``max_changes`` moves per decision and ``max_in_flight`` instances
   draining, switching or starting at once; an instance that finished a transition less than
   ``dwell_s`` ago does not move; a move never leaves a phase without an ACTIVE instance.
+- Mode changes (``mode_changes`` > 0): a move between all-MIXED and a P/D split (the hybrid
+  policy's own hysteresis has confirmed it) acts at once with up to ``mode_changes`` moves
+  and instances in flight; ``migrate_mixed``: MIXED instances become DECODE in place (no
+  drain, not counted in the bound) before others become PREFILL, moving their decodes' KV
+  instead of finishing them.
 - The instance moved is the cheapest to drain (:func:`~.split.cheapest`).
 - Every switch and removal drains through the cluster (SwitchRole / RemoveInstance): in-flight
   work finishes first, or (``migrate=True``, switches of decode-capable instances) decodes move
@@ -65,6 +70,8 @@ class ManagerConfig:
     elastic: bool = False
     scale_in_confirm: int = 6
     migrate: bool = False
+    mode_changes: int = 0
+    migrate_mixed: bool = False
 
     def __post_init__(self) -> None:
         require(self.confirm >= 1 and self.reverse_confirm >= 1 and self.scale_in_confirm >= 1,
@@ -76,6 +83,7 @@ class ManagerConfig:
                 "manager change bounds must be >= 1")
         require(self.max_in_flight >= 1, f"max in flight must be >= 1, got {self.max_in_flight}")
         require(self.switch or self.elastic, "a manager must switch roles or scale (or both)")
+        require(self.mode_changes >= 0, f"mode changes must be >= 0, got {self.mode_changes}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,13 @@ class Decision:
     current: Split
     target: Split
     fast: bool = False
+
+
+def _mode_change(current: Split, target: Split) -> bool:
+    """Whether ``current -> target`` is a move between all-MIXED and a P/D split (either way,
+    including the rest of such a move under way): a change of operating mode, not of ratio."""
+    all_now, all_next = current.mixed == current.total, target.mixed == target.total
+    return all_now != all_next or (target.mixed == 0 and current.mixed > 0)
 
 
 def _direction(delta: dict[Role, int]) -> tuple[int, ...]:
@@ -193,16 +208,18 @@ class PDManager:
             return hold(f"{current} -> {target}: alarm does not call for it")
         need = cfg.reverse_confirm if reversing else cfg.confirm
         distance = current.moves_to(target)
-        if fast or (distance >= cfg.margin and not reversing):
+        mode = cfg.mode_changes > 0 and _mode_change(current, target)
+        if fast or mode or (distance >= cfg.margin and not reversing):
             need = 1
         if s.streak < need:
             kind = "reversal" if reversing else "change"
             return hold(f"{kind} {current} -> {target} confirming {s.streak}/{need}")
         moving = in_transition(view)
-        room = cfg.max_in_flight - moving
+        room = (max(cfg.max_in_flight, cfg.mode_changes) if mode else cfg.max_in_flight) - moving
         if room <= 0:
             return hold(f"{moving} instance(s) in transition (max {cfg.max_in_flight})")
-        limit = min(cfg.alarm_changes if fast else cfg.max_changes, room)
+        limit = min(cfg.mode_changes if mode else cfg.alarm_changes if fast
+                    else cfg.max_changes, room)
         actions = self._plan(now, view, delta, limit, can_remove)
         if not actions:
             return hold(f"{current} -> {target}: no instance may move now (dwell or last of a "
@@ -236,14 +253,23 @@ class PDManager:
             return None if inst is None else inst.instance_id
 
         if cfg.switch:
+            free = 0  # in-place switches (no drain) do not count against the limit
             for src in ROLES:
-                for dst in ROLES:
-                    while len(actions) < limit and d[src] < 0 and d[dst] > 0:
+                # MIXED instances become DECODE first: in place, they keep their decodes,
+                # which are then the room the MIXED -> PREFILL ones migrate theirs to.
+                dsts = (Role.DECODE, Role.PREFILL, Role.MIXED) \
+                    if src == Role.MIXED and cfg.migrate_mixed else ROLES
+                for dst in dsts:
+                    while len(actions) - free < limit and d[src] < 0 and d[dst] > 0:
                         iid = pick(src)
                         if iid is None:
                             break
+                        in_place = cfg.migrate_mixed and src == Role.MIXED and dst == Role.DECODE
+                        migrate = (cfg.migrate and src != Role.PREFILL) \
+                            or (cfg.migrate_mixed and src == Role.MIXED)
                         actions.append(SwitchRole(iid, dst, f"{src.value} -> {dst.value}",
-                                                  migrate=cfg.migrate and src != Role.PREFILL))
+                                                  migrate=migrate, in_place=in_place))
+                        free += in_place
                         taken.add(iid)
                         serving[src] -= 1
                         d[src] += 1

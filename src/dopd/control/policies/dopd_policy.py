@@ -38,6 +38,7 @@ from dopd.control.manager import (
 )
 from dopd.control.manager.decisions import DecisionLog
 from dopd.control.monitor import ArrivalMonitor, WindowStats
+from dopd.control.policies.hybrid import HybridMode
 from dopd.control.policies.options import DopdOptions
 from dopd.control.policies.signals import Observed, OutcomeWindow, pressure, slo_alarm
 from dopd.control.ratio import (
@@ -150,6 +151,9 @@ class DopdPolicy(ClusterPolicy):
         self._tok_s = self._prefill_tokens_per_s(PRIOR["mean_in"])
         self._little: float | None = None
         self._short: tuple[str, int] = ("", 0)
+        self.hybrid = None if options.hybrid is None else HybridMode(
+            options.hybrid, self.inst, self.slo, self.budget,
+            start_mixed=options.init in ("auto", "mixed"))
 
     @staticmethod
     def _router(length_aware: bool) -> str:
@@ -171,7 +175,7 @@ class DopdPolicy(ClusterPolicy):
 
     # ------------------------------------------------------------------ start
     def initial_roles(self, instances: int) -> list[Role]:
-        if self.options.init == "mixed":
+        if self.options.init == "mixed" or (self.hybrid is not None and self.hybrid.mixed):
             return [Role.MIXED] * instances
         given = self.options.initial_split()
         if given is not None:
@@ -346,18 +350,23 @@ class DopdPolicy(ClusterPolicy):
         press = pressure(view, self._tok_s)
         alarm = slo_alarm(press, self.recent.summary(now), self.slo)
         target = self._nudged(target, current, alarm)
+        verdict = None
+        if self.hybrid is not None:
+            target, verdict = self.hybrid.step(now, view, stats, observed, target)
         self._target = target
         decision = self.manager.step(now, view, target, alarm, self._can_remove(stats))
         running = active_split(view)
         if running.mixed == 0 and running.prefill >= 1 and running.decode >= 1:
             self._last_plan = (stats, running)
         self.log.add(
-            now, reason=f"{decision.reason} | {plan.reason}", actions=decision.actions,
+            now, reason=f"{decision.reason} | {plan.reason}"
+            + (f" | {verdict.reason}" if verdict else ""), actions=decision.actions,
             target=target, current=decision.current,
             observation={"window": snap, "arrival_scv": stats.arrival_scv, "pressure": press,
                          "alarm": alarm.detail, "correction": (self.correction.ttft,
                                                                self.correction.tpot)},
-            forecast=fc, predicted=_prediction(plan, target),
+            forecast=fc, predicted=_prediction(plan, target) if verdict is None
+            or not verdict.mixed else {"tpot_p90": verdict.at_rate.tpot_q, "rate": plan.rate},
         )
         return decision.actions
 

@@ -6,7 +6,9 @@ length-aware routing: the plain ``pd-pair`` router), ``nocalibrate`` (no online 
 factors), ``elastic`` (an elastic pool: the solver sizes it, instances are added and removed),
 ``mixed`` (hybrid: instances the minimal split does not need serve both phases),
 ``nolittle`` (output lengths from finished requests only, without the decode side's
-Little's-law estimate).
+Little's-law estimate), ``hybrid`` (all instances MIXED while the colocated predictor says the
+TPOT SLO holds, the solver's P/D split otherwise: :mod:`.hybrid`), ``nohybrid`` (the default
+today; named for the ablation).
 
 Keys: ``forecast=`` (forecaster spec of the arrival rate, default ``ewma``), ``lengths=``
 (forecaster spec of the length moments, default ``constant``: the last window as measured,
@@ -23,6 +25,9 @@ over, default 15), ``nudge=`` (plans in a row one side alone must be short befor
 instance moves to it although the model does not ask for it, default 2; a large value turns
 the feedback off), ``drain=finish|migrate`` (a decode instance that switches role lets its
 decodes finish in place, or moves their KV to the other decode instances; default finish),
+the hybrid's ``enter=`` / ``exit=`` (colocated TPOT P90 over the SLO that enters / leaves
+all-mixed, defaults 0.6 / 0.85), ``hold=`` (plans in a row below ``enter`` before entering,
+default 4) and ``modechanges=`` (instances moved at once on a mode change, default 4),
 and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
 """
 
@@ -32,12 +37,17 @@ from dataclasses import dataclass, field, replace
 
 from dopd.control.forecast import make_forecaster
 from dopd.control.manager import ManagerConfig
+from dopd.control.policies.hybrid import HybridConfig
 from dopd.control.policies.signals import option_float, option_int, parse_options
 from dopd.errors import require
 
-FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixed", "nolittle"}
+FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixed", "nolittle",
+         "hybrid", "nohybrid"}
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
-        "changes", "stick", "outwin", "nudge", "lengths", "drain"}
+        "changes", "stick", "outwin", "nudge", "lengths", "drain", "enter", "exit", "hold",
+        "modechanges"}
+HYBRID_DEFAULT = False
+"""Whether ``dopd`` runs the hybrid without the ``hybrid`` flag."""
 
 DEFAULT_MANAGER = ManagerConfig(confirm=2, margin=2, reverse_confirm=4, reverse_window_s=60.0,
                                 dwell_s=20.0, max_changes=1, alarm_changes=2, max_in_flight=2)
@@ -62,6 +72,7 @@ class DopdOptions:
     output_window_s: float = 15.0
     nudge: int = 2
     lengths: str = "constant"
+    hybrid: HybridConfig | None = None
     manager: ManagerConfig = field(default=DEFAULT_MANAGER)
     spec: str = "dopd"
 
@@ -102,6 +113,20 @@ class DopdOptions:
             elastic="elastic" in flags,
             migrate=drain == "migrate",
         )
+        require(not {"hybrid", "nohybrid"} <= flags, "policy dopd: hybrid and nohybrid conflict")
+        hybrid_on = "hybrid" in flags or (HYBRID_DEFAULT and "nohybrid" not in flags)
+        hybrid_keys = {"enter", "exit", "hold", "modechanges"} & set(values)
+        require(hybrid_on or not hybrid_keys, f"policy dopd: {', '.join(sorted(hybrid_keys))} "
+                "apply only with hybrid")
+        require(not (hybrid_on and ("mixed" in flags or "elastic" in flags)),
+                "policy dopd: hybrid does not combine with mixed or elastic")
+        hybrid = None
+        if hybrid_on:
+            hybrid = HybridConfig(enter=option_float("dopd", values, "enter", 0.6),
+                                  exit=option_float("dopd", values, "exit", 0.85),
+                                  hold=option_int("dopd", values, "hold", 4))
+            manager = replace(manager, migrate_mixed=True,
+                              mode_changes=option_int("dopd", values, "modechanges", 4))
         interval = option_float("dopd", values, "interval", 5.0)
         window = option_float("dopd", values, "window", interval) if "window" in values else None
         spec = "dopd" + "".join(f":{a.strip()}" for a in args.split(":") if a.strip())
@@ -114,7 +139,7 @@ class DopdOptions:
             stick=option_float("dopd", values, "stick", 0.02, low=-1e-9),
             output_window_s=option_float("dopd", values, "outwin", 15.0),
             nudge=option_int("dopd", values, "nudge", 2),
-            lengths=values.get("lengths", "constant"),
+            lengths=values.get("lengths", "constant"), hybrid=hybrid,
         )
 
     def initial_split(self) -> tuple[int, int] | None:

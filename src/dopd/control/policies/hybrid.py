@@ -1,0 +1,140 @@
+"""``dopd:hybrid``: run every instance MIXED while colocation is predicted to hold the TPOT SLO.
+
+At moderate load a TPOT SLO of 100-200 ms leaves room to batch prefill chunks into decode steps,
+and N MIXED instances (with the length-aware router) pool both phases over the whole cluster,
+which beats any P/D split. Past that, colocated decode steps blow the TPOT SLO and
+disaggregation wins. :class:`HybridMode` is the two-state switch the ``dopd`` policy consults at
+every plan:
+
+- MIXED -> SPLIT when the colocated predictor (:func:`~dopd.control.ratio.colocated.
+  predict_colocated`, corrected online) puts TPOT P90 at the forecast rate above ``exit`` x
+  the SLO at ``exit_confirm`` plans in a row (a burst of a few seconds only grows the batch
+  for a while; a mode change costs more), or the requests that just finished show TPOT P90
+  above the SLO;
+- SPLIT -> MIXED only when the prediction at the upper rate stays below ``enter`` x the SLO
+  (``enter`` < ``exit``: the hysteresis band) for ``hold`` consecutive plans and at least
+  ``cooldown_s`` after the last exit, so the mode does not flap.
+
+The correction factor is the EWMA (in log space) of observed over raw predicted TPOT P90, folded
+in only while the cluster ran all-MIXED with no instance in transition and enough requests
+finished, against the prediction made at the previous plan (what was running then).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dopd.control.manager import Split, active_split, in_transition
+from dopd.control.policies.signals import Observed
+from dopd.control.ratio import CorrectionFactors, InstanceModel, WorkloadStats
+from dopd.control.ratio.colocated import ColocatedPrediction, predict_colocated
+from dopd.errors import require
+from dopd.sim.policy import ClusterView
+from dopd.types import SLO
+
+_MIN_SAMPLES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class HybridConfig:
+    """Thresholds of :class:`HybridMode` (fractions of the TPOT SLO, see the module doc)."""
+
+    enter: float = 0.6
+    exit: float = 0.85
+    hold: int = 4
+    exit_confirm: int = 1
+    cooldown_s: float = 60.0
+    calibrate: bool = True
+
+    def __post_init__(self) -> None:
+        require(0 < self.enter <= self.exit, f"hybrid thresholds need 0 < enter <= exit, got "
+                f"enter={self.enter} exit={self.exit}")
+        require(self.hold >= 1 and self.exit_confirm >= 1,
+                f"hybrid hold and exit confirmations must be >= 1, got {self.hold}, "
+                f"{self.exit_confirm}")
+        require(self.cooldown_s >= 0, f"hybrid cooldown must be >= 0 s, got {self.cooldown_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class HybridVerdict:
+    """One decision: whether to run all-MIXED, why, and the (corrected) predictions."""
+
+    mixed: bool
+    reason: str
+    at_rate: ColocatedPrediction
+    at_upper: ColocatedPrediction
+    scale: float
+
+
+class HybridMode:
+    """The MIXED/SPLIT state machine of one ``dopd`` policy (see the module doc)."""
+
+    def __init__(self, config: HybridConfig, inst: InstanceModel, slo: SLO, instances: int,
+                 start_mixed: bool = True) -> None:
+        self.config = config
+        self.inst = inst
+        self.slo = slo
+        self.instances = instances
+        self.mixed = start_mixed
+        self.correction = CorrectionFactors(hi=3.0)
+        self._below = 0
+        self._above = 0
+        self._left_at = -math.inf
+        self._last: ColocatedPrediction | None = None
+
+    def calibrate(self, observed: Observed, ran_mixed: bool) -> None:
+        """Fold the last interval's observed TPOT P90 into the correction, when all instances
+        ran MIXED through it (``ran_mixed``) against the raw prediction of the last plan."""
+        last = self._last
+        if not self.config.calibrate or not ran_mixed or last is None or not last.stable \
+                or observed.finished < _MIN_SAMPLES or observed.tpot_p90 is None:
+            return
+        self.correction = self.correction.update(observed_tpot=observed.tpot_p90,
+                                                 predicted_tpot=last.tpot_q)
+
+    def decide(self, now: float, stats: WorkloadStats, observed: Observed) -> HybridVerdict:
+        """Whether the next target is all-MIXED (``stats``: the plan's load; ``observed``:
+        requests that finished recently)."""
+        cfg, slo = self.config, self.slo.tpot_s
+        scale = self.correction.tpot
+        raw = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment)
+        self._last = raw
+        upper = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment,
+                                  scale=scale, rate=max(stats.peak_rate, stats.rate))
+        mean_p90 = raw.tpot_q * scale
+        seen = observed.tpot_p90 if observed.finished >= _MIN_SAMPLES else None
+        if self.mixed:
+            why = ""
+            self._above = self._above + 1 if mean_p90 > cfg.exit * slo else 0
+            if self._above >= cfg.exit_confirm:
+                why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans"
+            elif seen is not None and seen > slo:
+                why = f"observed TPOT p90 {seen * 1e3:.0f}ms > SLO"
+            if why:
+                self.mixed, self._below, self._left_at = False, 0, now
+                reason = f"hybrid: leave all-mixed ({why} > {cfg.exit:g} x SLO)"
+            else:
+                reason = f"hybrid: all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms at upper rate)"
+        else:
+            ok = upper.tpot_q <= cfg.enter * slo
+            self._below = self._below + 1 if ok else 0
+            if self._below >= cfg.hold and now - self._left_at >= cfg.cooldown_s:
+                self.mixed = True
+                reason = f"hybrid: enter all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms)"
+            else:
+                reason = f"hybrid: split (colocated TPOT p90 {upper.tpot_q * 1e3:.0f}ms, " \
+                         f"{self._below}/{cfg.hold} below {cfg.enter:g} x SLO)"
+        at_rate = predict_colocated(self.inst, stats, self.instances, slo,
+                                    q=self.slo.attainment, scale=scale) if scale != 1.0 else raw
+        reason += f" [p90 {mean_p90 * 1e3:.0f}ms at rate, x{scale:.2f}]"
+        return HybridVerdict(self.mixed, reason, at_rate, upper, scale)
+
+    def step(self, now: float, view: ClusterView, stats: WorkloadStats, observed: Observed,
+             target: Split) -> tuple[Split, HybridVerdict]:
+        """One plan: calibrate on the interval that ended (when all of ``view`` ran MIXED),
+        decide, and return the target (all-MIXED, or the solver's ``target``) and verdict."""
+        running = active_split(view)
+        self.calibrate(observed, running.mixed == running.total and in_transition(view) == 0)
+        verdict = self.decide(now, stats, observed)
+        return (Split(0, 0, self.instances) if verdict.mixed else target), verdict

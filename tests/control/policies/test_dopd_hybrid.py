@@ -1,0 +1,96 @@
+"""``dopd:hybrid``: option parsing, the colocated TPOT predictor, and the mode switch in the
+simulator (all-MIXED under light load, a P/D split under heavy decode load, no request lost
+either way, MIXED -> DECODE switches in place)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from policy_workloads import constant, switches
+
+from dopd.control.policies.options import DopdOptions
+from dopd.control.ratio import InstanceModel, WorkloadStats
+from dopd.control.ratio.colocated import predict_colocated
+from dopd.errors import DopdError
+from dopd.sim.api import SimConfig, SimResult
+from dopd.sim.runner import build_cluster, collect_result
+from dopd.types import SLO, RequestState, Role
+from dopd.workload import Workload
+
+SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
+
+
+def run_checked(workload: Workload, instances: int, spec: str) -> SimResult:
+    """Run and assert that every request ended, none aborted, rejections only at admission,
+    and nothing (KV, hand-offs, transfers) is left anywhere."""
+    cluster = build_cluster(workload, SimConfig(instances=instances), spec, SLO_)
+    cluster.run()
+    cluster.check()
+    result = collect_result(cluster, 0.0)
+    assert not np.any(result.state == int(RequestState.ABORTED))
+    rejected = np.flatnonzero(result.state == int(RequestState.REJECTED))
+    assert all(result.reason[int(i)].startswith("admission control") for i in rejected)
+    assert np.count_nonzero(result.state == int(RequestState.FINISHED)) + rejected.size \
+        == len(workload)
+    return result
+
+
+def test_parse_hybrid_options() -> None:
+    plain = DopdOptions.parse("")
+    assert plain.hybrid is None and plain.manager.mode_changes == 0
+    opts = DopdOptions.parse("hybrid:enter=0.5:exit=0.9:hold=3:modechanges=6")
+    assert opts.hybrid is not None
+    assert (opts.hybrid.enter, opts.hybrid.exit, opts.hybrid.hold) == (0.5, 0.9, 3)
+    assert opts.manager.mode_changes == 6 and opts.manager.migrate_mixed
+    assert opts.spec == "dopd:hybrid:enter=0.5:exit=0.9:hold=3:modechanges=6"
+    assert DopdOptions.parse("nohybrid").hybrid is None
+
+
+@pytest.mark.parametrize("spec", ["hybrid:nohybrid", "enter=0.5", "hybrid:enter=0.9:exit=0.5",
+                                  "hybrid:mixed", "hybrid:elastic", "hybrid:hold=0",
+                                  "hybrid:exit=x"])
+def test_bad_hybrid_options_are_clear_errors(spec: str) -> None:
+    with pytest.raises(DopdError):
+        DopdOptions.parse(spec)
+
+
+def test_colocated_prediction_rises_with_rate_and_overloads() -> None:
+    inst = InstanceModel.from_sim_config(SimConfig(instances=4))
+    stats = WorkloadStats.from_moments(1.0, 1000.0, 1.0, 200.0, 1.0)
+    preds = [predict_colocated(inst, stats, 4, 0.1, rate=r) for r in (1.0, 10.0, 30.0)]
+    assert all(p.stable for p in preds)
+    means = [p.tpot_mean for p in preds]
+    assert means == sorted(means) and preds[0].tpot_q >= preds[0].tpot_mean
+    # a single decode step at batch ~1 is the floor
+    floor = float(inst.decode_step(np.array([1.0]), 1100.0)[0])
+    assert preds[0].tpot_mean == pytest.approx(floor, rel=0.3)
+    assert preds[0].attainment > 0.99 and preds[0].prefill_share < 0.05
+    over = predict_colocated(inst, stats, 4, 0.1, rate=1e4)
+    assert not over.stable and over.attainment == 0.0 and over.tpot_q == float("inf")
+    with pytest.raises(DopdError):
+        predict_colocated(inst, stats, 0, 0.1)
+
+
+def test_light_load_runs_all_mixed_and_serves_everything() -> None:
+    w = constant(5.0, (200, 1200), (50, 150), duration_s=60.0)
+    result = run_checked(w, 4, "dopd:hybrid")
+    assert switches(result) == []
+    assert int(result.timeline.mixed_instances.min()) == 4
+    reasons = [d["reason"] for d in result.decisions if d.get("kind") == "decision"]
+    assert reasons and all("hybrid: all-mixed" in r for r in reasons)
+
+
+def test_heavy_decode_load_moves_to_a_split_without_loss() -> None:
+    # Short prompts, long outputs at 80 req/s on 4 instances: colocated decode steps exceed
+    # the 50 ms TPOT SLO, so the hybrid leaves all-mixed for the solver's P/D split.
+    w = constant(80.0, (200, 1200), (200, 400), duration_s=60.0)
+    result = run_checked(w, 4, "dopd:hybrid")
+    moves = switches(result)
+    assert moves and {role for _, role in moves} <= {Role.PREFILL, Role.DECODE}
+    tl = result.timeline
+    assert int(tl.mixed_instances[-1]) == 0
+    assert int(tl.prefill_instances[-1]) >= 1 and int(tl.decode_instances[-1]) >= 1
+    in_place = [d for d in result.decisions if d.get("action") == "SwitchRole"
+                and d.get("in_place")]
+    assert in_place and all(d["role"] == Role.DECODE.value or d["role"] == Role.DECODE
+                            for d in in_place)
