@@ -40,6 +40,7 @@ examples:
   dopd experiment smoke --out /tmp/smoke
   dopd experiment paper --out results/paper --workers 2
   dopd experiment quick --scenarios conv-8b --policies colocated,static:best,dopd
+  dopd experiment paper --backend ray --ray-address auto   # jobs as Ray tasks on a cluster
 """
 
 
@@ -99,6 +100,10 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
         parts += ["--scenarios", ",".join(args.scenarios)]
     if args.traces_dir:
         parts += ["--traces-dir", args.traces_dir]
+    if args.backend == "ray":
+        parts += ["--backend", "ray"]
+        if args.ray_address:
+            parts += ["--ray-address", args.ray_address]
     return shlex.join(parts)
 
 
@@ -108,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     cpus = max_workers()
     workers = args.workers if args.workers is not None else min(2, cpus)
     require(1 <= workers <= cpus, f"--workers must be between 1 and {cpus} (CPUs), got {workers}")
+    require(args.ray_address is None or args.backend == "ray", "--ray-address needs --backend ray")
+    if args.ray_address is not None:
+        from dopd.serve.ray_connect import check_address
+
+        check_address(args.ray_address)
     suite = suite.select(args.scenarios, args.policies)
     suite, skipped = drop_unregistered(suite, args.policies or ())
     traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
@@ -119,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"not registered yet, skipped: {', '.join(skipped)}", highlight=False)
     reporter = RichReporter(console, args.quiet)
     try:
-        result = run_suite(suite, traces.resolve(), workers, reporter, skipped)
+        result = run_suite(suite, traces.resolve(), workers, reporter, skipped,
+                           backend=args.backend, ray_address=args.ray_address)
     finally:
         reporter.stop()
     command = command_line(args, out, workers)
@@ -153,5 +164,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="directory of the public traces (default ../shared/traces from the "
                    "current directory, then from the repository)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, only errors")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: a process pool here (default); ray: every simulation job is a "
+                   "Ray task (one CPU each)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --backend ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); "
+                   "default: a local Ray instance with --workers CPUs")
     p.set_defaults(func=run)
     return p

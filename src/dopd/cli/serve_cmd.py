@@ -27,6 +27,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "llama-3-8b)")
     p.add_argument("--step-time-scale", type=float, default=None, metavar="X",
                    help="emulated steps sleep X times the predicted time (0: no time)")
+    p.add_argument("--kv-mem-util", type=float, default=None, metavar="FRAC",
+                   help="share of the GPU's memory for weights, activations and KV cache, as "
+                   "in dopd simulate: sizes emulated workers' KV (default 0.9)")
+    p.add_argument("--device", default=None, help="real mode: auto (default: a GPU per worker, "
+                   "round robin, when torch sees one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="real mode weights and KV (default: bfloat16/float16 on a GPU, "
+                   "float32 on the CPU)")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1/*")
@@ -39,6 +47,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--tick", type=float, default=None, metavar="S",
                    help="controller tick interval (default 1)")
     p.add_argument("--seed", type=int, default=None)
+    ray = p.add_argument_group("cluster backend")
+    ray.add_argument("--backend", choices=("local", "ray"), default=None,
+                     help="local: worker processes here (default); ray: one Ray actor per "
+                     "instance (elastic policies may add and remove them)")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="join the Ray cluster at auto, HOST:PORT or ray://HOST:PORT "
+                     "(default: start a local Ray instance)")
+    ray.add_argument("--kv-transport", choices=("socket", "object_store"), default=None,
+                     help="hand-off KV peer to peer over sockets (default) or through the "
+                     "Ray object store")
+    ray.add_argument("--ray-cpus-per-instance", type=float, default=None, metavar="N",
+                     help="CPUs each actor asks Ray for (default 1)")
+    ray.add_argument("--ray-gpus-per-instance", type=float, default=None, metavar="N",
+                     help="GPUs each actor asks Ray for (default 0)")
     p.set_defaults(func=run)
     return p
 
@@ -50,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
     config = load_serve_config(args.config, {
         "model": args.model, "instances": args.instances, "policy": args.policy,
         "mode": args.mode, "gpu": args.gpu, "perf_model": args.perf_model,
-        "step_time_scale": args.step_time_scale, "host": args.host, "port": args.port,
+        "step_time_scale": args.step_time_scale, "kv_mem_util": args.kv_mem_util,
+        "host": args.host, "port": args.port,
         "api_key": args.api_key, "slo_ttft_s": args.slo_ttft, "slo_tpot_s": args.slo_tpot,
         "max_model_len": args.max_model_len, "kv_timeout_s": args.kv_timeout,
-        "tick_s": args.tick, "seed": args.seed})
+        "tick_s": args.tick, "seed": args.seed, "backend": args.backend,
+        "ray_address": args.ray_address, "kv_transport": args.kv_transport,
+        "ray_cpus_per_instance": args.ray_cpus_per_instance,
+        "ray_gpus_per_instance": args.ray_gpus_per_instance, "device": args.device,
+        "dtype": args.dtype})
     return serve(config)

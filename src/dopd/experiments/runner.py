@@ -1,5 +1,5 @@
 """Run a suite: every policy's max-goodput search, then every policy at each scenario's
-comparison load, on a process pool.
+comparison load, on a process pool (or as Ray tasks, :mod:`dopd.experiments.ray_pool`).
 
 The comparison load of a scenario is the largest max-goodput load among its baselines (the load
 "where the baselines reach 90%"); its runs start as soon as that scenario's baseline searches
@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,13 +120,17 @@ def comparison_load(suite: Suite, scenario: str, searches: dict[Key, SearchOutco
 
 
 def run_suite(suite: Suite, traces_dir: Path, workers: int = 1,
-              reporter: Reporter | None = None, skipped: tuple[str, ...] = ()) -> ExperimentResult:
+              reporter: Reporter | None = None, skipped: tuple[str, ...] = (), *,
+              backend: str = "local", ray_address: str | None = None) -> ExperimentResult:
     """Run ``suite`` (see the module doc) with ``workers`` processes (1: in this process);
     ``skipped`` (policies left out, see :func:`drop_unregistered`) is recorded in the result.
+    With ``backend="ray"`` every simulation job is a Ray task on the cluster at
+    ``ray_address`` (None: a local Ray instance with ``workers`` CPUs); results are the same.
 
     Raises DopdError for bad input before anything long starts.
     """
     require(workers >= 1, f"workers must be >= 1, got {workers}")
+    require(backend in ("local", "ray"), f"backend must be local or ray, got {backend!r}")
     reporter = reporter or Reporter()
     started = time.perf_counter()
     check_suite(suite, traces_dir)
@@ -139,7 +143,7 @@ def run_suite(suite: Suite, traces_dir: Path, workers: int = 1,
     comparisons: dict[Key, CompareOutcome] = {}
     loads: dict[str, float] = {}
     done = 0
-    with _executor(workers) as pool:
+    with _executor(workers, backend, ray_address) as pool:
         pending = {pool.submit(t) for t in searches_todo}
         while pending:
             finished, pending = pool.wait(pending, reporter)
@@ -246,10 +250,7 @@ class _Pool:
             done, rest = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
             self._drain(reporter)
             if done:
-                # Sorted by key so the reporter sees a stable order within a batch.
-                outcomes = sorted((f.result() for f in done),
-                                  key=lambda o: (o.scenario, o.policy, type(o).__name__))
-                return outcomes, rest
+                return stable_order(f.result() for f in done), rest
 
     def _drain(self, reporter: Reporter) -> None:
         while True:
@@ -263,9 +264,21 @@ class _Pool:
         self._manager.shutdown()
 
 
+def stable_order(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """Outcomes finished together, sorted by key so the reporter sees a stable order."""
+    return sorted(outcomes, key=lambda o: (o.scenario, o.policy, type(o).__name__))
+
+
 @contextlib.contextmanager
-def _executor(workers: int) -> Iterator[_Inline | _Pool]:
-    impl: _Inline | _Pool = _Inline() if workers == 1 else _Pool(workers)
+def _executor(workers: int, backend: str = "local",
+              ray_address: str | None = None) -> Iterator[Any]:
+    impl: Any
+    if backend == "ray":
+        from dopd.experiments.ray_pool import RayPool
+
+        impl = RayPool(workers, ray_address)
+    else:
+        impl = _Inline() if workers == 1 else _Pool(workers)
     try:
         yield impl
     finally:

@@ -1,8 +1,8 @@
 """ZMQ channels between the front end and the workers, and between workers (KV).
 
-Control: the front end binds one ROUTER socket (:class:`FrontControl`, asyncio); each worker
-connects a DEALER whose identity is ``w<instance id>`` (:class:`WorkerControl`). Messages are
-msgpack maps: commands carry ``op``, events carry ``ev``.
+Control: the front end binds one ROUTER socket (:class:`FrontControl`, read by the event loop);
+each worker connects a DEALER whose identity is ``w<instance id>`` (:class:`WorkerControl`).
+Messages are msgpack maps: commands carry ``op``, events carry ``ev``.
 
 KV: every worker binds a ROUTER (:class:`KVServer`) where decode workers (:class:`KVClient`,
 one DEALER per peer) send ``[b"fetch", {rid, source}]``; the answer is
@@ -14,11 +14,11 @@ Sockets use LINGER 0 so closing never blocks.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
@@ -141,42 +141,122 @@ class KVClient:
 
 EventHandler = Callable[[int, dict[str, Any]], Awaitable[None] | None]
 
+_BATCH = 256  # messages handled per reader callback before the loop gets a turn
+_SAFETY_TICK_S = 0.1
+
 
 class FrontControl:
-    """Front-end side: one asyncio ROUTER bound to a free port; :meth:`run` dispatches every
-    worker event to ``handler(instance_id, event)`` until :meth:`close`."""
+    """Front-end side: one ROUTER bound to a free port; :meth:`run` dispatches every worker
+    event to ``handler(instance_id, event)`` until :meth:`close` (or cancellation).
+
+    The socket is a plain (blocking-API) ZMQ socket watched by the event loop: its descriptor
+    is a loop reader, and the reader callback takes every waiting message (up to a batch) and
+    calls the handler directly, with no future or task per message; :meth:`send` is a direct
+    non-blocking send. ZMQ's descriptor is edge-triggered and a send may consume its edge, so
+    after a send (and on a slow safety tick) waiting input is looked for explicitly. The handler
+    runs in the loop; an awaitable it returns is scheduled as a task.
+    """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.context = zmq.asyncio.Context()
+        self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         port = self.socket.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handler: EventHandler | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._scheduled = False
+        self._draining = False
+        self._fd = -1
+        self._pending: set[asyncio.Future[None]] = set()
 
     def send(self, instance_id: int, msg: dict[str, Any]) -> bool:
         """Queue ``msg`` for a worker; False when it is not connected (never blocks)."""
         try:
             self.socket.send_multipart([_identity(instance_id), pack(msg)], zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
+        except zmq.ZMQError:
             return False
+        if not self._draining:
+            self._check()
         return True
 
     async def run(self, handler: EventHandler) -> None:
-        while True:
-            try:
-                ident, data = await self.socket.recv_multipart()
-            except (zmq.ZMQError, asyncio.CancelledError, ValueError):
-                return
-            try:
-                instance_id = int(ident[1:])
-                event = unpack(data)
-            except (ValueError, DopdError):
-                continue
-            result = handler(instance_id, event)
-            if result is not None:
-                await result
+        loop = asyncio.get_running_loop()
+        self._loop, self._handler = loop, handler
+        self._done = loop.create_future()
+        self._fd = self.socket.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._drain)
+        loop.call_soon(self._drain)  # anything that arrived before the reader was set
+        self._tick = loop.call_later(_SAFETY_TICK_S, self._safety_tick)
+        try:
+            await self._done
+        finally:
+            self._stop_reading()
+
+    def _check(self) -> None:
+        if self._loop is None or self._scheduled:
+            return
+        try:
+            waiting = self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        except zmq.ZMQError:
+            return
+        if waiting:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _safety_tick(self) -> None:
+        if self._loop is not None:
+            self._check()
+            self._tick = self._loop.call_later(_SAFETY_TICK_S, self._safety_tick)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        if self._loop is None or self._handler is None:
+            return
+        self._draining = True
+        try:
+            for _ in range(_BATCH):
+                try:
+                    frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.ZMQError:  # Again: nothing waits; or the socket is closed
+                    return
+                if len(frames) != 2:
+                    continue
+                try:
+                    instance_id = int(frames[0][1:])
+                    event = unpack(frames[1])
+                except (ValueError, DopdError):
+                    continue
+                try:
+                    result = self._handler(instance_id, event)
+                except Exception as exc:  # one bad event must not stop the channel
+                    print(f"dopd: error handling a worker event: {type(exc).__name__}: {exc}",
+                          file=sys.stderr, flush=True)
+                    continue
+                if result is not None:
+                    task = asyncio.ensure_future(result)
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
+            self._scheduled = True  # a full batch: more may wait
+            self._loop.call_soon(self._drain)
+        finally:
+            self._draining = False
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None:
+            if self._fd >= 0:
+                self._loop.remove_reader(self._fd)
+            if self._tick is not None:
+                self._tick.cancel()
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+        self._loop = None
+        self._handler = None
 
     def close(self) -> None:
+        self._stop_reading()
         self.socket.close(linger=0)
         self.context.term()

@@ -1,10 +1,14 @@
-"""Cluster backends: the instances a front end serves with. Here the local-process backend.
+"""Cluster backends: the instances a front end serves with.
 
-:class:`InstanceHandle` is what the dispatcher and the controller see of one instance (a later
-Ray backend implements it too): its id, role and state, its latest stats, and ``send`` for a
-control command. :class:`LocalCluster` spawns one worker process per instance (``spawn`` start
-method), routes their events (``ready`` and ``stats`` are kept here, the rest go to the
-listener), watches the processes, reports crashes and restarts crashed workers in their role.
+:class:`InstanceHandle` is what the dispatcher and the controller see of one instance: its id,
+role and state, its latest stats, and ``send`` for a control command. :class:`WorkerCluster`
+is what every backend shares: the front end's control channel, the instances, the routing of
+their events (``ready`` and ``stats`` are kept here, the rest go to the listener), the watch
+over the workers (crashes are reported, crashed workers restarted in their role), and adding or
+removing instances (elastic pools). Where a worker runs is its :class:`Launcher`'s business:
+:class:`LocalCluster` spawns processes on this machine (``spawn`` start method),
+:class:`dopd.serve.ray_cluster.RayCluster` starts Ray actors. Workers of every backend run the
+same loop (:mod:`dopd.serve.worker`) over the same ZMQ channels.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ MAX_RESTARTS = 5
 
 
 class InstanceHandle(Protocol):
-    """One serving instance as the front end sees it."""
+    """One serving instance as the front end sees it (every backend's instances)."""
 
     instance_id: int
     role: Role
@@ -44,8 +48,8 @@ class InstanceHandle(Protocol):
         ...
 
 
-class LocalInstance:
-    """A worker process on this machine."""
+class WorkerInstance:
+    """One worker as the front end tracks it; ``process`` is its launcher's handle."""
 
     def __init__(self, instance_id: int, role: Role, control: FrontControl) -> None:
         self.instance_id = instance_id
@@ -58,6 +62,8 @@ class LocalInstance:
         self.pid: int | None = None
         self.restarts = 0
         self.process: Any = None
+        self.launched_t = 0.0
+        self.cold_start_s: float | None = None
         self.ready = asyncio.Event()
         self._control = control
 
@@ -66,69 +72,141 @@ class LocalInstance:
             return False
         return self._control.send(self.instance_id, msg)
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
-
 
 Listener = Callable[[int, dict[str, Any]], None]
 CrashHandler = Callable[[int], None]
 
 
-class LocalCluster:
-    """Worker processes of one deployment (see the module docstring).
+class Launcher(Protocol):
+    """Starts, watches and stops the worker processes of one backend (calls never block long)."""
+
+    def control_host(self) -> str:
+        """The address the front end's control channel binds: reachable from every worker."""
+        ...
+
+    def launch(self, spec: WorkerSpec) -> Any:
+        """Start a worker running ``spec``; returns its handle without waiting for it."""
+        ...
+
+    def pid(self, handle: Any) -> int | None:
+        """The worker's process id when known before it reports ready."""
+        ...
+
+    def alive(self, handle: Any) -> bool:
+        """False once the worker has exited or died (a worker still being placed is alive)."""
+        ...
+
+    def exit_detail(self, handle: Any) -> str:
+        """Why an exited worker ended (exit code, error)."""
+        ...
+
+    def terminate(self, handle: Any) -> None:
+        """Make sure the worker is gone and its resources are free."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend once every worker is stopped."""
+        ...
+
+
+class ProcessLauncher:
+    """Worker processes on this machine (``spawn`` start method)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._mp = mp.get_context("spawn")
+
+    def control_host(self) -> str:
+        return self.host
+
+    def launch(self, spec: WorkerSpec) -> Any:
+        process = self._mp.Process(target=worker_main, args=(spec,), daemon=True,
+                                   name=f"dopd-worker-{spec.instance_id}")
+        process.start()
+        return process
+
+    def pid(self, handle: Any) -> int | None:
+        return handle.pid  # type: ignore[no-any-return]
+
+    def alive(self, handle: Any) -> bool:
+        return handle.is_alive()  # type: ignore[no-any-return]
+
+    def exit_detail(self, handle: Any) -> str:
+        return f"exit code {handle.exitcode}"
+
+    def terminate(self, handle: Any) -> None:
+        if handle.is_alive():
+            handle.terminate()
+            handle.join(2.0)
+        if handle.is_alive():
+            handle.kill()
+            handle.join(2.0)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class WorkerCluster:
+    """The workers of one deployment, started by ``launcher`` (see the module docstring).
 
     ``engine`` is the template of every worker's engine (its role and name are set per
     instance). ``listener`` gets every worker event other than ``ready``/``stats``;
-    ``on_crash`` is called (in the event loop) when a worker process dies unexpectedly.
+    ``on_crash`` is called (in the event loop) when a worker dies unexpectedly.
+    ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
     """
 
-    def __init__(self, engine: EngineSpec, roles: list[Role], *, restart: bool = True,
-                 start_timeout_s: float = 120.0, host: str = "127.0.0.1") -> None:
+    def __init__(self, engine: EngineSpec, roles: list[Role], launcher: Launcher, *,
+                 restart: bool = True, start_timeout_s: float = 120.0) -> None:
         require(len(roles) >= 1, "a cluster needs at least one instance")
         self.engine = engine
         self.initial_roles = list(roles)
+        self.launcher = launcher
         self.restart = restart
         self.start_timeout_s = start_timeout_s
-        self.host = host
         self.control: FrontControl | None = None
-        self.instances: dict[int, LocalInstance] = {}
+        self.instances: dict[int, WorkerInstance] = {}
         self.listener: Listener = lambda iid, ev: None
         self.on_crash: CrashHandler = lambda iid: None
         self.max_model_len = 0
+        self.cold_starts: list[float] = []
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._mp = mp.get_context("spawn")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Spawn every worker and wait until all are ready (DopdError after the timeout)."""
-        self.control = FrontControl(self.host)
+        """Launch every worker and wait until all are ready (DopdError after the timeout)."""
+        self.control = FrontControl(self.launcher.control_host())
         self._tasks.append(asyncio.create_task(self.control.run(self._on_event)))
         for iid, role in enumerate(self.initial_roles):
-            self.instances[iid] = LocalInstance(iid, role, self.control)
+            self.instances[iid] = WorkerInstance(iid, role, self.control)
             self._spawn(self.instances[iid])
         await self._wait_ready(list(self.instances.values()))
         self._tasks.append(asyncio.create_task(self._monitor()))
 
-    def _spawn(self, inst: LocalInstance) -> None:
+    def _spawn(self, inst: WorkerInstance) -> None:
         assert self.control is not None
         spec = WorkerSpec(inst.instance_id, self.control.address,
-                          replace(self.engine, role=inst.role, name=f"worker-{inst.instance_id}"),
-                          self.host)
+                          replace(self.engine, role=inst.role, name=f"worker-{inst.instance_id}",
+                                  index=inst.instance_id),
+                          self.launcher.control_host())
         inst.state = InstanceState.STARTING
         inst.ready.clear()
-        inst.process = self._mp.Process(target=worker_main, args=(spec,), daemon=True,
-                                        name=f"dopd-worker-{inst.instance_id}")
-        inst.process.start()
-        inst.pid = inst.process.pid
+        inst.cold_start_s = None
+        inst.launched_t = time.monotonic()
+        inst.process = self.launcher.launch(spec)
+        inst.pid = self.launcher.pid(inst.process)
 
-    async def _wait_ready(self, instances: list[LocalInstance]) -> None:
+    def alive(self, inst: WorkerInstance) -> bool:
+        """Whether the worker of ``inst`` is running (or still starting)."""
+        return inst.process is not None and self.launcher.alive(inst.process)
+
+    async def _wait_ready(self, instances: list[WorkerInstance]) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         for inst in instances:
             while not inst.ready.is_set():
-                if not inst.alive():
-                    raise DopdError(f"worker {inst.instance_id} exited during start-up (exit "
-                                    f"code {inst.process.exitcode})")
+                if not self.alive(inst):
+                    raise DopdError(f"worker {inst.instance_id} exited during start-up "
+                                    f"({self.launcher.exit_detail(inst.process)})")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DopdError(f"worker {inst.instance_id} not ready after "
@@ -145,14 +223,10 @@ class LocalCluster:
             inst.send({"op": "stop"})
         deadline = time.monotonic() + timeout_s
         for inst in self.instances.values():
-            while inst.alive() and time.monotonic() < deadline:
+            while self.alive(inst) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            if inst.alive():
-                inst.process.terminate()
-                inst.process.join(2.0)
-            if inst.alive():
-                inst.process.kill()
-                inst.process.join(2.0)
+            if inst.process is not None:
+                self.launcher.terminate(inst.process)
             inst.state = InstanceState.STOPPED
         for task in self._tasks:
             task.cancel()
@@ -161,6 +235,39 @@ class LocalCluster:
         if self.control is not None:
             self.control.close()
             self.control = None
+        self.launcher.close()
+
+    # ------------------------------------------------------------------ elastic pools
+    async def add_instance(self, role: Role) -> WorkerInstance:
+        """Launch one more worker in ``role`` under the next free id and wait until it is
+        ready (its cold start is measured); DopdError when it does not start (it is then
+        stopped and stays listed as STOPPED)."""
+        require(self.control is not None and not self.stopping, "the cluster is not running")
+        assert self.control is not None
+        iid = max(self.instances, default=-1) + 1
+        inst = WorkerInstance(iid, role, self.control)
+        self.instances[iid] = inst
+        self._spawn(inst)
+        try:
+            await self._wait_ready([inst])
+        except DopdError:
+            inst.state = InstanceState.STOPPED
+            self.launcher.terminate(inst.process)
+            raise
+        return inst
+
+    async def remove_instance(self, iid: int, timeout_s: float = 10.0) -> None:
+        """Stop worker ``iid`` (the caller drained it first); it stays listed as STOPPED."""
+        inst = self.instances.get(iid)
+        require(inst is not None, f"no instance {iid}")
+        assert inst is not None and self.control is not None
+        inst.state = InstanceState.STOPPED  # before the stop: the monitor must not see a crash
+        inst.stats = {}
+        self.control.send(iid, {"op": "stop"})
+        deadline = time.monotonic() + timeout_s
+        while self.alive(inst) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.launcher.terminate(inst.process)
 
     # ------------------------------------------------------------------ events
     def _on_event(self, iid: int, ev: dict[str, Any]) -> None:
@@ -174,7 +281,11 @@ class LocalCluster:
         kind = ev.get("ev")
         if kind == "ready":
             inst.kv_addr = ev["kv_addr"]
+            inst.pid = ev.get("pid", inst.pid)
             self.max_model_len = int(ev["max_model_len"])
+            if inst.cold_start_s is None:
+                inst.cold_start_s = time.monotonic() - inst.launched_t
+                self.cold_starts.append(inst.cold_start_s)
             inst.state = InstanceState.ACTIVE
             inst.ready.set()
         elif kind != "stats":
@@ -184,7 +295,7 @@ class LocalCluster:
         while not self.stopping:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             for inst in list(self.instances.values()):
-                if self.stopping or inst.state == InstanceState.STOPPED or inst.alive():
+                if self.stopping or inst.state == InstanceState.STOPPED or self.alive(inst):
                     continue
                 inst.state = InstanceState.STOPPED
                 inst.stats = {}
@@ -195,8 +306,18 @@ class LocalCluster:
                     self._spawn(inst)
                     self._tasks.append(asyncio.create_task(self._await_restart(inst)))
 
-    async def _await_restart(self, inst: LocalInstance) -> None:
+    async def _await_restart(self, inst: WorkerInstance) -> None:
         try:
             await self._wait_ready([inst])
         except DopdError:
             inst.state = InstanceState.STOPPED
+
+
+class LocalCluster(WorkerCluster):
+    """Worker processes on this machine; the control and KV sockets bind ``host``."""
+
+    def __init__(self, engine: EngineSpec, roles: list[Role], *, restart: bool = True,
+                 start_timeout_s: float = 120.0, host: str = "127.0.0.1") -> None:
+        super().__init__(engine, roles, ProcessLauncher(host), restart=restart,
+                         start_timeout_s=start_timeout_s)
+        self.host = host

@@ -7,6 +7,7 @@ override it (see :func:`load_serve_config`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,9 @@ from dopd.config import from_mapping, load_toml
 from dopd.errors import require
 
 MODES = ("real", "emulated")
+BACKENDS = ("local", "ray")
+KV_TRANSPORTS = ("socket", "object_store")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,18 @@ class ServeConfig:
     of ``perf_model`` on ``gpu`` predicts (0: steps take no time). ``kv_timeout_s`` bounds the
     wait of a decode worker for its KV before it recomputes the prompt; ``kv_lease_s`` how long
     a prefill worker keeps handed-off KV. ``api_key`` None accepts any request.
+    ``backend`` ``local`` runs workers as processes here; ``ray`` runs each as a Ray actor
+    asking for ``ray_cpus_per_instance`` CPUs and ``ray_gpus_per_instance`` GPUs, on the
+    cluster at ``ray_address`` (``auto``, ``host:port`` or ``ray://host:port``; None starts a
+    local Ray instance). ``kv_transport`` moves handed-off KV peer to peer over sockets or,
+    with Ray, through the Ray object store (``object_store``). ``device`` places real-mode
+    workers (``auto``: one GPU each, round robin over the visible GPUs, else the CPU; see
+    :func:`dopd.serve.engines.resolve_device`) in ``dtype`` (None: bfloat16 or float16 on a
+    GPU, float32 on the CPU).
+    ``kv_cache_mb`` (MiB of the loaded model's KV), ``max_num_seqs`` and ``max_batched_tokens``
+    left None are 64 MiB, 64 and 2048 in ``real`` mode; in ``emulated`` mode they are what
+    ``dopd simulate`` uses for ``perf_model`` on ``gpu`` at ``kv_mem_util`` (see
+    :func:`dopd.serve.engines.engine_limits`).
     """
 
     model: str = "dopd-tiny"
@@ -46,9 +62,10 @@ class ServeConfig:
     slo_tpot_s: float = 0.1
     attainment: float = 0.9
     max_model_len: int | None = None
-    kv_cache_mb: float = 64.0
-    max_num_seqs: int = 64
-    max_batched_tokens: int = 2048
+    kv_cache_mb: float | None = None
+    max_num_seqs: int | None = None
+    max_batched_tokens: int | None = None
+    kv_mem_util: float = 0.9
     kv_timeout_s: float = 5.0
     kv_lease_s: float = 10.0
     tick_s: float = 1.0
@@ -57,6 +74,13 @@ class ServeConfig:
     worker_start_timeout_s: float = 120.0
     shutdown_timeout_s: float = 10.0
     seed: int = 0
+    backend: str = "local"
+    ray_address: str | None = None
+    kv_transport: str = "socket"
+    ray_cpus_per_instance: float = 1.0
+    ray_gpus_per_instance: float = 0.0
+    device: str = "auto"
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -68,13 +92,35 @@ class ServeConfig:
         for name in ("kv_timeout_s", "kv_lease_s", "tick_s", "worker_start_timeout_s",
                      "shutdown_timeout_s", "slo_ttft_s", "slo_tpot_s", "kv_cache_mb"):
             value = getattr(self, name)
-            require(math.isfinite(value) and value > 0, f"{name} must be > 0, got {value}")
+            require(value is None or (math.isfinite(value) and value > 0),
+                    f"{name} must be > 0, got {value}")
+        require(0 < self.kv_mem_util <= 1,
+                f"kv_mem_util must be in (0, 1], got {self.kv_mem_util}")
         require(self.max_model_len is None or self.max_model_len >= 2,
                 f"max_model_len must be >= 2, got {self.max_model_len}")
         require(self.default_max_tokens >= 1, "default_max_tokens must be >= 1")
-        require(self.max_num_seqs >= 1 and self.max_batched_tokens >= 1,
+        require(all(v is None or v >= 1 for v in (self.max_num_seqs, self.max_batched_tokens)),
                 "max_num_seqs and max_batched_tokens must be >= 1")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")
+        require(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)),
+                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        require(self.dtype is None or self.dtype in DTYPES,
+                f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        require(self.backend in BACKENDS,
+                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        require(self.kv_transport in KV_TRANSPORTS, f"kv_transport must be one of "
+                f"{', '.join(KV_TRANSPORTS)}, got {self.kv_transport!r}")
+        require(self.kv_transport == "socket" or self.backend == "ray",
+                "kv_transport object_store needs backend ray")
+        require(self.ray_address is None or self.backend == "ray",
+                "ray_address needs backend ray")
+        require(math.isfinite(self.ray_cpus_per_instance) and self.ray_cpus_per_instance >= 0
+                and math.isfinite(self.ray_gpus_per_instance) and self.ray_gpus_per_instance >= 0,
+                "ray_cpus_per_instance and ray_gpus_per_instance must be >= 0")
+        if self.ray_address is not None:
+            from dopd.serve.ray_connect import check_address
+
+            check_address(self.ray_address)
 
 
 def load_serve_config(path: str | Path | None, overrides: Mapping[str, Any]) -> ServeConfig:

@@ -7,8 +7,11 @@ actions; arrivals and outcomes are forwarded to the policy's hooks. A role switc
 policy or :meth:`Controller.switch`, the admin endpoint) is ACTIVE -> DRAINING (no new work of
 the old role; in-flight requests finish there, handed-off KV is fetched) -> SWITCHING (the
 worker changes its engine's role) -> ACTIVE in the new role, so no request is dropped.
-Adding or removing instances is not supported by the fixed local pool: such actions are logged
-as refused decisions. Times given to the policy are seconds since the controller started.
+Adding or removing instances (elastic policies) needs a ``scaler`` (the Ray backend's cluster):
+an addition starts a worker and feeds its measured cold start to the policy's solver; a removal
+drains the instance as a switch does, then stops it. Without a scaler (the fixed local pool)
+such actions are logged as refused decisions. Times given to the policy are seconds since the
+controller started.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from dopd.errors import DopdError
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.errors import ServeError
@@ -41,19 +45,38 @@ WINDOW_S = 5.0
 ROLE_ACK_TIMEOUT_S = 10.0
 
 
+class Scaler(Protocol):
+    """Starts and stops instances of an elastic pool (a cluster backend)."""
+
+    async def add_instance(self, role: Role) -> Any:
+        """Start an instance in ``role`` and wait until it is ready; returns its handle (with
+        ``instance_id`` and the measured ``cold_start_s``); DopdError when it fails. The new
+        instance is listed (STARTING) before the first wait."""
+        ...
+
+    async def remove_instance(self, iid: int) -> None:
+        """Stop the (drained) instance ``iid``."""
+        ...
+
+
 class Controller(Observer):
     """See the module docstring. ``drain_timeout_s`` bounds a switch's drain; when it passes the
-    switch is cancelled and the instance goes back to ACTIVE in its old role."""
+    switch is cancelled and the instance goes back to ACTIVE in its old role. ``budget`` is the
+    most instances alive at once (default: the instances there are)."""
 
     def __init__(self, policy: ClusterPolicy, instances: dict[int, InstanceHandle],
                  dispatcher: Dispatcher, metrics: ServeMetrics, *, tick_s: float = 1.0,
-                 drain_timeout_s: float = 120.0) -> None:
+                 drain_timeout_s: float = 120.0, scaler: Scaler | None = None,
+                 budget: int | None = None) -> None:
         self.policy = policy
         self.instances = instances
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.tick_s = policy.tick_s or tick_s
         self.drain_timeout_s = drain_timeout_s
+        self.scaler = scaler
+        self.budget = budget
+        self.cold_starts: list[float] = []
         self.t0 = time.monotonic()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LEN)
@@ -62,6 +85,8 @@ class Controller(Observer):
         self.finished = 0
         self._recent: deque[tuple[float, float | None, float | None]] = deque()
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._scaling: set[asyncio.Task[None]] = set()
+        self._unlisted = 0  # additions decided but not yet listed in ``instances``
         self._arrival_hook = type(policy).on_arrival is not ClusterPolicy.on_arrival
         self._done_hook = type(policy).on_request_done is not ClusterPolicy.on_request_done
 
@@ -100,8 +125,8 @@ class Controller(Observer):
                 int(s.get("pending_decodes", 0)), int(s.get("kv_used_blocks", 0)),
                 max(1, int(s.get("kv_total_blocks", 1))), float(s.get("recent_step_s", 0.0)),
                 int(s.get("steps", 0))))
-        return ClusterView(self.now(), tuple(views), len(self.instances), self.arrived,
-                           self.finished)
+        budget = self.budget if self.budget is not None else len(self.instances)
+        return ClusterView(self.now(), tuple(views), budget, self.arrived, self.finished)
 
     async def run(self) -> None:
         """Tick until cancelled."""
@@ -120,11 +145,15 @@ class Controller(Observer):
             except ServeError as exc:
                 self._decide(action.instance_id, None, action.role, action.reason, "policy",
                              f"refused: {exc.message}")
-        elif isinstance(action, AddInstance | RemoveInstance):
+        elif self.scaler is None:
             iid = getattr(action, "instance_id", None)
             role = getattr(action, "role", None)
             self._decide(iid, None, role, action.reason, "policy",
                          "refused: the local pool has a fixed size")
+        elif isinstance(action, AddInstance):
+            self._add(action)
+        elif isinstance(action, RemoveInstance):
+            self._remove(action)
 
     def sample(self) -> None:
         """Append one point to :attr:`history` (P/D counts, load, recent TTFT/TPOT medians)."""
@@ -207,6 +236,69 @@ class Controller(Observer):
             await asyncio.sleep(0.02)
         return False
 
+    # ------------------------------------------------------------------ elastic pools
+    def _add(self, action: AddInstance) -> None:
+        alive = sum(1 for h in self.instances.values() if h.state != InstanceState.STOPPED)
+        alive += self._unlisted
+        budget = self.budget if self.budget is not None else len(self.instances)
+        if alive >= budget:
+            self._decide(None, None, action.role, action.reason, "policy",
+                         f"refused: {alive} of at most {budget} instances are alive")
+            return
+        decision = self._decide(None, None, action.role, action.reason, "policy", "starting")
+        self._unlisted += 1
+        task = asyncio.create_task(self._start_instance(action.role, decision))
+        self._scaling.add(task)
+        task.add_done_callback(self._scaling.discard)
+
+    async def _start_instance(self, role: Role, decision: dict[str, Any]) -> None:
+        assert self.scaler is not None
+        self._unlisted -= 1  # add_instance lists the instance before it first waits
+        try:
+            h = await self.scaler.add_instance(role)
+        except DopdError as exc:
+            decision["status"] = f"failed: {exc}"
+            return
+        decision.update(instance=h.instance_id, status="done", done_t=round(self.now(), 3),
+                        cold_start_s=round(h.cold_start_s, 3))
+        self.feed_cold_start(h.cold_start_s)
+
+    def _remove(self, action: RemoveInstance) -> None:
+        iid = action.instance_id
+        h = self.instances.get(iid)
+        others = sum(1 for i, x in self.instances.items()
+                     if i != iid and x.state == InstanceState.ACTIVE)
+        if h is None or h.state != InstanceState.ACTIVE or others == 0:
+            why = "no such instance" if h is None else \
+                f"it is {h.state}" if h.state != InstanceState.ACTIVE else "it is the last one"
+            self._decide(iid, None, None, action.reason, "policy", f"refused: {why}")
+            return
+        decision = self._decide(iid, h.role, None, action.reason, "policy", "draining")
+        h.state, h.target_role = InstanceState.DRAINING, None
+        self._tasks[iid] = asyncio.create_task(self._stop_instance(h, decision))
+
+    async def _stop_instance(self, h: InstanceHandle, decision: dict[str, Any]) -> None:
+        assert self.scaler is not None
+        try:
+            if not await self._drained(h):
+                h.state = InstanceState.ACTIVE
+                decision["status"] = "cancelled: drain timed out"
+                return
+            await self.scaler.remove_instance(h.instance_id)
+            decision.update(status="done", done_t=round(self.now(), 3))
+        finally:
+            self._tasks.pop(h.instance_id, None)
+
+    def feed_cold_start(self, seconds: float) -> None:
+        """Record a measured cold start and give the median so far to the policy's ratio
+        solver (policies with a ``solver_config`` that has ``cold_start_s``: ``dopd``)."""
+        self.cold_starts.append(seconds)
+        config = getattr(self.policy, "solver_config", None)
+        if dataclasses.is_dataclass(config) and hasattr(config, "cold_start_s"):
+            median = float(np.median(self.cold_starts))
+            self.policy.solver_config = dataclasses.replace(  # type: ignore[attr-defined]
+                config, cold_start_s=median)
+
     def _decide(self, iid: int | None, old: Role | None, new: Role | None, reason: str,
                 source: str, status: str) -> dict[str, Any]:
         record = {"t": round(self.now(), 3), "instance": iid,
@@ -217,6 +309,7 @@ class Controller(Observer):
         return record
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
+        tasks = [*self._tasks.values(), *self._scaling]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

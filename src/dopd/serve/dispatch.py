@@ -14,6 +14,7 @@ others fail with 503. Observers (metrics, the controller's policy) see arrivals 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -29,10 +30,17 @@ from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 MAX_RETRIES = 1
 
 
+@functools.lru_cache(maxsize=1024)
+def _wire_params(params: SamplingParams) -> dict[str, Any]:
+    """The wire form of ``params``, shared by requests with equal parameters (read only)."""
+    return params_to_wire(params)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One item of a request's stream: ``kind`` is ``delta`` (tokens/text), ``done`` (finish
-    reason) or ``error`` (HTTP status and message)."""
+    reason), ``error`` (HTTP status and message) or ``disconnect`` (the HTTP layer's own: the
+    client went away)."""
 
     kind: str
     token_ids: tuple[int, ...] = ()
@@ -44,7 +52,9 @@ class Event:
 
 @dataclass(slots=True)
 class Tracked:
-    """A request in flight (mutable, front end only)."""
+    """A request in flight (mutable, front end only). ``t_http``, ``t_submit`` and ``t_event``
+    (``time.perf_counter``, 0 when unknown) are when the request reached the app, when its
+    submit was sent, and when its first token's event arrived from the worker."""
 
     rid: int
     prompt_ids: list[int]
@@ -61,6 +71,9 @@ class Tracked:
     retries: int = 0
     kv_bytes: int = 0
     recomputed: bool = False
+    t_http: float = 0.0
+    t_submit: float = 0.0
+    t_event: float = 0.0
 
 
 class Observer:
@@ -139,19 +152,21 @@ class Dispatcher:
         t.phase = phase
         t.prefill_iid = iid if phase == "prefill" else None
         msg = {"op": "submit", "rid": t.rid, "ids": t.prompt_ids,
-               "params": params_to_wire(t.params)}
+               "params": _wire_params(t.params)}
         if not self.instances[iid].send(msg):
             raise ServeError(503, f"instance {iid} is not reachable", code="unavailable")
         self._place(t, iid)
 
-    def abort(self, rid: int) -> None:
-        """Drop a request (client gone): the instance holding it frees it."""
+    def abort(self, rid: int, reason: str = "client gone") -> None:
+        """Drop a request (client gone, shutdown): the instance holding it frees it, and
+        observers see it ABORTED."""
         t = self.tracked.pop(rid, None)
         if t is None:
             return
         if t.where is not None:
             self.instances[t.where].send({"op": "abort", "rid": rid})
         self._place(t, None)
+        self._report(t, RequestState.ABORTED, reason)
 
     # ------------------------------------------------------------------ worker events
     def on_event(self, iid: int, ev: dict[str, Any]) -> None:
@@ -185,6 +200,7 @@ class Dispatcher:
         now = time.monotonic()
         if ids and t.first_token_t is None:
             t.first_token_t = now
+            t.t_event = time.perf_counter()
         t.n_out = n_out
         if ids or text:
             t.queue.put_nowait(Event("delta", tuple(ids), text))

@@ -4,36 +4,72 @@ Both are a :class:`~dopd.engine.llm_engine.LLMEngine` (same scheduler, block man
 and KV import/export over a real paged cache). In emulated mode the runner is
 :class:`EmulatedRunner`: it does not run the model; it appends deterministic tokens and sleeps
 for the step time that a ``dopd.perf`` latency model predicts (times ``scale``), so the live
-stack runs at GPU-like timings on a CPU. The KV that moves between emulated workers is the real
-(zero) content of the loaded model's cache, with that model's size per token.
+stack runs at GPU-like timings on a CPU. The KV that moves between emulated workers is the
+loaded model's cache, with that model's size per token.
+
+An emulated worker is sized as the simulator sizes an instance of the latency model's model and
+GPU (:func:`engine_limits`: KV blocks, token budget, running-request cap), and a prefill worker
+answers a KV fetch when the simulator's link model says the latency model's KV bytes would have
+arrived (:class:`ModeledLink`), so ``dopd serve --mode emulated`` and ``dopd simulate`` run the
+same instance model. Its KV cache is allocated lazily (:func:`lazy_kv_cache`): memory pages are
+taken on first write, so a capacity of a GPU's worth of tokens costs memory only for the KV
+that is actually written there (imported by a decode worker; prefill writes none in emulation).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from dopd.engine.engine_options import EngineOptions
 from dopd.engine.llm_engine import LLMEngine
-from dopd.engine.model import Tokenizer, check_stop
+from dopd.engine.model import PagedKVCache, Tokenizer, check_stop, load_model
+from dopd.engine.model.llama import LlamaModel
 from dopd.engine.plan import FinishReason, StepPlan, StepResult
 from dopd.engine.request_state import RequestRecord
 from dopd.engine.runner import StepTimeModel
 from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
+from dopd.perf.hardware import GiB
+from dopd.perf.transfer import KVTransferModel
+from dopd.sim.api import SimConfig
+from dopd.sim.models import build_models
+from dopd.sim.transfer import TransferNetwork
 from dopd.types import Role
 
 _FIRST, _SPAN = 97, 26  # emulated tokens are the bytes 'a'..'z'
 
+REAL_KV_CACHE_MB = 64.0
+REAL_MAX_NUM_SEQS = 64
+REAL_MAX_BATCHED_TOKENS = 2048
+"""Defaults of a real (PyTorch) worker when the deployment sets none."""
+
+MAX_EMULATED_KV_BYTES = 16 * GiB
+"""Most address space an emulated worker's lazily allocated KV cache may reserve; a larger
+modeled capacity is cut to this (:attr:`EngineLimits.capped`). Resident memory is only what
+is written, so the bound is on reservations, not on use."""
+
+Waiter = Callable[[float], None]
+"""``wait(deadline)``: return at ``time.perf_counter()`` >= deadline, doing background work."""
+
 
 class EmulatedRunner:
     """Executes a plan by sleeping for its predicted duration; tokens are a fixed function of
-    the request id and position (never EOS), so outputs are reproducible across P/D paths."""
+    the request id and position (never EOS), so outputs are reproducible across P/D paths.
 
-    __slots__ = ("eos", "latency", "records", "scale", "tokenizer")
+    ``wait``, when set, replaces the sleep: the worker uses it to serve KV transfers while a
+    step is "on the GPU" (a transfer does not wait for the sender's compute). The worker sets
+    ``back_to_back`` when this step follows the previous one without idling: the step then
+    counts from the previous step's end, so the worker's own time between steps (scheduling,
+    sending outputs) is part of the modeled step time, as the engine overhead is on a GPU,
+    instead of being added to it."""
+
+    __slots__ = ("_end", "back_to_back", "eos", "latency", "records", "scale", "tokenizer",
+                 "wait")
 
     def __init__(self, records: Mapping[int, RequestRecord], latency: StepTimeModel,
                  scale: float, eos_token_ids: Collection[int] = (),
@@ -44,6 +80,9 @@ class EmulatedRunner:
         self.scale = scale
         self.eos = frozenset(eos_token_ids)
         self.tokenizer = tokenizer
+        self.wait: Waiter | None = None
+        self.back_to_back = False
+        self._end: float | None = None
 
     def step_time(self, plan: StepPlan) -> float:
         return self.scale * self.latency.step_time(
@@ -52,6 +91,8 @@ class EmulatedRunner:
 
     def execute(self, plan: StepPlan) -> StepResult:
         start = time.perf_counter()
+        if self.back_to_back and self._end is not None:
+            start = min(start, self._end)
         duration = self.step_time(plan) if self.scale > 0 else 0.0
         tokens: list[int] = []
         finished: list[tuple[int, FinishReason]] = []
@@ -64,18 +105,28 @@ class EmulatedRunner:
                 hit = check_stop(rec.output_ids, rec.params, self.eos, self.tokenizer)
                 if hit is not None and hit.reason == FinishReason.STOP:
                     finished.append((rid, FinishReason.STOP))
-        left = duration - (time.perf_counter() - start)
-        if left > 0:
-            time.sleep(left)
-        return StepResult(plan.step_id, max(duration, time.perf_counter() - start),
-                          tuple(tokens), tuple(finished))
+        if self.wait is not None:
+            self.wait(start + duration)
+        else:
+            left = duration - (time.perf_counter() - start)
+            if left > 0:
+                time.sleep(left)
+        self._end = time.perf_counter()
+        return StepResult(plan.step_id, max(duration, self._end - start), tuple(tokens),
+                          tuple(finished))
 
 
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
     """How a worker builds its engine (plain data: it crosses the process boundary).
 
-    ``perf_model``/``gpu``/``preset`` select the latency model of emulated mode.
+    ``perf_model``/``gpu``/``preset`` select the latency model of emulated mode, and with
+    ``kv_mem_util`` and ``kv_link`` its sizing and KV link (see :func:`engine_limits`).
+    ``kv_cache_mb``, ``max_num_seqs`` and ``max_batched_tokens`` left None take the real
+    defaults (64 MiB, 64, 2048) in real mode and the simulator's figures in emulated mode.
+    ``device`` (real mode; see :func:`resolve_device`) and ``dtype`` (None: the device's
+    default) place the model; ``index`` is the instance's number, which spreads workers over
+    the GPUs this process sees.
     """
 
     model: str
@@ -83,32 +134,215 @@ class EngineSpec:
     mode: str = "real"
     name: str = "engine"
     max_model_len: int | None = None
-    kv_cache_mb: float = 64.0
-    max_num_seqs: int = 64
-    max_batched_tokens: int = 2048
+    kv_cache_mb: float | None = None
+    max_num_seqs: int | None = None
+    max_batched_tokens: int | None = None
     kv_timeout_s: float = 5.0
     kv_lease_s: float = 10.0
     perf_model: str = "llama-3-8b"
     gpu: str = "a100-80gb"
     preset: str = "modern"
+    kv_mem_util: float = 0.9
+    kv_link: str = "nic"
     step_time_scale: float = 1.0
     seed: int = 0
+    device: str = "auto"
+    dtype: str | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """The resolved KV memory and batch limits of one worker's engine.
+
+    ``num_blocks`` None sizes the cache from ``kv_cache_mb`` (MiB of the loaded model's KV);
+    otherwise it is the block count. ``modeled_blocks`` is the simulator's block count for the
+    latency model (emulated mode, None otherwise); ``capped`` says that ``num_blocks`` was cut
+    below it by :data:`MAX_EMULATED_KV_BYTES`.
+    """
+
+    num_blocks: int | None
+    kv_cache_mb: float
+    block_size: int
+    max_num_seqs: int
+    max_batched_tokens: int
+    modeled_blocks: int | None = None
+    capped: bool = False
+
+
+def sim_config_of(spec: EngineSpec) -> SimConfig:
+    """The simulator's configuration of one instance like the emulated ``spec``."""
+    base = SimConfig()
+    return SimConfig(
+        model=spec.perf_model, gpu=spec.gpu, preset=spec.preset, instances=1,
+        kv_mem_util=spec.kv_mem_util, kv_link=spec.kv_link,
+        max_num_seqs=spec.max_num_seqs if spec.max_num_seqs is not None else base.max_num_seqs,
+        max_batched_tokens=spec.max_batched_tokens if spec.max_batched_tokens is not None
+        else base.max_batched_tokens)
+
+
+def engine_limits(spec: EngineSpec, kv_bytes_per_block: int) -> EngineLimits:
+    """KV blocks and batch limits of the engine ``spec`` describes.
+
+    Real mode: the given values, else 64 MiB, 64 requests, 2048 tokens. Emulated mode: what
+    ``dopd simulate`` uses for an instance of ``perf_model`` on ``gpu`` (``SimConfig``
+    defaults for the token budget and request cap; KV blocks from the latency model's KV
+    capacity at ``kv_mem_util``), except for values the spec sets. ``kv_bytes_per_block`` is
+    the loaded model's KV size per block, for the bound on the lazy cache. DopdError for
+    unknown models or GPUs.
+    """
+    if spec.mode != "emulated":
+        return EngineLimits(
+            None, spec.kv_cache_mb if spec.kv_cache_mb is not None else REAL_KV_CACHE_MB,
+            _block_size(),
+            spec.max_num_seqs if spec.max_num_seqs is not None else REAL_MAX_NUM_SEQS,
+            spec.max_batched_tokens if spec.max_batched_tokens is not None
+            else REAL_MAX_BATCHED_TOKENS)
+    sim = sim_config_of(spec)
+    require(sim.block_size == _block_size(), f"the simulator's block size {sim.block_size} "
+            f"differs from the engine's {_block_size()}")
+    modeled = build_models(sim).kv_blocks
+    require(kv_bytes_per_block >= 1, f"KV bytes per block must be >= 1, got {kv_bytes_per_block}")
+    if spec.kv_cache_mb is not None:  # explicit memory of the loaded model: as in real mode
+        return EngineLimits(None, spec.kv_cache_mb, sim.block_size, sim.max_num_seqs,
+                            sim.max_batched_tokens, modeled)
+    most = max(1, MAX_EMULATED_KV_BYTES // kv_bytes_per_block)
+    blocks = min(modeled, most)
+    return EngineLimits(blocks, blocks * kv_bytes_per_block / 2**20, sim.block_size,
+                        sim.max_num_seqs, sim.max_batched_tokens, modeled, blocks < modeled)
+
+
+def _block_size() -> int:
+    return EngineOptions().block_size
+
+
+def lazy_kv_cache(model: LlamaModel, num_blocks: int, block_size: int) -> PagedKVCache:
+    """A paged cache for ``model`` whose storage is reserved, not written: the operating system
+    maps a page when it is first written, so unused blocks cost no memory. Its content is
+    unspecified until written (emulated workers never read KV they did not write or import)."""
+    cache = PagedKVCache.for_model(model.config, 1, block_size=block_size, dtype=model.dtype,
+                                   device=model.device)
+    cache.num_blocks = num_blocks
+    cache.data = torch.empty((*cache.data.shape[:2], num_blocks, *cache.data.shape[3:]),
+                             dtype=cache.data.dtype, device=cache.data.device)
+    return cache
+
+
+def resolve_device(device: str, index: int, mode: str) -> str:
+    """The torch device of a worker: ``cpu`` in emulated mode (it only keeps the KV layout);
+    else ``auto`` is a GPU when torch sees one (``cuda:index mod count``; a Ray actor sees just
+    the GPUs assigned to it) and ``cpu`` otherwise; ``cuda`` spreads the same way; ``cpu`` and
+    ``cuda:N`` are taken as they are. DopdError when a GPU is asked for and none is visible."""
+    if mode == "emulated" or device == "cpu":
+        return "cpu"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return f"cuda:{index % count}" if count else "cpu"
+    require(count > 0, f"device {device} asked for, but torch sees no GPU")
+    if device == "cuda":
+        return f"cuda:{index % count}"
+    require(int(device.partition(":")[2]) < count,
+            f"device {device} asked for, but torch sees {count} GPU(s)")
+    return device
 
 
 def build_engine(spec: EngineSpec) -> LLMEngine:
-    """The worker's engine (one torch thread); emulated mode swaps in :class:`EmulatedRunner`."""
+    """The worker's engine (one torch thread); emulated mode swaps in :class:`EmulatedRunner`
+    and a lazily allocated cache of :func:`engine_limits`'s size."""
+    torch.set_num_threads(1)
+    loaded = load_model(spec.model, device=resolve_device(spec.device, spec.index, spec.mode),
+                        dtype=spec.dtype if spec.mode == "real" else None)
+    cfg = loaded.model.config
+    elem = torch.empty(0, dtype=loaded.model.dtype).element_size()
+    per_block = 2 * cfg.num_layers * _block_size() * cfg.num_kv_heads * cfg.head_dim * elem
+    limits = engine_limits(spec, per_block)
     options = EngineOptions(
         role=spec.role,
-        scheduler=SchedulerConfig(max_batched_tokens=spec.max_batched_tokens,
-                                  max_num_seqs=spec.max_num_seqs),
-        kv_cache_mb=spec.kv_cache_mb, max_model_len=spec.max_model_len, threads=1,
+        scheduler=SchedulerConfig(max_batched_tokens=limits.max_batched_tokens,
+                                  max_num_seqs=limits.max_num_seqs),
+        block_size=limits.block_size, num_blocks=limits.num_blocks,
+        kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=1,
         seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s)
-    torch.set_num_threads(1)
-    engine = LLMEngine.from_pretrained(spec.model, options, name=spec.name)
+    if spec.mode == "emulated" and limits.num_blocks is not None:
+        model = loaded.model
+        # The engine asks its model for the cache: this instance's cache is the lazy one.
+        model.make_cache = lambda n, bs: lazy_kv_cache(model, n, bs)  # type: ignore[method-assign]
+    engine = LLMEngine(loaded, options, name=spec.name)
     if spec.mode == "emulated":
-        from dopd.perf.factory import build_latency_model
-
-        latency = build_latency_model(spec.perf_model, spec.gpu, preset=spec.preset)
+        latency = build_models(sim_config_of(spec)).latency
         engine.runner = EmulatedRunner(engine.records, latency, spec.step_time_scale,
-                                       engine.model.config.eos_token_ids, engine.tokenizer)
+                                       cfg.eos_token_ids, engine.tokenizer)
     return engine
+
+
+class ModeledLink:
+    """When each KV transfer of an emulated sender is done, by the simulator's link model.
+
+    Transfers share the sender's bandwidth equally while in flight and arrive ``latency_s``
+    after their last byte (:class:`dopd.sim.transfer.TransferNetwork`, run on the wall clock
+    divided by ``scale``); the bytes are the latency model's KV bytes per token times the
+    prompt tokens. ``scale`` 0: every transfer is done at once. Times are ``clock()`` seconds.
+    """
+
+    def __init__(self, transfer: KVTransferModel, kv_bytes_per_token: int, scale: float,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        require(scale >= 0, f"step time scale must be >= 0, got {scale}")
+        self.transfer = transfer
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.scale = scale
+        self.clock = clock
+        self._t0 = clock()
+        self._net = TransferNetwork(transfer.base_latency_s, transfer.bandwidth_Bps)
+        self._next: tuple[float, int] | None = None  # the link's next bytes-done event
+        self._arrivals: list[tuple[float, int]] = []  # (model time, request id)
+        self._immediate: list[int] = []
+
+    @classmethod
+    def of(cls, spec: EngineSpec) -> ModeledLink:
+        """The link of an emulated worker of ``spec``."""
+        models = build_models(sim_config_of(spec))
+        return cls(models.transfer, models.kv_bytes_per_token, spec.step_time_scale)
+
+    def _now(self) -> float:
+        return (self.clock() - self._t0) / self.scale
+
+    def _advance(self, now: float) -> None:
+        while self._next is not None and self._next[0] <= now:
+            t, version = self._next
+            res = self._net.complete(t, 0, version)
+            if res is None:
+                break
+            done, self._next = res
+            for rid in done:
+                heapq.heappush(self._arrivals, (t + self.transfer.base_latency_s, rid))
+
+    def start(self, request_id: int, num_tokens: int) -> None:
+        """A transfer of ``num_tokens`` tokens' KV for ``request_id`` begins now."""
+        if self.scale == 0:
+            self._immediate.append(request_id)
+            return
+        now = self._now()
+        self._advance(now)
+        self._next = self._net.start(now, 0, request_id, num_tokens * self.kv_bytes_per_token)
+
+    def due(self) -> list[int]:
+        """Request ids whose transfer is done by now, in arrival order (each reported once)."""
+        out, self._immediate = self._immediate, []
+        if self.scale == 0:
+            return out
+        now = self._now()
+        self._advance(now)
+        while self._arrivals and self._arrivals[0][0] <= now:
+            out.append(heapq.heappop(self._arrivals)[1])
+        return out
+
+    def next_due(self) -> float | None:
+        """``clock()`` time of the next transfer to be done; None when none is in flight."""
+        if self._immediate:
+            return self.clock()
+        times = [t for t, _ in self._arrivals[:1]]
+        if self._next is not None:
+            times.append(self._next[0] + self.transfer.base_latency_s)
+        if not times:
+            return None
+        return self._t0 + min(times) * self.scale

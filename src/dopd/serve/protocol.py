@@ -7,8 +7,9 @@ failures become OpenAI-style 400 errors in :mod:`dopd.serve.api`.
 
 from __future__ import annotations
 
+import json
+import os
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -137,7 +138,8 @@ class ChatRequest(_Common):
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    """``prefix-`` and 24 random hex digits."""
+    return f"{prefix}-{os.urandom(12).hex()}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -192,3 +194,54 @@ def _reason(reason: str | None) -> str | None:
     if reason is None:
         return None
     return "length" if reason == "length" else "stop"
+
+
+class StreamChunks:
+    """The server-sent events of one streamed response, as bytes (``data: {json}\n\n``).
+
+    Every chunk of a stream shares its id, object, created time and model, so the JSON up to the
+    choice is built once per request; a chunk then costs one string escape. The JSON is the
+    same as :func:`completion_chunk` / :func:`chat_chunk` give (``created`` is fixed per stream).
+    """
+
+    __slots__ = ("chat", "created", "head", "model", "obj", "rid")
+
+    def __init__(self, rid: str, model: str, chat: bool) -> None:
+        self.rid, self.model, self.chat = rid, model, chat
+        self.obj = "chat.completion.chunk" if chat else "text_completion"
+        self.created = int(time.time())
+        self.head = (f'data: {{"id":{json.dumps(rid)},"object":"{self.obj}","created":'
+                     f'{self.created},"model":{json.dumps(model)},"choices":[{{"index":0,')
+
+    def _choice(self, body: str, reason: str | None, token_ids: list[int] | None) -> bytes:
+        tail = "" if token_ids is None else f',"token_ids":[{",".join(map(str, token_ids))}]'
+        finish = "null" if reason is None else f'"{_reason(reason)}"'
+        return (f'{self.head}{body},"logprobs":null,"finish_reason":{finish}{tail}}}]}}\n\n'
+                .encode())
+
+    def role(self) -> bytes:
+        """The chat stream's first chunk: the assistant role with empty content."""
+        return self._choice('"delta":{"role":"assistant","content":""}', None, None)
+
+    def delta(self, text: str, token_ids: list[int] | None = None) -> bytes:
+        """New text (and its token ids when asked for)."""
+        body = (f'"delta":{{"content":{json.dumps(text)}}}' if self.chat
+                else f'"text":{json.dumps(text)}')
+        return self._choice(body, None, token_ids)
+
+    def final(self, reason: str | None, with_ids: bool = False) -> bytes:
+        """The last chunk: no text, the finish reason."""
+        return self._choice('"delta":{}' if self.chat else '"text":""', reason,
+                            [] if with_ids else None)
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The usage chunk (``stream_options.include_usage``): no choices."""
+        body = {"id": self.rid, "object": self.obj, "created": self.created,
+                "model": self.model, "choices": [],
+                "usage": usage(prompt_tokens, completion_tokens)}
+        return sse(body)
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event holding ``obj`` as compact JSON."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"

@@ -16,7 +16,7 @@ from types import FrameType
 from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
 from dopd.errors import require
 from dopd.perf.factory import build_latency_model
-from dopd.serve.cluster import LocalCluster
+from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Event
@@ -24,7 +24,7 @@ from dopd.serve.engines import EngineSpec
 from dopd.serve.metrics import ServeMetrics
 from dopd.sim.api import SimConfig
 from dopd.sim.policy import ClusterPolicy, PolicyContext, make_policy
-from dopd.types import SLO
+from dopd.types import SLO, Role
 
 
 def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
@@ -38,9 +38,11 @@ def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
 
 def build_policy(config: ServeConfig) -> ClusterPolicy:
     """The cluster policy of ``config.policy``, built as the simulator builds it."""
-    latency = build_latency_model(config.perf_model, config.gpu, preset=config.preset)
+    latency = build_latency_model(config.perf_model, config.gpu, preset=config.preset,
+                                  mem_util=config.kv_mem_util)
     sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                    instances=config.instances, tick_s=config.tick_s)
+                    instances=config.instances, tick_s=config.tick_s,
+                    kv_mem_util=config.kv_mem_util)
     slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
     blocks = (latency.kv_capacity_tokens or 2**20) // sim.block_size
     policy = make_policy(config.policy, PolicyContext(sim, latency, slo, config.seed, blocks))
@@ -48,6 +50,30 @@ def build_policy(config: ServeConfig) -> ClusterPolicy:
             f"policy {config.policy!r} searches in hindsight; it cannot serve live")
     assert isinstance(policy, ClusterPolicy)
     return policy
+
+
+def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> WorkerCluster:
+    """The workers of ``config.backend``: local processes (all ``instances`` of them), or Ray
+    actors (an elastic pool: the policy may start fewer, ``instances`` is its budget). With Ray
+    this connects to the cluster now, so a bad address fails before the server starts."""
+    n = config.instances
+    if config.backend == "ray":
+        from dopd.serve.ray_cluster import RayCluster
+
+        require(len(roles) <= n, f"policy {config.policy} starts {len(roles)} instances, more "
+                f"than the budget of {n}")
+        cluster = RayCluster(spec, roles, address=config.ray_address,
+                             cpus_per_instance=config.ray_cpus_per_instance,
+                             gpus_per_instance=config.ray_gpus_per_instance,
+                             kv_transport=config.kv_transport, restart=config.restart_workers,
+                             start_timeout_s=config.worker_start_timeout_s, budget=n)
+        cluster.connect()
+        return cluster
+    require(len(roles) == n, f"policy {config.policy} starts {len(roles)} of {n} instances; "
+            "the local pool starts all")
+    return LocalCluster(spec, roles, restart=config.restart_workers,
+                        start_timeout_s=config.worker_start_timeout_s,
+                        host=config.host if config.host != "0.0.0.0" else "127.0.0.1")
 
 
 class ServeRuntime:
@@ -59,24 +85,24 @@ class ServeRuntime:
         self.model_name, self.tokenizer = load_tokenizer(config.model)
         self.policy = build_policy(config)
         roles = list(self.policy.initial_roles(config.instances))
-        require(len(roles) == config.instances,
-                f"policy {config.policy} starts {len(roles)} of {config.instances} instances; "
-                "the local pool starts all")
         spec = EngineSpec(model=config.model, role=roles[0], mode=config.mode,
                           max_model_len=config.max_model_len, kv_cache_mb=config.kv_cache_mb,
                           max_num_seqs=config.max_num_seqs,
                           max_batched_tokens=config.max_batched_tokens,
                           kv_timeout_s=config.kv_timeout_s, kv_lease_s=config.kv_lease_s,
                           perf_model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                          step_time_scale=config.step_time_scale, seed=config.seed)
-        self.cluster = LocalCluster(spec, roles, restart=config.restart_workers,
-                                    start_timeout_s=config.worker_start_timeout_s,
-                                    host=config.host if config.host != "0.0.0.0" else "127.0.0.1")
+                          kv_mem_util=config.kv_mem_util,
+                          step_time_scale=config.step_time_scale, seed=config.seed,
+                          device=config.device, dtype=config.dtype)
+        self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
         instances = self.cluster.instances
         self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr)  # type: ignore[arg-type]
+        elastic = config.backend == "ray"
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
-                                     self.metrics, tick_s=config.tick_s)
+                                     self.metrics, tick_s=config.tick_s,
+                                     scaler=self.cluster if elastic else None,
+                                     budget=config.instances)
         self.dispatcher.observers = [self.metrics, self.controller]
         self.cluster.listener = self.dispatcher.on_event
         self.cluster.on_crash = self.dispatcher.on_crash
@@ -88,6 +114,9 @@ class ServeRuntime:
 
     async def start(self) -> None:
         await self.cluster.start()
+        if self.controller.scaler is not None:
+            for seconds in self.cluster.cold_starts:
+                self.controller.feed_cold_start(seconds)
         self.controller.t0 = time.monotonic()
         self._loop_task = asyncio.create_task(self.controller.run())
 

@@ -17,9 +17,10 @@ from typing import Any
 
 from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
+from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
 from dopd.serve.channels import KVClient, KVServer, WorkerControl
-from dopd.serve.engines import EngineSpec, build_engine
+from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
 from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire
 from dopd.types import Role
 
@@ -38,9 +39,15 @@ class WorkerSpec:
 
 
 class Worker:
-    """The loop state of one worker (see the module docstring)."""
+    """The loop state of one worker (see the module docstring).
 
-    def __init__(self, spec: WorkerSpec, engine: LLMEngine) -> None:
+    With a ``link`` (emulated mode) a KV fetch is answered when the link's modeled transfer of
+    it is over, also while a step is "running" (the emulated runner waits through
+    :meth:`wait_until`); the KV is released after the step.
+    """
+
+    def __init__(self, spec: WorkerSpec, engine: LLMEngine,
+                 link: ModeledLink | None = None) -> None:
         self.spec = spec
         self.engine = engine
         self.control = WorkerControl(spec.control_addr, spec.instance_id)
@@ -55,6 +62,11 @@ class Worker:
         self.stopping = False
         self._parent = os.getppid()
         self._next_stats = 0.0
+        self.link = link
+        self.outbox: dict[int, tuple[bytes, KVPayload]] = {}  # rid -> (peer, KV) in transfer
+        self.sent: list[int] = []  # KV replied to, to release
+        if link is not None and isinstance(engine.runner, EmulatedRunner):
+            engine.runner.wait = self.wait_until
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -67,18 +79,28 @@ class Worker:
             busy = eng.has_unfinished() and not idle_plan
             waiting_kv = len(eng.pending) > 0 or len(eng.leases) > 0
             timeout_ms = 0 if busy else (5 if waiting_kv else 50)
+            if self.outbox and self.link is not None:
+                due = self.link.next_due()
+                if due is not None:
+                    left_ms = max(0, int((due - time.perf_counter()) * 1000))
+                    timeout_ms = min(timeout_ms, left_ms)
             ready = self.poll(timeout_ms)
             if ready:
                 self.handle_control()
                 self.handle_fetches()
                 self.handle_replies()
+            self.send_due()
+            self.release_sent()
             self.check_fetch_timeouts()
             if self.stopping:
                 break
             outputs = []
             if eng.has_unfinished() or waiting_kv:
                 start = time.perf_counter()
+                if isinstance(eng.runner, EmulatedRunner):
+                    eng.runner.back_to_back = busy
                 outputs = eng.step()
+                self.release_sent()
                 if eng.last_plan is not None:
                     dt = time.perf_counter() - start
                     self.step_s = dt if self.step_s == 0 else (1 - _EWMA) * self.step_s + _EWMA * dt
@@ -115,7 +137,7 @@ class Worker:
                 elif op == "accept":
                     handle = handle_from_wire(msg["handle"])
                     self.engine.accept_remote(handle)
-                    self.kv_client.fetch(msg["src"], handle.request_id, handle.source)
+                    self.start_fetch(msg, handle)
                     now = time.monotonic()
                     self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
                 elif op == "abort":
@@ -136,10 +158,7 @@ class Worker:
     def send_outputs(self, outputs: list[Any]) -> None:
         items = []
         for out in outputs:
-            handle = None
-            if out.kv_handle is not None:
-                self.handles[out.request_id] = out.kv_handle
-                handle = handle_to_wire(out.kv_handle)
+            handle = None if out.kv_handle is None else self.export_handle(out.kv_handle)
             items.append([out.request_id, list(out.new_token_ids), out.new_text,
                           out.num_prompt_tokens, out.num_output_tokens, out.finished,
                           None if out.finish_reason is None else str(out.finish_reason), handle])
@@ -147,34 +166,95 @@ class Worker:
                            "stats": self.stats()})
 
     # ------------------------------------------------------------------ KV
+    # The hooks export_handle / start_fetch / serve_fetch / complete_fetch are the KV transport:
+    # peer-to-peer sockets here; dopd.serve.ray_kv overrides them for the Ray object store.
+    def export_handle(self, handle: KVHandle) -> dict[str, Any]:
+        """The wire form of a prefilled request's handle; its KV stays leased here until a peer
+        fetches it (or the lease ends)."""
+        self.handles[handle.request_id] = handle
+        return handle_to_wire(handle)
+
+    def start_fetch(self, msg: dict[str, Any], handle: KVHandle) -> None:
+        """Ask the prefill peer at ``msg["src"]`` for the KV of an accepted request."""
+        self.kv_client.fetch(msg["src"], handle.request_id, handle.source)
+
     def handle_fetches(self) -> None:
         for ident, rid, source in self.kv_server.receive_all():
-            handle = self.handles.pop(rid, None)
-            try:
-                if handle is None or handle.source != source:
-                    raise DopdError(f"no KV held for request {rid}")
-                payload = self.engine.fetch_kv(handle)
-            except DopdError as exc:
-                self.kv_server.reply_error(ident, rid, str(exc))
-                continue
+            self.serve_fetch(ident, rid, source)
+
+    def serve_fetch(self, ident: bytes, rid: int, source: str) -> None:
+        handle = self.handles.pop(rid, None)
+        try:
+            if handle is None or handle.source != source:
+                raise DopdError(f"no KV held for request {rid}")
+            payload = self.engine.fetch_kv(handle)
+        except DopdError as exc:
+            self.kv_server.reply_error(ident, rid, str(exc))
+            return
+        if self.link is None:
             self.kv_bytes_sent += self.kv_server.reply(ident, rid, payload)
             self.engine.release_kv(rid)
+        else:
+            self.outbox[rid] = (ident, payload)
+            self.link.start(rid, handle.num_tokens)
+
+    def send_due(self) -> None:
+        """Send the KV whose modeled transfer is over (emulated mode); released later."""
+        if self.link is None or not self.outbox:
+            return
+        for rid in self.link.due():
+            ident, payload = self.outbox.pop(rid)
+            self.kv_bytes_sent += self.kv_server.reply(ident, rid, payload)
+            self.sent.append(rid)
+
+    def release_sent(self) -> None:
+        for rid in self.sent:
+            self.engine.release_kv(rid)
+        self.sent.clear()
+
+    def wait_until(self, deadline: float) -> None:
+        """The emulated runner's wait for the end of its step (``time.perf_counter`` time):
+        serve KV fetches and send due KV meanwhile. Runs inside a step, so it only reads the
+        engine (KV export); releases wait for the step's end."""
+        import zmq
+
+        socket = self.kv_server.socket
+        while True:
+            self.send_due()
+            now = time.perf_counter()
+            if now >= deadline:
+                return
+            until = deadline
+            if self.outbox and self.link is not None:
+                due = self.link.next_due()
+                if due is not None:
+                    until = min(until, due)
+            left = until - now
+            if left < 1e-3:
+                time.sleep(max(left, 0.0))
+            elif socket.poll(int(left * 1000), zmq.POLLIN):
+                self.handle_fetches()
 
     def handle_replies(self) -> None:
         for rid, payload, error in self.kv_client.receive_all():
-            if rid not in self.fetches:
-                continue  # timed out already: the prompt is being recomputed
-            started, _ = self.fetches.pop(rid)
-            if payload is not None:
-                self.engine.deliver_kv(rid, payload)
-                self.kv_bytes_received += payload.nbytes
-                self.control.send({"ev": "kv", "rid": rid, "ok": True, "bytes": payload.nbytes,
-                                   "wait_s": time.monotonic() - started})
-            else:
-                self.engine.fail_kv(rid)
-                self.kv_failures += 1
-                self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
-                                   "msg": error or "transfer failed"})
+            self.complete_fetch(rid, payload, error)
+
+    def complete_fetch(self, rid: int, payload: KVPayload | None, error: str | None) -> None:
+        """The KV of ``rid`` arrived (``payload``) or its transfer failed (``error``)."""
+        timing = self.fetches.pop(rid, None)
+        if timing is None:
+            return  # timed out already: the prompt is being recomputed
+        started = timing[0]
+        if payload is not None:
+            self.engine.deliver_kv(rid, payload)
+            self.kv_bytes_received += payload.nbytes
+            self.control.send({"ev": "kv", "rid": rid, "ok": True, "bytes": payload.nbytes,
+                               "wait_s": time.monotonic() - started})
+        else:
+            self.engine.fail_kv(rid)
+            self.kv_failures += 1
+            self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
+                               "msg": error or "transfer failed"})
 
     def check_fetch_timeouts(self) -> None:
         now = time.monotonic()
@@ -215,5 +295,12 @@ def worker_main(spec: WorkerSpec) -> None:
     """Process entry point: build the engine and serve until ``stop`` (Ctrl-C is the front
     end's to handle, so the worker ignores SIGINT)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_worker(spec)
+
+
+def run_worker(spec: WorkerSpec, worker: type[Worker] = Worker) -> None:
+    """Build the engine of ``spec`` and run a ``worker`` loop (a KV transport's subclass of
+    :class:`Worker`) until ``stop``; the Ray backend's actors call this too."""
     engine = build_engine(spec.engine)
-    Worker(spec, engine).run()
+    link = ModeledLink.of(spec.engine) if spec.engine.mode == "emulated" else None
+    worker(spec, engine, link).run()
