@@ -5,7 +5,8 @@ a prompt (text or token ids) with its :class:`~dopd.engine.model.SamplingParams`
 :meth:`LLMEngine.step` runs one scheduler step (prefill chunks and decodes of every running
 request in one forward) and returns the token/text deltas and finishes of that step;
 :meth:`LLMEngine.generate` and :meth:`LLMEngine.stream` are the blocking and streaming
-conveniences. The scheduler is the same object the simulator uses; only the runner differs.
+conveniences (:mod:`dopd.engine.blocking`). The scheduler is the same object the simulator
+uses; only the runner differs.
 
 P/D roles (see :mod:`dopd.engine.kv_handoff`): a PREFILL engine's step reports a prompt it
 completed with a :class:`KVHandle` (the KV stays under a lease); :meth:`fetch_kv` copies that KV
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dopd.engine.blocking import BlockingCalls, Prompt
 from dopd.engine.blocks import BlockManager
 from dopd.engine.engine_options import EngineOptions, EngineStats
 from dopd.engine.kv_handoff import KVHandle, LeaseTable, PendingImport, PendingImports
@@ -40,9 +42,8 @@ from dopd.engine.model import (
     load_model,
     make_generator,
 )
-from dopd.engine.plan import FinishReason, StepPlan
+from dopd.engine.plan import StepPlan
 from dopd.engine.request_state import (
-    Completion,
     IncrementalDetokenizer,
     RequestOutput,
     RequestRecord,
@@ -52,10 +53,8 @@ from dopd.engine.torch_runner import TorchRunner
 from dopd.errors import require
 from dopd.types import Role
 
-Prompt = str | Sequence[int]
 
-
-class LLMEngine:
+class LLMEngine(BlockingCalls):
     """One engine instance over a loaded model (see the module docstring for the contract)."""
 
     def __init__(
@@ -211,57 +210,6 @@ class LLMEngine:
                 outputs.append(RequestOutput(rid, ids, text, len(rec.prompt_ids),
                                              len(rec.output_ids)))
         return outputs
-
-    def iter_outputs(self) -> Iterator[RequestOutput]:
-        """Step until no request is unfinished, yielding every output (held KV is not waited
-        for; pending KV imports are, until they arrive or time out)."""
-        while self.has_unfinished():
-            outputs = self.step()
-            if not outputs and self.last_plan is None and not len(self.pending):
-                return  # nothing can progress (cannot happen with consistent bookkeeping)
-            yield from outputs
-
-    def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None
-        = None,
-    ) -> list[Completion]:
-        """Run ``prompts`` (batched together, with the engine's other requests) to completion.
-
-        ``params`` is one for all or one per prompt. Needs a DECODE or MIXED engine.
-        """
-        require(self.role != Role.PREFILL, "a prefill engine hands requests off; use step()")
-        if params is None or isinstance(params, SamplingParams):
-            per = [params] * len(prompts)
-        else:
-            per = list(params)
-            require(len(per) == len(prompts), f"{len(prompts)} prompts but {len(per)} params")
-        rids = [self.add_request(p, sp) for p, sp in zip(prompts, per, strict=True)]
-        prompt_ids = {rid: tuple(self.records[rid].prompt_ids) for rid in rids}
-        tokens: dict[int, list[int]] = {rid: [] for rid in rids}
-        texts: dict[int, list[str]] = {rid: [] for rid in rids}
-        reasons: dict[int, FinishReason | None] = {}
-        for out in self.iter_outputs():
-            if out.request_id in tokens:
-                tokens[out.request_id].extend(out.new_token_ids)
-                texts[out.request_id].append(out.new_text)
-                if out.finished:
-                    reasons[out.request_id] = out.finish_reason
-                    if len(reasons) == len(rids):
-                        break
-        return [Completion(rid, prompt_ids[rid], tuple(tokens[rid]), "".join(texts[rid]),
-                           reasons.get(rid)) for rid in rids]
-
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[
-            RequestOutput]:
-        """Run one prompt on an otherwise idle engine, yielding its outputs as they come."""
-        require(self.role != Role.PREFILL, "a prefill engine hands requests off; use step()")
-        require(not self.records, "stream() needs an idle engine; use step() for several requests")
-        rid = self.add_request(prompt, params)
-        for out in self.iter_outputs():
-            if out.request_id == rid:
-                yield out
-                if out.finished:
-                    return
 
     # ------------------------------------------------------------------ KV hand-off: source
     def fetch_kv(self, handle: KVHandle) -> KVPayload:
