@@ -25,6 +25,8 @@ class EngineOptions:
     (prompt + output tokens; default the model's ``max_position_embeddings``). ``threads`` sets
     ``torch.set_num_threads`` for the process when given. ``seed`` derives the random seed of
     requests that set none. ``detokenize`` produces text deltas (token ids only when False).
+    ``lazy_kv`` reserves the KV cache without writing it (memory is taken as blocks are first
+    written; for emulated workers, whose nominal cache can be far larger than what they use).
     """
 
     role: Role = Role.MIXED
@@ -38,6 +40,7 @@ class EngineOptions:
     kv_lease_s: float = 30.0
     kv_timeout_s: float = 10.0
     detokenize: bool = True
+    lazy_kv: bool = False
 
     def __post_init__(self) -> None:
         require(isinstance(self.role, Role), f"role must be a Role, got {self.role!r}")

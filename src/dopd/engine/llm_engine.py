@@ -80,7 +80,7 @@ class LLMEngine(BlockingCalls):
             elem = torch.empty(0, dtype=self.model.dtype).element_size()
             per_block = 2 * cfg.num_layers * opts.block_size * cfg.num_kv_heads * cfg.head_dim
             num_blocks = max(1, int(opts.kv_cache_mb * 2**20) // (per_block * elem))
-        self.cache = self.model.make_cache(num_blocks, opts.block_size)
+        self.cache = self.model.make_cache(num_blocks, opts.block_size, zeroed=not opts.lazy_kv)
         self.blocks = BlockManager(num_blocks, opts.block_size, opts.scheduler.watermark)
         self.scheduler = Scheduler(opts.scheduler, self.blocks, opts.role)
         self.records: dict[int, RequestRecord] = {}

@@ -11,7 +11,7 @@ An emulated worker is sized as the simulator sizes an instance of the latency mo
 GPU (:func:`engine_limits`: KV blocks, token budget, running-request cap), and a prefill worker
 answers a KV fetch when the simulator's link model says the latency model's KV bytes would have
 arrived (:class:`ModeledLink`), so ``dopd serve --mode emulated`` and ``dopd simulate`` run the
-same instance model. Its KV cache is allocated lazily (:func:`lazy_kv_cache`): memory pages are
+same instance model. Its KV cache is allocated lazily (``EngineOptions.lazy_kv``): memory pages are
 taken on first write, so a capacity of a GPU's worth of tokens costs memory only for the KV
 that is actually written there (imported by a decode worker; prefill writes none in emulation).
 """
@@ -27,8 +27,7 @@ import torch
 
 from dopd.engine.engine_options import EngineOptions
 from dopd.engine.llm_engine import LLMEngine
-from dopd.engine.model import PagedKVCache, Tokenizer, check_stop, load_model
-from dopd.engine.model.llama import LlamaModel
+from dopd.engine.model import Tokenizer, check_stop, load_model
 from dopd.engine.plan import FinishReason, StepPlan, StepResult
 from dopd.engine.request_state import RequestRecord
 from dopd.engine.runner import StepTimeModel
@@ -216,18 +215,6 @@ def _block_size() -> int:
     return EngineOptions().block_size
 
 
-def lazy_kv_cache(model: LlamaModel, num_blocks: int, block_size: int) -> PagedKVCache:
-    """A paged cache for ``model`` whose storage is reserved, not written: the operating system
-    maps a page when it is first written, so unused blocks cost no memory. Its content is
-    unspecified until written (emulated workers never read KV they did not write or import)."""
-    cache = PagedKVCache.for_model(model.config, 1, block_size=block_size, dtype=model.dtype,
-                                   device=model.device)
-    cache.num_blocks = num_blocks
-    cache.data = torch.empty((*cache.data.shape[:2], num_blocks, *cache.data.shape[3:]),
-                             dtype=cache.data.dtype, device=cache.data.device)
-    return cache
-
-
 def resolve_device(device: str, index: int, mode: str) -> str:
     """The torch device of a worker: ``cpu`` in emulated mode (it only keeps the KV layout);
     else ``auto`` is a GPU when torch sees one (``cuda:index mod count``; a Ray actor sees just
@@ -262,11 +249,8 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
                                   max_num_seqs=limits.max_num_seqs),
         block_size=limits.block_size, num_blocks=limits.num_blocks,
         kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=1,
-        seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s)
-    if spec.mode == "emulated" and limits.num_blocks is not None:
-        model = loaded.model
-        # The engine asks its model for the cache: this instance's cache is the lazy one.
-        model.make_cache = lambda n, bs: lazy_kv_cache(model, n, bs)  # type: ignore[method-assign]
+        seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s,
+        lazy_kv=spec.mode == "emulated" and limits.num_blocks is not None)
     engine = LLMEngine(loaded, options, name=spec.name)
     if spec.mode == "emulated":
         latency = build_models(sim_config_of(spec)).latency

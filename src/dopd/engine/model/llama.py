@@ -68,10 +68,13 @@ class LlamaModel:
         """The weights under Hugging Face names, on CPU."""
         return weights_to_hf(self.config, self.weights)
 
-    def make_cache(self, num_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE) -> PagedKVCache:
-        """A zeroed paged cache for this model on its device and dtype."""
+    def make_cache(self, num_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE,
+                   zeroed: bool = True) -> PagedKVCache:
+        """A paged cache for this model on its device and dtype (see :class:`PagedKVCache`
+        for ``zeroed``)."""
         return PagedKVCache.for_model(
-            self.config, num_blocks, block_size=block_size, dtype=self.dtype, device=self.device
+            self.config, num_blocks, block_size=block_size, dtype=self.dtype, device=self.device,
+            zeroed=zeroed,
         )
 
     @torch.inference_mode()

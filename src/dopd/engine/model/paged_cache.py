@@ -18,7 +18,10 @@ DEFAULT_BLOCK_SIZE = 16
 
 
 class PagedKVCache:
-    """K and V block pools of every layer, on one device and dtype (zero-initialised)."""
+    """K and V block pools of every layer, on one device and dtype: zero-initialised, or with
+    ``zeroed=False`` reserved but not written (the operating system maps a CPU page when it is
+    first written, so unused blocks cost no memory; the content of a block is unspecified until
+    written)."""
 
     def __init__(
         self,
@@ -30,6 +33,7 @@ class PagedKVCache:
         block_size: int = DEFAULT_BLOCK_SIZE,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        zeroed: bool = True,
     ) -> None:
         for name, value in (
             ("num_layers", num_layers),
@@ -50,7 +54,7 @@ class PagedKVCache:
         self.dtype = dtype
         self.device = torch.device(device)
         self.version = 0
-        self.data = torch.zeros(
+        self.data = (torch.zeros if zeroed else torch.empty)(
             num_layers,
             2,
             num_blocks,
@@ -70,6 +74,7 @@ class PagedKVCache:
         block_size: int = DEFAULT_BLOCK_SIZE,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        zeroed: bool = True,
     ) -> PagedKVCache:
         """A cache shaped for ``config`` (its layers, KV heads and head size)."""
         return cls(
@@ -80,6 +85,7 @@ class PagedKVCache:
             block_size=block_size,
             dtype=dtype,
             device=device,
+            zeroed=zeroed,
         )
 
     def k(self, layer: int) -> torch.Tensor:
