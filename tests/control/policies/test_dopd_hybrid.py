@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from policy_workloads import constant, switches
 
+from dopd.control.policies.hybrid import HybridConfig, HybridMode
 from dopd.control.policies.options import DopdOptions
+from dopd.control.policies.signals import Observed
 from dopd.control.ratio import InstanceModel, WorkloadStats
 from dopd.control.ratio.colocated import predict_colocated
 from dopd.errors import DopdError
@@ -44,11 +46,12 @@ def test_parse_hybrid_options() -> None:
     assert opts.manager.mode_changes == 6 and opts.manager.migrate_mixed
     assert opts.spec == "dopd:hybrid:enter=0.5:exit=0.9:hold=3:modechanges=6"
     assert DopdOptions.parse("nohybrid").hybrid is None
+    assert DopdOptions.parse("hybrid:gain=0.2").hybrid == HybridConfig(gain=0.2)
 
 
 @pytest.mark.parametrize("spec", ["hybrid:nohybrid", "enter=0.5", "hybrid:enter=0.9:exit=0.5",
                                   "hybrid:mixed", "hybrid:elastic", "hybrid:hold=0",
-                                  "hybrid:exit=x"])
+                                  "hybrid:exit=x", "gain=0.1", "hybrid:gain=-1"])
 def test_bad_hybrid_options_are_clear_errors(spec: str) -> None:
     with pytest.raises(DopdError):
         DopdOptions.parse(spec)
@@ -69,6 +72,26 @@ def test_colocated_prediction_rises_with_rate_and_overloads() -> None:
     assert not over.stable and over.attainment == 0.0 and over.tpot_q == float("inf")
     with pytest.raises(DopdError):
         predict_colocated(inst, stats, 0, 0.1)
+
+
+@pytest.mark.parametrize(("rate", "split", "gain", "mixed"), [
+    (20.0, 1.0, 0.0, True),    # colocation holds the SLO: stay, whatever the split
+    (40.0, 0.95, 0.0, False),  # colocated TPOT p90 over exit x SLO, the split predicted better
+    (40.0, 0.5, 0.0, True),    # ... but a split predicted worse than colocation is no way out
+    (40.0, 0.5, 0.4, False),   # unless within ``gain`` of it
+    (55.0, 0.0, 0.0, False),   # every mode overloaded: leave (the P/D split degrades better)
+    (40.0, None, 0.0, False),  # no split prediction: the TPOT threshold alone decides
+])
+def test_hybrid_leaves_all_mixed_only_for_a_split_predicted_no_worse(
+        rate: float, split: float | None, gain: float, mixed: bool) -> None:
+    inst = InstanceModel.from_sim_config(SimConfig(instances=4))
+    stats = WorkloadStats.from_moments(rate, 1000.0, 1.0, 200.0, 1.0)
+    mode = HybridMode(HybridConfig(gain=gain), inst, SLO_, 4)
+    verdict = mode.decide(10.0, stats, Observed(0, None, None, None), split)
+    assert verdict.mixed is mixed and mode.mixed is mixed
+    assert ("leave all-mixed" in verdict.reason) is not mixed
+    if split is not None:
+        assert f"vs {split:.2f} split" in verdict.reason
 
 
 def test_light_load_runs_all_mixed_and_serves_everything() -> None:

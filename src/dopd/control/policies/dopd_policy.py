@@ -352,7 +352,8 @@ class DopdPolicy(ClusterPolicy):
         target = self._nudged(target, current, alarm)
         verdict = None
         if self.hybrid is not None:
-            target, verdict = self.hybrid.step(now, view, stats, observed, target)
+            served = plan.goodput / max(plan.rate, 1e-9)  # the split's share within SLO
+            target, verdict = self.hybrid.step(now, view, stats, observed, target, served)
         self._target = target
         decision = self.manager.step(now, view, target, alarm, self._can_remove(stats))
         running = active_split(view)

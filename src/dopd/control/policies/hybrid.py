@@ -10,7 +10,10 @@ every plan:
   predict_colocated`, corrected online) puts TPOT P90 at the forecast rate above ``exit`` x
   the SLO at ``exit_confirm`` plans in a row (a burst of a few seconds only grows the batch
   for a while; a mode change costs more), or the requests that just finished show TPOT P90
-  above the SLO;
+  above the SLO; either only while the solver's best P/D split is predicted to serve at least
+  the colocated attainment at the forecast rate (minus ``gain``): a peak that the model says
+  overloads every split but not all-MIXED is not worth a mode change (a mode change under load
+  costs a drain); when every mode is overloaded the split is taken, as it degrades better;
 - SPLIT -> MIXED only when the prediction at the upper rate stays below ``enter`` x the SLO
   (``enter`` < ``exit``: the hysteresis band) for ``hold`` consecutive plans and at least
   ``cooldown_s`` after the last exit, so the mode does not flap.
@@ -38,7 +41,9 @@ _MIN_SAMPLES = 20
 
 @dataclass(frozen=True, slots=True)
 class HybridConfig:
-    """Thresholds of :class:`HybridMode` (fractions of the TPOT SLO, see the module doc)."""
+    """Thresholds of :class:`HybridMode` (fractions of the TPOT SLO, see the module doc);
+    ``gain``: how far (attainment) the split may be predicted below colocation and still be
+    taken."""
 
     enter: float = 0.6
     exit: float = 0.85
@@ -46,6 +51,7 @@ class HybridConfig:
     exit_confirm: int = 1
     cooldown_s: float = 60.0
     calibrate: bool = True
+    gain: float = 0.0
 
     def __post_init__(self) -> None:
         require(0 < self.enter <= self.exit, f"hybrid thresholds need 0 < enter <= exit, got "
@@ -93,13 +99,17 @@ class HybridMode:
         self.correction = self.correction.update(observed_tpot=observed.tpot_p90,
                                                  predicted_tpot=last.tpot_q)
 
-    def decide(self, now: float, stats: WorkloadStats, observed: Observed) -> HybridVerdict:
+    def decide(self, now: float, stats: WorkloadStats, observed: Observed,
+               split_attainment: float | None = None) -> HybridVerdict:
         """Whether the next target is all-MIXED (``stats``: the plan's load; ``observed``:
-        requests that finished recently)."""
+        requests that finished recently; ``split_attainment``: the solver's predicted
+        attainment of its best P/D split, None when unknown)."""
         cfg, slo = self.config, self.slo.tpot_s
         scale = self.correction.tpot
         raw = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment)
         self._last = raw
+        at_rate = predict_colocated(self.inst, stats, self.instances, slo,
+                                    q=self.slo.attainment, scale=scale) if scale != 1.0 else raw
         upper = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment,
                                   scale=scale, rate=max(stats.peak_rate, stats.rate))
         mean_p90 = raw.tpot_q * scale
@@ -107,9 +117,13 @@ class HybridMode:
         if self.mixed:
             why = ""
             self._above = self._above + 1 if mean_p90 > cfg.exit * slo else 0
-            if self._above >= cfg.exit_confirm:
+            # A split predicted worse than colocation (a peak that overloads every split) is
+            # not worth a mode change, whatever the colocated TPOT.
+            split_wins = split_attainment is None \
+                or split_attainment + cfg.gain >= at_rate.attainment
+            if split_wins and self._above >= cfg.exit_confirm:
                 why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans"
-            elif seen is not None and seen > slo:
+            elif split_wins and seen is not None and seen > slo:
                 why = f"observed TPOT p90 {seen * 1e3:.0f}ms > SLO"
             if why:
                 self.mixed, self._below, self._left_at = False, 0, now
@@ -125,16 +139,17 @@ class HybridMode:
             else:
                 reason = f"hybrid: split (colocated TPOT p90 {upper.tpot_q * 1e3:.0f}ms, " \
                          f"{self._below}/{cfg.hold} below {cfg.enter:g} x SLO)"
-        at_rate = predict_colocated(self.inst, stats, self.instances, slo,
-                                    q=self.slo.attainment, scale=scale) if scale != 1.0 else raw
-        reason += f" [p90 {mean_p90 * 1e3:.0f}ms at rate, x{scale:.2f}]"
+        reason += f" [p90 {mean_p90 * 1e3:.0f}ms at rate, x{scale:.2f}, attainment " \
+                  f"{at_rate.attainment:.2f} colocated" + ("]" if split_attainment is None
+                                                          else f" vs {split_attainment:.2f} split]")
         return HybridVerdict(self.mixed, reason, at_rate, upper, scale)
 
     def step(self, now: float, view: ClusterView, stats: WorkloadStats, observed: Observed,
-             target: Split) -> tuple[Split, HybridVerdict]:
+             target: Split, split_attainment: float | None = None
+             ) -> tuple[Split, HybridVerdict]:
         """One plan: calibrate on the interval that ended (when all of ``view`` ran MIXED),
         decide, and return the target (all-MIXED, or the solver's ``target``) and verdict."""
         running = active_split(view)
         self.calibrate(observed, running.mixed == running.total and in_transition(view) == 0)
-        verdict = self.decide(now, stats, observed)
+        verdict = self.decide(now, stats, observed, split_attainment)
         return (Split(0, 0, self.instances) if verdict.mixed else target), verdict

@@ -27,7 +27,9 @@ the feedback off), ``drain=finish|migrate`` (a decode instance that switches rol
 decodes finish in place, or moves their KV to the other decode instances; default finish),
 the hybrid's ``enter=`` / ``exit=`` (colocated TPOT P90 over the SLO that enters / leaves
 all-mixed, defaults 0.6 / 0.85), ``hold=`` (plans in a row below ``enter`` before entering,
-default 4) and ``modechanges=`` (instances moved at once on a mode change, default 4),
+default 4), ``gain=`` (leave all-mixed only for a split predicted within this attainment of
+colocation, default 0; > -1) and ``modechanges=`` (instances moved at once on a mode
+change, default 4),
 and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
 """
 
@@ -45,7 +47,7 @@ FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixe
          "hybrid", "nohybrid"}
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
         "changes", "stick", "outwin", "nudge", "lengths", "drain", "enter", "exit", "hold",
-        "modechanges"}
+        "modechanges", "gain"}
 HYBRID_DEFAULT = False
 """Whether ``dopd`` runs the hybrid without the ``hybrid`` flag."""
 
@@ -115,7 +117,7 @@ class DopdOptions:
         )
         require(not {"hybrid", "nohybrid"} <= flags, "policy dopd: hybrid and nohybrid conflict")
         hybrid_on = "hybrid" in flags or (HYBRID_DEFAULT and "nohybrid" not in flags)
-        hybrid_keys = {"enter", "exit", "hold", "modechanges"} & set(values)
+        hybrid_keys = {"enter", "exit", "hold", "modechanges", "gain"} & set(values)
         require(hybrid_on or not hybrid_keys, f"policy dopd: {', '.join(sorted(hybrid_keys))} "
                 "apply only with hybrid")
         require(not (hybrid_on and ("mixed" in flags or "elastic" in flags)),
@@ -124,7 +126,8 @@ class DopdOptions:
         if hybrid_on:
             hybrid = HybridConfig(enter=option_float("dopd", values, "enter", 0.6),
                                   exit=option_float("dopd", values, "exit", 0.85),
-                                  hold=option_int("dopd", values, "hold", 4))
+                                  hold=option_int("dopd", values, "hold", 4),
+                                  gain=option_float("dopd", values, "gain", 0.0, low=-1.0))
             manager = replace(manager, migrate_mixed=True,
                               mode_changes=option_int("dopd", values, "modechanges", 4))
         interval = option_float("dopd", values, "interval", 5.0)
