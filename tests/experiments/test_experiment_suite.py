@@ -50,7 +50,8 @@ def test_builtin_suites_are_valid_and_named() -> None:
 def test_paper_suite_covers_the_issue() -> None:
     suite = get_suite("paper")
     assert set(suite.policies) >= {"colocated", "static:best", "reactive", "sla-planner", "dopd",
-                                   "dopd:noforecast", "dopd:nolength", "dopd:novariance"}
+                                   "dopd:noforecast", "dopd:nolength", "dopd:novariance",
+                                   "dopd:hybrid"}
     sources = {s.source.path if isinstance(s.source, TraceSource) else "sharegpt"
                for s in suite.scenarios}
     assert any("conv.csv" in p for p in sources) and any("code.csv" in p for p in sources)
