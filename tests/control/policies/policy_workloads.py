@@ -6,9 +6,12 @@ from itertools import pairwise
 
 import numpy as np
 
-from dopd.sim.api import SimResult
-from dopd.types import Role
+from dopd.sim.api import SimConfig, SimResult
+from dopd.sim.runner import build_cluster, collect_result
+from dopd.types import SLO, RequestState, Role
 from dopd.workload import Workload
+
+SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
 
 Columns = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -52,3 +55,20 @@ def reversals(moves: list[tuple[float, Role]]) -> int:
     """How many times consecutive switches go opposite ways (prefill <-> decode)."""
     roles = [role for _, role in moves]
     return sum(1 for a, b in pairwise(roles) if a != b)
+
+
+def run_checked(workload: Workload, instances: int, spec: str = "dopd",
+                slo: SLO = SLO_) -> SimResult:
+    """Run and assert that no request was lost: every request ended, none aborted, the only
+    rejections are the router's admission control (at arrival, never by a switch), and no KV,
+    hand-off or transfer is left anywhere."""
+    cluster = build_cluster(workload, SimConfig(instances=instances), spec, slo)
+    cluster.run()
+    cluster.check()
+    result = collect_result(cluster, 0.0)
+    assert not np.any(result.state == int(RequestState.ABORTED))
+    rejected = np.flatnonzero(result.state == int(RequestState.REJECTED))
+    assert all(result.reason[int(i)].startswith("admission control") for i in rejected)
+    assert np.count_nonzero(result.state == int(RequestState.FINISHED)) + rejected.size \
+        == len(workload)
+    return result

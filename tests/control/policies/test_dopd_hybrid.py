@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from policy_workloads import constant, switches
+from policy_workloads import constant, run_checked, switches
 
 from dopd.control.policies.hybrid import HybridConfig, HybridMode
 from dopd.control.policies.options import DopdOptions
@@ -14,27 +14,11 @@ from dopd.control.policies.signals import Observed
 from dopd.control.ratio import InstanceModel, WorkloadStats
 from dopd.control.ratio.colocated import predict_colocated
 from dopd.errors import DopdError
-from dopd.sim.api import SimConfig, SimResult
-from dopd.sim.runner import build_cluster, collect_result
-from dopd.types import SLO, RequestState, Role
-from dopd.workload import Workload
+from dopd.sim.api import SimConfig
+from dopd.types import SLO, Role
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
 
-
-def run_checked(workload: Workload, instances: int, spec: str) -> SimResult:
-    """Run and assert that every request ended, none aborted, rejections only at admission,
-    and nothing (KV, hand-offs, transfers) is left anywhere."""
-    cluster = build_cluster(workload, SimConfig(instances=instances), spec, SLO_)
-    cluster.run()
-    cluster.check()
-    result = collect_result(cluster, 0.0)
-    assert not np.any(result.state == int(RequestState.ABORTED))
-    rejected = np.flatnonzero(result.state == int(RequestState.REJECTED))
-    assert all(result.reason[int(i)].startswith("admission control") for i in rejected)
-    assert np.count_nonzero(result.state == int(RequestState.FINISHED)) + rejected.size \
-        == len(workload)
-    return result
 
 
 def test_parse_hybrid_options() -> None:

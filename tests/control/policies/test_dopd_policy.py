@@ -15,37 +15,22 @@ import json
 
 import numpy as np
 import pytest
-from policy_workloads import constant, mix_shift, reversals, switches
+from policy_workloads import constant, mix_shift, reversals, run_checked, switches
 
 from dopd.bench.metrics import summarize_result
 from dopd.control.manager import to_jsonl
 from dopd.control.policies.dopd_policy import DopdPolicy
 from dopd.control.policies.options import DopdOptions
 from dopd.errors import DopdError
-from dopd.sim.api import SimConfig, SimResult
+from dopd.sim.api import SimConfig
 from dopd.sim.models import build_models
 from dopd.sim.policy import PolicyContext, make_policy
-from dopd.sim.runner import build_cluster, collect_result, run_simulation
+from dopd.sim.runner import run_simulation
 from dopd.types import SLO, RequestState, Role
-from dopd.workload import Workload
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
 CTRL = "dopd:nolength"
 
-
-def run_checked(workload: Workload, instances: int, spec: str = "dopd",
-                slo: SLO = SLO_) -> SimResult:
-    """Run and assert that no request was lost: every request ended, none aborted, the only
-    rejections are the router's admission control (at arrival, never by a switch), and no KV,
-    hand-off or transfer is left anywhere."""
-    cluster = build_cluster(workload, SimConfig(instances=instances), spec, slo)
-    cluster.run()
-    cluster.check()
-    result = collect_result(cluster, 0.0)
-    assert not np.any(result.state == int(RequestState.ABORTED))
-    rejected = np.flatnonzero(result.state == int(RequestState.REJECTED))
-    assert all(result.reason[int(i)].startswith("admission control") for i in rejected)
-    return result
 
 
 def test_constant_load_settles_and_then_holds() -> None:
