@@ -366,8 +366,10 @@ class DopdPolicy(ClusterPolicy):
             observation={"window": snap, "arrival_scv": stats.arrival_scv, "pressure": press,
                          "alarm": alarm.detail, "correction": (self.correction.ttft,
                                                                self.correction.tpot)},
-            forecast=fc, predicted=_prediction(plan, target) if verdict is None
-            or not verdict.mixed else {"tpot_p90": verdict.at_rate.tpot_q, "rate": plan.rate},
+            forecast=fc,
+            predicted=plan.predicted(target.prefill, target.decode, target.mixed)
+            if verdict is None or not verdict.mixed
+            else {"tpot_p90": verdict.at_rate.tpot_q, "rate": plan.rate},
         )
         return decision.actions
 
@@ -383,17 +385,6 @@ class DopdPolicy(ClusterPolicy):
                           self.solver_config, self.correction)
             return got.attainment >= self.slo.attainment
         return check
-
-
-def _prediction(plan: PDPlan, target: Split) -> dict[str, float]:
-    """What the plan predicts for ``target`` (its own row when the plan scanned it)."""
-    row = next((r for r in plan.splits if (r.n_prefill, r.n_decode)
-                == (target.prefill, target.decode)), None) if target.mixed == 0 else None
-    if row is None:
-        return {"ttft_p90": plan.ttft_p90, "tpot_p90": plan.tpot_p90,
-                "attainment": plan.attainment, "rate": plan.rate, "split_of_plan": 1.0}
-    return {"ttft_p90": row.ttft_p90, "tpot_p90": row.tpot_p90,
-            "attainment": row.attainment, "rate": plan.rate}
 
 
 def _factory(args: str, context: PolicyContext) -> ClusterPolicy:

@@ -119,6 +119,17 @@ class PDPlan:
     def total(self) -> int:
         return self.n_prefill + self.n_decode
 
+    def predicted(self, n_prefill: int, n_decode: int, n_mixed: int = 0) -> dict[str, float]:
+        """What the plan predicts for a split: its own row when the plan scanned it, else the
+        plan's figures (marked ``split_of_plan``)."""
+        row = next((r for r in self.splits if (r.n_prefill, r.n_decode)
+                    == (n_prefill, n_decode)), None) if n_mixed == 0 else None
+        if row is None:
+            return {"ttft_p90": self.ttft_p90, "tpot_p90": self.tpot_p90,
+                    "attainment": self.attainment, "rate": self.rate, "split_of_plan": 1.0}
+        return {"ttft_p90": row.ttft_p90, "tpot_p90": row.tpot_p90,
+                "attainment": row.attainment, "rate": self.rate}
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (inf becomes None)."""
         def clean(value: Any) -> Any:
