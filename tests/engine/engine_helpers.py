@@ -31,6 +31,21 @@ HF_CONFIG: dict[str, Any] = dict(
 )
 
 
+def randomize_(model: Any, seed: int) -> None:
+    """Redraw every parameter of a transformers model from a seeded generator (weights, norms
+    and biases), so a mis-loaded norm or bias shows and greedy choices are far from ties."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.2 * noise)
+            else:
+                p.copy_(0.08 * noise)
+
+
 @dataclass
 class HFPair:
     """The same random weights as a transformers model and as a dopd checkpoint folder."""
@@ -62,11 +77,7 @@ def build_hf_pair(folder: Path, seed: int = 0) -> HFPair:
 
     torch.manual_seed(seed)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**HF_CONFIG)).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(hf.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.08 * noise)
+    randomize_(hf, seed)
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 258
     hf.save_pretrained(folder)

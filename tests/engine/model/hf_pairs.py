@@ -14,21 +14,11 @@ from typing import Any
 
 import pytest
 import torch
+from engine_helpers import HF_CONFIG, randomize_
 
 from dopd.engine.model import LlamaModel, load_checkpoint, tiny_tokenizer
 
-COMMON: dict[str, Any] = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=300,
-    max_position_embeddings=256,
-    rms_norm_eps=1e-5,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+COMMON = HF_CONFIG  # every variant starts from the engine tests' checkpoint config
 
 # name -> (config class, model class, extra config)
 VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -101,20 +91,6 @@ class Pair:
         """transformers' logits after the last token of ``ids`` (no cache)."""
         with torch.no_grad():
             return self.hf(torch.tensor([ids])).logits[0, -1].float()
-
-
-def randomize_(model: Any, seed: int) -> None:
-    """Redraw every parameter from a seeded generator (weights, norms and biases)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.2 * noise)
-            else:
-                p.copy_(0.08 * noise)
 
 
 def build_pair(name: str, folder: Path, seed: int = 0, **load_kwargs: Any) -> Pair:
