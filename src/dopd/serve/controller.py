@@ -7,10 +7,10 @@ actions; arrivals and outcomes are forwarded to the policy's hooks. A role switc
 policy or :meth:`Controller.switch`, the admin endpoint) is ACTIVE -> DRAINING (no new work of
 the old role; in-flight requests finish there, handed-off KV is fetched) -> SWITCHING (the
 worker changes its engine's role) -> ACTIVE in the new role, so no request is dropped.
-Adding or removing instances (elastic policies) needs a ``scaler`` (the Ray backend's cluster):
-an addition starts a worker and feeds its measured cold start to the policy's solver; a removal
-drains the instance as a switch does, then stops it. Without a scaler (the fixed local pool)
-such actions are logged as refused decisions. Times given to the policy are seconds since the
+Adding or removing instances (elastic policies) needs a ``scaler`` (the cluster of either
+backend): an addition starts a worker and feeds its measured cold start to the policy's solver;
+a removal drains the instance as a switch does, then stops it. Without a scaler such actions are
+logged as refused decisions. Times given to the policy are seconds since the
 controller started.
 """
 
@@ -149,7 +149,7 @@ class Controller(Observer):
             iid = getattr(action, "instance_id", None)
             role = getattr(action, "role", None)
             self._decide(iid, None, role, action.reason, "policy",
-                         "refused: the local pool has a fixed size")
+                         "refused: this pool has a fixed size")
         elif isinstance(action, AddInstance):
             self._add(action)
         elif isinstance(action, RemoveInstance):

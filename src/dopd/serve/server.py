@@ -53,15 +53,15 @@ def build_policy(config: ServeConfig) -> ClusterPolicy:
 
 
 def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> WorkerCluster:
-    """The workers of ``config.backend``: local processes (all ``instances`` of them), or Ray
-    actors (an elastic pool: the policy may start fewer, ``instances`` is its budget). With Ray
+    """The workers of ``config.backend``: local processes or Ray actors. ``instances`` is the
+    budget: an elastic policy may start fewer and add or remove instances up to it. With Ray
     this connects to the cluster now, so a bad address fails before the server starts."""
     n = config.instances
+    require(len(roles) <= n, f"policy {config.policy} starts {len(roles)} instances, more "
+            f"than the budget of {n}")
     if config.backend == "ray":
         from dopd.serve.ray_cluster import RayCluster
 
-        require(len(roles) <= n, f"policy {config.policy} starts {len(roles)} instances, more "
-                f"than the budget of {n}")
         cluster = RayCluster(spec, roles, address=config.ray_address,
                              cpus_per_instance=config.ray_cpus_per_instance,
                              gpus_per_instance=config.ray_gpus_per_instance,
@@ -69,8 +69,6 @@ def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> W
                              start_timeout_s=config.worker_start_timeout_s, budget=n)
         cluster.connect()
         return cluster
-    require(len(roles) == n, f"policy {config.policy} starts {len(roles)} of {n} instances; "
-            "the local pool starts all")
     return LocalCluster(spec, roles, restart=config.restart_workers,
                         start_timeout_s=config.worker_start_timeout_s,
                         host=config.host if config.host != "0.0.0.0" else "127.0.0.1")
@@ -98,10 +96,8 @@ class ServeRuntime:
         self.metrics = ServeMetrics()
         instances = self.cluster.instances
         self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr)  # type: ignore[arg-type]
-        elastic = config.backend == "ray"
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
-                                     self.metrics, tick_s=config.tick_s,
-                                     scaler=self.cluster if elastic else None,
+                                     self.metrics, tick_s=config.tick_s, scaler=self.cluster,
                                      budget=config.instances)
         self.dispatcher.observers = [self.metrics, self.controller]
         self.cluster.listener = self.dispatcher.on_event
