@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import zmq
+
 from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import KVPayload
@@ -62,6 +64,10 @@ class Worker:
         self.stopping = False
         self._parent = os.getppid()
         self._next_stats = 0.0
+        self._poller = zmq.Poller()
+        for sock in (self.control.socket, self.kv_server.socket):
+            self._poller.register(sock, zmq.POLLIN)
+        self._polled_peers = 0
         self.link = link
         self.outbox: dict[int, tuple[bytes, KVPayload]] = {}  # rid -> (peer, KV) in transfer
         self.sent: list[int] = []  # KV replied to, to release
@@ -118,12 +124,14 @@ class Worker:
         self.close()
 
     def poll(self, timeout_ms: int) -> bool:
-        import zmq
-
-        poller = zmq.Poller()
-        for sock in (self.control.socket, self.kv_server.socket, *self.kv_client.sockets()):
-            poller.register(sock, zmq.POLLIN)
-        return bool(poller.poll(timeout_ms))
+        """Wait up to ``timeout_ms`` for input on any socket (peer sockets are only ever added,
+        so one poller serves the whole loop)."""
+        peers = self.kv_client.sockets()
+        if len(peers) != self._polled_peers:
+            for sock in peers[self._polled_peers:]:
+                self._poller.register(sock, zmq.POLLIN)
+            self._polled_peers = len(peers)
+        return bool(self._poller.poll(timeout_ms))
 
     # ------------------------------------------------------------------ control
     def handle_control(self) -> None:
@@ -216,8 +224,6 @@ class Worker:
         """The emulated runner's wait for the end of its step (``time.perf_counter`` time):
         serve KV fetches and send due KV meanwhile. Runs inside a step, so it only reads the
         engine (KV export); releases wait for the step's end."""
-        import zmq
-
         socket = self.kv_server.socket
         while True:
             self.send_due()
