@@ -43,7 +43,7 @@ def test_json_has_simulate_fields_and_measures_the_server(server: FakeServer,
                                                           tmp_path: Path) -> None:
     server.reset(ttft_s=0.04, tpot_s=0.01)
     data = bench(server, tmp_path, *FIXED, "--requests", "20", "--rate", "40", "--seed", "3",
-                 "--slo-ttft", "0.2", "--slo-tpot", "0.05", "--label", "live")
+                 "--slo-ttft", "1", "--slo-tpot", "0.25", "--label", "live")
     assert list(data) == ["live"]
     rec = data["live"]
     sim_out = tmp_path / "sim.json"
@@ -53,14 +53,15 @@ def test_json_has_simulate_fields_and_measures_the_server(server: FakeServer,
     assert sim_fields <= set(rec), sim_fields - set(rec)
     assert rec["policy"] == "live" and rec["requests"] == rec["finished"] == rec["met"] == 20
     assert rec["attainment"] == 1.0 and rec["errors"] == {}
-    assert 0.04 <= rec["ttft_p50"] < 0.04 + 0.03
-    assert rec["tpot_p50"] == pytest.approx(0.01, rel=0.15)
+    # the server's delays are floors; the ceilings leave room for a loaded CI machine
+    assert 0.04 <= rec["ttft_p50"] < 0.04 + 0.2
+    assert 0.01 * 0.95 <= rec["tpot_p50"] < 0.01 * 2
     assert rec["prompt_tokens_ratio"] == 1.0  # dopd-tiny prompts: BOS + 39 bytes = 40 tokens
     assert len(server.seen) == 20
     assert all(len(s.body["prompt"]) == 39 and s.body["max_tokens"] == 8 for s in server.seen)
     assert all(s.body["model"] == MODEL for s in server.seen)  # the first model listed
     # the resolved config sits beside the JSON (workload, SLO, seed)
-    assert "ttft_s = 0.2" in (tmp_path / "r.config.toml").read_text()
+    assert "ttft_s = 1.0" in (tmp_path / "r.config.toml").read_text()
 
 
 def test_trace_is_replayed_with_its_timing_scaled(server: FakeServer, tmp_path: Path) -> None:
