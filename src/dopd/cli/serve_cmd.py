@@ -19,6 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="worker processes (default 2)")
     p.add_argument("--policy", default=None, metavar="SPEC",
                    help="cluster policy: colocated (default), static:P:D, dopd, ...")
+    p.add_argument("--router", default=None, metavar="SPEC",
+                   help="request placement: auto (default: the policy's router, as in dopd "
+                        "simulate), least-loaded, pd-pair, round-robin, "
+                        "length-aware[:KEY=VALUE,...]")
     p.add_argument("--mode", choices=("real", "emulated"), default=None,
                    help="real: PyTorch engine; emulated: steps sleep the latency model's time")
     p.add_argument("--gpu", default=None, help="GPU of the latency model (emulated mode and "
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_serve_config(args.config, {
         "model": args.model, "instances": args.instances, "policy": args.policy,
+        "router": args.router,
         "mode": args.mode, "gpu": args.gpu, "perf_model": args.perf_model,
         "step_time_scale": args.step_time_scale, "kv_mem_util": args.kv_mem_util,
         "host": args.host, "port": args.port,

@@ -201,6 +201,7 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
     """The ``/v1/cluster`` document."""
     ctl = runtime.controller
     counts = {str(r): 0 for r in Role}
+    books = runtime.dispatcher.books
     instances = []
     for iid, h in sorted(runtime.cluster.instances.items()):
         if h.state == InstanceState.ACTIVE:
@@ -208,10 +209,15 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
         instances.append({"id": iid, "role": str(h.role), "state": str(h.state),
                           "target_role": None if h.target_role is None else str(h.target_role),
                           "pid": h.pid, "restarts": h.restarts,
-                          "load": runtime.dispatcher.holding(iid), "stats": h.stats})
+                          "load": runtime.dispatcher.holding(iid), "stats": h.stats,
+                          "book": book.snapshot() if (book := books.get(iid)) else None})
     cfg = runtime.config
+    router = runtime.dispatcher.router
     return {"model": runtime.model_name, "mode": cfg.mode, "policy": cfg.policy,
+            "router": router.name if not router.context.options
+            else f"{router.name}:{router.context.options}",
+            "queue_order": runtime.dispatcher.queue_order, "rejected": runtime.dispatcher.rejected,
             "time_s": round(ctl.now(), 3), "counts": counts, "instances": instances,
             "in_flight": len(runtime.dispatcher.tracked), "arrived": ctl.arrived,
-            "finished": ctl.finished, "role_switches": ctl.switches,
+            "finished": ctl.finished, "ended": ctl.ended, "role_switches": ctl.switches,
             "decisions": list(ctl.decisions)[-50:], "history": list(ctl.history)[-300:]}

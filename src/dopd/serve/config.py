@@ -41,6 +41,9 @@ class ServeConfig:
     workers (``auto``: one GPU each, round robin over the visible GPUs, else the CPU; see
     :func:`dopd.serve.engines.resolve_device`) in ``dtype`` (None: bfloat16 or float16 on a
     GPU, float32 on the CPU).
+    ``router`` places requests: a router spec of :data:`dopd.sim.routing.ROUTERS`
+    (``least-loaded``, ``length-aware:admit=off`` ...) or ``auto``, the policy's own, as in
+    ``dopd simulate``; its latency predictions come from ``perf_model`` on ``gpu``.
     ``kv_cache_mb`` (MiB of the loaded model's KV), ``max_num_seqs`` and ``max_batched_tokens``
     left None are 64 MiB, 64 and 2048 in ``real`` mode; in ``emulated`` mode they are what
     ``dopd simulate`` uses for ``perf_model`` on ``gpu`` at ``kv_mem_util`` (see
@@ -50,6 +53,7 @@ class ServeConfig:
     model: str = "dopd-tiny"
     instances: int = 2
     policy: str = "colocated"
+    router: str = "auto"
     mode: str = "real"
     gpu: str = "a100-80gb"
     perf_model: str = "llama-3-8b"
@@ -86,6 +90,7 @@ class ServeConfig:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
         require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         require(self.policy.strip() != "", "policy is empty")
+        require(self.router.strip() != "", "router is empty")
         require(0 <= self.port <= 65535, f"port must be in [0, 65535], got {self.port}")
         require(math.isfinite(self.step_time_scale) and self.step_time_scale >= 0,
                 f"step_time_scale must be >= 0, got {self.step_time_scale}")

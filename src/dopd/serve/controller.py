@@ -83,6 +83,7 @@ class Controller(Observer):
         self.switches = 0
         self.arrived = 0
         self.finished = 0
+        self.ended = 0
         self._recent: deque[tuple[float, float | None, float | None]] = deque()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._scaling: set[asyncio.Task[None]] = set()
@@ -101,8 +102,9 @@ class Controller(Observer):
                                    t.params.max_tokens)
 
     def on_done(self, t: Tracked, outcome: RequestOutcome) -> None:
-        self.finished += 1
+        self.ended += 1
         if outcome.state == RequestState.FINISHED:
+            self.finished += 1
             self._recent.append((time.monotonic(), outcome.ttft_s, outcome.tpot_s))
         if self._done_hook:
             shift = self.t0
@@ -126,7 +128,7 @@ class Controller(Observer):
                 max(1, int(s.get("kv_total_blocks", 1))), float(s.get("recent_step_s", 0.0)),
                 int(s.get("steps", 0))))
         budget = self.budget if self.budget is not None else len(self.instances)
-        return ClusterView(self.now(), tuple(views), budget, self.arrived, self.finished)
+        return ClusterView(self.now(), tuple(views), budget, self.arrived, self.ended)
 
     async def run(self) -> None:
         """Tick until cancelled."""

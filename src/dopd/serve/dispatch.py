@@ -1,9 +1,13 @@
 """The request dispatcher of the front end: placement, P/D hand-off relay and request tracking.
 
-:meth:`Dispatcher.submit` places a tokenized request: on a PREFILL instance when ACTIVE prefill
-and decode instances exist (disaggregated; the decode instance is chosen when the prompt is done,
-so it is the least loaded one at that time), else on the least-loaded MIXED (or DECODE) instance
-(colocated). DRAINING, SWITCHING, STARTING and STOPPED instances get no new work. Worker events
+Placement is the simulator's router (:mod:`dopd.sim.routing`, reading each instance through the
+front end's :class:`~dopd.serve.live_routing.InstanceBook`). :meth:`Dispatcher.submit` asks it
+where a tokenized request goes: a PREFILL instance (disaggregated; the decode instance is chosen
+by the router when the prompt is done, with the loads of that time), a MIXED instance, or a
+DECODE instance that prefills it itself (colocated); or it rejects the request (admission
+control: HTTP 429). Prefill-only instances are candidates only while some instance can decode;
+with DECODE instances alone, one of them serves the request colocated. DRAINING, SWITCHING,
+STARTING and STOPPED instances get no new work. Worker events
 become :class:`Event` values on the request's queue. When a prefill worker reports a prompt done
 with a KV handle, the dispatcher sends ``accept`` to the chosen decode worker, which fetches the
 KV from the prefill worker's KV server (peer to peer) or recomputes the prompt on a timeout.
@@ -22,9 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dopd.engine.model import SamplingParams
+from dopd.engine.sequence import SchedulerConfig
 from dopd.serve.cluster import InstanceHandle
+from dopd.serve.config import ServeConfig
 from dopd.serve.errors import ServeError
+from dopd.serve.live_routing import InstanceBook, live_router, routables
 from dopd.serve.wire import params_to_wire
+from dopd.sim.routing import Router
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 MAX_RETRIES = 1
@@ -88,67 +96,110 @@ class Observer:
     def on_crash(self, iid: int, retried: int, failed: int) -> None: ...
 
 
-class Dispatcher:
-    """Places requests on ``instances`` and relays their events (see the module docstring).
+class Rejected(Exception):
+    """The router's admission control refused a request (``reason`` says why)."""
 
-    ``send(iid, msg)`` delivers a control command to an instance. Not thread-safe: used from
-    the event loop only.
+
+class Dispatcher:
+    """Places requests on ``instances`` with ``router`` and relays their events (see the module
+    docstring). ``router`` None: ``least-loaded`` on the default deployment's latency model.
+    ``kv_address(iid)`` is an instance's KV server address. Not thread-safe: used from the
+    event loop only.
     """
 
     def __init__(self, instances: dict[int, InstanceHandle],
-                 kv_address: Callable[[int], str]) -> None:
+                 kv_address: Callable[[int], str], router: Router | None = None) -> None:
         self.instances = instances
         self.kv_address = kv_address
+        self.router = router if router is not None else live_router(ServeConfig())
+        order = self.router.scheduler_config(SchedulerConfig())
+        self.queue_order, self._aging_s = order.queue_order, order.aging_s
+        self._learns = type(self.router).observe_finish is not Router.observe_finish
+        self.books: dict[int, InstanceBook] = {}
         self.tracked: dict[int, Tracked] = {}
         self.load: dict[int, int] = {}
         self.observers: list[Observer] = []
         self.admitting = True
+        self.rejected = 0
         self._ids = itertools.count()
         self.role_waiters: dict[int, asyncio.Future[str]] = {}
 
     # ------------------------------------------------------------------ placement
-    def _active(self, role: Role) -> list[int]:
-        return [i for i, h in self.instances.items()
-                if h.role == role and h.state == InstanceState.ACTIVE]
+    def book(self, iid: int) -> InstanceBook:
+        """The front end's account of instance ``iid`` (a new one for a new handle)."""
+        handle = self.instances[iid]
+        b = self.books.get(iid)
+        if b is None or b.handle is not handle:
+            b = self.books[iid] = InstanceBook(handle, self.router.context.block_size,
+                                               self.queue_order, self._aging_s)
+        b.refresh()
+        return b
 
-    def _least(self, ids: list[int]) -> int:
-        return min(ids, key=lambda i: (self.load.get(i, 0), i))
+    def _candidates(self, now: float) -> tuple[list[InstanceBook], list[InstanceBook]]:
+        """(instances that take prompts, instances that take decodes), ACTIVE ones only."""
+        prefill: list[InstanceBook] = []
+        decode: list[InstanceBook] = []
+        for iid, h in self.instances.items():
+            if h.state != InstanceState.ACTIVE:
+                continue
+            b = self.book(iid)
+            b.set_now(now)
+            if h.role != Role.DECODE:
+                prefill.append(b)
+            if h.role != Role.PREFILL:
+                decode.append(b)
+        return prefill, decode
 
     def _place(self, t: Tracked, iid: int | None) -> None:
         if t.where is not None:
             self.load[t.where] -= 1
+            book = self.books.get(t.where)
+            if book is not None:
+                book.drop(t.rid)
         t.where = iid
         if iid is not None:
             self.load[iid] = self.load.get(iid, 0) + 1
 
-    def route(self) -> tuple[str, int]:
-        """(phase, instance) for a new request; ServeError 503 when nothing can take it."""
-        prefill, decode = self._active(Role.PREFILL), self._active(Role.DECODE)
-        mixed = self._active(Role.MIXED)
-        if prefill and decode:
-            p = self._least(prefill)
-            if mixed:
-                m = self._least(mixed)
-                if self.load.get(m, 0) < self.load.get(p, 0):
-                    return "colocated", m
-            return "prefill", p
-        if mixed or decode:
-            return "colocated", self._least(mixed or decode)
-        raise ServeError(503, "no instance can serve requests right now", code="unavailable")
+    def route(self, t: Tracked, admit: bool = False) -> tuple[str, int]:
+        """(phase, instance) for request ``t`` by the router; ``admit``: it is arriving (the
+        router may reject it: :class:`Rejected`). ServeError 503 when nothing can take it."""
+        now = time.monotonic()
+        prefill, decode = self._candidates(now)
+        if not decode:
+            raise ServeError(503, "no instance can serve requests right now", code="unavailable")
+        p, m = len(t.prompt_ids), t.params.max_tokens
+        if not prefill:  # DECODE instances only: one of them prefills the prompt itself
+            return "colocated", self.router.select_prefill(
+                now, p, m, routables(decode)).instance_id
+        placement = self.router.place(now, p, m, routables(prefill), routables(decode), admit)
+        if placement.reject:
+            raise Rejected(placement.reject)
+        inst = placement.instance
+        assert isinstance(inst, InstanceBook)
+        phase = "prefill" if inst.role == Role.PREFILL else "colocated"
+        return phase, inst.instance_id
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Tracked:
-        """Track and place a request; its events arrive on ``queue``."""
+        """Track and place a request; its events arrive on ``queue``. ServeError 429 when
+        admission control rejects it (observers see it arrive and end REJECTED)."""
         if not self.admitting:
             raise ServeError(503, "the server is shutting down", code="unavailable")
         t = Tracked(next(self._ids), prompt_ids, params, time.monotonic())
-        self._send_submit(t)
+        try:
+            self._send_submit(t, admit=True)
+        except Rejected as exc:
+            self.rejected += 1
+            for obs in self.observers:
+                obs.on_arrival(t)
+            self._report(t, RequestState.REJECTED, str(exc))
+            raise ServeError(429, f"request rejected by {exc}", code="admission_control") from None
         self.tracked[t.rid] = t
         for obs in self.observers:
             obs.on_arrival(t)
         return t
 
-    def _send_submit(self, t: Tracked) -> None:
-        phase, iid = self.route()
+    def _send_submit(self, t: Tracked, admit: bool = False) -> None:
+        phase, iid = self.route(t, admit)
         t.phase = phase
         t.prefill_iid = iid if phase == "prefill" else None
         msg = {"op": "submit", "rid": t.rid, "ids": t.prompt_ids,
@@ -156,6 +207,7 @@ class Dispatcher:
         if not self.instances[iid].send(msg):
             raise ServeError(503, f"instance {iid} is not reachable", code="unavailable")
         self._place(t, iid)
+        self.book(iid).queue(t.rid, len(t.prompt_ids), t.params.max_tokens, t.arrival)
 
     def abort(self, rid: int, reason: str = "client gone") -> None:
         """Drop a request (client gone, shutdown): the instance holding it frees it, and
@@ -184,6 +236,9 @@ class Dispatcher:
             if t is not None:
                 t.kv_bytes += int(ev["bytes"])
                 t.recomputed = t.recomputed or not ev["ok"]
+                self._handed_over(t)
+                if t.where == iid:  # the KV is in (or being recomputed): it decodes there
+                    self.book(iid).decoding(t.rid, len(t.prompt_ids) + max(t.n_out, 1))
             for obs in self.observers:
                 obs.on_kv(bool(ev["ok"]), int(ev["bytes"]))
         elif kind == "role":
@@ -205,6 +260,7 @@ class Dispatcher:
         if ids or text:
             t.queue.put_nowait(Event("delta", tuple(ids), text))
         if handle is not None:
+            self.book(iid).held(rid)
             self._hand_off(t, iid, handle)
         elif finished:
             t.finish_t = now
@@ -212,14 +268,28 @@ class Dispatcher:
             del self.tracked[rid]
             t.queue.put_nowait(Event("done", finish_reason=reason))
             self._report(t, RequestState.FINISHED, reason or "")
+            if self._learns:
+                self.router.observe_finish(now, len(t.prompt_ids), n_out)
+        elif n_out:
+            if t.phase == "decode":
+                self._handed_over(t)
+            self.book(iid).decoding(rid, len(t.prompt_ids) + n_out)
+
+    def _handed_over(self, t: Tracked) -> None:
+        """``t``'s KV reached decode instance ``iid`` (or was recomputed there): the prefill
+        instance no longer holds it."""
+        if t.prefill_iid is not None and t.prefill_iid in self.books:
+            self.books[t.prefill_iid].release(t.rid)
 
     def _hand_off(self, t: Tracked, src: int, handle: dict[str, Any]) -> None:
-        decode = self._active(Role.DECODE) or self._active(Role.MIXED)
+        now = time.monotonic()
+        decode = self._candidates(now)[1]
         if not decode:
             self.instances[src].send({"op": "abort", "rid": t.rid})
             self._fail(t, 503, "no decode instance to continue the request")
             return
-        d = self._least(decode)
+        p, m = len(t.prompt_ids), t.params.max_tokens
+        d = self.router.select_decode(now, p, m, routables(decode)).instance_id
         t.phase = "decode"
         t.decode_iid = d
         msg = {"op": "accept", "rid": t.rid, "handle": handle, "src": self.kv_address(src)}
@@ -228,6 +298,7 @@ class Dispatcher:
             self._fail(t, 503, f"decode instance {d} is not reachable")
             return
         self._place(t, d)
+        self.book(d).expect(t.rid, p, m)
 
     def _fail(self, t: Tracked, status: int, message: str) -> None:
         if self.tracked.pop(t.rid, None) is None:
@@ -239,6 +310,7 @@ class Dispatcher:
         self._report(t, RequestState.ABORTED, message)
 
     def _report(self, t: Tracked, state: RequestState, reason: str) -> None:
+        self._handed_over(t)
         outcome = RequestOutcome(t.rid, t.arrival, len(t.prompt_ids), t.n_out, state,
                                  t.first_token_t, t.finish_t, reason, t.prefill_iid,
                                  t.decode_iid if t.phase == "decode" else t.where)
@@ -249,6 +321,9 @@ class Dispatcher:
     def on_crash(self, iid: int) -> None:
         """Instance ``iid`` died: retry its requests that produced no token, fail the rest."""
         retried = failed = 0
+        book = self.books.pop(iid, None)
+        if book is not None:
+            book.clear()
         for t in [t for t in self.tracked.values() if t.where == iid]:
             self._place(t, None)
             if t.n_out == 0 and t.retries < MAX_RETRIES:

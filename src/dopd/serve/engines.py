@@ -125,7 +125,9 @@ class EngineSpec:
     defaults (64 MiB, 64, 2048) in real mode and the simulator's figures in emulated mode.
     ``device`` (real mode; see :func:`resolve_device`) and ``dtype`` (None: the device's
     default) place the model; ``index`` is the instance's number, which spreads workers over
-    the GPUs this process sees.
+    the GPUs this process sees. ``queue_order``, ``aging_s`` and ``max_passes`` order the
+    prompts waiting for prefill (the router's choice; see
+    :class:`~dopd.engine.sequence.SchedulerConfig`).
     """
 
     model: str
@@ -147,6 +149,9 @@ class EngineSpec:
     seed: int = 0
     device: str = "auto"
     dtype: str | None = None
+    queue_order: str = "fcfs"
+    aging_s: float = 5.0
+    max_passes: int = 32
     index: int = 0
 
 
@@ -246,7 +251,8 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
     options = EngineOptions(
         role=spec.role,
         scheduler=SchedulerConfig(max_batched_tokens=limits.max_batched_tokens,
-                                  max_num_seqs=limits.max_num_seqs),
+                                  max_num_seqs=limits.max_num_seqs, queue_order=spec.queue_order,
+                                  aging_s=spec.aging_s, max_passes=spec.max_passes),
         block_size=limits.block_size, num_blocks=limits.num_blocks,
         kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=1,
         seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s,

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
+from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
 from dopd.perf.factory import build_latency_model
 from dopd.serve.cluster import LocalCluster, WorkerCluster
@@ -21,6 +22,7 @@ from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Event
 from dopd.serve.engines import EngineSpec
+from dopd.serve.live_routing import live_router
 from dopd.serve.metrics import ServeMetrics
 from dopd.sim.api import SimConfig
 from dopd.sim.policy import ClusterPolicy, PolicyContext, make_policy
@@ -82,6 +84,8 @@ class ServeRuntime:
         self.config = config
         self.model_name, self.tokenizer = load_tokenizer(config.model)
         self.policy = build_policy(config)
+        self.router = live_router(config, self.policy.router)
+        order = self.router.scheduler_config(SchedulerConfig())
         roles = list(self.policy.initial_roles(config.instances))
         spec = EngineSpec(model=config.model, role=roles[0], mode=config.mode,
                           max_model_len=config.max_model_len, kv_cache_mb=config.kv_cache_mb,
@@ -91,11 +95,14 @@ class ServeRuntime:
                           perf_model=config.perf_model, gpu=config.gpu, preset=config.preset,
                           kv_mem_util=config.kv_mem_util,
                           step_time_scale=config.step_time_scale, seed=config.seed,
-                          device=config.device, dtype=config.dtype)
+                          device=config.device, dtype=config.dtype,
+                          queue_order=order.queue_order, aging_s=order.aging_s,
+                          max_passes=order.max_passes)
         self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
         instances = self.cluster.instances
-        self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr)  # type: ignore[arg-type]
+        self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr,  # type: ignore[arg-type]
+                                     self.router)
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
                                      self.metrics, tick_s=config.tick_s, scaler=self.cluster,
                                      budget=config.instances)
@@ -110,6 +117,11 @@ class ServeRuntime:
 
     async def start(self) -> None:
         await self.cluster.start()
+        sizes = [int(h.stats["kv_total_blocks"]) for h in self.cluster.instances.values()
+                 if h.stats.get("kv_total_blocks")]
+        if sizes:  # the router's KV watermark from the workers' real cache size
+            self.router = live_router(self.config, self.policy.router, kv_blocks=min(sizes))
+            self.dispatcher.router = self.router
         if self.controller.scaler is not None:
             for seconds in self.cluster.cold_starts:
                 self.controller.feed_cold_start(seconds)
