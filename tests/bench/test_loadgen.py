@@ -1,8 +1,9 @@
 """The load generator against a real HTTP server (FastAPI + uvicorn on a free local port) that
 streams tokens with known delays: measured TTFT/TPOT, open-loop timing, the concurrency cap,
-error accounting, prompt synthesis and the JSON record.
+error accounting and the JSON record.
 
-:class:`FakeServer` is reused by ``tests/cli/test_bench_cmd.py``.
+The fake server is :mod:`fake_openai` (shared with ``tests/cli/test_bench_cmd.py``); prompt
+synthesis is tested in ``test_loadgen_prompts.py``.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ import asyncio
 import json
 import math
 import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fake_openai import (
+    BREAK,
+    ERROR_EVENT,
+    FAIL_500,
+    HANG,
+    HOLD,
+    MODEL,
+    NO_FINISH,
+    REJECT_429,
+    FakeServer,
+    serve_fake,
+)
 
 from dopd.bench.loadgen import (
     LoadGenConfig,
@@ -40,9 +47,6 @@ from dopd.bench.loadgen_client import (
 )
 from dopd.bench.loadgen_prompts import (
     ByteSynth,
-    CharsSynth,
-    TokenizerSynth,
-    make_synth,
     synthesize_prompts,
 )
 from dopd.bench.loadgen_report import bench_columns, bench_record, write_bench_outputs
@@ -52,170 +56,10 @@ from dopd.errors import DopdError
 from dopd.types import SLO, RequestState
 from dopd.workload import Workload
 
-MODEL = "fake-model"
-FAIL_500, REJECT_429, BREAK, NO_FINISH, HANG, ERROR_EVENT, HOLD = 13, 29, 17, 23, 19, 31, 37
-"""Output lengths (max_tokens) at which the fake server misbehaves in the named way."""
-
-
-@dataclass
-class Behaviour:
-    """How the fake server answers: the first token ``ttft_s`` after the request, then one
-    token every ``tpot_s`` (deadlines from the request's receipt, so no drift), sent
-    ``tokens_per_chunk`` at a time; ``usage`` says whether it honours ``include_usage``;
-    ``sse=False`` ignores ``stream: true`` and answers with one JSON body."""
-
-    ttft_s: float = 0.05
-    tpot_s: float = 0.01
-    tokens_per_chunk: int = 1
-    usage: bool = True
-    sse: bool = True
-    models: tuple[str, ...] = (MODEL,)
-    max_model_len: int | None = None
-    api_key: str | None = None
-
-
-@dataclass
-class Seen:
-    """One request as the server saw it: perf_counter at receipt, the body, the path."""
-
-    at: float
-    body: dict[str, Any]
-    path: str
-
-
-@dataclass
-class FakeServer:
-    """An OpenAI-compatible streaming server in a background thread (see :class:`Behaviour`)."""
-
-    behaviour: Behaviour = field(default_factory=Behaviour)
-    seen: list[Seen] = field(default_factory=list)
-    active: int = 0
-    max_active: int = 0
-    url: str = ""
-
-    def reset(self, **changes: Any) -> None:
-        self.behaviour = Behaviour(**changes)
-        self.seen.clear()
-        self.max_active = 0
-
-    def app(self) -> FastAPI:
-        app = FastAPI()
-
-        def authorized(request: Request) -> bool:
-            key = self.behaviour.api_key
-            return key is None or request.headers.get("authorization") == f"Bearer {key}"
-
-        @app.get("/v1/models")
-        async def models(request: Request) -> Any:
-            if not authorized(request):
-                return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
-            extra = ({} if self.behaviour.max_model_len is None
-                     else {"max_model_len": self.behaviour.max_model_len})
-            return {"object": "list", "data": [{"id": m, "object": "model", **extra}
-                                               for m in self.behaviour.models]}
-
-        async def answer(request: Request, chat: bool) -> Any:
-            at = time.perf_counter()
-            body = await request.json()
-            self.seen.append(Seen(at, body, request.url.path))
-            if not authorized(request):
-                return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
-            n = int(body["max_tokens"])
-            if n == FAIL_500:
-                return JSONResponse({"error": {"message": "boom"}}, status_code=500)
-            if n == REJECT_429:
-                return JSONResponse({"error": {"message": "overloaded"}}, status_code=429)
-            prompt = body["messages"][0]["content"] if chat else body["prompt"]
-            if not self.behaviour.sse:
-                await asyncio.sleep(self.behaviour.ttft_s + (n - 1) * self.behaviour.tpot_s)
-                return {"choices": [{"index": 0, "text": "x" * n, "finish_reason": "length"}],
-                        "usage": {"prompt_tokens": len(prompt.encode()) + 1,
-                                  "completion_tokens": n}}
-            return StreamingResponse(self._events(at, n, len(prompt.encode()) + 1, chat, body),
-                                     media_type="text/event-stream")
-
-        @app.post("/v1/completions")
-        async def completions(request: Request) -> Any:
-            return await answer(request, chat=False)
-
-        @app.post("/v1/chat/completions")
-        async def chat(request: Request) -> Any:
-            return await answer(request, chat=True)
-
-        return app
-
-    async def _events(self, at: float, n: int, prompt_tokens: int, chat: bool,
-                      body: dict[str, Any]) -> AsyncIterator[str]:
-        b = self.behaviour
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
-        try:
-            if chat:  # the role-only first chunk real servers send: not a token
-                yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
-            sent = 0
-            while sent < n:
-                k = min(b.tokens_per_chunk, n - sent)
-                last = sent + k - 1
-                delay = at + b.ttft_s + last * b.tpot_s - time.perf_counter()
-                if n == HANG:
-                    delay = 60.0
-                await asyncio.sleep(max(delay, 0.0))
-                if n == BREAK and sent >= n // 2:
-                    raise RuntimeError("connection dropped mid-stream")
-                if n == NO_FINISH and sent + k == n:
-                    return
-                if n == ERROR_EVENT and sent == 2:
-                    yield _sse({"error": {"message": "engine died", "code": 500}})
-                    return
-                text = "x" * k
-                finish = "length" if sent + k == n else None
-                choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-                choice.update({"delta": {"content": text}} if chat else {"text": text})
-                yield _sse({"choices": [choice]})
-                sent += k
-            if b.usage and body.get("stream_options", {}).get("include_usage"):
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                         "total_tokens": prompt_tokens + n}
-                yield _sse({"choices": [], "usage": usage})
-            yield "data: [DONE]\n\n"
-            if n == HOLD:  # a server that keeps the body open after [DONE]
-                await asyncio.sleep(30)
-        finally:
-            self.active -= 1
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeServer]:
     yield from serve_fake()
-
-
-def serve_fake() -> Iterator[FakeServer]:
-    """Start a :class:`FakeServer` on a free 127.0.0.1 port; stop it when the generator ends."""
-    fake = FakeServer()
-    # proto=IPPROTO_TCP matters: asyncio only disables Nagle's algorithm on sockets that say
-    # so, and with Nagle every response would stall ~40 ms on the client's delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(fake.app(), log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline, "fake server did not start"
-        time.sleep(0.01)
-    try:
-        yield fake
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def workload(arrivals: list[float], outputs: list[int], prompt: int = 64) -> Workload:
@@ -465,77 +309,3 @@ def test_clip_to_context() -> None:
     assert list(clipped.output_tokens) == [5, 1, 548]
     with pytest.raises(DopdError, match="max context"):
         clip_to_context(wl, 1)
-
-
-# ---------------------------------------------------------------- prompt synthesis
-
-
-def test_byte_synth_matches_the_dopd_tiny_tokenizer_exactly() -> None:
-    from dopd.engine.model.tiny import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    synth = make_synth("auto", "dopd-tiny")
-    rng = np.random.default_rng(1)
-    for n in (2, 17, 500, 2047):
-        assert len(tok.encode(synth.make(n, rng))) == n
-    assert len(synth.make(1, rng)) == 1  # at least one character of text, so BOS + 1
-    assert make_synth("byte").make(9, rng).isascii() and len(make_synth("byte").make(9, rng)) == 9
-
-
-def _trained_bpe(path: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    from dopd.bench.loadgen_prompts import WORDS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    rng = np.random.default_rng(0)
-    corpus = [" ".join(rng.choice(WORDS[:150], 40)) for _ in range(300)]
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    tok.save(str(path))
-    return path
-
-
-def test_tokenizer_synth_hits_exact_lengths_with_a_bpe_tokenizer(tmp_path: Path) -> None:
-    path = _trained_bpe(tmp_path / "tokenizer.json")
-    synth = make_synth(str(tmp_path))  # a folder holding tokenizer.json
-    assert isinstance(synth, TokenizerSynth)
-    rng = np.random.default_rng(3)
-    for n in (2, 5, 64, 333, 1500):
-        text = synth.make(n, rng)
-        assert synth.count(text) == n, n
-    assert synth.count("") == 1  # the BOS the post-processor adds counts
-    assert synth.count(synth.make(1, rng)) == 2  # at least one token of text
-    assert make_synth(str(path)).spec == str(path)
-
-
-def test_chars_synth_and_spec_errors(tmp_path: Path) -> None:
-    synth = make_synth("chars:3.5")
-    assert isinstance(synth, CharsSynth)
-    assert len(synth.make(100, np.random.default_rng(0))) == 350
-    assert isinstance(make_synth("auto", "llama"), CharsSynth)
-    assert make_synth("byte:special=2").make(10, np.random.default_rng(0)).__len__() == 8
-    for bad, match in (("chars:x", "not a number"), ("chars:-1", "must be > 0"),
-                       ("byte:special=1.5", "whole number"), ("nope", "not auto, dopd-tiny")):
-        with pytest.raises(DopdError, match=match):
-            make_synth(bad)
-    (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(DopdError, match="cannot read tokenizer"):
-        make_synth(str(tmp_path))
-
-
-def test_prompts_are_seeded_distinct_and_independent_of_other_requests() -> None:
-    wl = workload([0.0, 0.1, 0.2, 0.3], [1] * 4, prompt=200)
-    synth = ByteSynth()
-    a = synthesize_prompts(synth, wl, seed=5)
-    assert a == synthesize_prompts(ByteSynth(), wl, seed=5)
-    assert a != synthesize_prompts(ByteSynth(), wl, seed=6)
-    assert len({p[:32] for p in a}) == 4  # no shared prefixes between requests
-    longer = Workload("w", wl.arrival_s, np.array([200, 50_000, 200, 200]), wl.output_tokens)
-    b = synthesize_prompts(ByteSynth(), longer, seed=5)
-    assert b[0] == a[0] and b[2:] == a[2:] and len(b[1]) == 50_000

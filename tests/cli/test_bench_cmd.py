@@ -23,7 +23,7 @@ import pytest
 from dopd.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from test_loadgen import FAIL_500, MODEL, FakeServer, serve_fake
+from fake_openai import FAIL_500, MODEL, FakeServer, serve_fake
 
 FIXED = ["--lengths", "fixed:prompt=40,output=8", "--tokenizer", "dopd-tiny"]
 
