@@ -12,6 +12,8 @@ interleaved rounds (the order rotates) so that machine noise hits all three alik
   front end over these workers has to do;
 * ``bare``: a bare ASGI app that streams one SSE token at once (the HTTP stack and the client).
 
+The two baselines live in ``frontend_baselines.py`` and run as their own processes.
+
 "Added by the router" is dopd's client TTFT percentile minus the direct forwarder's, per round
 and pooled. dopd's own timestamps (``GET /debug/frontend``: the request at the app to the submit
 sent to the worker, and the worker's token event to the SSE chunk written; exact percentiles
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import re
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -134,179 +136,6 @@ async def drive(port: int, rate: float, seconds: float, seed: int) -> tuple[np.n
     return ttft, cpu
 
 
-# ---------------------------------------------------------------------- baseline servers
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-               (b"cache-control", b"no-cache")]
-
-
-def _chunk(rid: str, text: str, reason: str | None) -> bytes:
-    return b"data: " + json.dumps(
-        {"id": rid, "object": "text_completion", "created": int(time.time()),
-         "model": "dopd-tiny", "choices": [{"index": 0, "text": text, "logprobs": None,
-                                            "finish_reason": reason}]},
-        separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _body(receive: Receive) -> bytes:
-    body = b""
-    while True:
-        msg = await receive()
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            return body
-
-
-async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]],
-                   chunks: list[bytes]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    for c in chunks:
-        await send({"type": "http.response.body", "body": c, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _lifespan(receive: Receive, send: Send, start: Callable[[], Awaitable[None]],
-                    stop: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] == "lifespan.startup":
-            await start()
-            await send({"type": "lifespan.startup.complete"})
-        elif msg["type"] == "lifespan.shutdown":
-            await stop()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-class BareApp:
-    """Streams one token at once for every completion request."""
-
-    ids = itertools.count()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.start, self.stop)
-        elif scope["path"] == "/health":
-            await _respond(send, 200, [(b"content-type", b"application/json")],
-                           [b'{"status":"ok"}'])
-        else:
-            json.loads(await _body(receive))
-            rid = f"cmpl-{next(self.ids)}"
-            await _respond(send, 200, SSE_HEADERS, [_chunk(rid, "a", None),
-                                                    _chunk(rid, "", "length"),
-                                                    b"data: [DONE]\n\n"])
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class DirectApp(BareApp):
-    """Forwards every request to emulated dopd workers (round robin) over one ZMQ ROUTER: a
-    plain socket read by a loop reader callback that drains it, sends without futures."""
-
-    def __init__(self, instances: int) -> None:
-        self.instances = instances
-        self.queues: dict[int, asyncio.Queue[list[Any]]] = {}
-        self.processes: list[Any] = []
-        self.ready: set[bytes] = set()
-
-    async def start(self) -> None:
-        import multiprocessing as mp
-
-        import zmq
-
-        from dopd.engine.model import SamplingParams, tiny_tokenizer
-        from dopd.serve.engines import EngineSpec
-        from dopd.serve.wire import pack, params_to_wire, unpack
-        from dopd.serve.worker import WorkerSpec, worker_main
-        from dopd.types import Role
-
-        self.zmq, self.pack, self.unpack = zmq, pack, unpack
-        self.tokenizer = tiny_tokenizer()
-        self.params = params_to_wire(SamplingParams(max_tokens=1))
-        self.socket = zmq.Context().socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.socket.getsockopt(zmq.FD), self.drain)
-        ctx = mp.get_context("spawn")
-        engine = EngineSpec("dopd-tiny", Role.MIXED, mode="emulated", step_time_scale=0.0)
-        for i in range(self.instances):
-            spec = WorkerSpec(i, f"tcp://127.0.0.1:{port}", engine)
-            self.processes.append(ctx.Process(target=worker_main, args=(spec,), daemon=True))
-            self.processes[-1].start()
-        deadline = time.monotonic() + 180
-        while len(self.ready) < self.instances:
-            if time.monotonic() > deadline:
-                raise RuntimeError("workers not ready")
-            await asyncio.sleep(0.1)
-            self.drain()
-
-    def drain(self) -> None:
-        zmq = self.zmq
-        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            ident, data = self.socket.recv_multipart(zmq.NOBLOCK)
-            ev = self.unpack(data)
-            if ev["ev"] == "ready":
-                self.ready.add(ident)
-            elif ev["ev"] == "out":
-                for item in ev["items"]:
-                    q = self.queues.get(item[0])
-                    if q is not None:
-                        q.put_nowait(item)
-
-    def send(self, instance: int, msg: dict[str, Any]) -> None:
-        self.socket.send_multipart([b"w%d" % instance, self.pack(msg)], self.zmq.NOBLOCK)
-        if self.socket.getsockopt(self.zmq.EVENTS) & self.zmq.POLLIN:
-            self.loop.call_soon(self.drain)  # the send may have taken the descriptor's edge
-
-    async def stop(self) -> None:
-        for i in range(self.instances):
-            self.send(i, {"op": "stop"})
-        for p in self.processes:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
-            await super().__call__(scope, receive, send)
-            return
-        req = json.loads(await _body(receive))
-        rid = next(self.ids)
-        queue: asyncio.Queue[list[Any]] = asyncio.Queue()
-        self.queues[rid] = queue
-        self.send(rid % self.instances, {
-            "op": "submit", "rid": rid, "ids": self.tokenizer.encode(req["prompt"]),
-            "params": {**self.params, "max_tokens": int(req["max_tokens"])}})
-        name = f"cmpl-{rid}"
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        while True:
-            _, _, text, _, _, finished, _, _ = await queue.get()
-            if text:
-                await send({"type": "http.response.body", "body": _chunk(name, text, None),
-                            "more_body": True})
-            if finished:
-                break
-        del self.queues[rid]
-        await _respond_tail(send, name)
-
-
-async def _respond_tail(send: Send, name: str) -> None:
-    for c in (_chunk(name, "", "length"), b"data: [DONE]\n\n"):
-        await send({"type": "http.response.body", "body": c, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def run_baseline(kind: str, port: int, instances: int) -> int:
-    import uvicorn
-
-    app = BareApp() if kind == "bare" else DirectApp(instances)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                lifespan="on")
-    return 0
-
-
 # ---------------------------------------------------------------------- the run
 def start_servers(names: list[str], instances: int,
                   reference: str | None) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
@@ -321,8 +150,8 @@ def start_servers(names: list[str], instances: int,
                 assert reference is not None
                 env["PYTHONPATH"] = os.pathsep.join([reference, env.get("PYTHONPATH", "")])
         else:
-            cmd = [sys.executable, __file__, "--baseline", name, "--port", str(port),
-                   "--instances", str(instances)]
+            cmd = [sys.executable, str(Path(__file__).with_name("frontend_baselines.py")), name,
+                   "--port", str(port), "--instances", str(instances)]
         servers[name] = (subprocess.Popen(cmd, start_new_session=True, env=env), port)
     deadline = time.monotonic() + 180
     for name, (proc, port) in servers.items():
@@ -426,11 +255,7 @@ def main() -> int:
     ap.add_argument("--reference-src", default=None, metavar="DIR",
                     help="also run the dopd package found in DIR (e.g. an older checkout's "
                          "src/) as server dopd-ref, for a before/after in the same run")
-    ap.add_argument("--baseline", choices=("bare", "direct"), help=argparse.SUPPRESS)
-    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.baseline:
-        return run_baseline(args.baseline, args.port, args.instances)
     if args.rate <= 0 or args.seconds <= 0 or args.rounds < 1 or args.instances < 1:
         ap.error("--rate and --seconds must be > 0, --rounds and --instances >= 1")
     try:
