@@ -80,10 +80,10 @@ def test_measured_ttft_and_tpot_match_the_server_delays(server: FakeServer) -> N
     ttft = result.first_token_s - result.arrival_s
     tpot = (result.finish_s - result.first_token_s) / (result.output_tokens - 1)
     # the server's delays are floors; the ceilings leave room for a loaded CI machine
-    assert np.all(ttft >= 0.08 - 1e-3) and np.median(ttft) < 0.08 + 0.1
-    assert 0.015 * 0.95 <= np.median(tpot) < 0.015 * 1.6
+    assert np.all(ttft >= 0.08 - 1e-3) and np.median(ttft) < 0.08 + 0.3
+    assert 0.015 * 0.95 <= np.median(tpot) < 0.015 * 3
     assert (result.output_tokens == 20).all() and (result.chunks == 20).all()
-    summary = summarize_result(result, SLO(ttft_s=0.3, tpot_s=0.03))
+    summary = summarize_result(result, SLO(ttft_s=1.0, tpot_s=0.1))
     assert summary.attainment == 1.0 and summary.finished == 12
     assert summary.ttft_p50 == pytest.approx(np.median(ttft))
     # the server saw the requested lengths and the ignore_eos extension
@@ -98,7 +98,7 @@ def test_tpot_uses_the_reported_token_count_when_chunks_carry_several_tokens(
     assert (result.chunks == 10).all() and (result.output_tokens == 40).all()
     tpot = (result.finish_s - result.first_token_s) / 39
     # first chunk = tokens 0-3 at 0.05 s, last = tokens 36-39 at 0.41 s: 0.36 s / 39 tokens
-    assert 0.36 / 39 * 0.95 <= np.median(tpot) < 0.36 / 39 * 1.6
+    assert 0.36 / 39 * 0.95 <= np.median(tpot) < 0.36 / 39 * 3
 
 
 def test_without_usage_the_chunk_count_is_the_token_count(server: FakeServer) -> None:

@@ -54,8 +54,8 @@ def test_json_has_simulate_fields_and_measures_the_server(server: FakeServer,
     assert rec["policy"] == "live" and rec["requests"] == rec["finished"] == rec["met"] == 20
     assert rec["attainment"] == 1.0 and rec["errors"] == {}
     # the server's delays are floors; the ceilings leave room for a loaded CI machine
-    assert 0.04 <= rec["ttft_p50"] < 0.04 + 0.2
-    assert 0.01 * 0.95 <= rec["tpot_p50"] < 0.01 * 2
+    assert 0.04 <= rec["ttft_p50"] < 0.04 + 0.5
+    assert 0.01 * 0.95 <= rec["tpot_p50"] < 0.01 * 5
     assert rec["prompt_tokens_ratio"] == 1.0  # dopd-tiny prompts: BOS + 39 bytes = 40 tokens
     assert len(server.seen) == 20
     assert all(len(s.body["prompt"]) == 39 and s.body["max_tokens"] == 8 for s in server.seen)
