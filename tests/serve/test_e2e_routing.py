@@ -3,8 +3,11 @@ server; admission control answers the openai client with a 429 in the OpenAI err
 
 from __future__ import annotations
 
+import re
+
 import openai
 import pytest
+from test_role_switch import CHROMIUM, dashboard_dom
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +52,11 @@ def test_bad_router_spec_is_a_clear_cli_error() -> None:
                            "length-aware:nope=1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "nope" in proc.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y "
+                    "chromium)")
+def test_dashboard_shows_the_router_and_rejections(server) -> None:  # type: ignore[no-untyped-def]
+    dom = dashboard_dom(server)
+    assert re.search(r'id="rejected">1<', dom), dom[:500]
+    assert "static:1:1 / length-aware / emulated" in dom

@@ -35,13 +35,18 @@ def wait_switch(server, timeout: float = 60.0) -> dict:  # type: ignore[no-untyp
     raise AssertionError("the switch did not complete")
 
 
-def dashboard_counts(server) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def dashboard_dom(server) -> str:  # type: ignore[no-untyped-def]
+    """The dashboard page's DOM after headless Chromium ran its script."""
     assert CHROMIUM is not None
-    dom = subprocess.run(
+    return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--no-first-run", "--virtual-time-budget=3000",
          "--dump-dom", server.url + "/dashboard"],
         capture_output=True, text=True, timeout=60).stdout
+
+
+def dashboard_counts(server) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    dom = dashboard_dom(server)
     p = re.search(r'id="prefill-count">(\d+)<', dom)
     d = re.search(r'id="decode-count">(\d+)<', dom)
     assert p and d, dom[:500]

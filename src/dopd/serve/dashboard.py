@@ -25,6 +25,7 @@ td,th{border:1px solid #ddd;padding:3px 6px;text-align:left} #status{color:#a00}
 <div class="card">in flight<b id="in-flight">-</b></div>
 <div class="card">switches<b id="switches">-</b></div>
 <div class="card">finished<b id="finished">-</b></div>
+<div class="card">rejected<b id="rejected">-</b></div>
 </div><div id="status"></div>
 <div class="grid">
 <div><div>P/D instances</div><canvas id="c-pd" width="600" height="180"></canvas></div>
@@ -70,10 +71,11 @@ async function refresh(){
     const r = await fetch("/v1/cluster", {headers});
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
-    setText("model", s.model); setText("policy", s.policy + " / " + s.mode);
+    setText("model", s.model); setText("policy", s.policy + " / " + s.router + " / " + s.mode);
     setText("prefill-count", s.counts.prefill); setText("decode-count", s.counts.decode);
     setText("mixed-count", s.counts.mixed); setText("in-flight", s.in_flight);
-    setText("switches", s.role_switches); setText("finished", s.finished); setText("status", "");
+    setText("switches", s.role_switches); setText("finished", s.finished); setText("rejected", s.rejected);
+    setText("status", "");
     const h = s.history;
     draw("c-pd", h, [{name:"prefill", color:"#1f77b4", get:p=>p.prefill},
                      {name:"decode", color:"#d62728", get:p=>p.decode},
