@@ -38,6 +38,7 @@ from dopd.serve.completions import (
 )
 from dopd.serve.dashboard import DASHBOARD_HTML
 from dopd.serve.errors import ServeError
+from dopd.serve.live_routing import router_label
 from dopd.serve.metrics import CONTENT_TYPE
 from dopd.serve.server import ServeRuntime
 from dopd.types import InstanceState, Role
@@ -114,7 +115,8 @@ def create_app(runtime: ServeRuntime) -> FrontEnd:
         gc.freeze()  # start-up objects (models, modules) leave the collector's later scans
         cfg = runtime.config
         print(f"dopd serve: {runtime.model_name} on {cfg.instances} {cfg.mode} worker(s), "
-              f"policy {cfg.policy}, listening on http://{cfg.host}:{cfg.port}", flush=True)
+              f"policy {cfg.policy}, router {router_label(runtime.router)}, listening on "
+              f"http://{cfg.host}:{cfg.port}", flush=True)
         try:
             yield
         finally:
@@ -212,10 +214,8 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
                           "load": runtime.dispatcher.holding(iid), "stats": h.stats,
                           "book": book.snapshot() if (book := books.get(iid)) else None})
     cfg = runtime.config
-    router = runtime.dispatcher.router
     return {"model": runtime.model_name, "mode": cfg.mode, "policy": cfg.policy,
-            "router": router.name if not router.context.options
-            else f"{router.name}:{router.context.options}",
+            "router": router_label(runtime.dispatcher.router),
             "queue_order": runtime.dispatcher.queue_order, "rejected": runtime.dispatcher.rejected,
             "time_s": round(ctl.now(), 3), "counts": counts, "instances": instances,
             "in_flight": len(runtime.dispatcher.tracked), "arrived": ctl.arrived,

@@ -66,6 +66,12 @@ def router_spec(config: ServeConfig, policy_router: str) -> str:
     return policy_router if config.router == "auto" else config.router
 
 
+def router_label(router: Router) -> str:
+    """``NAME`` or ``NAME:OPTIONS`` of ``router``, as it was asked for."""
+    options = router.context.options
+    return f"{router.name}:{options}" if options else router.name
+
+
 def live_router(config: ServeConfig, policy_router: str = "least-loaded",
                 kv_blocks: int | None = None) -> Router:
     """The router of ``config`` (see the module docstring), for instances of ``kv_blocks`` KV
