@@ -114,7 +114,6 @@ class Dispatcher:
         self.router = router if router is not None else live_router(ServeConfig())
         order = self.router.scheduler_config(SchedulerConfig())
         self.queue_order, self._aging_s = order.queue_order, order.aging_s
-        self._learns = type(self.router).observe_finish is not Router.observe_finish
         self.books: dict[int, InstanceBook] = {}
         self.tracked: dict[int, Tracked] = {}
         self.load: dict[int, int] = {}
@@ -268,16 +267,15 @@ class Dispatcher:
             del self.tracked[rid]
             t.queue.put_nowait(Event("done", finish_reason=reason))
             self._report(t, RequestState.FINISHED, reason or "")
-            if self._learns:
-                self.router.observe_finish(now, len(t.prompt_ids), n_out)
+            self.router.observe_finish(now, len(t.prompt_ids), n_out)
         elif n_out:
             if t.phase == "decode":
                 self._handed_over(t)
             self.book(iid).decoding(rid, len(t.prompt_ids) + n_out)
 
     def _handed_over(self, t: Tracked) -> None:
-        """``t``'s KV reached decode instance ``iid`` (or was recomputed there): the prefill
-        instance no longer holds it."""
+        """``t``'s KV reached its decode instance (or was recomputed there, or ``t`` ended):
+        its prefill instance no longer holds it."""
         if t.prefill_iid is not None and t.prefill_iid in self.books:
             self.books[t.prefill_iid].release(t.rid)
 
