@@ -12,7 +12,7 @@ from test_role_switch import CHROMIUM, dashboard_dom
 pytestmark = pytest.mark.slow
 
 # 20 ms TTFT SLO: a 10-token prompt is predicted ~10 ms on an idle instance, a 1000-token
-# one ~56 ms (Llama-3-8B on an A100), above admission control's 1.5 x SLO.
+# one ~56 ms (Llama-3-8B on an A100), above the SLO that admission control holds it to.
 ARGS = ("--mode", "emulated", "--instances", "2", "--policy", "static:1:1",
         "--router", "length-aware", "--slo-ttft", "0.02", "--max-model-len", "2048")
 

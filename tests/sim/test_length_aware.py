@@ -138,7 +138,8 @@ def test_bypass_cuts_short_prompt_ttft_without_breaking_tpot() -> None:
     bypassed = on.prefill_instance == on.decode_instance
     assert cluster.router.bypassed == int(bypassed.sum()) > 0.3 * short.sum()  # type: ignore[attr-defined]
     assert set(on.prefill_instance[bypassed].tolist()) <= {1, 2}  # the decode instances
-    assert np.all(w.prompt_tokens[bypassed] <= 512)
+    # a long prompt's step would break the 50 ms TPOT SLO of the decodes it joins
+    assert short[bypassed].all()
     assert on.kv_bytes_moved < off.kv_bytes_moved
     assert np.median(ttft(on)[short]) < 0.5 * np.median(ttft(off)[short])
     assert np.quantile(ttft(on)[short], 0.9) < 0.5 * np.quantile(ttft(off)[short], 0.9)
@@ -151,16 +152,19 @@ def test_bypass_cuts_short_prompt_ttft_without_breaking_tpot() -> None:
 def test_admission_control_rejects_only_hopeless_requests_and_helps_the_rest(seed: int) -> None:
     # About 1.5 x what the one prefill instance can take.
     w = merge(poisson_columns(600, 10.0, (500, 4000), (20, 200), seed=seed))
-    _, on = run(w, 2, "static:1:1", "length-aware:bypass=off")
+    _, on = run(w, 2, "static:1:1", "length-aware:bypass=off")  # admit_k 1
+    _, loose = run(w, 2, "static:1:1", "length-aware:bypass=off,admit_k=1.5")
     _, off = run(w, 2, "static:1:1", "length-aware:bypass=off,admit=off")
     rejected = on.state == int(RequestState.REJECTED)
     assert rejected.sum() > 50
     assert all("predicted TTFT" in on.reason[int(i)] for i in np.flatnonzero(rejected))
-    # Hopeless: served anyway, (almost) none of them would have met the SLO...
-    assert met(off)[rejected].mean() <= 0.02
-    # ...and turning them away lets far more of the others meet it, and more overall.
+    # Hopeless: served anyway, few of them would have met the SLO (none at 1.5 x the SLO)...
+    assert met(off)[rejected].mean() <= 0.12
+    assert met(off)[loose.state == int(RequestState.REJECTED)].mean() <= 0.02
+    # ...and turning them away lets far more of the others meet it, and more overall; the
+    # tighter bound turns away a few that would have made it, and wins overall.
     assert met(on)[~rejected].mean() > met(off)[~rejected].mean() + 0.3
-    assert met(on).mean() > met(off).mean() + 0.3
+    assert met(on).mean() > met(loose).mean() > met(off).mean() + 0.3
 
 
 def test_admission_control_rejects_nothing_under_light_load() -> None:

@@ -133,7 +133,7 @@ def test_option_parsing_and_errors() -> None:
     o = DopdOptions.parse("noforecast:novariance:nolength:interval=10:init=1/3")
     assert o.forecast is None and not o.variance and not o.length_aware
     assert o.interval_s == 10.0 and o.initial_split() == (1, 3)
-    assert DopdOptions.parse("").forecast == "ewma" and DopdOptions.parse("").rate == "mean"
+    assert DopdOptions.parse("").forecast == "ewma" and DopdOptions.parse("").rate == "upper"
     assert DopdOptions.parse("drain=migrate").manager.migrate
     assert not DopdOptions.parse("").manager.migrate
     policy = make_policy("dopd:nolength:init=1/3", _context())

@@ -15,9 +15,11 @@ Keys: ``forecast=`` (forecaster spec of the arrival rate, default ``ewma``), ``l
 since a step in the length mix must be followed at once and a window holds many requests),
 ``interval=``
 (seconds between plans, default 5), ``window=`` (monitor window, default the interval),
-``rate=mean|upper`` (rate the fixed-pool solver plans for, default ``mean``; ``upper`` plans
-for the forecast's upper bound, which over-provisions the decode side: a decode pool averages
-bursts over the seconds a request decodes, which the solver's stationary decode model misses),
+``rate=mean|upper`` (rate the fixed-pool solver plans for, default ``upper``: the forecast's
+upper bound, so the prefill side is sized for bursts; it over-provisions the decode side, which
+averages bursts over the seconds a request decodes, but the length-aware router's bypass lends
+decode instances' spare step time to prompts; ``mean`` averages 1.5 points lower over the
+paper suite at 1, 1.25 and 1.5x its comparison loads: ``benchmarks/bench_paper_grid.py``),
 ``init=auto|P/D|mixed`` (initial split),
 ``stick=`` (keep the running split while its predicted attainment is within this of the
 best, default 0.02), ``outwin=`` (seconds of finished requests the output lengths are measured
@@ -68,7 +70,7 @@ class DopdOptions:
     little: bool = True
     interval_s: float = 5.0
     window_s: float | None = None
-    rate: str = "mean"
+    rate: str = "upper"
     init: str = "auto"
     stick: float = 0.02
     output_window_s: float = 15.0
@@ -94,7 +96,7 @@ class DopdOptions:
             assert forecast is not None
             make_forecaster(forecast)  # fails early on a bad spec
         make_forecaster(values.get("lengths", "constant"))
-        rate = values.get("rate", "mean").lower()
+        rate = values.get("rate", "upper").lower()
         require(rate in ("mean", "upper"), f"policy dopd: rate must be mean or upper, got {rate!r}")
         init = values.get("init", "auto").lower()
         if init not in ("auto", "mixed"):

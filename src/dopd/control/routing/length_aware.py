@@ -13,11 +13,13 @@ At arrival (:meth:`LengthAwareRouter.place`), in this order:
    in budget-sized steps next to the instance's decodes, the prompt and its KV hand-off). The
    prompt's own predicted TTFT there (only the work ahead of it in the queue order, and the
    wait for decode memory) decides bypass and admission.
-3. Short-prompt bypass: a short prompt prefills on a decode instance when that is predicted to
-   give an earlier first token, the step carrying it and the decode step after it stay within
-   the TPOT SLO, and its whole-life KV fits there.
-4. Admission control: a request whose best predicted TTFT exceeds ``admit_k`` x the TTFT SLO is
-   rejected at once (it would miss the SLO anyway, and serving it would delay the others).
+3. Bypass: a prompt prefills on a decode instance when it fits that instance's next step, that
+   is predicted to give an earlier first token, the step carrying it and the decode step after
+   it stay within the TPOT SLO, and its whole-life KV fits there (``bypass_tokens`` can limit
+   it to short prompts).
+4. Admission control: a request whose best predicted TTFT (bypassed or not) exceeds ``admit_k``
+   x the TTFT SLO is rejected at once (it would miss the SLO anyway, and serving it would delay
+   the others).
 
 Within an instance, prompts wait shortest first with aging (:meth:`scheduler_config`; see
 :mod:`dopd.engine.waitqueue` for the starvation bound). Decode placement
@@ -122,17 +124,20 @@ class LengthAwareRouter(PDPair):
             other, other_t = self._best_prefill(now, p, output_tokens, prefill[:-lane], wait)
             if other_t <= self._ttft_limit:
                 best, best_t = other, other_t
-        if opts.bypass and p <= opts.bypass_tokens and decode:
+        bypass: Routable | None = None
+        if opts.bypass and (opts.bypass_tokens is None or p <= opts.bypass_tokens) and decode:
             inst, t = self._best_bypass(now, p, output_tokens, decode)
             if inst is not None and t < best_t:
-                self.bypassed += 1
-                return Placement(inst, bypass=True)
+                bypass, best_t = inst, t
         if admit and opts.admit and best_t > self._ttft_limit:
             self.rejected += 1
             slo = self.context.slo
             assert slo is not None
             return Placement(None, reject=f"admission control: predicted TTFT {best_t:.2f} s > "
                                           f"{opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s")
+        if bypass is not None:
+            self.bypassed += 1
+            return Placement(bypass, bypass=True)
         return Placement(best)
 
     @property
