@@ -12,6 +12,7 @@ from dopd.errors import DopdError
 from dopd.experiments.sources import (
     clip_context,
     clipped_share,
+    offered_rate,
     scaled_arrival,
     scenario_workload,
     split_by_ratio,
@@ -156,3 +157,15 @@ def test_trace_source_is_compressed_then_cut() -> None:
     with pytest.raises(DopdError, match="trace file not found"):
         scenario_workload(dataclasses.replace(s, source=TraceSource("missing.csv")), 1.0,
                           TRACES, 0)
+
+
+@needs_traces
+def test_rates_grow_with_the_load_where_a_window_ends_in_a_gap() -> None:
+    code = get_suite("paper").scenario("code-70b")
+    # Between these loads the window's end falls in a gap of the Azure code trace: the
+    # requests' own arrival span jumps, so their measured rate drops as the load rises.
+    low, high = (scenario_workload(code, load, TRACES, 0) for load in (1.09, 1.14))
+    assert high.rate_rps < low.rate_rps
+    rates = [offered_rate(code, load, TRACES, 0) for load in (0.5, 1.0, 1.09, 1.14, 2.0)]
+    assert rates[1] == pytest.approx(scenario_workload(code, 1.0, TRACES, 0).rate_rps)
+    assert rates == pytest.approx([load * rates[1] for load in (0.5, 1.0, 1.09, 1.14, 2.0)])

@@ -45,7 +45,9 @@ def _method(result: ExperimentResult) -> list[str]:
         f"- Max goodput: the highest load at which SLO attainment stays >= the scenario's target "
         f"(90%), found by bisection from the bracket [{g.lo:g}, {g.hi:g}] (grown x2) to a "
         f"relative width of {100 * g.rel_tol:g}% (at most {g.max_runs} runs, then [lo/8, lo] "
-        "once if lo misses), reported as the measured arrival rate there.",
+        "once if lo misses), reported as the arrival rate there: the load times the scenario's "
+        "arrival rate at load 1, so rates compare exactly as loads do (the arrival span of a "
+        "window cut from a trace with gaps would not grow with the load).",
         "- Comparison load: the largest max-goodput load among the baselines "
         f"({', '.join(suite.baselines)}): the load where the baselines reach 90%. Every policy "
         "is run once there.",

@@ -8,6 +8,7 @@ the parent would.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,20 @@ def raw_workload(scenario: Scenario, load: float, traces_dir: Path, seed: int) -
     lengths = synthetic_lengths(source, scenario.duration_s, traces_dir)
     return synthetic_workload(arrival, lengths, duration_s=scenario.duration_s, seed=seed,
                               name=f"{scenario.name}@{load:g}")
+
+
+def offered_rate(scenario: Scenario, load: float, traces_dir: Path, seed: int) -> float:
+    """The arrival rate of ``scenario`` at ``load``: ``load`` times its rate at load 1 (the
+    arrival rate of those requests, (n - 1) / span). The load is the time compression of the
+    source, so rates at two loads compare exactly as the loads do; the arrival span of the
+    requests at each load would not, where the window's end falls in a gap of the trace."""
+    return load * _unit_rate(scenario, str(traces_dir), seed)
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_rate(scenario: Scenario, traces_dir: str, seed: int) -> float:
+    rate = scenario_workload(scenario, 1.0, Path(traces_dir), seed).rate_rps
+    return rate if math.isfinite(rate) else 0.0
 
 
 def scenario_workload(scenario: Scenario, load: float, traces_dir: Path, seed: int) -> Workload:

@@ -7,7 +7,6 @@ never on which process runs it or in what order, so results do not depend on the
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 from dopd.bench.goodput import MaxGoodputResult, max_goodput
 from dopd.bench.metrics import request_latencies, summarize_result
 from dopd.config import GoodputSearch
-from dopd.experiments.sources import scenario_workload
+from dopd.experiments.sources import offered_rate, scenario_workload
 from dopd.experiments.suite import Scenario
 from dopd.sim.api import SimResult
 from dopd.sim.runner import run_simulation
@@ -82,7 +81,7 @@ class Misses:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """One simulation of a search: the load, the workload's measured arrival rate, the
+    """One simulation of a search: the load, its arrival rate (:func:`offered_rate`), the
     attainment, why requests missed, and the policy as resolved (e.g. ``static:best(5:3)``)."""
 
     load: float
@@ -159,8 +158,8 @@ def run_search(task: SearchTask, on_probe: ProbeFn | None = None) -> SearchOutco
             workload = scenario_workload(scenario, load, traces, task.seed)
             result = run_simulation(workload, scenario.cluster, task.policy, slo, task.seed)
             value = summarize_result(result, slo).attainment
-            probes[load] = Probe(load, _rate(workload.rate_rps), value, Misses.of(result, slo),
-                                 result.policy)
+            rate = offered_rate(scenario, load, traces, task.seed)
+            probes[load] = Probe(load, rate, value, Misses.of(result, slo), result.policy)
             if on_probe is not None:
                 on_probe(f"{scenario.name} {task.policy}: load {load:.3g} "
                          f"({probes[load].rate_rps:.2f} req/s) attainment {100 * value:.1f}%")
@@ -187,12 +186,14 @@ def run_compare(task: CompareTask, on_probe: ProbeFn | None = None) -> CompareOu
     """One simulation of the task's policy at its load."""
     started = time.perf_counter()
     scenario = task.scenario
-    workload = scenario_workload(scenario, task.load, Path(task.traces_dir), task.seed)
+    traces = Path(task.traces_dir)
+    workload = scenario_workload(scenario, task.load, traces, task.seed)
     result = run_simulation(workload, scenario.cluster, task.policy, scenario.slo, task.seed)
     if on_probe is not None:
         on_probe(f"{scenario.name} {task.policy}: comparison run at load {task.load:.3g}")
-    return CompareOutcome(scenario.name, task.policy, task.load, _rate(workload.rate_rps),
-                          result, time.perf_counter() - started)
+    return CompareOutcome(scenario.name, task.policy, task.load,
+                          offered_rate(scenario, task.load, traces, task.seed), result,
+                          time.perf_counter() - started)
 
 
 def run_task(task: Task, on_probe: ProbeFn | None = None) -> Outcome:
@@ -200,7 +201,3 @@ def run_task(task: Task, on_probe: ProbeFn | None = None) -> Outcome:
     if isinstance(task, SearchTask):
         return run_search(task, on_probe)
     return run_compare(task, on_probe)
-
-
-def _rate(rate: float) -> float:
-    return rate if math.isfinite(rate) else 0.0
