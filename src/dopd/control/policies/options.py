@@ -20,7 +20,7 @@ averages 0.5 points lower over the paper grid, most on the bursty ShareGPT scena
 ``rate=mean|upper`` (rate the fixed-pool solver plans for, default ``upper``: the forecast's
 upper bound, so the prefill side is sized for bursts; it over-provisions the decode side, which
 averages bursts over the seconds a request decodes, but the length-aware router's bypass lends
-decode instances' spare step time to prompts; ``mean`` averages 1.5 points lower over the
+decode instances' spare step time to prompts; ``mean`` averages 1.2 points lower over the
 paper suite at 1, 1.25 and 1.5x its comparison loads: ``benchmarks/bench_paper_grid.py``),
 ``init=auto|P/D|mixed`` (initial split),
 ``stick=`` (keep the running split while its predicted attainment is within this of the

@@ -51,7 +51,7 @@ class LengthAwareOptions:
       is predicted to give an earlier first token. Under a loose TPOT SLO the decode side has
       idle step time, and this lends it to the prefill side prompt by prompt; limited to
       512-token prompts, dopd's attainment over the paper suite's scenarios at 1, 1.25 and
-      1.5x their comparison loads averages 1.5 points lower (``benchmarks/bench_paper_grid.py``).
+      1.5x their comparison loads averages 3.0 points lower (``benchmarks/bench_paper_grid.py``).
     - ``admit``: at arrival, reject a request whose best predicted TTFT exceeds ``admit_k``
       times the TTFT SLO (it would miss it, and serving it delays the requests that can still
       meet theirs); ``admit_k`` 1.5 averages 3.3 points lower on the same grid.
