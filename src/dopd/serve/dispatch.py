@@ -97,7 +97,7 @@ class Observer:
 
 
 class Rejected(Exception):
-    """The router's admission control refused a request (``reason`` says why)."""
+    """The router's admission control refused a request; the message says why."""
 
 
 class Dispatcher:
