@@ -33,17 +33,28 @@ def test_hand_computed_summary() -> None:
     assert counts == (6, 4, 1, 1, 0, 2)
     assert s.attainment == pytest.approx(2 / 6)
     assert s.duration_s == 5.0 and s.goodput_rps == pytest.approx(2 / 5)
-    # TTFT sorted: .125 .25 .5 .5 2.0 (linear interpolation between order statistics)
-    assert (s.ttft_p50, s.ttft_p90, s.ttft_p99) == pytest.approx((0.5, 1.4, 1.94))
+    # Honest TTFT: .125 .25 .5 .5 2.0 inf (the rejected request); P90 sits at index 4.5
+    assert (s.ttft_p50, s.ttft_p90, s.ttft_p99) == (0.5, math.inf, math.inf)
+    # served only: .125 .25 .5 .5 2.0 (linear interpolation between order statistics)
+    served = (s.ttft_p50_served, s.ttft_p90_served, s.ttft_p99_served)
+    assert served == pytest.approx((0.5, 1.4, 1.94))
     assert s.mean_ttft == pytest.approx(3.375 / 5)
-    # TPOT: .25 .25 .5 (one-token and unfinished requests have none)
-    assert (s.tpot_p50, s.tpot_p90, s.tpot_p99) == pytest.approx((0.25, 0.45, 0.495))
+    # Honest TPOT: .25 .25 .5 inf (the aborted request got its first token; the rejected one
+    # and the one-token output are not in the population)
+    assert (s.tpot_p50, s.tpot_p90, s.tpot_p99) == pytest.approx((0.375, math.inf, math.inf))
+    served = (s.tpot_p50_served, s.tpot_p90_served, s.tpot_p99_served)
+    assert served == pytest.approx((0.25, 0.45, 0.495))
     assert s.mean_tpot == pytest.approx(1 / 3)
-    # E2E sorted: .25 2.5 4.0 4.125
-    assert (s.e2e_p50, s.e2e_p90, s.e2e_p99) == pytest.approx((3.25, 4.0875, 4.12125))
+    # Honest E2E: .25 2.5 4.0 4.125 inf inf
+    assert (s.e2e_p50, s.e2e_p90, s.e2e_p99) == pytest.approx((4.0625, math.inf, math.inf))
+    served = (s.e2e_p50_served, s.e2e_p90_served, s.e2e_p99_served)
+    assert served == pytest.approx((3.25, 4.0875, 4.12125))
     assert s.mean_e2e == pytest.approx(10.875 / 4)
+    shares = (s.rejected_share, s.ttft_unreached_share, s.tpot_unreached_share,
+              s.e2e_unreached_share)
+    assert shares == pytest.approx((1 / 6, 1 / 6, 1 / 4, 2 / 6))
     d = s.to_dict()
-    assert d["goodput_rps"] == s.goodput_rps and d["ttft_slo_s"] == 1.0 and len(d) == 23
+    assert d["goodput_rps"] == s.goodput_rps and d["ttft_slo_s"] == 1.0 and len(d) == 36
 
 
 def test_explicit_duration_and_zero_span_rule() -> None:
@@ -55,7 +66,8 @@ def test_explicit_duration_and_zero_span_rule() -> None:
     rejected = [RequestOutcome(0, 0.0, 5, 5, S.REJECTED)]
     s = summarize(rejected, SLO_1)
     assert s.goodput_rps == 0.0 and s.attainment == 0.0 and s.duration_s == 0.0
-    assert s.ttft_p50 is None and s.mean_tpot is None and s.e2e_p99 is None
+    assert s.ttft_p50 == math.inf and s.e2e_p99 == math.inf  # every percentile a miss
+    assert s.tpot_p50 is None and s.ttft_p50_served is None and s.mean_tpot is None
     with pytest.raises(DopdError, match="duration"):
         summarize(hand_case(), SLO_1, duration_s=-1.0)
 
@@ -68,7 +80,9 @@ def test_unfinished_requests_are_misses() -> None:
     ]
     s = summarize(outcomes, SLO_1)
     assert s.unfinished == 2 and s.met == 1 and s.attainment == pytest.approx(1 / 3)
-    assert s.ttft_p50 == pytest.approx(0.1)  # TTFT over .1 and .1
+    assert s.ttft_p50 == pytest.approx(0.1)  # TTFT .1 .1 inf: the middle one is finite
+    assert s.ttft_p90 == math.inf and s.ttft_p90_served == pytest.approx(0.1)
+    assert s.tpot_p50 == math.inf and s.tpot_p50_served == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,15 @@ Definitions, per request:
 - Goodput = met / duration, where duration is the run's arrival span (last - first arrival,
   or the ``duration_s`` the caller passes). When that span is 0 (one request, or all at once)
   the makespan (last finish - first arrival) is used instead; with nothing finished, goodput is 0.
-- Latency percentiles and means are over the requests for which the value is defined, whatever
-  their final state, with ``numpy.percentile``'s linear interpolation; None when no request has
-  the value.
+- Latency percentiles (``ttft_p90`` ...) are honest (``dopd.bench.percentiles``): a request
+  that never got its first token counts as infinitely late in TTFT and E2E, one that got it but
+  did not finish in TPOT and E2E. A percentile that lands on such a request is a miss:
+  ``math.inf`` here, ``null`` in JSON, ``miss`` in tables. ``*_unreached_share`` is the share of
+  each metric's population counted infinite; ``rejected_share`` the share of requests rejected.
+- Served-only percentiles (``ttft_p90_served`` ...) and the means (``mean_ttft`` ...) are over
+  the requests for which the value is defined, whatever their final state, with
+  ``numpy.percentile``'s linear interpolation; None when no request has the value.
+- None of the latency figures enters attainment or goodput.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from dopd.bench.percentiles import (
+    honest_latencies,
+    honest_percentiles,
+    served_percentiles,
+    unreached_share,
+)
 from dopd.errors import DopdError, require
 from dopd.types import SLO, RequestOutcome, RequestState
 
@@ -37,7 +49,9 @@ class MetricsSummary:
     """Request counts, SLO attainment, goodput and latency statistics of one run (seconds).
 
     ``met`` counts requests meeting the SLO; ``unfinished`` those neither finished, rejected
-    nor aborted when the run ended. Latency fields are None when no request has the value.
+    nor aborted when the run ended. ``{ttft,tpot,e2e}_{p50,p90,p99}`` are honest percentiles
+    (``math.inf`` = a miss), ``*_served`` and ``mean_*`` are over the requests that have the
+    value (see the module doc). Latency fields are None when no request is in the population.
     """
 
     requests: int
@@ -51,6 +65,10 @@ class MetricsSummary:
     duration_s: float
     ttft_slo_s: float
     tpot_slo_s: float
+    rejected_share: float
+    ttft_unreached_share: float
+    tpot_unreached_share: float
+    e2e_unreached_share: float
     ttft_p50: float | None
     ttft_p90: float | None
     ttft_p99: float | None
@@ -60,12 +78,22 @@ class MetricsSummary:
     e2e_p50: float | None
     e2e_p90: float | None
     e2e_p99: float | None
+    ttft_p50_served: float | None
+    ttft_p90_served: float | None
+    ttft_p99_served: float | None
+    tpot_p50_served: float | None
+    tpot_p90_served: float | None
+    tpot_p99_served: float | None
+    e2e_p50_served: float | None
+    e2e_p90_served: float | None
+    e2e_p99_served: float | None
     mean_ttft: float | None
     mean_tpot: float | None
     mean_e2e: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (ints, floats and None)."""
+        """Plain dict (ints, floats and None); a miss stays ``math.inf`` (write it with
+        ``dopd.bench.report.write_json``, which turns it into ``null``)."""
         return asdict(self)
 
 
@@ -131,11 +159,9 @@ def request_latencies(
     return RequestLatencies(ttft, tpot, e2e, met)
 
 
-def _stats(values: np.ndarray) -> tuple[list[float | None], float | None]:
+def _mean(values: np.ndarray) -> float | None:
     defined = values[~np.isnan(values)]
-    if defined.size == 0:
-        return [None] * len(PERCENTILES), None
-    return np.percentile(defined, PERCENTILES).tolist(), float(defined.mean())
+    return float(defined.mean()) if defined.size else None
 
 
 def goodput_duration(arrival_s: np.ndarray, finish_s: np.ndarray) -> float:
@@ -187,9 +213,15 @@ def summarize_arrays(
     else:
         require(met == 0, "cannot compute goodput: the run has zero duration")
         goodput = 0.0
-    ttft_p, ttft_mean = _stats(lat.ttft_s)
-    tpot_p, tpot_mean = _stats(lat.tpot_s)
-    e2e_p, e2e_mean = _stats(lat.e2e_s)
+    honest = honest_latencies(lat.ttft_s, lat.tpot_s, lat.e2e_s,
+                              np.asarray(first_token_s, dtype=np.float64),
+                              np.asarray(output_tokens, dtype=np.int64), states)
+    ttft_p = honest_percentiles(honest.ttft_s, PERCENTILES)
+    tpot_p = honest_percentiles(honest.tpot_s, PERCENTILES)
+    e2e_p = honest_percentiles(honest.e2e_s, PERCENTILES)
+    ttft_sv = served_percentiles(lat.ttft_s, PERCENTILES)
+    tpot_sv = served_percentiles(lat.tpot_s, PERCENTILES)
+    e2e_sv = served_percentiles(lat.e2e_s, PERCENTILES)
     finished = counts[RequestState.FINISHED]
     rejected = counts[RequestState.REJECTED]
     aborted = counts[RequestState.ABORTED]
@@ -205,12 +237,19 @@ def summarize_arrays(
         duration_s=duration,
         ttft_slo_s=slo.ttft_s,
         tpot_slo_s=slo.tpot_s,
+        rejected_share=rejected / n,
+        ttft_unreached_share=unreached_share(honest.ttft_s),
+        tpot_unreached_share=unreached_share(honest.tpot_s),
+        e2e_unreached_share=unreached_share(honest.e2e_s),
         ttft_p50=ttft_p[0], ttft_p90=ttft_p[1], ttft_p99=ttft_p[2],
         tpot_p50=tpot_p[0], tpot_p90=tpot_p[1], tpot_p99=tpot_p[2],
         e2e_p50=e2e_p[0], e2e_p90=e2e_p[1], e2e_p99=e2e_p[2],
-        mean_ttft=ttft_mean,
-        mean_tpot=tpot_mean,
-        mean_e2e=e2e_mean,
+        ttft_p50_served=ttft_sv[0], ttft_p90_served=ttft_sv[1], ttft_p99_served=ttft_sv[2],
+        tpot_p50_served=tpot_sv[0], tpot_p90_served=tpot_sv[1], tpot_p99_served=tpot_sv[2],
+        e2e_p50_served=e2e_sv[0], e2e_p90_served=e2e_sv[1], e2e_p99_served=e2e_sv[2],
+        mean_ttft=_mean(lat.ttft_s),
+        mean_tpot=_mean(lat.tpot_s),
+        mean_e2e=_mean(lat.e2e_s),
     )
 
 
