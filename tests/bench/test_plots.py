@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dopd.bench.plots import ecdf, plot_attainment_vs_rate, plot_latency_cdfs, plot_timelines
+from dopd.bench.metrics import summarize_result
+from dopd.bench.plots import (
+    ecdf,
+    latency_curves,
+    plot_attainment_vs_rate,
+    plot_latency_cdfs,
+    plot_timelines,
+)
 from dopd.sim.api import SimResult, Timeline
 from dopd.types import SLO, RequestState
 
@@ -84,3 +93,28 @@ def test_empty_input_is_refused(tmp_path: Path) -> None:
         plot_timelines({}, tmp_path / "x.png")
     with pytest.raises(ValueError):
         plot_latency_cdfs({}, tmp_path / "x.png")
+
+
+def test_latency_curves_top_out_at_the_served_share(tmp_path: Path) -> None:
+    res = result("dopd", 3, n=40)
+    state = res.state.copy()
+    first, finish = res.first_token_s.copy(), res.finish_s.copy()
+    state[1:4] = RequestState.REJECTED  # 4 of 40 never got a first token
+    first[1:4] = finish[1:4] = np.nan
+    multi = np.flatnonzero(res.output_tokens > 1)[-2:]
+    state[multi] = RequestState.ABORTED  # 2 got their first token, never finished
+    finish[multi] = np.nan
+    res = dataclasses.replace(res, state=state, first_token_s=first, finish_s=finish)
+    curves = latency_curves(res)
+    x, y, share = curves["ttft"]
+    assert share == pytest.approx(4 / 40) and y[-1] == pytest.approx(0.9) and x.size == 36
+    summary = summarize_result(res, SLO(0.5, 0.05))
+    assert summary.ttft_p90 == math.inf  # the curve never passes 0.9 ...
+    i = int(np.searchsorted(y, 0.5))  # ... and the P50 sits where it passes 0.5
+    assert y[i] == pytest.approx(0.5) and x[i] <= summary.ttft_p50 <= x[i + 1]
+    x, y, share = curves["tpot"]
+    started_multi = int(np.count_nonzero((res.output_tokens > 1) & np.isfinite(first)))
+    assert share == pytest.approx(2 / started_multi) and y[-1] == pytest.approx(1 - share)
+    assert curves["e2e"][2] == pytest.approx(6 / 40)
+    assert_png(plot_latency_cdfs({"dopd": res, "colocated": result("colocated", 4)},
+                                 tmp_path / "cdf.png", SLO(0.5, 0.05)))

@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from dopd.bench.metrics import summarize_result
 from dopd.bench.report import (
     REQUEST_COLUMNS,
     comparison_table,
+    format_cell,
+    has_miss,
     print_comparison,
     request_columns,
     safe_name,
+    summary_record,
     to_jsonable,
     write_json,
     write_requests_csv,
@@ -144,3 +148,26 @@ def test_comparison_table_formats_and_skips_absent_columns() -> None:
     buf = Console(file=io.StringIO(), width=250, color_system=None)
     print_comparison(records, console=buf)
     assert "static:4:4" in buf.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_missed_percentile_is_null_in_json_and_miss_in_the_table(tmp_path: Path) -> None:
+    result = hand_made_result()  # 1 of 4 rejected, 1 aborted after its first token
+    summary = summarize_result(result, SLO(1.0, 1.0))
+    record = summary_record("dopd", summary, gpus=2)
+    assert record["rejected_share"] == 0.25
+    assert record["ttft_p90"] == math.inf  # the rejected request sits at the top
+    assert record["ttft_p90_served"] == pytest.approx(float(np.percentile([0.2, 0.4, 0.3], 90)))
+    assert record["ttft_unreached_share"] == 0.25 and record["e2e_unreached_share"] == 0.5
+    data = json.loads(write_json(tmp_path / "r.json", {"dopd": record}).read_text())["dopd"]
+    assert data["ttft_p90"] is None and data["e2e_p99"] is None  # a miss is null
+    assert data["ttft_p90_served"] == pytest.approx(record["ttft_p90_served"])
+    assert data["ttft_p50"] == pytest.approx(record["ttft_p50"])  # finite: kept
+    text = render(comparison_table({"dopd": record}))
+    assert "rejected %" in text and "25.0" in text
+    row = next(line for line in text.splitlines() if "dopd" in line)
+    assert row.count("miss") >= 3  # TTFT p90, p99 and E2E p90
+    buf = Console(file=io.StringIO(), width=250, color_system=None)
+    print_comparison({"dopd": record}, console=buf)
+    assert "served-only figures" in buf.file.getvalue()  # type: ignore[attr-defined]
+    assert format_cell(math.inf, "ms") == "miss" and format_cell(None, "ms") == "-"
+    assert not has_miss({"x": {"ttft_p90": 0.2}}) and has_miss({"dopd": record})

@@ -15,8 +15,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from dopd.bench.percentiles import honest_latencies, unreached_share
 from dopd.bench.report import request_columns
 from dopd.sim.api import SimResult
 from dopd.types import SLO
@@ -82,23 +84,45 @@ def plot_timelines(results: Mapping[str, SimResult], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def latency_curves(result: SimResult) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per metric (``ttft``, ``tpot``, ``e2e``): the sorted finite latencies, their CDF as a
+    share of the metric's honest population, and the share of it that never got there (so the
+    CDF tops out at 1 minus that share)."""
+    cols = request_columns(result)
+    honest = honest_latencies(cols["ttft_s"], cols["tpot_s"], cols["e2e_s"],
+                              cols["first_token_s"], cols["output_tokens"],
+                              np.asarray(result.state))
+    out = {}
+    for name, values in (("ttft", honest.ttft_s), ("tpot", honest.tpot_s),
+                         ("e2e", honest.e2e_s)):
+        x, y = ecdf(values, total=int(np.count_nonzero(~np.isnan(values))))
+        out[name] = (x, y, unreached_share(values))
+    return out
+
+
 def plot_latency_cdfs(
     results: Mapping[str, SimResult], path: str | Path, slo: SLO | None = None
 ) -> Path:
     """TTFT and TPOT CDFs across policies, with the SLO targets as dashed lines.
 
-    A TTFT curve is a share of all requests and a TPOT curve a share of the requests with more
-    than one output token, so requests that never got that far make a curve top out below 1.
+    Each curve is over the population of the honest percentiles (``dopd.bench.percentiles``):
+    TTFT over all requests, TPOT over the multi-token requests that got their first token. A
+    request that never got there (rejected, aborted, unfinished) has no point, so the curve tops
+    out below 1; a dotted line carries that top to the right edge and the legend gives the share
+    that never got there. Where a curve stays under a quantile, that percentile is a miss.
     """
     if not results:
         raise ValueError("no results to plot")
     fig, (ax_ttft, ax_tpot) = plt.subplots(1, 2, figsize=(12, 4.2))
+    tops: dict[Axes, list[tuple[float | None, float, str]]] = {ax_ttft: [], ax_tpot: []}
     for policy, res in results.items():
-        cols = request_columns(res)
-        multi_token = int(np.count_nonzero(cols["output_tokens"] > 1))
-        for ax, key, total in ((ax_ttft, "ttft_s", len(res)), (ax_tpot, "tpot_s", multi_token)):
-            x, y = ecdf(cols[key], total=total)
-            ax.step(x, y, where="post", label=policy)
+        curves = latency_curves(res)
+        for ax, (x, y, share) in ((ax_ttft, curves["ttft"]), (ax_tpot, curves["tpot"])):
+            label = f"{policy} ({100 * share:.1f}% never got there)" if share > 0 else policy
+            line = ax.step(x, y, where="post", label=label)[0]
+            if share > 0:
+                tops[ax].append((float(x[-1]) if x.size else None, 1.0 - share,
+                                 line.get_color()))
     for ax, name, target in (
         (ax_ttft, "TTFT (s)", slo.ttft_s if slo else None),
         (ax_tpot, "TPOT (s)", slo.tpot_s if slo else None),
@@ -106,12 +130,21 @@ def plot_latency_cdfs(
         if target is not None:
             ax.axvline(target, color="k", linestyle="--", linewidth=1, label="SLO")
         ax.set_xscale("log")
+        left, right = ax.get_xlim()
+        for x_end, top, color in tops[ax]:
+            ax.hlines(top, left if x_end is None else x_end, right, colors=color,
+                      linestyles=":", linewidth=1.2)
+            ax.annotate(f"{100 * (1 - top):.1f}% never", (right, top), xytext=(-3, 2),
+                        textcoords="offset points", ha="right", va="bottom", color=color,
+                        fontsize="small")
+        ax.set_xlim(left, right)
+        ax.axhline(1.0, color="tab:gray", linewidth=0.6)
         ax.set_xlabel(name)
-        ax.set_ylabel("CDF")
+        ax.set_ylabel("CDF (share of requests)")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle("Latency CDFs")
+        ax.legend(fontsize="small", loc="lower right")
+    fig.suptitle("Latency CDFs over every request (a curve tops out at the share that got there)")
     return _save(fig, path)
 
 

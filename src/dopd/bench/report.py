@@ -1,7 +1,9 @@
 """Result reports: JSON and CSV writers and rich comparison tables.
 
 Everything here is presentation: the numbers come from ``dopd.bench.metrics`` and the simulator.
-JSON output is strict (no NaN/Infinity: missing values are written as ``null``).
+JSON output is strict (no NaN/Infinity: missing values and missed percentiles, ``math.inf`` in
+memory, are written as ``null``). Tables show a missed percentile as :data:`MISS` and an
+undefined value as ``-``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,19 @@ from dopd.bench.metrics import MetricsSummary
 from dopd.sim.api import SimResult, Timeline
 from dopd.types import RequestState
 
+MISS = "miss"
+"""Table mark of a percentile that lands on a request that never got there (``math.inf``)."""
+
+MISS_NOTE = ("miss: the percentile lands on a request that never got there (rejected, aborted or "
+             "unfinished: counted as infinitely late); served-only figures are in the JSON as "
+             "*_served")
+"""Footnote printed under a table that shows :data:`MISS`."""
+
 COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "requests", "{:.0f}"),
     ("attainment", "attain %", "pct"),
     ("goodput_rps", "goodput r/s", "{:.2f}"),
+    ("rejected_share", "rejected %", "pct"),
     ("ttft_p50", "TTFT p50 s", "{:.3f}"),
     ("ttft_p90", "TTFT p90 s", "{:.3f}"),
     ("ttft_p99", "TTFT p99 s", "{:.3f}"),
@@ -41,7 +52,8 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("max_goodput_rps_per_gpu", "per GPU", "{:.3f}"),
 )
 """(record key, column header, format) of the comparison table; ``pct`` shows a fraction as a
-percentage, ``ms`` shows seconds as milliseconds. Keys absent from every record are skipped."""
+percentage, ``ms`` shows seconds as milliseconds. Keys absent from every record are skipped.
+The percentiles are honest (``dopd.bench.percentiles``), so the rejected share sits beside them."""
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "request_id",
@@ -133,7 +145,10 @@ def request_columns(result: SimResult) -> dict[str, np.ndarray]:
 
 def summary_record(policy: str, summary: MetricsSummary, gpus: int | None) -> dict[str, Any]:
     """The fields every result record shares (``dopd simulate``, ``dopd bench``): counts,
-    attainment, goodput (per GPU when ``gpus`` is known) and TTFT/TPOT/E2E percentiles."""
+    attainment, goodput (per GPU when ``gpus`` is known), ``rejected_share``, the honest
+    TTFT/TPOT/E2E percentiles (``math.inf`` for a miss, ``null`` once written as JSON), the
+    share of each metric's population that never got there (``{ttft,tpot,e2e}_unreached_share``)
+    and the served-only percentiles (``{ttft,tpot,e2e}_{p50,p90,p99}_served``)."""
     s = summary
     record: dict[str, Any] = {
         "policy": policy,
@@ -145,10 +160,15 @@ def summary_record(policy: str, summary: MetricsSummary, gpus: int | None) -> di
         "attainment": s.attainment,
         "goodput_rps": s.goodput_rps,
         "goodput_rps_per_gpu": None if gpus is None else s.goodput_rps / gpus,
+        "rejected_share": s.rejected_share,
     }
     for name in ("ttft", "tpot", "e2e"):
         for q in ("p50", "p90", "p99"):
             record[f"{name}_{q}"] = getattr(s, f"{name}_{q}")
+    for name in ("ttft", "tpot", "e2e"):
+        record[f"{name}_unreached_share"] = getattr(s, f"{name}_unreached_share")
+        for q in ("p50", "p90", "p99"):
+            record[f"{name}_{q}_served"] = getattr(s, f"{name}_{q}_served")
     return record
 
 
@@ -186,9 +206,13 @@ def write_timeline_csv(path: str | Path, timeline: Timeline) -> Path:
     return write_columns_csv(path, cols)
 
 
-def _format(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+def format_cell(value: Any, fmt: str) -> str:
+    """One table cell: ``-`` for None or NaN, :data:`MISS` for ``inf``, else ``fmt`` (a format
+    string, ``pct`` or ``ms``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return MISS
     if fmt == "pct":
         return f"{100.0 * float(value):.1f}"
     if fmt == "ms":
@@ -203,7 +227,8 @@ def comparison_table(
 ) -> Table:
     """A rich table with one row per policy (keyed as in ``records``) and one column per metric.
 
-    Columns whose key is absent from every record are left out; a missing value shows as ``-``.
+    Columns whose key is absent from every record are left out; a missing value shows as ``-``,
+    a missed percentile as :data:`MISS`.
     """
     present = [c for c in columns if any(c[0] in r for r in records.values())]
     table = Table(title=title, header_style="bold")
@@ -211,7 +236,7 @@ def comparison_table(
     for _key, header, _fmt in present:
         table.add_column(header, justify="right")
     for policy, record in records.items():
-        table.add_row(policy, *(_format(record.get(key), fmt) for key, _h, fmt in present))
+        table.add_row(policy, *(format_cell(record.get(key), fmt) for key, _h, fmt in present))
     return table
 
 
@@ -220,5 +245,16 @@ def print_comparison(
     console: Console | None = None,
     title: str | None = None,
 ) -> None:
-    """Print :func:`comparison_table` to ``console`` (stdout by default)."""
-    (console or Console()).print(comparison_table(records, title=title))
+    """Print :func:`comparison_table` to ``console`` (stdout by default), with
+    :data:`MISS_NOTE` under it when a shown percentile is a miss."""
+    out = console or Console()
+    out.print(comparison_table(records, title=title))
+    if has_miss(records):
+        out.print(MISS_NOTE, style="dim")
+
+
+def has_miss(records: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether a comparison-table column of any record holds a miss (``inf``)."""
+    keys = [key for key, _h, _f in COMPARISON_COLUMNS]
+    return any(isinstance(r.get(k), float) and math.isinf(r[k]) for r in records.values()
+               for k in keys)

@@ -6,9 +6,12 @@ timing), :mod:`dopd.bench.loadgen_prompts` (prompts of the right token length) a
 
 The JSON (``--json``, ``results.json``) has ``dopd simulate``'s shape: an object keyed by
 ``--label`` whose record carries the same fields (``requests``, ``attainment``, ``goodput_rps``,
-``ttft_p50`` ... ``e2e_p99``, ...) plus client-side extras, so a live run and a simulation of the
-same workload compare key by key. Exit status: 0 when the run completed (failed requests are
-misses in the results), 1 when no request finished, 2 on bad input or an unreachable server.
+``rejected_share``, ``ttft_p50`` ... ``e2e_p99``, ``ttft_p90_served`` ...) plus client-side
+extras, so a live run and a simulation of the same workload compare key by key. The percentiles
+are honest: a failed request (HTTP 429 is a rejection, any other failure an abort) counts as
+infinitely late, and a percentile that lands on one is a miss (null). Exit status: 0 when the
+run completed (failed requests are misses in the results), 1 when no request finished, 2 on bad
+input or an unreachable server.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ DESCRIPTION = """\
 Replay a trace or a synthetic workload against an OpenAI-compatible server (dopd serve, vLLM,
 SGLang, ...) with the workload's timing (open loop: requests go out on schedule whatever the
 server does), stream every answer, and measure TTFT, TPOT and E2E on the client. Prints and
-writes the same fields and plots as `dopd simulate`.
+writes the same fields and plots as `dopd simulate`. A failed request (HTTP 429, other errors,
+timeouts) counts as infinitely late in the percentiles: one that lands on it shows "miss".
 
 Each request asks for its trace output length as max_tokens with `ignore_eos: true` (a vLLM,
 SGLang and dopd extension; --no-ignore-eos for servers that reject unknown fields) and a prompt

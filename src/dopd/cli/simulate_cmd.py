@@ -6,7 +6,11 @@ experiment harness can reuse it; :func:`run` adds the argparse front end, the ta
 The JSON (``--json``, ``results.json``) is an object keyed by policy spec as given, each value:
 ``policy`` (resolved name, e.g. ``static:best(3:5)``), ``requests``, ``finished``, ``rejected``,
 ``aborted``, ``met``, ``attainment``, ``goodput_rps``, ``goodput_rps_per_gpu``,
-``{ttft,tpot,e2e}_{p50,p90,p99}`` (seconds, null when undefined), ``gpu_seconds``, ``switches``,
+``rejected_share``, ``{ttft,tpot,e2e}_{p50,p90,p99}`` (seconds; honest: a request that never got
+there counts as infinitely late, and a percentile that lands on one is a miss, written null; null
+also when no request has the value), ``{ttft,tpot,e2e}_unreached_share`` (share of each metric's
+requests counted infinite), ``{ttft,tpot,e2e}_{p50,p90,p99}_served`` (over the requests that have
+the value; see ``dopd.bench.percentiles``), ``gpu_seconds``, ``switches``,
 ``kv_bytes_moved``, ``sim_end_s``, ``events``, ``wall_s``; with ``--max-goodput`` also
 ``max_goodput_rps`` (rate scale found x the workload's mean arrival rate),
 ``max_goodput_rps_per_gpu`` (over the instance budget's GPUs), ``max_goodput_rate_scale``,
@@ -61,8 +65,10 @@ _DEFAULT = RunConfig()
 
 DESCRIPTION = f"""\
 Run one workload through one or more policies on the same simulated cluster (no GPU, no
-network) and print a comparison table: SLO attainment, goodput, TTFT/TPOT/E2E percentiles,
-GPU-seconds and role switches.
+network) and print a comparison table: SLO attainment, goodput, the rejected share, TTFT/TPOT/E2E
+percentiles, GPU-seconds and role switches. Percentiles count every request: one that was
+rejected or never finished counts as infinitely late, so a percentile landing on it shows "miss"
+(null in the JSON; served-only figures are there as *_served).
 
 Default (no workload option): the built-in demo, {DEFAULT_SYNTHETIC_REQUESTS} requests with Poisson
 arrivals at {_DEFAULT.workload.rate:g} req/s and lengths drawn from built-in statistics resembling
