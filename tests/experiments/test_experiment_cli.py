@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def tables(markdown: str) -> list[list[list[str]]]:
 
 
 def number(cell: str) -> float | None:
-    return None if cell == "-" else float(cell)
+    """A table cell as a number: ``-`` is None, ``miss`` (a missed percentile) is inf."""
+    return None if cell == "-" else math.inf if cell == "miss" else float(cell)
 
 
 @needs_traces
@@ -58,19 +60,27 @@ def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     per_scenario = [t for t in tables(report) if t[0][:3] == ["policy", "role",
                                                                 "max goodput r/s"]]
     assert len(per_scenario) == 2
-    for table in per_scenario:
+    results = json.loads((out / "results.json").read_text())
+    for table, scenario in zip(per_scenario, results["scenarios"].values(), strict=True):
         assert [row[0] for row in table[1:]] == list(policies)
+        col = {name: i for i, name in enumerate(table[0])}
         for row in table[1:]:
             values = [number(c) for c in row[2:5] + row[6:]]
             assert values[0] is not None and values[0] > 0
             assert 0 <= number(row[6]) <= 100  # type: ignore[operator]
+            record = scenario["policies"][row[0]]
+            rejected = number(row[col["rejected %"]])
+            assert rejected == pytest.approx(100 * record["rejected_share"], abs=0.05)
+            honest, served = number(row[col["P90 TTFT s"]]), number(row[col["served P90 TTFT s"]])
+            assert honest is not None and served is not None and served <= honest + 5e-4
+            assert (record["ttft_p90"] is None) == math.isinf(honest)  # a miss is null
+            assert record["ttft_p90_served"] == pytest.approx(served, abs=5e-4)
     verdict_table = next(t for t in tables(report) if t[0][:2] == ["scenario", "target"])
     assert {row[3] for row in verdict_table[1:]} <= {"met", "MISSED", "n/a"}
     assert len(verdict_table) > 1
     ablations = next(t for t in tables(report) if t[0][:2] == ["scenario", "ablation"])
     assert len(ablations) - 1 == 2 * sum(p.startswith("dopd:") for p in policies)
 
-    results = json.loads((out / "results.json").read_text())
     assert results["suite"] == "smoke" and results["workers"] == 2
     for name, scenario in results["scenarios"].items():
         assert list(scenario["policies"]) == list(policies), name

@@ -3,13 +3,14 @@ fail-fast checks, and the verdicts against the targets."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dopd.errors import DopdError
-from dopd.experiments.analysis import Floors, PolicyRow, Reference, verdicts
+from dopd.experiments.analysis import Floors, PolicyRow, Reference, _best, _change, verdicts
 from dopd.experiments.runner import (
     ExperimentResult,
     Reporter,
@@ -119,11 +120,15 @@ def test_bad_input_fails_before_running(tmp_path: Path) -> None:
 
 
 def row(policy: str, role: str, goodput: float, ratio: float | None, attainment: float,
-        ttft: float, tpot: float) -> PolicyRow:
-    misses = Misses(ttft=0.02, tpot=0.01, unfinished=0.0)
-    return PolicyRow(policy, role, True, True, 6, 1.0, goodput, goodput / 8, ratio, policy,
-                     policy, attainment, goodput, ttft, tpot, None, None, 100.0, 2, misses,
-                     misses)
+        ttft: float, tpot: float, rejected: float = 0.0) -> PolicyRow:
+    misses = Misses(ttft=0.02, tpot=0.01, unfinished=rejected)
+    return PolicyRow(
+        policy=policy, role=role, feasible=True, converged=True, search_runs=6, max_load=1.0,
+        max_goodput_rps=goodput, max_goodput_per_gpu=goodput / 8, goodput_ratio=ratio,
+        resolved_max=policy, resolved=policy, attainment=attainment, goodput_rps=goodput,
+        rejected_share=rejected, ttft_p90=ttft, tpot_p90=tpot, ttft_p90_served=min(ttft, 0.4),
+        tpot_p90_served=min(tpot, 0.04), ttft_change=None, tpot_change=None,
+        gpu_seconds=100.0, switches=2, misses=misses, misses_above_max=misses)
 
 
 def test_verdicts_judge_each_target_and_explain_misses() -> None:
@@ -151,3 +156,34 @@ def test_verdicts_judge_each_target_and_explain_misses() -> None:
     assert got["max goodput ahead of reactive"].met is True
     behind = got["max goodput ahead of sla-planner"]
     assert behind.met is False and "behind by 20.0%" in behind.gap
+
+
+def test_a_missed_p90_is_judged_a_miss_and_ranks_last() -> None:
+    suite = get_suite("paper")
+    floors = Floors(p90_prompt=2000, ttft_s=0.12, mean_context=1500, tpot_s=0.009)
+    ref = Reference(10.0, "colocated", 0.30, "colocated", 0.040, "static:best", 0.95,
+                    "colocated")
+    rows = (
+        row("colocated", "baseline", 10.0, 1.0, 0.95, 0.30, 0.050),
+        row("static:best", "baseline", 8.0, 0.8, 0.90, 0.50, 0.040),
+        row("reactive", "competitor", 12.0, 1.2, 0.96, 0.20, 0.035),
+        row("sla-planner", "competitor", 20.0, 2.0, 0.99, 0.10, 0.030),
+        # 19 % rejected: served-only P90 TTFT 0.4 s would read as a -67 % cut; honest, a miss
+        row("dopd", "proposed", 16.0, 1.6, 0.80, math.inf, 0.030, rejected=0.19),
+    )
+    got = {v.target.split(" (")[0].split(" vs")[0]: v for v in verdicts(suite, "s", rows, ref,
+                                                                         floors)}
+    ttft = got["P90 TTFT -67% or better"]
+    assert ttft.met is False and ttft.value.startswith("miss") and "19.0% rejected" in ttft.why
+    assert _change(math.inf, 0.3) == math.inf and _change(0.2, math.inf) is None
+    # a baseline whose P90 is a miss loses the reference to any finite one, and a finite P90
+    # beats a missed reference
+    best, by = _best({"colocated": math.inf, "static:best": 0.5}, lowest=True)
+    assert (best, by) == (0.5, "static:best")
+    missed_ref = Reference(10.0, "colocated", math.inf, "colocated", 0.040, "static:best",
+                           0.95, "colocated")
+    finite = (*rows[:4], row("dopd", "proposed", 16.0, 1.6, 0.99, 0.2, 0.03))
+    got = {v.target.split(" (")[0].split(" vs")[0]: v
+           for v in verdicts(suite, "s", finite, missed_ref, floors)}
+    assert got["P90 TTFT -67% or better"].met is True
+    assert got["P90 TTFT -67% or better"].value == "0.2 s vs miss"

@@ -4,6 +4,11 @@ latency floors and the verdicts against the targets (pure functions, no I/O).
 Reference ("best of the baselines"), per metric: the highest max goodput, the lowest P90 TTFT,
 the lowest P90 TPOT and the highest attainment among the baselines at the comparison load.
 Changes are relative: ``ttft_change = -0.5`` means a P90 TTFT half the reference's.
+
+P90s are honest (``dopd.bench.percentiles``): a rejected or unfinished request counts as
+infinitely late, and a P90 that lands on one is a miss, ``math.inf`` (``null`` in JSON). A miss
+ranks behind every finite value; its change against a finite reference is ``inf``, and any
+change against a missed reference is None. The served-only P90s are kept as ``*_served``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class PolicyRow:
 
     ``goodput_ratio`` is against the reference goodput (None when that is 0); ``resolved_max``
     and ``resolved`` name the policy as resolved at its max load and at the comparison load.
+    ``ttft_p90`` / ``tpot_p90`` are honest (``math.inf`` = a miss, see the module doc),
+    ``*_served`` over the requests that have the value; ``rejected_share`` is at the comparison
+    load.
     """
 
     policy: str
@@ -42,8 +50,11 @@ class PolicyRow:
     resolved: str
     attainment: float
     goodput_rps: float
+    rejected_share: float
     ttft_p90: float | None
     tpot_p90: float | None
+    ttft_p90_served: float | None
+    tpot_p90_served: float | None
     ttft_change: float | None
     tpot_change: float | None
     gpu_seconds: float
@@ -117,9 +128,9 @@ def role_of(suite: Suite, policy: str) -> str:
 
 
 def _change(value: float | None, ref: float | None) -> float | None:
-    if value is None or ref is None or ref <= 0:
+    if value is None or ref is None or ref <= 0 or math.isinf(ref):
         return None
-    return value / ref - 1.0
+    return math.inf if math.isinf(value) else value / ref - 1.0
 
 
 def _best(values: dict[str, float | None], lowest: bool) -> tuple[float | None, str]:
@@ -176,8 +187,11 @@ def _row(suite: Suite, scenario: Scenario, policy: str, search: SearchOutcome,
         resolved=compare.result.policy,
         attainment=summary.attainment,
         goodput_rps=summary.goodput_rps,
+        rejected_share=summary.rejected_share,
         ttft_p90=summary.ttft_p90,
         tpot_p90=summary.tpot_p90,
+        ttft_p90_served=summary.ttft_p90_served,
+        tpot_p90_served=summary.tpot_p90_served,
         ttft_change=_change(summary.ttft_p90, ref.ttft_p90),
         tpot_change=_change(summary.tpot_p90, ref.tpot_p90),
         gpu_seconds=compare.result.gpu_seconds,
@@ -270,6 +284,13 @@ def _cut_verdict(name: str, what: str, cut: float, mine: float | None, ref: floa
     label = f"{what} -{100 * cut:.0f}% or better vs best baseline ({ref_policy})"
     if mine is None or ref is None or ref <= 0:
         return Verdict(name, label, "n/a", None, "no value to compare", "")
+    unserved = (f"{100 * me.rejected_share:.1f}% rejected, "
+                f"{100 * me.misses.unfinished:.1f}% not finished")
+    if math.isinf(mine):
+        return Verdict(name, label, f"miss (vs {_seconds(ref)})", False, "the P90 is a miss",
+                       f"the P90 lands on a request that never got there ({unserved})")
+    if math.isinf(ref):
+        return Verdict(name, label, f"{mine:.3g} s vs miss", True, "", "")
     change = mine / ref - 1.0
     met = change <= -cut
     value = f"{100 * change:+.1f}% ({mine:.3g} vs {ref:.3g} s)"
@@ -289,6 +310,10 @@ def _cut_verdict(name: str, what: str, cut: float, mine: float | None, ref: floa
                        "or batching remains")
     why = "; ".join(reasons)
     return Verdict(name, label, value, False, gap, why)
+
+
+def _seconds(value: float) -> str:
+    return "miss" if math.isinf(value) else f"{value:.3g} s"
 
 
 def geometric_mean(values: list[float]) -> float | None:

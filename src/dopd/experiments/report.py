@@ -1,25 +1,37 @@
 """Write an experiment's output directory: ``report.md``, ``results.json``, ``config.json`` and
 the plots (see :func:`write_report`).
 
-Table cells hold plain numbers (units in the headers, ``-`` when undefined) so the Markdown can be
-read back by scripts as well as by people.
+Table cells hold plain numbers (units in the headers, ``-`` when undefined, ``miss`` for a
+percentile that lands on a request that never got there) so the Markdown can be read back by
+scripts as well as by people.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dopd.bench.report import safe_name, to_jsonable, write_json
+from dopd.bench.report import MISS, safe_name, to_jsonable, write_json
 from dopd.experiments.analysis import ScenarioAnalysis, Verdict, analyse, geometric_mean
 from dopd.experiments.figures import write_figures
 from dopd.experiments.runner import ExperimentResult
 from dopd.experiments.suite import Scenario, Suite
 
 
-def _num(value: float | None, fmt: str = "{:.3f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def _num(value: float | None, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
+    if value is None:
+        return "-"
+    return MISS if math.isinf(value) else fmt.format(scale * value)
+
+
+def _ms(value: float | None) -> str:
+    return _num(value, "{:.1f}", 1000.0)
+
+
+def _pct_change(value: float | None) -> str:
+    return _num(value, "{:+.1f}", 100.0)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -54,6 +66,13 @@ def _method(result: ExperimentResult) -> list[str]:
         "- Reference (best baseline), per metric: the highest max goodput, the lowest P90 TTFT "
         "and P90 TPOT, the highest attainment among the baselines. Changes are relative to it "
         "(-50 = half the reference).",
+        "- Percentiles count every request: one that was rejected or never finished counts as "
+        "infinitely late (in TTFT and E2E when it never got its first token, in TPOT and E2E "
+        "when it got it but did not finish), so a P90 that lands on such a request is `miss` "
+        "(null in results.json); numpy's linear interpolation, a miss as soon as it touches an "
+        "infinite latency. `rejected %` sits beside them; the `served` columns are the P90s "
+        "over the requests that got there. Attainment and goodput already count every "
+        "unserved request as a miss.",
         "- Floors: the prefill time of the P90 prompt alone, and one batch-1 decode step at the "
         "mean context, from the latency model: no policy can go below them.",
         f"- Seed {suite.seed}; results do not depend on the worker count.", "",
@@ -102,8 +121,9 @@ def _targets(suite: Suite, analyses: tuple[ScenarioAnalysis, ...]) -> list[str]:
 
 
 RESULT_HEADER = ["policy", "role", "max goodput r/s", "per GPU r/s", "x best baseline",
-                 "resolved at max", "attain % at load", "P90 TTFT s", "TTFT vs ref %",
-                 "P90 TPOT ms", "TPOT vs ref %", "GPU-s", "switches"]
+                 "resolved at max", "attain % at load", "rejected %", "P90 TTFT s",
+                 "TTFT vs ref %", "P90 TPOT ms", "TPOT vs ref %", "served P90 TTFT s",
+                 "served P90 TPOT ms", "GPU-s", "switches"]
 
 
 def _scenario_section(a: ScenarioAnalysis) -> list[str]:
@@ -113,11 +133,9 @@ def _scenario_section(a: ScenarioAnalysis) -> list[str]:
         rows.append([
             r.policy, r.role, f"{r.max_goodput_rps:.2f}", f"{r.max_goodput_per_gpu:.3f}",
             _num(r.goodput_ratio, "{:.2f}"), r.resolved_max, f"{100 * r.attainment:.1f}",
-            _num(r.ttft_p90, "{:.3f}"), _num(None if r.ttft_change is None
-                                            else 100 * r.ttft_change, "{:+.1f}"),
-            _num(None if r.tpot_p90 is None else 1000 * r.tpot_p90, "{:.1f}"),
-            _num(None if r.tpot_change is None else 100 * r.tpot_change, "{:+.1f}"),
-            f"{r.gpu_seconds:.0f}", str(r.switches),
+            f"{100 * r.rejected_share:.1f}", _num(r.ttft_p90), _pct_change(r.ttft_change),
+            _ms(r.tpot_p90), _pct_change(r.tpot_change), _num(r.ttft_p90_served),
+            _ms(r.tpot_p90_served), f"{r.gpu_seconds:.0f}", str(r.switches),
         ])
     name = s.name
     return [
@@ -125,8 +143,7 @@ def _scenario_section(a: ScenarioAnalysis) -> list[str]:
         f"SLO: TTFT {s.slo.ttft_s:g} s, TPOT {1000 * s.slo.tpot_s:g} ms, attainment "
         f"{100 * s.slo.attainment:g}%. Comparison load {a.load:.3f} ({a.rate_rps:.2f} req/s). "
         f"Reference: goodput {ref.goodput_rps:.2f} req/s ({ref.goodput_policy}), P90 TTFT "
-        f"{_num(ref.ttft_p90)} s ({ref.ttft_policy}), P90 TPOT "
-        f"{_num(None if ref.tpot_p90 is None else 1000 * ref.tpot_p90, '{:.1f}')} ms "
+        f"{_num(ref.ttft_p90)} s ({ref.ttft_policy}), P90 TPOT {_ms(ref.tpot_p90)} ms "
         f"({ref.tpot_policy}). Floors: P90-prompt prefill {a.floors.ttft_s:.3f} s "
         f"({a.floors.p90_prompt} tokens), batch-1 decode step {1000 * a.floors.tpot_s:.1f} ms.",
         "",
@@ -146,11 +163,10 @@ def _ablations(suite: Suite, analyses: tuple[ScenarioAnalysis, ...]) -> list[str
             r = a.row(ab)
             vs = r.max_goodput_rps / full.max_goodput_rps if full.max_goodput_rps > 0 else None
             rows.append([a.scenario.name, ab, f"{r.max_goodput_rps:.2f}", _num(vs, "{:.2f}"),
-                         f"{100 * r.attainment:.1f}", _num(r.ttft_p90, "{:.3f}"),
-                         _num(None if r.tpot_p90 is None else 1000 * r.tpot_p90, "{:.1f}"),
-                         str(r.switches)])
+                         f"{100 * r.attainment:.1f}", f"{100 * r.rejected_share:.1f}",
+                         _num(r.ttft_p90), _ms(r.tpot_p90), str(r.switches)])
     header = ["scenario", "ablation", "max goodput r/s", f"x {suite.proposed}",
-              "attain % at load", "P90 TTFT s", "P90 TPOT ms", "switches"]
+              "attain % at load", "rejected %", "P90 TTFT s", "P90 TPOT ms", "switches"]
     return [f"## Ablations of {suite.proposed}", "", *_table(header, rows)]
 
 
