@@ -51,6 +51,7 @@ from dopd.bench.loadgen_prompts import (
 )
 from dopd.bench.loadgen_report import bench_columns, bench_record, write_bench_outputs
 from dopd.bench.metrics import summarize_result
+from dopd.bench.report import write_json
 from dopd.config import RunConfig
 from dopd.errors import DopdError
 from dopd.types import SLO, RequestState
@@ -159,6 +160,23 @@ def test_errors_are_misses_with_their_reason(server: FakeServer) -> None:
     assert record["errors"] == {"HTTP 429": 1, "HTTP 500": 1, "connection error": 1,
                                 "stream ended before the answer did": 1,
                                 "stream error": 1, "timeout after 1 s": 1}
+
+
+def test_failed_and_rejected_requests_count_in_the_percentiles(server: FakeServer,
+                                                               tmp_path: Path) -> None:
+    server.reset(ttft_s=0.02, tpot_s=0.005)
+    outputs = [8] * 16 + [REJECT_429, REJECT_429, FAIL_500, 8]
+    result = run(server, workload([0.01 * i for i in range(20)], outputs))
+    summary = summarize_result(result, SLO(ttft_s=1.0, tpot_s=0.1))
+    record = bench_record(result, summary, offered_rate_rps=100.0)
+    assert record["rejected"] == 2 and record["rejected_share"] == 0.1
+    assert record["ttft_unreached_share"] == pytest.approx(3 / 20)
+    # 3 of 20 never got a first token: P90 (virtual index 17.1) lands on one of them
+    assert record["ttft_p90"] == math.inf and record["e2e_p90"] == math.inf
+    assert 0.02 <= record["ttft_p90_served"] < 0.5  # served only: fast
+    assert record["ttft_p50"] == pytest.approx(summary.ttft_p50_served, abs=0.05)
+    written = json.loads(write_json(tmp_path / "r.json", record).read_text())
+    assert written["ttft_p90"] is None and written["ttft_p90_served"] > 0
 
 
 def test_done_ends_the_answer_even_if_the_body_stays_open(server: FakeServer) -> None:
