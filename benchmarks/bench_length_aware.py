@@ -103,7 +103,9 @@ def main() -> int:
                   f"{row['tpot_p90_s']:9.4f} {row['short_ttft_met']:10.4f} {row['rejected']:8d} "
                   f"{row['bypassed']:8d} {row['wall_s']:6.2f}", flush=True)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        from dopd.bench.report import to_jsonable  # a missed P90 (inf) is written null
+
+        args.json.write_text(json.dumps(to_jsonable(rows), indent=1) + "\n")
     return 0
 
 

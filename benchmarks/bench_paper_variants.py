@@ -3,7 +3,9 @@
 Runs each ``SPEC`` or ``SPEC@ROUTER`` (the policy with another router, e.g. a baseline with
 dopd's length-aware scheduling) on the scenario's cluster and workload at the given load
 (``1`` = the suite's load axis unit; the report of ``dopd experiment`` gives each scenario's
-comparison load) and prints attainment, P90 TTFT and P90 TPOT, in one run::
+comparison load) and prints attainment, the rejected share, the honest P90 TTFT and P90 TPOT
+(``inf``: the P90 lands on a request that never got there) and the served-only P90 TTFT, in one
+run::
 
     python3 benchmarks/bench_paper_variants.py sharegpt-70b 1.0 colocated dopd \
         colocated@length-aware static:3:3@length-aware dopd:mixed
@@ -13,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 from dopd.bench.metrics import summarize_result
+from dopd.bench.report import write_json
 from dopd.errors import DopdError
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suites import get_suite
@@ -46,8 +48,8 @@ def main() -> int:
         return 2
     print(f"{args.scenario} at load {args.load:g}: {len(workload)} requests, SLO TTFT "
           f"{scenario.slo.ttft_s:g} s, TPOT {scenario.slo.tpot_s * 1000:g} ms")
-    print(f"{'variant':48s} {'attain %':>9s} {'P90 TTFT s':>11s} {'P90 TPOT ms':>12s} "
-          f"{'wall s':>7s}")
+    print(f"{'variant':48s} {'attain %':>9s} {'rejected %':>10s} {'P90 TTFT s':>11s} "
+          f"{'P90 TPOT ms':>12s} {'served P90 TTFT s':>18s} {'wall s':>7s}")
     rows = []
     for variant in args.variants:
         spec, _, router = variant.partition("@")
@@ -61,15 +63,17 @@ def main() -> int:
             return 2
         s = summarize_result(result, scenario.slo)
         wall = time.perf_counter() - start
-        ttft = s.ttft_p90 if s.ttft_p90 is not None else float("nan")
+        ttft = s.ttft_p90 if s.ttft_p90 is not None else float("nan")  # inf: a miss
         tpot = s.tpot_p90 if s.tpot_p90 is not None else float("nan")
-        print(f"{variant:48s} {100 * s.attainment:9.1f} {ttft:11.3f} {1000 * tpot:12.1f} "
-              f"{wall:7.1f}", flush=True)
-        rows.append({"variant": variant, "attainment": s.attainment, "ttft_p90_s": s.ttft_p90,
-                     "tpot_p90_s": s.tpot_p90})
+        served = s.ttft_p90_served if s.ttft_p90_served is not None else float("nan")
+        print(f"{variant:48s} {100 * s.attainment:9.1f} {100 * s.rejected_share:10.1f} "
+              f"{ttft:11.3f} {1000 * tpot:12.1f} {served:18.3f} {wall:7.1f}", flush=True)
+        rows.append({"variant": variant, "attainment": s.attainment,
+                     "rejected_share": s.rejected_share, "ttft_p90_s": s.ttft_p90,
+                     "tpot_p90_s": s.tpot_p90, "ttft_p90_served_s": s.ttft_p90_served,
+                     "tpot_p90_served_s": s.tpot_p90_served})
     if args.json:
-        Path(args.json).write_text(json.dumps({"scenario": args.scenario, "load": args.load,
-                                               "rows": rows}, indent=2), encoding="utf-8")
+        write_json(args.json, {"scenario": args.scenario, "load": args.load, "rows": rows})
     return 0
 
 

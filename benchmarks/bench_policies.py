@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(case)
     print(f"\ntotal wall {time.perf_counter() - started:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(cases, indent=1))
+        from dopd.bench.report import to_jsonable  # a missed P90 (inf) is written null
+
+        Path(args.json).write_text(json.dumps(to_jsonable(cases), indent=1))
     return 0
 
 
