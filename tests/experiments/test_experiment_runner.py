@@ -3,6 +3,7 @@ fail-fast checks, and the verdicts against the targets."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -187,3 +188,23 @@ def test_a_missed_p90_is_judged_a_miss_and_ranks_last() -> None:
            for v in verdicts(suite, "s", finite, missed_ref, floors)}
     assert got["P90 TTFT -67% or better"].met is True
     assert got["P90 TTFT -67% or better"].value == "0.2 s vs miss"
+
+
+def test_report_tables_show_a_missed_p90_as_miss_beside_the_rejected_share() -> None:
+    from dopd.experiments.analysis import ScenarioAnalysis
+    from dopd.experiments.report import RESULT_HEADER, _scenario_section
+
+    scenario = get_suite("smoke").scenario("shift-8b")
+    ref = Reference(10.0, "colocated", 0.30, "colocated", 0.040, "colocated", 0.95,
+                    "colocated")
+    rows = (row("colocated", "baseline", 10.0, 1.0, 0.95, 0.30, 0.050),
+            row("dopd", "proposed", 16.0, 1.6, 0.80, math.inf, 0.030, rejected=0.19))
+    rows = (rows[0], dataclasses.replace(rows[1], ttft_change=math.inf, tpot_change=-0.25))
+    analysis = ScenarioAnalysis(scenario, 1.0, 16.0, 0.0, ref,
+                                Floors(2000, 0.12, 1500.0, 0.009), rows, ())
+    lines = [line for line in _scenario_section(analysis) if line.startswith("| dopd")]
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    got = dict(zip(RESULT_HEADER, cells, strict=True))
+    assert got["rejected %"] == "19.0" and got["P90 TTFT s"] == "miss"
+    assert got["TTFT vs ref %"] == "miss" and got["TPOT vs ref %"] == "-25.0"
+    assert got["served P90 TTFT s"] == "0.400" and got["P90 TPOT ms"] == "30.0"
