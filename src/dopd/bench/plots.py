@@ -131,12 +131,15 @@ def plot_latency_cdfs(
             ax.axvline(target, color="k", linestyle="--", linewidth=1, label="SLO")
         ax.set_xscale("log")
         left, right = ax.get_xlim()
-        for x_end, top, color in tops[ax]:
+        placed: list[float] = []
+        for x_end, top, color in sorted(tops[ax], key=lambda t: -t[1]):
             ax.hlines(top, left if x_end is None else x_end, right, colors=color,
                       linestyles=":", linewidth=1.2)
-            ax.annotate(f"{100 * (1 - top):.1f}% never", (right, top), xytext=(-3, 2),
-                        textcoords="offset points", ha="right", va="bottom", color=color,
-                        fontsize="small")
+            stacked = sum(1 for y in placed if abs(y - top) < 0.04)  # labels of close tops
+            placed.append(top)
+            ax.annotate(f"{100 * (1 - top):.1f}% never got there", (right, top),
+                        xytext=(-3, -2 - 10 * stacked), textcoords="offset points", ha="right",
+                        va="top", color=color, fontsize="small")
         ax.set_xlim(left, right)
         ax.axhline(1.0, color="tab:gray", linewidth=0.6)
         ax.set_xlabel(name)
