@@ -84,7 +84,9 @@ def test_out_directory_holds_csvs_config_json_and_plots(tmp_path: Path) -> None:
     assert json.loads((out / "workload.json").read_text())["requests"] == 150
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     lines = (out / "decisions_static_best.jsonl").read_text().splitlines()
-    candidates = [json.loads(line) for line in lines]
+    records = [json.loads(line) for line in lines]
+    candidates = [d for d in records if d["action"] == "candidate"]
+    assert any(d["action"] == "prediction-error" for d in records)
     assert [d["policy"] for d in candidates] == [f"static:{p}:{8 - p}" for p in range(1, 8)]
     assert not (out / "attainment_vs_rate.png").exists()  # only with --max-goodput
 

@@ -30,7 +30,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _cluster(s: Scenario) -> str:
     c = s.cluster
-    return f"{c.model} on {c.gpu}, TP{c.tp}"
+    t = c.truth
+    truth = "oracle" if t.is_oracle else (f"bias {t.model_bias:+.1%}, noise {t.step_noise:.1%}"
+                                          + ("" if c.online_calibration else ", no calibration"))
+    return f"{c.model} on {c.gpu}, TP{c.tp} ({truth})"
 
 
 def _method(result: ExperimentResult) -> list[str]:
