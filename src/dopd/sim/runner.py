@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dopd.bench.metrics import summarize_result
-from dopd.control.calibration import CalibratedLatency
+from dopd.control.calibration import CalibratedLatency, CalibrationConfig
 from dopd.errors import require
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.cluster import SimCluster
@@ -58,11 +58,13 @@ def control_context(config: SimConfig, models: SimModels, belief: CalibratedLate
 
 def build_cluster(workload: Workload, config: SimConfig, policy: str | ClusterPolicy,
                   slo: SLO | None = None, seed: int = 0,
-                  progress: Callable[[float], None] | None = None) -> SimCluster:
+                  progress: Callable[[float], None] | None = None,
+                  calibration: CalibrationConfig | None = None) -> SimCluster:
     """The ready-to-run cluster of one policy (not a search), for inspection in tests and tools:
-    ``cluster.run()`` then :func:`collect_result`."""
+    ``cluster.run()`` then :func:`collect_result`. ``calibration``: the belief's settings
+    (default :class:`CalibrationConfig`)."""
     models = build_models(config)
-    belief = build_belief(config, models)
+    belief = build_belief(config, models, calibration)
     built = policy
     if isinstance(policy, str):
         built = make_policy(policy, control_context(config, models, belief, slo, seed))
