@@ -14,7 +14,9 @@ prefill chunk; ``decode``: a decode-only step) pooled over instances, and per ki
 The innovation is clipped (``CalibrationConfig.clip``), so one outlier moves the estimate by at
 most ``alpha * clip``; a run of ``k`` steps counts as ``k`` observations. Memory is O(kinds x
 instances), bounded by ``max_instances``. Predictions use the pooled factor (the interface has
-no instance argument); :meth:`CalibratedLatency.factor` gives the per-instance one.
+no instance argument); :meth:`CalibratedLatency.factor` gives the per-instance one. An EWMA of
+log errors estimates the median step time: under mean-preserving lognormal noise of log-sd
+``s`` that is ``exp(-s^2/2)`` of the mean (0.5 % low at ``s = 0.1``, 2 % at ``s = 0.2``).
 
 :attr:`CalibratedLatency.version` grows when a pooled factor has moved by more than
 ``CalibrationConfig.bump`` since the last version, so users that tabulate the model (the P/D

@@ -32,7 +32,8 @@ class SimModels:
     bandwidth among concurrent transfers exactly (see :mod:`dopd.sim.transfer`).
     ``latency`` is the configured model (``preset`` / ``calibration``): what the control plane
     believes before any bias; ``truth_latency`` is what the hardware does before noise and
-    drift (``latency`` itself unless ``config.truth.truth_calibration`` names another source).
+    drift (the same figures as ``latency`` (another object) unless
+    ``config.truth.truth_calibration`` names another source).
     """
 
     latency: LatencyModel
@@ -57,8 +58,10 @@ def build_models(config: SimConfig) -> SimModels:
     latency = build_latency_model(config.model, config.gpu, config.tp, config.preset,
                                   config.calibration, mem_util=config.kv_mem_util)
     source = config.truth.truth_calibration
-    truth = latency
-    if source is not None:
+    if source is None:  # the same figures, but its own object: nothing shared with the belief
+        truth = build_latency_model(config.model, config.gpu, config.tp, config.preset,
+                                    config.calibration, mem_util=config.kv_mem_util)
+    else:
         if source.startswith(TRUTH_PRESET_PREFIX):
             truth = build_latency_model(config.model, config.gpu, config.tp,
                                         source[len(TRUTH_PRESET_PREFIX):],
