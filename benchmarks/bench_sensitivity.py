@@ -35,8 +35,9 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from dopd.bench.goodput import max_goodput
 from dopd.bench.metrics import summarize_result
@@ -64,45 +65,67 @@ HEAVY = {"static:best"}  # run on the noise-10 % row at bias -30, 0, +30 % only
 class Setup:
     instances: int
     duration_s: float
-    seed: int
+    seeds: tuple[int, ...]
     rel_tol: float
+    grid: tuple[float, ...]
 
 
-def workload(setup: Setup, rate: float) -> Workload:
-    return build_workload(WorkloadConfig(rate=rate, duration_s=setup.duration_s), setup.seed,
-                          MODEL)
+def workload(setup: Setup, rate: float, seed: int) -> Workload:
+    return build_workload(WorkloadConfig(rate=rate, duration_s=setup.duration_s), seed, MODEL)
 
 
 def attainment(setup: Setup, label: str, truth: TruthSpec, calibrate: bool,
                rate: float) -> float:
+    """Mean SLO attainment over the setup's seeds (workload and noise) at ``rate`` req/s."""
     spec, router = POLICIES[label]
     config = SimConfig(model=MODEL, instances=setup.instances, router=router, truth=truth,
                        online_calibration=calibrate)
-    result = run_simulation(workload(setup, rate), config, spec, SLO_, seed=setup.seed)
-    return summarize_result(result, SLO_).attainment
+    values = [summarize_result(run_simulation(workload(setup, rate, seed), config, spec, SLO_,
+                                              seed=seed), SLO_).attainment
+              for seed in setup.seeds]
+    return float(np.mean(values))
 
 
-def search(setup: Setup, run: Callable[[float], float], guess: float) -> float:
-    """Max-goodput rate (req/s) at the SLO's attainment, bracketed around ``guess`` (and once
-    more below it when the bracket's low end already misses)."""
+def oracle_max(setup: Setup, label: str, guess: float) -> float:
+    """The oracle's max-goodput rate (req/s) by bisection on the mean attainment."""
+    def run(rate: float) -> float:
+        return attainment(setup, label, TruthSpec(), True, rate)
+
     found = max_goodput(run, SLO_.attainment, lo=0.8 * guess, hi=1.05 * guess,
                         rel_tol=setup.rel_tol, max_runs=12)
     if not found.feasible:
-        found = max_goodput(run, SLO_.attainment, lo=0.4 * guess, hi=0.8 * guess,
+        found = max_goodput(run, SLO_.attainment, lo=0.3 * guess, hi=0.8 * guess,
                             rel_tol=setup.rel_tol, max_runs=12)
     return found.rate_scale if found.feasible else 0.0
 
 
+def crossing(loads: list[float], values: list[float], target: float) -> float:
+    """Largest load of the sampled curve with attainment >= target, linearly interpolated
+    where the curve crosses it after its last point above; the first load x the first value /
+    target when even that misses (a lower bound would need more points)."""
+    above = [i for i, v in enumerate(values) if v >= target]
+    if not above:
+        return loads[0] * values[0] / target
+    i = above[-1]
+    if i == len(loads) - 1:
+        return loads[-1]
+    a, b = values[i], values[i + 1]
+    return loads[i] + (loads[i + 1] - loads[i]) * (a - target) / (a - b)
+
+
 def sensitivity(setup: Setup, labels: list[str], biases: tuple[float, ...],
                 noises: tuple[float, ...], guess: float) -> list[dict[str, Any]]:
+    """Every cell's attainment on the same loads (the setup's grid x the policy's oracle max
+    goodput); its max goodput is where that curve crosses the target."""
     rows: list[dict[str, Any]] = []
     for label in labels:
-        oracle_rate = search(setup, lambda r, lab=label: attainment(
-            setup, lab, TruthSpec(), True, r), guess)
-        oracle_att = attainment(setup, label, TruthSpec(), True, oracle_rate) \
-            if oracle_rate > 0 else math.nan
-        print(f"{label}: oracle max goodput {oracle_rate:.2f} req/s, attainment there "
-              f"{100 * oracle_att:.2f} %", file=sys.stderr, flush=True)
+        star = oracle_max(setup, label, guess)
+        loads = [g * star for g in setup.grid]
+        oracle_curve = [attainment(setup, label, TruthSpec(), True, x) for x in loads]
+        oracle_rate = crossing(loads, oracle_curve, SLO_.attainment)
+        oracle_att = oracle_curve[setup.grid.index(1.0)]
+        print(f"{label}: oracle max goodput {star:.2f} req/s (curve: {oracle_rate:.2f}), "
+              f"attainment there {100 * oracle_att:.2f} %", file=sys.stderr, flush=True)
         for noise in noises:
             if label in HEAVY and noise != 0.10:
                 continue
@@ -114,17 +137,16 @@ def sensitivity(setup: Setup, labels: list[str], biases: tuple[float, ...],
                     if truth.is_oracle and not calibrate:
                         continue  # the belief is exact: nothing to learn
                     started = time.perf_counter()
-                    rate = search(setup, lambda r, t=truth, c=calibrate, lab=label: attainment(
-                        setup, lab, t, c, r), oracle_rate or guess)
-                    att = attainment(setup, label, truth, calibrate, oracle_rate) \
-                        if oracle_rate > 0 else math.nan
+                    curve = oracle_curve if truth.is_oracle else [
+                        attainment(setup, label, truth, calibrate, x) for x in loads]
+                    rate = crossing(loads, curve, SLO_.attainment)
+                    att = curve[setup.grid.index(1.0)]
                     row = {"policy": label, "bias": bias, "noise": noise,
                            "calibration": calibrate, "max_goodput_rps": rate,
-                           "oracle_rps": oracle_rate, "ratio": rate / oracle_rate
-                           if oracle_rate > 0 else math.nan,
+                           "oracle_rps": oracle_rate, "ratio": rate / oracle_rate,
                            "attainment_at_oracle_load": att, "oracle_attainment": oracle_att,
-                           "drop_points": 100 * (oracle_att - att),
-                           "wall_s": time.perf_counter() - started}
+                           "drop_points": 100 * (oracle_att - att), "loads": loads,
+                           "curve": curve, "wall_s": time.perf_counter() - started}
                     rows.append(row)
                     print(f"  bias {bias:+.2f} noise {noise:.2f} {'cal' if calibrate else 'nocal'}"
                           f": {rate:.2f} req/s ({row['ratio']:.3f}), drop "
@@ -140,8 +162,9 @@ def recovery(setup: Setup, rate: float, bias: float, at_s: float = 300.0,
 
     truth = TruthSpec(step_noise=0.10, model_bias=bias, slowdown=slowdown, slowdown_at_s=at_s)
     config = SimConfig(model=MODEL, instances=setup.instances, truth=truth)
-    wl = build_workload(WorkloadConfig(rate=rate, duration_s=window_s), setup.seed, MODEL)
-    cluster = build_cluster(wl, config, "dopd", SLO_, seed=setup.seed,
+    seed = setup.seeds[0]
+    wl = build_workload(WorkloadConfig(rate=rate, duration_s=window_s), seed, MODEL)
+    cluster = build_cluster(wl, config, "dopd", SLO_, seed=seed,
                             calibration=CalibrationConfig(log_interval_s=1.0))
     cluster.run()
     result = collect_result(cluster, 0.0)
@@ -217,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="bias -30/+30 %%, noise 10 %%, dopd only, short window")
-    parser.add_argument("--seed", type=int, default=2,
-                        help="workload and noise seed (calibrator defaults chosen on 1)")
+    parser.add_argument("--seeds", default="2,3,4",
+                        help="workload and noise seeds averaged per point (calibrator defaults "
+                        "were chosen on seed 1)")
     parser.add_argument("--policies", default=None,
                         help=f"comma-separated subset of {','.join(POLICIES)}")
     parser.add_argument("--duration", type=float, default=None, help="window of arrivals, s")
@@ -231,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in labels if p not in POLICIES]
     if unknown:
         parser.error(f"unknown policy {', '.join(unknown)} (known: {', '.join(POLICIES)})")
+    seeds = tuple(int(x) for x in args.seeds.split(","))
     setup = Setup(instances=2 if quick else 8,
-                  duration_s=args.duration or (20.0 if quick else 40.0), seed=args.seed,
-                  rel_tol=0.05 if quick else 0.04)
+                  duration_s=args.duration or (20.0 if quick else 30.0),
+                  seeds=seeds[:1] if quick else seeds, rel_tol=0.05 if quick else 0.03,
+                  grid=(0.9, 1.0, 1.1) if quick else (0.85, 0.92, 1.0, 1.08))
     biases = (-0.30, 0.30) if quick else BIASES
     noises = (0.10,) if quick else NOISES
     guess = 11.0 * setup.instances  # about dopd's max goodput per instance here
@@ -251,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{rec['rate_rps']:.1f} req/s): prefill factor within 5% after "
               f"{rec['prefill']['seconds_to_within_5pct']:.0f} s, decode after "
               f"{rec['decode']['seconds_to_within_5pct']:.0f} s (target < 30 s)")
-    print(f"seed {setup.seed}, {setup.instances} instances, window {setup.duration_s:g} s, "
+    print(f"seeds {setup.seeds}, {setup.instances} instances, window {setup.duration_s:g} s, "
           f"wall {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "recovery": rec, "seed": setup.seed}, fh, indent=1)
+            json.dump({"rows": rows, "recovery": rec, "seeds": setup.seeds}, fh, indent=1)
     return 0
 
 
