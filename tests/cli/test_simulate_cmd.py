@@ -84,7 +84,9 @@ def test_out_directory_holds_csvs_config_json_and_plots(tmp_path: Path) -> None:
     assert json.loads((out / "workload.json").read_text())["requests"] == 150
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     lines = (out / "decisions_static_best.jsonl").read_text().splitlines()
-    candidates = [json.loads(line) for line in lines]
+    records = [json.loads(line) for line in lines]
+    candidates = [d for d in records if d["action"] == "candidate"]
+    assert any(d["action"] == "prediction-error" for d in records)
     assert [d["policy"] for d in candidates] == [f"static:{p}:{8 - p}" for p in range(1, 8)]
     assert not (out / "attainment_vs_rate.png").exists()  # only with --max-goodput
 
@@ -172,6 +174,9 @@ def test_help_states_the_default(capsys: pytest.CaptureFixture[str]) -> None:
         (["--lengths", "/nonexistent/len.csv"], "not found"),
         (["--arrival", "gamma"], "needs cv"),
         (["--model", "gpt-99"], "unknown model"),
+        (["--model-bias", "5"], "model bias must be in"),
+        (["--step-noise", "-0.1"], "step noise must be in"),
+        (["--truth-calibration", "nosuch"], "calibration 'nosuch'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -285,3 +290,30 @@ def test_console_script(tmp_path: Path) -> None:
     bad = subprocess.run([*cmd, "simulate", "--policy", "static:1:1"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "needs 2 instances" in bad.stderr
+
+
+def test_truth_options_reach_the_run(tmp_path: Path) -> None:
+    oracle = run_json(tmp_path, *SMALL, "--policy", "colocated", "--router", "length-aware")
+    noisy = run_json(tmp_path, *SMALL, "--policy", "colocated", "--router", "length-aware",
+                     "--step-noise", "0.2", "--model-bias", "-0.2")
+    assert noisy["colocated"]["tpot_p50"] != oracle["colocated"]["tpot_p50"]
+    off = run_json(tmp_path, *SMALL, "--policy", "colocated", "--router", "length-aware",
+                   "--step-noise", "0.2", "--model-bias", "-0.2", "--no-calibration")
+    assert off["colocated"] != noisy["colocated"]  # the belief routes differently
+    cfg = config_from_args_of(["--model-bias", "-0.2", "--no-calibration",
+                               "--truth-calibration", "preset:legacy2023"])
+    assert cfg.cluster.truth.model_bias == -0.2 and not cfg.cluster.online_calibration
+    assert cfg.cluster.truth.truth_calibration == "preset:legacy2023"
+    fitted = run_json(tmp_path, "--requests", "60", "--rate", "4", "--model", "opt-13b",
+                      "--policy", "colocated", "--truth-calibration", "distserve:opt-13b:tp1")
+    assert fitted["colocated"]["requests"] == 60
+
+
+def config_from_args_of(argv: list[str]) -> RunConfig:
+    import argparse
+
+    from dopd.cli.common import add_truth_options, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_truth_options(parser)
+    return config_from_args(parser.parse_args(argv))

@@ -36,7 +36,7 @@ def instance(index: int, role: Role, sched: SchedulerConfig | None = None) -> Si
     config = sched or SchedulerConfig(max_batched_tokens=CONFIG.max_batched_tokens,
                                       watermark=MODELS.watermark)
     return SimInstance(index, role, InstanceState.ACTIVE, 0.0, config, MODELS.kv_blocks,
-                       CONFIG.block_size, LatencyModelRunner(MODELS.latency))
+                       CONFIG.block_size)
 
 
 # ---------------------------------------------------------------------------------- options

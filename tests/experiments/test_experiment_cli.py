@@ -98,6 +98,8 @@ def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (["--scenarios", "nope"], "no scenario 'nope'"),
     (["--policies", "colocated,bogus"], "policy bogus is not registered"),
     (["--traces-dir", "/nonexistent/traces"], "traces directory not found"),
+    (["--oracle", "--model-bias", "0.1"], "--oracle takes no"),
+    (["--model-bias", "5"], "model bias must be in"),
 ])
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:

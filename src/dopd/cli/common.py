@@ -61,6 +61,10 @@ OPTION_KEYS: dict[str, str] = {
     "instances": "cluster.instances",
     "kv_mem_util": "cluster.kv_mem_util",
     "router": "cluster.router",
+    "step_noise": "cluster.truth.step_noise",
+    "model_bias": "cluster.truth.model_bias",
+    "truth_calibration": "cluster.truth.truth_calibration",
+    "no_calibration": "cluster.online_calibration",
     "slo_ttft": "slo.ttft_s",
     "slo_tpot": "slo.tpot_s",
     "attainment": "slo.attainment",
@@ -122,6 +126,32 @@ def add_cluster_options(parser: argparse.ArgumentParser, instances: bool = True)
     if instances:
         g.add_argument("--instances", type=int, default=None, metavar="N",
                        help=f"instance budget, each of --tp GPUs (default {c.instances})")
+
+
+TRUTH_HELP = (
+    "The simulated hardware (the truth) times every step; the router, admission control and "
+    "the P/D solver predict with the control plane's own latency model (the belief), which "
+    "learns from observed step times unless --no-calibration. By default they agree exactly "
+    "(an oracle).")
+
+
+def add_truth_options(parser: argparse.ArgumentParser) -> None:
+    """``--step-noise``, ``--model-bias``, ``--truth-calibration``, ``--no-calibration``."""
+    t = _DEFAULT.cluster.truth
+    g = parser.add_argument_group("truth and belief", TRUTH_HELP)
+    g.add_argument("--step-noise", type=float, default=None, metavar="SIGMA",
+                   help="multiply each step's true time by seeded lognormal noise exp(SIGMA Z - "
+                   "SIGMA^2/2) (mean-preserving), e.g. 0.1 (default "
+                   f"{t.step_noise:g})")
+    g.add_argument("--model-bias", type=float, default=None, metavar="B",
+                   help="the belief predicts (1+B) x the true step times; -0.2: it thinks the "
+                   f"GPU is 20%% faster than it is (capacity unchanged) (default {t.model_bias:g})")
+    g.add_argument("--truth-calibration", default=None, metavar="NAME|PATH|preset:NAME",
+                   help="time steps with another model than the configured one (the belief): "
+                   "a built-in fit or fit file as --calibration, or preset:NAME (default: the "
+                   "configured model)")
+    g.add_argument("--no-calibration", action="store_const", const=False, default=None,
+                   help="ablation: the belief does not learn from observed step times")
 
 
 def add_slo_options(parser: argparse.ArgumentParser) -> None:

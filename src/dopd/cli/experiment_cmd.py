@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dopd.cli.common import parse_list
 from dopd.errors import require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
+from dopd.experiments.realism import Realism, apply_realism
 from dopd.experiments.runner import max_workers
 
 TRACES_RELATIVE = Path("..") / "shared" / "traces"
@@ -29,6 +30,12 @@ synthetic workload on a model / GPU / instance budget under an SLO), find each p
 goodput (highest load at 90% SLO attainment, by bisection), run every policy at the load where
 the best baseline reaches 90%, and write report.md (tables, targets verdict), results.json,
 config.json and PNG plots to --out.
+
+Realism: by default the control plane predicts with a latency model that is off the simulated
+hardware by a seeded model bias drawn per scenario in +-20% and a step noise drawn in 5-10%, and
+calibrates itself online (shown per scenario in the report); --oracle makes its model exact (an
+ablation), --no-calibration turns the calibration off, --model-bias / --step-noise fix the
+mismatch.
 
 Suites: paper (the full comparison, under 30 minutes on 2 cores), quick (a couple of minutes),
 smoke (seconds). Policies not registered yet are skipped (and listed in the report) unless named
@@ -100,6 +107,14 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
         parts += ["--scenarios", ",".join(args.scenarios)]
     if args.traces_dir:
         parts += ["--traces-dir", args.traces_dir]
+    if args.oracle:
+        parts += ["--oracle"]
+    if args.model_bias is not None:
+        parts += ["--model-bias", f"{args.model_bias:g}"]
+    if args.step_noise is not None:
+        parts += ["--step-noise", f"{args.step_noise:g}"]
+    if args.no_calibration:
+        parts += ["--no-calibration"]
     if args.backend == "ray":
         parts += ["--backend", "ray"]
         if args.ray_address:
@@ -118,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
         from dopd.serve.ray_connect import check_address
 
         check_address(args.ray_address)
+    require(not args.oracle or (args.model_bias is None and args.step_noise is None),
+            "--oracle takes no --model-bias or --step-noise")
+    realism = Realism(oracle=args.oracle, bias=args.model_bias, noise=args.step_noise,
+                      calibration=not args.no_calibration)
+    suite = apply_realism(suite, realism)
     suite = suite.select(args.scenarios, args.policies)
     suite, skipped = drop_unregistered(suite, args.policies or ())
     traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
@@ -163,6 +183,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--traces-dir", default=None, metavar="PATH",
                    help="directory of the public traces (default ../shared/traces from the "
                    "current directory, then from the repository)")
+    p.add_argument("--oracle", action="store_true",
+                   help="ablation: the control plane's latency model is exactly the simulated "
+                   "hardware (no bias, no step noise)")
+    p.add_argument("--model-bias", type=float, default=None, metavar="B",
+                   help="the control plane predicts (1+B) x the true step times in every "
+                   "scenario (default: drawn per scenario in +-0.2)")
+    p.add_argument("--step-noise", type=float, default=None, metavar="SIGMA",
+                   help="lognormal step-time noise (mean-preserving) in every scenario "
+                   "(default: drawn per scenario in [0.05, 0.10])")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="ablation: the control plane does not learn its latency model from "
+                   "observed step times")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, only errors")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: a process pool here (default); ray: every simulation job is a "

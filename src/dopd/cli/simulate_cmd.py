@@ -46,6 +46,7 @@ from dopd.cli.common import (
     add_goodput_options,
     add_output_options,
     add_slo_options,
+    add_truth_options,
     add_workload_options,
     build_workload,
     config_from_args,
@@ -311,6 +312,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config_option(p)
     add_workload_options(p)
     add_cluster_options(p)
+    add_truth_options(p)
     add_slo_options(p)
     add_goodput_options(p)
     add_output_options(p)

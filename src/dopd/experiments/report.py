@@ -42,7 +42,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _cluster(s: Scenario) -> str:
     c = s.cluster
-    return f"{c.model} on {c.gpu}, TP{c.tp}"
+    t = c.truth
+    truth = "oracle" if t.is_oracle else (f"bias {t.model_bias:+.1%}, noise {t.step_noise:.1%}"
+                                          + ("" if c.online_calibration else ", no calibration"))
+    return f"{c.model} on {c.gpu}, TP{c.tp} ({truth})"
 
 
 def _method(result: ExperimentResult) -> list[str]:
@@ -51,6 +54,11 @@ def _method(result: ExperimentResult) -> list[str]:
         "## Method", "",
         "- Simulated with `dopd.sim` (the same control plane as the live system); latency model: "
         "roofline, `modern` preset; every policy gets the same instance budget.",
+        "- Truth and belief: the router, admission control and solver predict with their own "
+        "latency model, off the simulated hardware by the model bias and step noise shown per "
+        "scenario (drawn, seeded, unless `--oracle`), and calibrate it online from observed "
+        "step times unless `no calibration` is shown; see `benchmarks/bench_sensitivity.py` "
+        "for what each policy loses from the oracle.",
         "- Load axis: at load x a scenario replays its source at `scale * x` times the source's "
         "rate over a fixed window of arrivals (a trace is time-compressed, then cut; where the "
         "compressed trace ends early the window is that much shorter, at the same rate).",

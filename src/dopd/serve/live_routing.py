@@ -40,9 +40,10 @@ UNKNOWN_BLOCKS = 1 << 30
 class ScaledLatency(LatencyModel):
     """``base`` with every step time multiplied by ``scale`` (emulated workers' wall clock)."""
 
-    __slots__ = ("base", "kv_capacity_tokens", "name", "scale")
+    __slots__ = ("_coeffs", "base", "kv_capacity_tokens", "name", "scale")
 
     def __init__(self, base: LatencyModel, scale: float) -> None:
+        self._coeffs: dict[int, tuple[float, float]] = {}
         self.base = base
         self.scale = scale
         self.name = f"{base.name} x{scale:g}"
@@ -54,8 +55,11 @@ class ScaledLatency(LatencyModel):
                                                 prefill_count, decode_count, decode_ctx_sum)
 
     def decode_coefficients(self, decode_count: int) -> tuple[float, float]:
-        alpha, slope = self.base.decode_coefficients(decode_count)
-        return self.scale * alpha, self.scale * slope
+        c = self._coeffs.get(decode_count)
+        if c is None:
+            alpha, slope = self.base.decode_coefficients(decode_count)
+            c = self._coeffs[decode_count] = (self.scale * alpha, self.scale * slope)
+        return c
 
     def breakdown(self, batch: BatchShape) -> StepBreakdown:
         return self.base.breakdown(batch)

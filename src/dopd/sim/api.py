@@ -6,11 +6,59 @@ is the one entry point that the CLI, the experiment harness and the benchmarks c
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dopd.errors import require
+
+
+@dataclass(frozen=True, slots=True)
+class TruthSpec:
+    """How the simulated hardware (the truth) differs from the control plane's latency model
+    (the belief). The default is the oracle: the belief is exactly the truth.
+
+    - ``step_noise``: each step's time is multiplied by lognormal noise ``exp(sigma Z - sigma^2
+      / 2)`` (mean-preserving: the mean step time, hence capacity, is unchanged; the median is
+      ``exp(-sigma^2/2)`` of it). A macro-stepped decode run of ``k`` steps draws one factor with
+      the mean and variance of the mean of ``k`` independent step factors.
+    - ``model_bias``: the belief predicts ``(1 + model_bias)`` times the truth's step times
+      (-0.2: the control plane thinks the GPU is 20 % faster than it is). The truth is
+      unchanged, so capacity is too; only decisions suffer.
+    - ``truth_calibration``: the truth comes from another source than the configured
+      ``preset`` / ``calibration`` (the belief): a built-in fit or fit file (as
+      ``--calibration``), or ``preset:NAME`` for another roofline preset. None: the same source.
+    - ``slowdown`` from ``slowdown_at_s`` on (None: never): every step of the truth takes
+      ``slowdown`` times longer (1.25: the GPU gets 25 % slower); a decode run takes the
+      factor of its start.
+
+    Seeded by the run's seed: the same seed gives the same noise.
+    """
+
+    step_noise: float = 0.0
+    model_bias: float = 0.0
+    truth_calibration: str | None = None
+    slowdown: float = 1.0
+    slowdown_at_s: float | None = None
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.step_noise <= 2.0,
+                f"step noise must be in [0, 2], got {self.step_noise}")
+        require(-0.9 <= self.model_bias <= 3.0,
+                f"model bias must be in [-0.9, 3], got {self.model_bias}")
+        require(self.slowdown > 0 and math.isfinite(self.slowdown),
+                f"slowdown must be > 0, got {self.slowdown}")
+        require(self.slowdown_at_s is None or self.slowdown_at_s >= 0,
+                f"slowdown time must be >= 0 s, got {self.slowdown_at_s}")
+
+    @property
+    def is_oracle(self) -> bool:
+        """Whether the belief is exactly the truth (no noise, bias, other source or drift)."""
+        return (self.step_noise == 0.0 and self.model_bias == 0.0
+                and self.truth_calibration is None
+                and (self.slowdown == 1.0 or self.slowdown_at_s is None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +89,8 @@ class SimConfig:
     tick_s: float = 1.0
     timeline_s: float = 1.0
     router: str = "auto"
+    truth: TruthSpec = TruthSpec()
+    online_calibration: bool = True
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -57,6 +107,10 @@ class SimConfig:
     @property
     def gpus(self) -> int:
         return self.instances * self.tp
+
+    def control_view(self) -> SimConfig:
+        """This config as the control plane sees it: without the hardware truth."""
+        return self if self.truth == TruthSpec() else dataclasses.replace(self, truth=TruthSpec())
 
 
 @dataclass(frozen=True)

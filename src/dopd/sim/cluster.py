@@ -20,6 +20,12 @@ Events: see :class:`~dopd.sim.events.Kind`. Decode-only batches advance in multi
 end at the first finish or when new work arrives (the run is cut after the step in progress), so
 long decodes cost a few events instead of one per token. Instance life cycle (role switches,
 adding and removing instances) is in :mod:`dopd.sim.lifecycle`.
+
+Truth and belief: the cluster alone holds the :class:`~dopd.sim.truth.HardwareTruth` that times
+the steps. After every step or decode run it reports the batch and the observed duration to the
+control plane's belief (:meth:`~dopd.control.calibration.CalibratedLatency.observe_step`), as a
+live worker would, and, for routers that predict a TTFT at placement, the predicted and observed
+TTFT of each finished request.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from dopd.engine import LatencyModelRunner, SchedulerConfig
+from dopd.control.calibration import CalibratedLatency
+from dopd.engine import SchedulerConfig
 from dopd.errors import require
 from dopd.sim.api import SimConfig
 from dopd.sim.events import EventQueue, Kind
@@ -38,6 +45,7 @@ from dopd.sim.models import SimModels
 from dopd.sim.policy import ClusterPolicy
 from dopd.sim.routing import Router
 from dopd.sim.transfer import TransferNetwork
+from dopd.sim.truth import HardwareTruth
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 _FINISHED = int(RequestState.FINISHED)
@@ -54,6 +62,7 @@ class SimCluster(Lifecycle):
 
     def __init__(self, arrival_s: list[float], prompt: list[int], output: list[int],
                  config: SimConfig, models: SimModels, policy: ClusterPolicy, router: Router,
+                 truth: HardwareTruth, belief: CalibratedLatency,
                  progress: Callable[[float], None] | None = None) -> None:
         n = len(arrival_s)
         self.n = n
@@ -73,7 +82,9 @@ class SimCluster(Lifecycle):
         self._aging = self.sched_config.queue_order != "fcfs"
         self._place = type(router).place is not Router.place
         self._hook_finish = type(router).observe_finish is not Router.observe_finish
-        self.runner = LatencyModelRunner(models.latency)
+        self.truth = truth
+        self.belief = belief
+        self.ttft_predicted: dict[int, float] = {}
         self.network = TransferNetwork(models.transfer_latency_s, models.transfer_bandwidth_Bps)
         nan = math.nan
         self.first_s = [nan] * n
@@ -109,7 +120,7 @@ class SimCluster(Lifecycle):
     # ------------------------------------------------------------------ instances
     def new_instance(self, role: Role, state: InstanceState) -> SimInstance:
         inst = SimInstance(len(self.instances), role, state, self.q.now, self.sched_config,
-                           self.models.kv_blocks, self.config.block_size, self.runner)
+                           self.models.kv_blocks, self.config.block_size)
         self.instances.append(inst)
         return inst
 
@@ -119,7 +130,7 @@ class SimCluster(Lifecycle):
             return
         if self._aging:
             inst.sched.age(self.q.now)
-        end = inst.next_work(self.q.now, _MAX_RUN)
+        end = inst.next_work(self.q.now, _MAX_RUN, self.truth)
         if end is not None:
             self.q.push(end, Kind.STEP, inst.instance_id, inst.version)
 
@@ -128,7 +139,7 @@ class SimCluster(Lifecycle):
         if not inst.busy:
             self.start(inst)
         elif inst.run is not None:
-            end = inst.cut_run(self.q.now)
+            end = inst.cut_run(self.q.now, self.truth)
             if end is not None:
                 self.q.push(end, Kind.STEP, inst.instance_id, inst.version)
 
@@ -162,6 +173,8 @@ class SimCluster(Lifecycle):
                 return
             inst = placement.instance
             assert isinstance(inst, SimInstance)
+            if placement.predicted_ttft_s == placement.predicted_ttft_s:  # not NaN
+                self.ttft_predicted[i] = placement.predicted_ttft_s
         else:
             inst = self.router.select_prefill(now, p, o, targets)
         self.prefill_of[i] = inst.instance_id
@@ -175,8 +188,12 @@ class SimCluster(Lifecycle):
         inst = self.instances[index]
         if version != inst.version or not inst.busy:
             return  # superseded by a cut
-        out = inst.finish_work()
+        out = inst.finish_work(self.truth)
         now = self.q.now
+        p_new, p_attn, p_count, d_count, d_ctx, steps, seconds = inst.observed
+        if steps:
+            self.belief.observe_step(now, index, p_new, p_attn, p_count, d_count, d_ctx, steps,
+                                     seconds)
         if out.first_token and inst.sched.role != Role.PREFILL:
             first, dec = self.first_s, self.decode_of
             for rid in out.first_token:
@@ -266,6 +283,7 @@ class SimCluster(Lifecycle):
     def end_request(self, rid: int, state: int, reason: str = "") -> None:
         now = self.q.now
         self.state[rid] = state
+        predicted = self.ttft_predicted.pop(rid, None) if self.ttft_predicted else None
         if state == _FINISHED:
             self.finish_s[rid] = now
             if self._hook_finish:
@@ -274,6 +292,8 @@ class SimCluster(Lifecycle):
                 self.first_s[rid] = now
                 if self.decode_of[rid] < 0:
                     self.decode_of[rid] = self.prefill_of[rid]
+            if predicted is not None:
+                self.belief.observe_ttft(now, predicted, self.first_s[rid] - self.arrival_s[rid])
         else:
             self.reason[rid] = reason
         self.done += 1
@@ -314,6 +334,7 @@ class SimCluster(Lifecycle):
         for rid in range(self.n):
             if self.state[rid] < _FINISHED:
                 self.end_request(rid, _ABORTED, "stranded: no instance could serve it")
+        self.belief.flush(q.now)
 
     def on_tick(self, _: int, __: int) -> None:
         now = self.q.now

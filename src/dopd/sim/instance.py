@@ -1,4 +1,6 @@
-"""A simulated instance: the engine's scheduler plus latency-model timing and life-cycle state.
+"""A simulated instance: the engine's scheduler plus life-cycle state; the cluster's
+:class:`~dopd.sim.truth.HardwareTruth` times its steps (the instance holds no reference to it, so
+a router reading instances cannot reach the truth).
 
 The instance runs one step (or one multi-step decode run) at a time. The cluster starts work with
 :meth:`SimInstance.next_work` and finishes it when its STEP event fires (:meth:`finish_work`).
@@ -9,11 +11,11 @@ New work arriving during a decode run cuts the run short at the end of the step 
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 from dopd.engine import (
     BlockManager,
     DecodeRun,
-    LatencyModelRunner,
     Scheduler,
     SchedulerConfig,
     StepOutcome,
@@ -21,6 +23,9 @@ from dopd.engine import (
     StepResult,
 )
 from dopd.types import InstanceState, Role
+
+if TYPE_CHECKING:
+    from dopd.sim.truth import HardwareTruth
 
 _EWMA = 0.2  # weight of the newest step in the recent step time
 
@@ -30,17 +35,19 @@ class SimInstance:
 
     ``pending`` holds (request id, source instance) of remote decodes routed here that wait for
     KV memory; ``incoming`` counts transfers in flight to it. ``migrate``: while DRAINING, its
-    decodes move to other instances. Times are simulated seconds.
+    decodes move to other instances. Times are simulated seconds. ``observed`` is the last
+    finished work as a worker would report it: ``(prefill_new_tokens, prefill_attn_sum,
+    prefill_count, decode_count, decode_ctx_sum, steps, seconds)`` (a decode run's first step's
+    sums and its step count).
     """
 
-    __slots__ = ("busy", "busy_until", "cut_steps", "incoming", "instance_id", "migrate", "pending",
-                 "pending_tokens", "plan", "result", "role", "run", "run_start", "runner",
-                 "sched", "start_s", "state", "state_version", "step_s", "steps", "stop_s",
-                 "target_role", "version")
+    __slots__ = ("busy", "busy_until", "cut_steps", "incoming", "instance_id", "migrate",
+                 "observed", "pending", "pending_tokens", "plan", "result", "role", "run",
+                 "run_factor", "run_start", "sched", "start_s", "state", "state_version",
+                 "step_s", "steps", "stop_s", "target_role", "version")
 
     def __init__(self, instance_id: int, role: Role, state: InstanceState, now: float,
-                 sched_config: SchedulerConfig, num_blocks: int, block_size: int,
-                 runner: LatencyModelRunner) -> None:
+                 sched_config: SchedulerConfig, num_blocks: int, block_size: int) -> None:
         self.instance_id = instance_id
         self.role = role
         self.target_role: Role | None = None
@@ -49,7 +56,6 @@ class SimInstance:
         self.state_version = 0
         self.sched = Scheduler(sched_config,
                                BlockManager(num_blocks, block_size, sched_config.watermark), role)
-        self.runner = runner
         self.busy = False
         self.busy_until = now
         self.version = 0
@@ -57,7 +63,9 @@ class SimInstance:
         self.result: StepResult | None = None
         self.run: DecodeRun | None = None
         self.run_start = 0.0
+        self.run_factor = 1.0
         self.cut_steps = 0
+        self.observed: tuple[int, int, int, int, int, int, float] = (0, 0, 0, 0, 0, 0, 0.0)
         self.pending: deque[tuple[int, int]] = deque()
         self.pending_tokens = 0
         self.incoming = 0
@@ -90,20 +98,22 @@ class SimInstance:
         return self.busy_until
 
     # ------------------------------------------------------------------ work
-    def next_work(self, now: float, max_run_steps: int) -> float | None:
-        """Start the next step or decode run if idle and there is work; returns its end time."""
+    def next_work(self, now: float, max_run_steps: int, truth: HardwareTruth) -> float | None:
+        """Start the next step or decode run if idle and there is work, timed by ``truth``;
+        returns its end time."""
         sched = self.sched
         run = sched.begin_decode_run(max_run_steps) if sched.num_decoding else None
         if run is not None:
             self.run = run
             self.run_start = now
             self.cut_steps = run.steps
-            end = now + self.runner.run_time(run)
+            self.run_factor = truth.run_factor(run, now)
+            end = now + truth.run_time(run, self.run_factor)
         else:
             plan = sched.schedule()
             if plan is None:
                 return None
-            result = self.runner.execute(plan)
+            result = truth.execute(plan, now)
             self.plan = plan
             self.result = result
             end = now + result.duration_s
@@ -112,37 +122,42 @@ class SimInstance:
         self.version += 1
         return end
 
-    def finish_work(self) -> StepOutcome:
-        """Apply the step or run that just ended."""
+    def finish_work(self, truth: HardwareTruth) -> StepOutcome:
+        """Apply the step or run that just ended (``truth``: the one that timed it)."""
         self.busy = False
         run = self.run
         if run is not None:
             self.run = None
             steps = self.cut_steps
             if steps:
-                duration = self.runner.run_time(run, steps)
+                duration = truth.run_time(run, self.run_factor, steps)
                 self.step_s += _EWMA * (duration / steps - self.step_s)
                 self.steps += steps
+                self.observed = (0, 0, 0, run.decode_count, run.ctx_sum_start, steps, duration)
+            else:
+                self.observed = (0, 0, 0, 0, 0, 0, 0.0)
             return self.sched.end_decode_run(steps)
         plan, result = self.plan, self.result
         assert plan is not None and result is not None
         self.plan = self.result = None
         self.step_s += _EWMA * (result.duration_s - self.step_s)
         self.steps += 1
+        self.observed = (plan.prefill_new_tokens, plan.prefill_attn_sum, len(plan.prefill),
+                         len(plan.decode_ids), plan.decode_ctx_sum, 1, result.duration_s)
         return self.sched.complete(plan, result)
 
-    def cut_run(self, now: float) -> float | None:
+    def cut_run(self, now: float, truth: HardwareTruth) -> float | None:
         """End the active decode run after the step in progress; returns the new end time, or
         None when the run already ends then (or no run is active)."""
         run = self.run
         if run is None:
             return None
-        done = self.runner.steps_within(run, now - self.run_start)
+        done = truth.steps_within(run, self.run_factor, now - self.run_start)
         steps = done + 1
         if steps >= self.cut_steps:
             return None
         self.cut_steps = steps
-        end = self.run_start + self.runner.run_time(run, steps)
+        end = self.run_start + truth.run_time(run, self.run_factor, steps)
         end = max(end, now)
         self.busy_until = end
         self.version += 1

@@ -81,9 +81,12 @@ class RouterContext:
     options: str = ""
 
     @classmethod
-    def of(cls, config: SimConfig, models: SimModels, slo: SLO | None = None) -> RouterContext:
-        """The context of a simulated run."""
-        return cls(models.latency, config.max_batched_tokens, config.block_size,
+    def of(cls, config: SimConfig, models: SimModels, slo: SLO | None = None,
+           latency: LatencyModel | None = None) -> RouterContext:
+        """The context of a simulated run, predicting with ``latency`` (the control plane's
+        belief; default: the configured model)."""
+        return cls(models.latency if latency is None else latency, config.max_batched_tokens,
+                   config.block_size,
                    models.watermark_blocks, slo, models.kv_bytes_per_token,
                    models.transfer_latency_s, models.transfer_bandwidth_Bps)
 
@@ -97,11 +100,14 @@ class RouterContext:
 class Placement:
     """A router's decision at arrival: prefill on ``instance`` (a decode instance when
     ``bypass``: it prefills and decodes there, with no KV hand-off), or, when ``reject`` is not
-    empty, refuse the request for that reason (``instance`` is then None)."""
+    empty, refuse the request for that reason (``instance`` is then None).
+    ``predicted_ttft_s``: the TTFT the router predicted there (NaN: none), for the decision
+    log's prediction errors."""
 
     instance: Routable | None
     bypass: bool = False
     reject: str = ""
+    predicted_ttft_s: float = math.nan
 
 
 class Router:
@@ -189,10 +195,6 @@ class LeastLoaded(Router):
 
     name = "least-loaded"
 
-    def __init__(self, context: RouterContext) -> None:
-        super().__init__(context)
-        self._coeffs: dict[int, tuple[float, float]] = {}
-
     def prefill_wait(self, now: float, inst: Routable, prompt_tokens: int) -> float:
         """Predicted seconds until ``prompt_tokens`` more prompt tokens queued on ``inst`` are
         prefilled (current step, then the queue in budget-sized steps with its decodes)."""
@@ -212,9 +214,9 @@ class LeastLoaded(Router):
         """Predicted decode step time of ``inst`` once the request and its queue are admitted."""
         s = inst.sched
         batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
-        coeffs = self._coeffs.get(batch)
-        if coeffs is None:  # decode-only step time = alpha(batch) + slope * context sum
-            coeffs = self._coeffs[batch] = self.context.latency.decode_coefficients(batch)
+        # decode-only step time = alpha(batch) + slope * context sum (the belief caches these;
+        # no cache here, as calibration moves them)
+        coeffs = self.context.latency.decode_coefficients(batch)
         return coeffs[0] + coeffs[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
@@ -267,8 +269,7 @@ class PDPair(LeastLoaded):
         best_t = math.inf
         roomiest = candidates[0]
         most = -math.inf
-        coeffs = self._coeffs
-        latency = self.context.latency
+        coefficients = self.context.latency.decode_coefficients
         for inst in candidates:
             s = inst.sched
             pending_tokens = inst.pending_tokens
@@ -276,9 +277,7 @@ class PDPair(LeastLoaded):
             if headroom >= floor:
                 # decode_step() inlined: this runs for every request and candidate.
                 batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
-                c = coeffs.get(batch)
-                if c is None:
-                    c = coeffs[batch] = latency.decode_coefficients(batch)
+                c = coefficients(batch)
                 t = c[0] + c[1] * (s.decode_kv_sum + pending_tokens + prompt_tokens)
                 if t < best_t:
                     best, best_t = inst, t

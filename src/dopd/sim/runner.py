@@ -10,10 +10,11 @@ from collections.abc import Callable
 import numpy as np
 
 from dopd.bench.metrics import summarize_result
+from dopd.control.calibration import CalibratedLatency, CalibrationConfig
 from dopd.errors import require
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.cluster import SimCluster
-from dopd.sim.models import SimModels, build_models
+from dopd.sim.models import SimModels, build_belief, build_models, build_truth
 from dopd.sim.policy import ClusterPolicy, HindsightSearch, PolicyContext, make_policy
 from dopd.sim.routing import RouterContext, make_router
 from dopd.types import SLO
@@ -30,40 +31,59 @@ def run_simulation(workload: Workload, config: SimConfig, policy: str | ClusterP
     DopdError without it). Same inputs and ``seed`` give identical per-request results.
     ``progress`` gets the fraction of requests done, at most about 100 times. Bad input (unknown
     policy, model or GPU, a split that does not match ``config.instances``) raises DopdError.
+
+    Truth and belief: the instances' steps are timed by the hardware truth of ``config.truth``
+    (seeded by ``seed``); the policy and the router get :meth:`SimConfig.control_view` and the
+    belief (:func:`~dopd.sim.models.build_belief`), never the truth. A :class:`ClusterPolicy`
+    object passed in was built by the caller with whatever model it was given.
     """
     require(isinstance(config, SimConfig), "config must be a SimConfig")
     require(len(workload) >= 1, "workload has no requests")
     models = build_models(config)
-    context = PolicyContext(config, models.latency, slo, seed, models.kv_blocks)
+    belief = build_belief(config, models)
+    context = control_context(config, models, belief, slo, seed)
     built = make_policy(policy, context) if isinstance(policy, str) else policy
     require(isinstance(built, (ClusterPolicy, HindsightSearch)),
             f"policy must be a spec string or a ClusterPolicy, got {type(policy).__name__}")
     if isinstance(built, HindsightSearch):
         return _search(workload, config, models, context, built, progress)
-    return _run_one(workload, config, models, built, progress, slo)
+    return _run_one(workload, config, models, built, progress, slo, belief, seed)
+
+
+def control_context(config: SimConfig, models: SimModels, belief: CalibratedLatency,
+                    slo: SLO | None, seed: int) -> PolicyContext:
+    """What a cluster policy of a run gets: the config without the truth, and the belief."""
+    return PolicyContext(config.control_view(), belief, slo, seed, models.kv_blocks)
 
 
 def build_cluster(workload: Workload, config: SimConfig, policy: str | ClusterPolicy,
                   slo: SLO | None = None, seed: int = 0,
-                  progress: Callable[[float], None] | None = None) -> SimCluster:
+                  progress: Callable[[float], None] | None = None,
+                  calibration: CalibrationConfig | None = None) -> SimCluster:
     """The ready-to-run cluster of one policy (not a search), for inspection in tests and tools:
-    ``cluster.run()`` then :func:`collect_result`."""
+    ``cluster.run()`` then :func:`collect_result`. ``calibration``: the belief's settings
+    (default :class:`CalibrationConfig`)."""
     models = build_models(config)
+    belief = build_belief(config, models, calibration)
     built = policy
     if isinstance(policy, str):
-        built = make_policy(policy, PolicyContext(config, models.latency, slo, seed,
-                                                  models.kv_blocks))
+        built = make_policy(policy, control_context(config, models, belief, slo, seed))
     require(isinstance(built, ClusterPolicy), f"{policy!r} is not a single cluster policy")
     assert isinstance(built, ClusterPolicy)
-    return _cluster(workload, config, models, built, progress, slo)
+    return _cluster(workload, config, models, built, progress, slo, belief, seed)
 
 
 def _cluster(workload: Workload, config: SimConfig, models: SimModels, policy: ClusterPolicy,
-             progress: Callable[[float], None] | None, slo: SLO | None = None) -> SimCluster:
+             progress: Callable[[float], None] | None, slo: SLO | None = None,
+             belief: CalibratedLatency | None = None, seed: int = 0) -> SimCluster:
+    if belief is None:
+        belief = build_belief(config, models)
     router_name = policy.router if config.router == "auto" else config.router
-    router = make_router(router_name, RouterContext.of(config, models, slo))
+    router = make_router(router_name, RouterContext.of(config.control_view(), models, slo,
+                                                       latency=belief))
     cluster = SimCluster(workload.arrival_s.tolist(), workload.prompt_tokens.tolist(),
-                         workload.output_tokens.tolist(), config, models, policy, router, progress)
+                         workload.output_tokens.tolist(), config, models, policy, router,
+                         build_truth(config, models, seed), belief, progress)
     cluster.init_instances(list(policy.initial_roles(config.instances)))
     return cluster
 
@@ -97,8 +117,8 @@ def collect_result(cluster: SimCluster, wall_s: float) -> SimResult:
 
 def _decisions(cluster: SimCluster) -> tuple[dict[str, object], ...]:
     """The cluster's action records merged, by time, with the records a policy keeps in its
-    ``decisions`` attribute (if any)."""
-    own = getattr(cluster.policy, "decisions", None)
+    ``decisions`` attribute (if any) and the belief's prediction errors."""
+    own = [*(getattr(cluster.policy, "decisions", None) or ()), *cluster.belief.records]
     if not own:
         return tuple(cluster.decisions)
     merged = sorted([*cluster.decisions, *own], key=lambda r: float(r.get("t", 0.0)))
@@ -106,9 +126,10 @@ def _decisions(cluster: SimCluster) -> tuple[dict[str, object], ...]:
 
 
 def _run_one(workload: Workload, config: SimConfig, models: SimModels, policy: ClusterPolicy,
-             progress: Callable[[float], None] | None, slo: SLO | None = None) -> SimResult:
+             progress: Callable[[float], None] | None, slo: SLO | None = None,
+             belief: CalibratedLatency | None = None, seed: int = 0) -> SimResult:
     started = time.perf_counter()
-    cluster = _cluster(workload, config, models, policy, progress, slo)
+    cluster = _cluster(workload, config, models, policy, progress, slo, belief, seed)
     cluster.run()
     return collect_result(cluster, time.perf_counter() - started)
 
@@ -127,7 +148,8 @@ def _search(workload: Workload, config: SimConfig, models: SimModels, context: P
     reported = [0.0]
 
     for index, spec in enumerate(search.candidates):
-        policy = make_policy(spec, context)
+        belief = build_belief(config, models)
+        policy = make_policy(spec, control_context(config, models, belief, slo, context.seed))
         require(isinstance(policy, ClusterPolicy), f"{search.name}: {spec} is not a policy")
         assert isinstance(policy, ClusterPolicy)
 
@@ -137,7 +159,8 @@ def _search(workload: Workload, config: SimConfig, models: SimModels, context: P
                 reported[0] = overall
                 progress(overall)
 
-        result = _run_one(workload, config, models, policy, sub if progress else None, slo)
+        result = _run_one(workload, config, models, policy, sub if progress else None, slo,
+                          belief, context.seed)
         summary = summarize_result(result, slo)
         tried.append({"t": 0.0, "action": "candidate", "policy": spec,
                       "attainment": summary.attainment, "goodput_rps": summary.goodput_rps})

@@ -124,7 +124,10 @@ class DopdPolicy(ClusterPolicy):
         self.slo = context.slo
         self.budget = context.config.instances
         self.router = self._router(options.length_aware)
-        self.inst = InstanceModel.from_sim_config(context.config)
+        self.inst = InstanceModel.from_sim_config(context.config, context.latency)
+        self._config = context.config
+        self._belief = context.latency
+        self._belief_version = getattr(context.latency, "version", 0)
         self.solver_config = SolverConfig(variance_term=options.variance,
                                           max_instances=max(self.budget, 2),
                                           cold_start_s=context.config.cold_start_s)
@@ -328,7 +331,17 @@ class DopdPolicy(ClusterPolicy):
             return Split(current.prefill - 1, current.decode + 1)
         return target
 
+    def _refresh_model(self) -> None:
+        """Re-tabulate the instance model when the (calibrated) latency belief has moved."""
+        version = getattr(self._belief, "version", 0)
+        if version != self._belief_version:
+            self._belief_version = version
+            self.inst = InstanceModel.from_sim_config(self._config, self._belief)
+            if self.hybrid is not None:
+                self.hybrid.inst = self.inst
+
     def _plan(self, now: float, view: ClusterView) -> Sequence[Action]:
+        self._refresh_model()
         snap = self.monitor.snapshot(now)
         observed = self.outcomes.summary(now)
         self.log.settle(now, {"finished": observed.finished, "ttft_p90": observed.ttft_p90,

@@ -64,7 +64,7 @@ class ReactivePolicy(ClusterPolicy):
                     f"policy reactive: init must be P/D with P + D = {n}, got {values['init']!r}")
             self.init = (int(parts[0]), int(parts[1]))
         self.name = "reactive" + "".join(f":{a.strip()}" for a in args.split(":") if a.strip())
-        inst = InstanceModel.from_sim_config(context.config)
+        inst = InstanceModel.from_sim_config(context.config, context.latency)
         n_ref = np.array([_REFERENCE_PROMPT])
         _, fixed, var = inst.prefill_tables(n_ref)
         self.prefill_tok_s = _REFERENCE_PROMPT / float(var[0] + fixed[0]

@@ -73,7 +73,7 @@ class SlaPlannerPolicy(ClusterPolicy):
             k: make_forecaster(spec) for k in ("count", "isl", "osl")}
         self.name = "sla-planner" + "".join(f":{a.strip()}" for a in args.split(":")
                                              if a.strip())
-        self.inst = InstanceModel.from_sim_config(context.config)
+        self.inst = InstanceModel.from_sim_config(context.config, context.latency)
         self.manager = PDManager(ManagerConfig(
             confirm=1, margin=1, reverse_confirm=1, dwell_s=0.0, max_changes=self.budget,
             alarm_changes=self.budget, max_in_flight=self.budget, switch=False, elastic=True,

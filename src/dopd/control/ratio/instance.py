@@ -168,18 +168,21 @@ class InstanceModel:
                          name=str(getattr(latency, "name", model)), **kwargs)
 
     @classmethod
-    def from_sim_config(cls, config: Any) -> InstanceModel:
-        """The instance type of a :class:`dopd.sim.api.SimConfig`, with the simulator's own
-        performance figures (latency model, KV blocks, watermark, KV link)."""
+    def from_sim_config(cls, config: Any, latency: StepTimeModel | None = None
+                        ) -> InstanceModel:
+        """The instance type of a :class:`dopd.sim.api.SimConfig`, with the simulator's
+        performance figures (KV blocks, watermark, KV link) and ``latency`` (a policy passes
+        its context's: the control plane's belief; None: the configured model)."""
         from dopd.sim.models import build_models
 
         models = build_models(config)
+        model = models.latency if latency is None else latency
         return cls.build(
-            models.latency, int(models.kv_blocks * config.block_size),
+            model, int(models.kv_blocks * config.block_size),
             kv_bytes_per_token=float(models.kv_bytes_per_token), transfer=models.transfer,
             max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs,
             chunked_prefill=config.chunked_prefill, block_size=config.block_size,
-            watermark=models.watermark, name=str(models.latency.name),
+            watermark=models.watermark, name=str(getattr(model, "name", "instance")),
         )
 
     # ------------------------------------------------------------------ lookups

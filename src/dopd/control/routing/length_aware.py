@@ -137,8 +137,8 @@ class LengthAwareRouter(PDPair):
                                           f"{opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s")
         if bypass is not None:
             self.bypassed += 1
-            return Placement(bypass, bypass=True)
-        return Placement(best)
+            return Placement(bypass, bypass=True, predicted_ttft_s=best_t)
+        return Placement(best, predicted_ttft_s=best_t)
 
     @property
     def expected_output_tokens(self) -> float:

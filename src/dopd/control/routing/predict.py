@@ -83,22 +83,20 @@ def request_cost_s(context: RouterContext, prompt_tokens: int) -> float:
 
 class DecodeModel:
     """Decode-side predictions of one router: step time after admission, lifetime KV fit, and
-    the step a bypassed prompt would share with the decodes. Caches per-batch coefficients."""
+    the step a bypassed prompt would share with the decodes. No coefficient cache: the
+    latency model (the calibrated belief) caches its own and moves them as it learns."""
 
-    __slots__ = ("_coeffs", "context")
+    __slots__ = ("context",)
 
     def __init__(self, context: RouterContext) -> None:
         self.context = context
-        self._coeffs: dict[int, tuple[float, float]] = {}
 
     def step_after(self, inst: Routable, prompt_tokens: int) -> float:
         """Predicted decode-only step time of ``inst`` once this request, the reserved ones and
         the queued hand-offs have joined its batch."""
         s = inst.sched
         batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
-        c = self._coeffs.get(batch)
-        if c is None:
-            c = self._coeffs[batch] = self.context.latency.decode_coefficients(batch)
+        c = self.context.latency.decode_coefficients(batch)
         return c[0] + c[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
 
     def lifetime_headroom(self, inst: Routable, pending_osl: float) -> float:
@@ -150,14 +148,12 @@ class DecodeModel:
         if left <= 0:
             return 0.0
         rate = 0.0
-        coeffs = self._coeffs
+        coefficients = self.context.latency.decode_coefficients
         for inst in decoders:
             s = inst.sched
             b = s.num_decoding
             if b:
-                c = coeffs.get(b)
-                if c is None:
-                    c = coeffs[b] = self.context.latency.decode_coefficients(b)
+                c = coefficients(b)
                 rate += b / (mean_osl * (c[0] + c[1] * s.decode_kv_sum))
         return left / rate if rate > 0 else math.inf
 
