@@ -138,3 +138,26 @@ def test_cli_trace_options_take_names(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["forecast", "--trace", "mooncake", "--window", "120",
                  "--models", "constant"]) == 0
     assert "12031 requests" in capsys.readouterr().out
+
+
+def test_tiny_checkpoint_writes_a_loadable_model(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from dopd.engine.model import load_model
+    from dopd.engine.model.generate import generate_greedy
+
+    folder = tmp_path / "tiny"
+    assert main(["data", "tiny-checkpoint", str(folder)]) == 0
+    assert f"--model {folder}" in capsys.readouterr().out
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors",
+                                                  "tokenizer.json", "tokenizer_config.json"}
+    loaded, builtin = load_model(folder), load_model("dopd-tiny")
+    ids = builtin.tokenizer.encode("Hello")
+    assert loaded.tokenizer.encode("Hello") == ids
+    assert generate_greedy(loaded.model, ids, 12) == generate_greedy(builtin.model, ids, 12)
+    assert main(["data", "tiny-checkpoint", str(folder)]) == 2  # not empty: refused
+    assert "not empty" in capsys.readouterr().err
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert main(["data", "tiny-checkpoint", str(afile)]) == 2
+    assert "not a directory" in capsys.readouterr().err
