@@ -206,7 +206,8 @@ class Server:
                                      stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self.handle.flush()
+        if not self.handle.closed:
+            self.handle.flush()
         return self.log.read_text(errors="replace")
 
     def wait_ready(self) -> str | None:
