@@ -131,12 +131,21 @@ OVERRIDES: tuple[Override, ...] = (
              lambda argv: set_option(argv, "--instances", "2")),
 )
 
-SKIPS: tuple[tuple[str, str], ...] = (
+def _no_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
+SKIPS: tuple[tuple[str, str, Callable[[], bool]], ...] = (
     (r"--backend ray|--ray-address",
      "needs Ray (a local Ray instance takes minutes to start on 2 cores, --ray-address auto a "
-     "running cluster); tests/serve_ray covers the Ray backend"),
-    (r"--device cuda", "needs a CUDA GPU"),
+     "running cluster); tests/serve_ray covers the Ray backend", lambda: True),
+    (r"--device cuda", "needs a CUDA GPU, and none is visible", _no_cuda),
 )
+"""(pattern, reason, applies): examples matching ``pattern`` are skipped when ``applies()``."""
 
 
 def prepared(example: Example) -> tuple[list[str], list[str]]:
@@ -150,8 +159,8 @@ def prepared(example: Example) -> tuple[list[str], list[str]]:
 
 
 def skip_reason(example: Example) -> str | None:
-    for pattern, reason in SKIPS:
-        if re.search(pattern, example.text):
+    for pattern, reason, applies in SKIPS:
+        if re.search(pattern, example.text) and applies():
             return reason
     return None
 
