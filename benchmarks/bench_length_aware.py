@@ -20,13 +20,10 @@ import json
 import time
 from pathlib import Path
 
-TRACES = Path(__file__).resolve().parents[2] / "shared/traces"
-CONV = TRACES / "azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-CODE = TRACES / "azure_llm_2023/AzureLLMInferenceTrace_code.csv"
-MOONCAKE = TRACES / "mooncake_fast25/conversation_trace.jsonl"
+CONV, CODE, MOONCAKE = "azure-conv", "azure-code", "mooncake"  # shipped in dopd.data
 
 # name -> (trace, rate scale, duration s, policy, TTFT SLO s, TPOT SLO s)
-CASES: dict[str, tuple[Path, float, float, str, float, float]] = {
+CASES: dict[str, tuple[str, float, float, str, float, float]] = {
     "conv-2:2-x3": (CONV, 3.0, 1200.0, "static:2:2", 1.0, 0.05),
     "conv-2:2-x4": (CONV, 4.0, 1200.0, "static:2:2", 1.0, 0.05),
     "code-3:1-x1.5": (CODE, 1.5, 1200.0, "static:3:1", 1.0, 0.05),
@@ -93,7 +90,7 @@ def main() -> int:
     rows: list[dict[str, object]] = []
     for name in args.case or list(CASES):
         trace, scale, duration, policy, ttft, tpot = CASES[name]
-        print(f"\n{name}: {trace.name} x{scale:g}, first {duration:g} s, {policy}, "
+        print(f"\n{name}: {trace} x{scale:g}, first {duration:g} s, {policy}, "
               f"SLO TTFT {ttft:g} s / TPOT {tpot:g} s")
         print(f"{'variant':16s} {'attain':>7s} {'P90 TTFT':>9s} {'P90 TPOT':>9s} "
               f"{'short<=SLO':>10s} {'rejected':>8s} {'bypassed':>8s} {'wall s':>6s}")

@@ -23,13 +23,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from dopd.bench.metrics import summarize_result
+from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suites import get_suite
 from dopd.sim.runner import run_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT.parent / "shared" / "traces"
 RESULTS = ROOT / "docs" / "results" / "paper" / "results.json"
 
 
@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--scenarios", default=None, help="comma-separated subset (default all)")
     ap.add_argument("--results", default=str(RESULTS),
                     help="results.json of a paper experiment (the comparison loads)")
-    ap.add_argument("--traces-dir", default=str(TRACES))
+    ap.add_argument("--traces-dir", default=str(TRACES_DIR))
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     try:

@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 from dopd.bench.metrics import summarize_result
+from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suites import get_suite
 from dopd.sim.runner import run_simulation
-
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
 
 def main() -> int:
@@ -33,7 +32,7 @@ def main() -> int:
     ap.add_argument("load", type=float, help="load on the suite's axis (e.g. 1.0)")
     ap.add_argument("variants", nargs="+", help="SPEC or SPEC@ROUTER")
     ap.add_argument("--suite", default="paper")
-    ap.add_argument("--traces-dir", default=str(TRACES))
+    ap.add_argument("--traces-dir", default=str(TRACES_DIR))
     ap.add_argument("--json", default=None, help="write the rows to this file")
     args = ap.parse_args()
     try:

@@ -43,8 +43,6 @@ from typing import Any
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TRACES = SHARED / "traces"
 POLICIES = ("colocated", "static:best", "reactive", "sla-planner", "dopd")
 BASELINES = ("colocated", "static:best")
 HI_GUESS = {"conv": 8.0, "code": 2.0, "sharegpt-shift": 1.0, "sharegpt-shift3": 1.0}
@@ -65,10 +63,9 @@ def workload(name: str):  # -> Workload
     )
 
     if name in ("conv", "code"):
-        return load_trace(TRACES / f"azure_llm_2023/AzureLLMInferenceTrace_{name}.csv")
+        return load_trace(f"azure-{name}")
     if name in ("sharegpt-shift", "sharegpt-shift3"):
-        table = load_lengths(TRACES / "length_distributions/"
-                             "sharegpt_8k_filtered_stats_llama2_tokenizer.csv")
+        table = load_lengths("sharegpt")
         ratio = table.prompt_tokens / table.output_tokens
         heavy = ratio > np.median(ratio)
         a = Empirical(LengthTable("prefill-heavy", table.prompt_tokens[heavy],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from dopd.sim.runner import run_simulation
 from dopd.types import SLO
 from dopd.workload import LogNormal, Poisson, load_trace, synthetic_workload
 
-TRACES = Path("/work/shared/traces/azure_llm_2023")
 SLO_CHAT = SLO(ttft_s=1.0, tpot_s=0.05)
 
 
@@ -41,7 +39,7 @@ def speed() -> None:
     inst = InstanceModel.from_sim_config(SimConfig())
     forecast = LoadForecast(rate=12.0, rate_upper=15.0, mean_in=1155.0, m2_in=2.6e6,
                             mean_out=211.0, m2_out=7.1e4)
-    trace = WorkloadStats.from_workload(load_trace(TRACES / "AzureLLMInferenceTrace_conv.csv"))
+    trace = WorkloadStats.from_workload(load_trace("azure-conv"))
     print("solve time (min / median ms):")
     for label, load, repeats in (("forecast", forecast, 50), ("conv trace", trace, 5)):
         for n in (8, 16, 32, 64, None):
@@ -51,8 +49,8 @@ def speed() -> None:
 
 
 def versus_simulator() -> None:
-    conv = load_trace(TRACES / "AzureLLMInferenceTrace_conv.csv")
-    code = load_trace(TRACES / "AzureLLMInferenceTrace_code.csv")
+    conv = load_trace("azure-conv")
+    code = load_trace("azure-code")
     cases = [
         ("poisson 9 rps", synthetic_workload(Poisson(9.0), LogNormal(1500, 1.0, 250, 1.0),
                                              num_requests=3000, seed=1), 4, SLO(0.5, 0.03)),
@@ -61,8 +59,7 @@ def versus_simulator() -> None:
         ("code 900 s x2", code.cut(duration_s=900).scale_rate(2), 4, SLO(1.0, 0.025)),
         ("code 1800 s", code.cut(duration_s=1800), 5, SLO(1.0, 0.025)),
         ("code 900 s x3", code.cut(duration_s=900).scale_rate(3), 6, SLO(2.0, 0.025)),
-        ("mooncake 900 s", load_trace(TRACES.parent / "mooncake_fast25" /
-                                      "conversation_trace.jsonl").cut(duration_s=900), 8,
+        ("mooncake 900 s", load_trace("mooncake").cut(duration_s=900), 8,
          SLO(10.0, 0.1)),
     ]
     errors, regrets = [], []

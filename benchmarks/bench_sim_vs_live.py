@@ -37,8 +37,7 @@ from dopd.bench.loadgen import clip_to_context
 from dopd.workload import Workload, load_workload
 from dopd.workload.traces import save_workload
 
-ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+TRACE = "azure-conv"  # shipped in dopd.data
 METRICS = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
 START_TIMEOUT_S = 180.0
 
@@ -159,7 +158,8 @@ def print_table(rows: list[dict[str, Any]], tolerance: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trace", default=str(TRACE), help="trace file (default: Azure conv 2023)")
+    p.add_argument("--trace", default=TRACE,
+                   help="dataset name or trace file (default: azure-conv)")
     p.add_argument("--start", type=float, default=0.0, help="slice start, trace seconds")
     p.add_argument("--duration", type=float, default=60.0, help="slice length, trace seconds")
     p.add_argument("--rate-scale", type=float, default=2.5,

@@ -24,16 +24,14 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-TRACE = Path(__file__).resolve().parents[2] / "shared/traces/azure_llm_2023/" \
-    "AzureLLMInferenceTrace_conv.csv"
+TRACE = "azure-conv"  # shipped in dopd.data
 CASES = {"x1": (1, 8, 5.0), "x4": (4, 16, 20.0)}  # rate factor, instances, target wall s
 
 
-def load(factor: int, trace: Path):  # -> Workload
+def load(factor: int, trace: str):  # -> Workload
     """The trace at ``factor`` x its rate over its whole span (``factor`` compressed copies)."""
     from dopd.workload import Workload, load_workload
 
@@ -47,7 +45,7 @@ def load(factor: int, trace: Path):  # -> Workload
                     np.tile(fast.output_tokens, factor))
 
 
-def run_case(case: str, policy: str | None, trace: Path, profile: bool) -> dict[str, object]:
+def run_case(case: str, policy: str | None, trace: str, profile: bool) -> dict[str, object]:
     from dopd.bench.metrics import summarize_result
     from dopd.sim.api import SimConfig
     from dopd.sim.runner import run_simulation
@@ -89,7 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), help="one case, in this process")
     parser.add_argument("--policy", help="cluster policy (default: static half/half)")
-    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--trace", default=TRACE, help="dataset name or trace file")
     parser.add_argument("--profile", action="store_true", help="cProfile top 20 on stderr")
     args = parser.parse_args()
     if args.case:

@@ -6,7 +6,6 @@ Run: python3 benchmarks/bench_workload.py
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -14,13 +13,7 @@ from dopd.bench import summarize_arrays
 from dopd.types import SLO, RequestState
 from dopd.workload import Gamma, LogNormal, OnOff, load_trace, synthetic_workload
 
-TRACES = Path("/work/shared/traces")
-FILES = [
-    "azure_llm_2023/AzureLLMInferenceTrace_conv.csv",
-    "azure_llm_2023/AzureLLMInferenceTrace_code.csv",
-    "mooncake_fast25/conversation_trace.jsonl",
-    "length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv",
-]
+FILES = ["azure-conv", "azure-code", "mooncake", "sharegpt"]  # datasets shipped in dopd.data
 
 
 def best_of(fn, repeats: int = 5) -> float:
@@ -34,10 +27,9 @@ def best_of(fn, repeats: int = 5) -> float:
 
 def main() -> None:
     for name in FILES:
-        path = TRACES / name
-        rows = len(load_trace(path))
-        t = best_of(lambda p=path: load_trace(p))
-        print(f"load {path.name:60s} {rows:6d} rows  {t * 1e3:7.1f} ms")
+        rows = len(load_trace(name))
+        t = best_of(lambda p=name: load_trace(p))
+        print(f"load {name:12s} {rows:6d} rows  {t * 1e3:7.1f} ms")
     lengths = LogNormal(1000, 1.2, 200, 1.0)
     for arrival in (Gamma(20.0, 3.0), OnOff(40.0, 2.0, 10.0, 30.0)):
         t = best_of(lambda a=arrival: synthetic_workload(a, lengths, num_requests=77_000, seed=1))

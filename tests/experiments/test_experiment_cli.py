@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from dopd.cli.experiment_cmd import default_traces_dir
 from dopd.cli.main import main
+from dopd.data import TRACES_DIR, get_dataset
 from dopd.errors import DopdError
 from dopd.experiments.runner import drop_unregistered
+from dopd.experiments.sources import resolve
 from dopd.experiments.suites import get_suite
 
-TRACES = Path("/work/shared/traces")
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not present")
+TRACES = TRACES_DIR
 
 
 def tables(markdown: str) -> list[list[list[str]]]:
@@ -37,12 +37,10 @@ def number(cell: str) -> float | None:
     return None if cell == "-" else float(cell)
 
 
-@needs_traces
 @pytest.mark.slow
 def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "smoke"
-    assert main(["experiment", "smoke", "--out", str(out), "--workers", "2",
-                 "--traces-dir", str(TRACES)]) == 0
+    assert main(["experiment", "smoke", "--out", str(out), "--workers", "2"]) == 0
     policies = drop_unregistered(get_suite("smoke"))[0].policies
     assert "dopd" in policies
     err = capsys.readouterr().err
@@ -80,6 +78,7 @@ def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert scenario["comparison_load"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["suite"]["name"] == "smoke" and len(config["suite"]["scenarios"]) == 2
+    assert config["traces_dir"] == str(TRACES_DIR.resolve())  # the shipped data by default
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -111,17 +110,14 @@ def test_unknown_suite_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) 
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_default_traces_dir(tmp_path: Path) -> None:
-    (tmp_path / "shared" / "traces").mkdir(parents=True)
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    assert default_traces_dir(cwd) == cwd / ".." / "shared" / "traces"
-
-
-def test_missing_traces_everywhere_is_a_clear_error(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import dopd.cli.experiment_cmd as cmd
-
-    monkeypatch.setattr(cmd, "REPO_ROOT", tmp_path / "repo")
-    with pytest.raises(DopdError, match=r"traces directory not found at .* nor at"):
-        cmd.default_traces_dir(tmp_path)
+def test_suite_trace_paths_resolve_names_then_the_traces_dir(tmp_path: Path) -> None:
+    own = tmp_path / "mine" / "t.csv"
+    own.parent.mkdir()
+    own.write_text("arrival_s,prompt_tokens,output_tokens\n0,5,5\n")
+    assert resolve("azure-conv", tmp_path) == get_dataset("azure-conv").path
+    assert resolve("mine/t.csv", tmp_path) == own
+    assert resolve(str(own), TRACES) == own
+    relative = get_dataset("sharegpt").file.removeprefix("traces/")
+    assert resolve(relative, TRACES_DIR) == get_dataset("sharegpt").path
+    with pytest.raises(DopdError, match="trace file not found"):
+        resolve("mine/none.csv", tmp_path)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.analysis import Floors, PolicyRow, Reference, verdicts
 from dopd.experiments.runner import (
@@ -21,8 +22,7 @@ from dopd.experiments.runner import (
 from dopd.experiments.suites import get_suite
 from dopd.experiments.tasks import Misses
 
-TRACES = Path("/work/shared/traces")
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not present")
+TRACES = TRACES_DIR
 
 
 class Recorder(Reporter):
@@ -85,7 +85,6 @@ def test_results_are_keyed_complete_and_reported(inline_run: tuple[ExperimentRes
         assert c.load == load and len(c.result) > 100
 
 
-@needs_traces
 @pytest.mark.slow
 def test_two_workers_give_the_same_results(inline_run: tuple[ExperimentResult,
                                                              Recorder]) -> None:

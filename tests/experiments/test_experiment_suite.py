@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.sources import (
     clip_context,
@@ -23,8 +23,7 @@ from dopd.sim.api import SimConfig
 from dopd.types import SLO
 from dopd.workload import LengthTable, OnOff, Workload
 
-TRACES = Path("/work/shared/traces")
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not present")
+TRACES = TRACES_DIR
 
 
 def synthetic_scenario(**changes: object) -> Scenario:
@@ -55,8 +54,7 @@ def test_paper_suite_covers_the_issue() -> None:
                                    "dopd:hybrid"}
     sources = {s.source.path if isinstance(s.source, TraceSource) else "sharegpt"
                for s in suite.scenarios}
-    assert any("conv.csv" in p for p in sources) and any("code.csv" in p for p in sources)
-    assert any("mooncake" in p for p in sources) and "sharegpt" in sources
+    assert {"azure-conv", "azure-code", "mooncake", "sharegpt"} <= sources
     clusters = {(s.cluster.gpu, s.cluster.tp, s.cluster.model) for s in suite.scenarios}
     assert ("a100-80gb", 1, "llama-3-8b") in clusters
     assert ("h100-sxm", 4, "llama-2-70b") in clusters
@@ -141,7 +139,6 @@ def test_split_by_ratio_separates_decode_and_prefill_heavy() -> None:
         split_by_ratio(LengthTable("same", [10, 10], [10, 10]))
 
 
-@needs_traces
 def test_trace_source_is_compressed_then_cut() -> None:
     s = synthetic_scenario(source=TraceSource("azure_llm_2023/AzureLLMInferenceTrace_conv.csv"),
                            duration_s=60.0, scale=2.0, max_context=2048)
@@ -159,7 +156,6 @@ def test_trace_source_is_compressed_then_cut() -> None:
                           TRACES, 0)
 
 
-@needs_traces
 def test_rates_grow_with_the_load_where_a_window_ends_in_a_gap() -> None:
     code = get_suite("paper").scenario("code-70b")
     # Between these loads the window's end falls in a gap of the Azure code trace: the

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from dopd.cli.main import main
+from dopd.data import TRACES_DIR
 from dopd.experiments.runner import ExperimentResult, run_suite
 from dopd.experiments.suites import get_suite
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-TRACES = Path("/work/shared/traces")
-if not TRACES.is_dir():
-    pytest.skip("shared traces not present", allow_module_level=True)
+TRACES = TRACES_DIR
 
 
 def summary(result: ExperimentResult) -> dict[str, object]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,9 +18,7 @@ from dopd.workload import (
     load_lengths,
 )
 
-SHAREGPT = Path(
-    "/work/shared/traces/length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
-)
+SHAREGPT = "sharegpt"
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -64,7 +60,6 @@ def test_empirical_resamples_pairs_jointly() -> None:
     np.testing.assert_array_equal(output, prompt * 10)
 
 
-@pytest.mark.skipif(not SHAREGPT.exists(), reason="shared traces not available")
 def test_empirical_sharegpt_reproduces_moments() -> None:
     table = load_lengths(SHAREGPT)
     prompt, output = Empirical(table).sample(rng(3), 100_000)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -76,16 +74,12 @@ def test_parse_lengths() -> None:
         parse_lengths("empirical:path=/nonexistent/x.csv")
 
 
-TRACES = Path("/work/shared/traces")
-
-
-@pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not available")
 def test_trace_backed_specs() -> None:
-    azure = TRACES / "azure_llm_2023/AzureLLMInferenceTrace_code.csv"
+    azure = "azure-code"
     replay = parse_arrival(f"replay:path={azure},scale=2")
     times = replay.sample(np.random.default_rng(), duration_s=60.0)
     np.testing.assert_allclose(times, load_workload(azure).cut(duration_s=120.0).arrival_s / 2)
-    sharegpt = TRACES / "length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
+    sharegpt = "sharegpt"
     sampler = parse_lengths(f"empirical:path={sharegpt},max_context=4096")
     prompt, output = sampler.sample(np.random.default_rng(1), 5000)
     assert (prompt + output).max() <= 4096 and prompt.mean() > 1000

@@ -1,4 +1,4 @@
-"""Trace loaders: the shared public traces, format detection and every error path."""
+"""Trace loaders: the public traces shipped in dopd.data, format detection and every error path."""
 
 from __future__ import annotations
 
@@ -18,12 +18,10 @@ from dopd.workload import (
     save_workload,
 )
 
-TRACES = Path("/work/shared/traces")
-AZURE_CONV = TRACES / "azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-AZURE_CODE = TRACES / "azure_llm_2023/AzureLLMInferenceTrace_code.csv"
-MOONCAKE = TRACES / "mooncake_fast25/conversation_trace.jsonl"
-SHAREGPT = TRACES / "length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
-needs_traces = pytest.mark.skipif(not TRACES.is_dir(), reason="shared traces not available")
+AZURE_CONV = "azure-conv"
+AZURE_CODE = "azure-code"
+MOONCAKE = "mooncake"
+SHAREGPT = "sharegpt"
 
 
 def write(tmp_path: Path, text: str, name: str = "trace.txt") -> Path:
@@ -32,7 +30,6 @@ def write(tmp_path: Path, text: str, name: str = "trace.txt") -> Path:
     return path
 
 
-@needs_traces
 @pytest.mark.parametrize(
     ("path", "rows", "span_min", "prompt_mean", "output_mean"),
     [
@@ -42,7 +39,7 @@ def write(tmp_path: Path, text: str, name: str = "trace.txt") -> Path:
     ],
 )
 def test_public_traces_match_readme(
-    path: Path, rows: int, span_min: float, prompt_mean: float, output_mean: float
+    path: str, rows: int, span_min: float, prompt_mean: float, output_mean: float
 ) -> None:
     w = load_workload(path)
     assert len(w) == rows
@@ -53,7 +50,6 @@ def test_public_traces_match_readme(
     assert m.output_mean == pytest.approx(output_mean, abs=1)
 
 
-@needs_traces
 def test_azure_offsets_are_exact() -> None:
     w = load_workload(AZURE_CODE)
     # 18:17:03.9799600 -> 18:17:04.0319600 -> 18:17:04.0781490
@@ -61,7 +57,6 @@ def test_azure_offsets_are_exact() -> None:
     assert w.prompt_tokens[:2].tolist() == [4808, 3180]
 
 
-@needs_traces
 def test_mooncake_prefix_blocks() -> None:
     w = load_workload(MOONCAKE)
     assert w.prefix is not None and len(w.prefix) == len(w)
@@ -73,7 +68,6 @@ def test_mooncake_prefix_blocks() -> None:
     assert load_workload(MOONCAKE, prefix=False).prefix is None
 
 
-@needs_traces
 def test_sharegpt_is_a_length_table() -> None:
     table = load_trace(SHAREGPT)
     assert isinstance(table, LengthTable) and len(table) == 30_731
@@ -83,7 +77,6 @@ def test_sharegpt_is_a_length_table() -> None:
     assert len(load_lengths(AZURE_CONV)) == 19_366
 
 
-@needs_traces
 def test_detect_format() -> None:
     assert detect_format(AZURE_CONV) == "azure"
     assert detect_format(MOONCAKE) == "mooncake"

@@ -68,9 +68,9 @@ EPILOG = """\
 examples:
   dopd bench --url http://127.0.0.1:8000 --requests 200 --rate 5 --max-context 2048
   dopd bench --url http://gpu-host:8000 --model meta-llama/Llama-3.1-8B-Instruct \\
-      --tokenizer ./llama31/tokenizer.json --trace AzureLLMInferenceTrace_conv.csv \\
+      --tokenizer ./llama31/tokenizer.json --trace azure-conv \\
       --duration 120 --rate-scale 2 --slo-ttft 0.5 --slo-tpot 0.1 --out results/vllm
-  dopd bench --endpoint chat --lengths sharegpt.csv --arrival gamma --cv 3 --rate 10 \\
+  dopd bench --endpoint chat --lengths sharegpt --arrival gamma --cv 3 --rate 10 \\
       --max-concurrency 256 --json live.json
 """
 

@@ -145,12 +145,14 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
         "--lengths or from built-in statistics.",
     )
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--trace", default=None, metavar="PATH",
-                     help="trace with arrival times and lengths (Azure CSV, Mooncake JSONL, ...)")
-    src.add_argument("--lengths", default=None, metavar="PATH|SPEC",
-                     help="trace to resample prompt/output lengths from (e.g. ShareGPT lengths), "
-                     "or a length-sampler spec such as lognormal:prompt_mean=1000,prompt_cv=1,"
-                     "output_mean=200,output_cv=1")
+    src.add_argument("--trace", default=None, metavar="NAME|PATH",
+                     help="trace with arrival times and lengths: a shipped dataset (azure-conv, "
+                     "azure-code, mooncake; see dopd data list) or a file (Azure CSV, Mooncake "
+                     "JSONL, dopd CSV)")
+    src.add_argument("--lengths", default=None, metavar="NAME|PATH|SPEC",
+                     help="dataset or file to resample prompt/output lengths from (e.g. "
+                     "sharegpt), or a length-sampler spec such as lognormal:prompt_mean=1000,"
+                     "prompt_cv=1,output_mean=200,output_cv=1")
     g.add_argument("--arrival", default=None, metavar="SPEC",
                    help=f"synthetic arrival process: {', '.join(ARRIVALS.names())}, or a spec "
                    f"such as gamma:cv=3 (default {w.arrival})")
@@ -277,7 +279,7 @@ clipped to the model's context window where used."""
 
 
 def length_sampler(spec: str | None, model: str) -> LengthSampler:
-    """Sampler for ``WorkloadConfig.lengths``: an existing trace file (resampled jointly), a
+    """Sampler for ``WorkloadConfig.lengths``: a dataset name or trace file (resampled jointly), a
     length-sampler spec, or None for :data:`BUILTIN_LENGTHS` clipped to ``model``'s context."""
     if spec is None:
         return ClipContext(BUILTIN_LENGTHS, get_model(model).max_context)

@@ -1,6 +1,7 @@
 """``dopd experiment SUITE``: run a built-in experiment suite and write its report.
 
-The work is in :mod:`dopd.experiments`; this module parses options, finds the traces, draws
+The work is in :mod:`dopd.experiments`; this module parses options, picks the traces directory
+(default: the data shipped in :mod:`dopd.data`), draws
 progress on stderr with rich and prints where the report went.
 """
 
@@ -16,12 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dopd.cli.common import parse_list
+from dopd.data import TRACES_DIR
 from dopd.errors import require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
 from dopd.experiments.runner import max_workers
-
-TRACES_RELATIVE = Path("..") / "shared" / "traces"
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 DESCRIPTION = """\
 Reproduce the paper's comparison in simulation: for every scenario of the suite (a trace or a
@@ -42,18 +41,6 @@ examples:
   dopd experiment quick --scenarios conv-8b --policies colocated,static:best,dopd
   dopd experiment paper --backend ray --ray-address auto   # jobs as Ray tasks on a cluster
 """
-
-
-def default_traces_dir(cwd: Path | None = None) -> Path:
-    """``../shared/traces`` relative to ``cwd`` (default: the current directory), else relative
-    to the repository; DopdError naming both places when neither exists."""
-    here = (cwd or Path.cwd()) / TRACES_RELATIVE
-    if here.is_dir():
-        return here
-    repo = REPO_ROOT / TRACES_RELATIVE
-    require(repo.is_dir(), f"traces directory not found at {here} nor at {repo}; "
-            "pass --traces-dir PATH")
-    return repo
 
 
 class RichReporter(Reporter):
@@ -120,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         check_address(args.ray_address)
     suite = suite.select(args.scenarios, args.policies)
     suite, skipped = drop_unregistered(suite, args.policies or ())
-    traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
+    traces = Path(args.traces_dir) if args.traces_dir else TRACES_DIR
     require(traces.is_dir(), f"traces directory not found: {traces}")
     out = Path(args.out) if args.out else Path(f"experiment-{suite.name}")
     require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
@@ -161,8 +148,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--scenarios", type=parse_list, default=None, metavar="LIST",
                    help="comma-separated subset of the suite's scenarios")
     p.add_argument("--traces-dir", default=None, metavar="PATH",
-                   help="directory of the public traces (default ../shared/traces from the "
-                   "current directory, then from the repository)")
+                   help="directory that the suite's relative trace paths resolve against "
+                   "(default: the data shipped with dopd; the built-in suites name shipped "
+                   "datasets, see dopd data list)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, only errors")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: a process pool here (default); ray: every simulation job is a "

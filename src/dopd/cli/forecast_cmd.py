@@ -31,8 +31,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "model of each column is bold, the best by MAE is starred."
         ),
     )
-    p.add_argument("--trace", required=True, metavar="PATH",
-                   help="trace with arrival times (Azure CSV, Mooncake JSONL, dopd CSV)")
+    p.add_argument("--trace", required=True, metavar="NAME|PATH",
+                   help="trace with arrival times: a shipped dataset (azure-conv, azure-code, "
+                   "mooncake; see dopd data list) or a file (Azure CSV, Mooncake JSONL, dopd CSV)")
     p.add_argument("--window", type=float, default=30.0, metavar="S",
                    help="window length in seconds (default 30)")
     p.add_argument("--models", default=DEFAULT_MODELS, metavar="LIST",
@@ -83,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     require(math.isfinite(window) and window > 0, f"--window must be > 0 s, got {args.window}")
     require(0.5 <= args.quantile < 1.0, f"--quantile must be in [0.5, 1), got {args.quantile}")
     models = split_specs(args.models)
-    require(Path(args.trace).is_file(), f"trace file not found: {args.trace}")
     workload = load_workload(args.trace)
     series = window_series(workload, window)
     result = backtest(series, models, quantile=args.quantile)

@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "dopd.cli.generate_cmd",
     "dopd.cli.bench_cmd",
     "dopd.cli.serve_cmd",
+    "dopd.cli.data_cmd",
 )
 
 

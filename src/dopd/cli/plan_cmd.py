@@ -2,10 +2,10 @@
 
 Examples::
 
-    dopd plan --trace traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv --instances 8
+    dopd plan --trace azure-code --instances 8
     dopd plan --rate 20 --isl-mean 1500 --isl-cv 1.2 --osl-mean 250 --osl-cv 0.8 \\
         --slo-ttft 1 --slo-tpot 0.05                       # elastic: minimal counts
-    dopd plan --trace conv.csv --rate-scale 3 --instances 6 --json
+    dopd plan --trace azure-conv --rate-scale 3 --instances 6 --json
 
 The workload is a trace (``--trace``, with ``--rate-scale`` and ``--duration`` / ``--requests``
 cuts), stated moments (``--rate`` with ``--isl-mean`` / ``--osl-mean`` and their CVs, lognormal

@@ -74,9 +74,9 @@ served by {_DEFAULT.cluster.instances} x {_DEFAULT.cluster.gpu} instances of \
 EPILOG = """\
 examples:
   dopd simulate
-  dopd simulate --trace AzureLLMInferenceTrace_conv.csv --policy colocated,static:4:4,static:best \\
+  dopd simulate --trace azure-conv --policy colocated,static:4:4,static:best \\
       --slo-ttft 0.5 --slo-tpot 0.1 --json out.json
-  dopd simulate --lengths sharegpt_lengths.csv --arrival gamma --cv 3 --rate 20 --duration 60
+  dopd simulate --lengths sharegpt --arrival gamma --cv 3 --rate 20 --duration 60
   dopd simulate --max-goodput --attainment 0.99 --out results/
 """
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dopd.data import is_dataset_name, resolve_dataset
 from dopd.errors import DopdError, require
 from dopd.experiments.suite import Scenario, SyntheticSource, TraceSource
 from dopd.workload import (
@@ -36,7 +37,10 @@ RATE_KEYS = ("rate", "rate_on", "rate_off")
 
 
 def resolve(path: str, traces_dir: Path) -> Path:
-    """``path`` if absolute, else under ``traces_dir``; DopdError when no such file."""
+    """The shipped file of a dataset name (see :mod:`dopd.data`), else ``path`` if absolute,
+    else ``path`` under ``traces_dir``; DopdError when no such file."""
+    if is_dataset_name(path):
+        return resolve_dataset(path)
     p = Path(path)
     full = p if p.is_absolute() else traces_dir / p
     require(full.is_file(), f"trace file not found: {full}")

@@ -27,7 +27,8 @@ from dopd.types import SLO
 class TraceSource:
     """Replay of a trace file with arrival times.
 
-    ``path`` is relative to the traces directory (or absolute); ``start_s`` skips the first
+    ``path`` is a dataset name of :mod:`dopd.data`, an absolute path or a path relative to the
+    traces directory; ``start_s`` skips the first
     seconds of the original trace before it is scaled.
     """
 
@@ -55,8 +56,9 @@ class SyntheticSource:
 
     ``arrival`` is an arrival spec of ``dopd.workload.spec`` whose rate parameters (``rate``,
     ``rate_on``, ``rate_off``, ``rates``) hold the rates at scale 1; they are multiplied by the
-    load's scale. ``lengths`` is a length table (path relative to the traces directory, resampled
-    jointly) or a length-sampler spec. ``shift`` moves the length mix inside the window:
+    load's scale. ``lengths`` is a length table (a dataset name or a path as for
+    :class:`TraceSource`, resampled jointly) or a length-sampler spec. ``shift`` moves the
+    length mix inside the window:
     ``"none"``, ``"split"`` (see :data:`SHIFT_MODES`), or another length spec to shift to.
     ``shift_at`` gives, as fractions of the window, the start and end of the ramp to the shifted
     mix and of the ramp back.

@@ -27,10 +27,10 @@ from dopd.registry import Registry
 from dopd.sim.api import SimConfig
 from dopd.types import SLO
 
-AZURE_CONV = TraceSource("azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
-AZURE_CODE = TraceSource("azure_llm_2023/AzureLLMInferenceTrace_code.csv")
-MOONCAKE = TraceSource("mooncake_fast25/conversation_trace.jsonl")
-SHAREGPT = "length_distributions/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
+AZURE_CONV = TraceSource("azure-conv")
+AZURE_CODE = TraceSource("azure-code")
+MOONCAKE = TraceSource("mooncake")
+SHAREGPT = "sharegpt"
 
 
 def sharegpt_bursty(mean_rate: float) -> SyntheticSource:

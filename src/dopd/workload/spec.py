@@ -3,19 +3,20 @@
 Syntax: ``KIND`` or ``KIND:KEY=VALUE,KEY=VALUE,...``. ``KIND`` is a registered name
 (case-insensitive), each ``KEY`` a parameter of its factory; values are converted to the
 parameter's type: numbers (``20``, ``2.5``, ``1e3``), booleans (``true``/``false``/``1``/``0``),
-strings (paths) and lists of numbers separated by ``/``. Examples::
+strings (paths, or dataset names of :mod:`dopd.data` such as ``azure-conv`` and ``sharegpt``)
+and lists of numbers separated by ``/``. Examples::
 
     poisson:rate=20
     gamma:rate=20,cv=3
     onoff:rate_on=40,rate_off=2,mean_on_s=10,mean_off_s=30
     step:times=0/60/120,rates=10/20/5
     diurnal:rate=10,amplitude=0.5,period_s=600,phase=0.25
-    replay:path=traces/azure.csv,scale=2
+    replay:path=azure-conv,scale=2
 
     fixed:prompt=512,output=128
     uniform:prompt_min=16,prompt_max=2048,output_min=1,output_max=512
     lognormal:prompt_mean=1000,prompt_cv=1.2,output_mean=200,output_cv=1,max_context=4096
-    empirical:path=/work/shared/traces/length_distributions/sharegpt.csv
+    empirical:path=sharegpt
 
 Every length spec also accepts ``max_context=N`` (wraps the sampler in
 :class:`~dopd.workload.lengths.ClipContext`) and ``clip=truncate|reject``. Length-mix shifts

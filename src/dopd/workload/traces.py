@@ -1,4 +1,7 @@
-"""Loaders for request traces (see /work/shared/traces/README.md) and a CSV writer.
+"""Loaders for request traces and a CSV writer.
+
+Every loader takes a path or the name of a dataset shipped in :mod:`dopd.data` (``azure-conv``,
+``azure-code``, ``mooncake``, ``sharegpt``; see ``dopd data list``).
 
 Formats, detected from the content (the header or the first JSON object), never the extension:
 
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dopd.data import resolve_dataset
 from dopd.errors import DopdError, require
 from dopd.workload.base import PrefixBlocks, Workload
 from dopd.workload.lengths import LengthTable
@@ -49,11 +53,7 @@ _CSV_COLUMNS = {
 _MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 
 
-def _read_text(path: str | Path) -> str:
-    path = Path(path)
-    if not path.exists():
-        raise DopdError(f"trace file not found: {path}")
-    require(path.is_file(), f"trace path is not a file: {path}")
+def _read_text(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -82,8 +82,10 @@ def _format_of(text: str, path: str | Path) -> str:
 
 
 def detect_format(path: str | Path) -> str:
-    """The format name of the trace at ``path`` (one of :data:`TRACE_FORMATS`)."""
-    return _format_of(_read_text(path), path)
+    """The format name of the trace at ``path`` (a file or a dataset name; one of
+    :data:`TRACE_FORMATS`)."""
+    resolved = resolve_dataset(path)
+    return _format_of(_read_text(resolved), resolved)
 
 
 def _csv_rows(
@@ -260,11 +262,12 @@ def load_trace(
 ) -> Workload | LengthTable:
     """Load a trace: a :class:`Workload`, or a :class:`LengthTable` for lengths-only formats.
 
-    ``format`` is ``"auto"`` (detect from the content) or one of :data:`TRACE_FORMATS`.
+    ``path`` is a file or a dataset name of :mod:`dopd.data`. ``format`` is ``"auto"`` (detect
+    from the content) or one of :data:`TRACE_FORMATS`.
     ``zero_output`` is ``"clamp"`` (0 -> 1) or ``"reject"``; ``prefix`` keeps Mooncake hash ids.
     Raises :class:`DopdError` for a missing or empty file, an unknown format or a bad row.
     """
-    path = Path(path)
+    path = resolve_dataset(path)
     text = _read_text(path)
     fmt = _format_of(text, path) if format == "auto" else format.strip().lower()
     require(fmt in TRACE_FORMATS, f"unknown trace format {format!r} (known: auto, "

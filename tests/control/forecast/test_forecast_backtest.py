@@ -10,9 +10,7 @@ from dopd.control.monitor import WindowSeries, window_series
 from dopd.errors import DopdError
 from dopd.workload import Workload, load_workload
 
-TRACES = Path("/work/shared/traces")
-CODE = TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv"
-needs_traces = pytest.mark.skipif(not CODE.is_file(), reason="shared traces not present")
+CODE = "azure-code"
 
 
 def _series(rate: np.ndarray, mean_in: np.ndarray | None = None) -> WindowSeries:
@@ -72,7 +70,6 @@ def test_backtest_rejects_bad_input() -> None:
         backtest(_series(np.array([1.0, 2.0, 3.0])), ["ewma"])
 
 
-@needs_traces
 def test_backtest_on_the_azure_code_trace() -> None:
     w = load_workload(CODE)
     series = window_series(w, 60.0)

@@ -5,10 +5,8 @@ import pytest
 
 import dopd.cli.main as cli_main
 
-TRACES = Path("/work/shared/traces")
-CODE = TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv"
-SHAREGPT = TRACES / "length_distributions" / "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
-needs_traces = pytest.mark.skipif(not CODE.is_file(), reason="shared traces not present")
+CODE = "azure-code"
+SHAREGPT = "sharegpt"
 
 
 @pytest.fixture
@@ -23,7 +21,6 @@ def test_forecast_is_a_registered_command() -> None:
     assert "dopd.cli.forecast_cmd" in cli_main.COMMANDS
 
 
-@needs_traces
 def test_forecast_prints_tables_and_writes_json(run, capsys, tmp_path: Path) -> None:
     out = tmp_path / "scores.json"
     code = run(["forecast", "--trace", str(CODE), "--window", "60", "--models",
@@ -76,9 +73,8 @@ def test_trace_problems_exit_2(run, capsys, tmp_path: Path) -> None:
     bad.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,10,1\n1.0,abc,1\n")
     assert run(["forecast", "--trace", str(bad)]) == 2
     assert "error" in capsys.readouterr().err
-    if SHAREGPT.is_file():
-        assert run(["forecast", "--trace", str(SHAREGPT)]) == 2
-        assert "no arrival times" in capsys.readouterr().err
+    assert run(["forecast", "--trace", SHAREGPT]) == 2
+    assert "no arrival times" in capsys.readouterr().err
 
 
 def test_unwritable_json_exits_2(run, capsys, tmp_path: Path) -> None:

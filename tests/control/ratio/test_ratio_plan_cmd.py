@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from dopd.cli.main import main
 
-CODE = "/work/shared/traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv"
+CODE = "azure-code"
 STATED = ["--rate", "20", "--isl-mean", "1500", "--isl-cv", "1.2", "--osl-mean", "250",
           "--osl-cv", "0.8", "--slo-ttft", "1", "--slo-tpot", "0.05"]
 
@@ -46,10 +45,7 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_lengths_file_and_ablation(capsys: pytest.CaptureFixture[str]) -> None:
-    sharegpt = "/work/shared/traces/length_distributions/" \
-        "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
-    if not Path(sharegpt).exists():
-        pytest.skip("ShareGPT lengths not available")
+    sharegpt = "sharegpt"
     full = _json(capsys, ["--lengths", sharegpt, "--rate", "10", "--requests", "3000"])
     flat = _json(capsys, ["--lengths", sharegpt, "--rate", "10", "--requests", "3000",
                           "--no-variance-term"])

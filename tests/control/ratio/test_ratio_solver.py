@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from dopd.sim.api import SimConfig
 from dopd.types import SLO
 from dopd.workload import load_trace
 
-TRACES = Path("/work/shared/traces/azure_llm_2023")
 SLO_CHAT = SLO(ttft_s=1.0, tpot_s=0.05)
 
 
@@ -102,7 +100,7 @@ def test_overloaded_pool_still_splits_sensibly(inst: InstanceModel) -> None:
 def traces() -> dict[str, WorkloadStats]:
     out = {}
     for name in ("code", "conv"):
-        w = load_trace(TRACES / f"AzureLLMInferenceTrace_{name}.csv")
+        w = load_trace(f"azure-{name}")
         out[name] = WorkloadStats.from_workload(w)
     return out
 

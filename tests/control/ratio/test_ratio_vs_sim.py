@@ -7,8 +7,6 @@ attainment of every split must track the simulated one.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -19,8 +17,6 @@ from dopd.sim.runner import run_simulation
 from dopd.types import SLO
 from dopd.workload import LogNormal, Poisson, Workload, load_trace, synthetic_workload
 
-TRACES = Path("/work/shared/traces/azure_llm_2023")
-
 
 def _poisson() -> Workload:
     return synthetic_workload(Poisson(9.0), LogNormal(1500, 1.0, 250, 1.0), num_requests=3000,
@@ -28,12 +24,12 @@ def _poisson() -> Workload:
 
 
 def _conv() -> Workload:
-    return load_trace(TRACES / "AzureLLMInferenceTrace_conv.csv").cut(duration_s=600) \
+    return load_trace("azure-conv").cut(duration_s=600) \
         .scale_rate(4.0)
 
 
 def _code() -> Workload:
-    return load_trace(TRACES / "AzureLLMInferenceTrace_code.csv").cut(duration_s=1800)
+    return load_trace("azure-code").cut(duration_s=1800)
 
 
 CASES = {
