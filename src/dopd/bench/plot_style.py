@@ -1,18 +1,20 @@
 """How policies look in every plot: ``dopd`` stands out and is drawn on top; every other policy
 gets its own colour, marker and dash pattern, so that curves that coincide stay tellable apart.
 
-Used by ``dopd.bench.plots`` (simulate and bench figures) and ``dopd.experiments.figures``.
+Used by ``dopd.bench.plots`` (simulate and bench figures), ``dopd.experiments.figures`` and
+``dopd.bench.verdict``; matplotlib is imported only by :func:`log_seconds_axis`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PROPOSED = "dopd"
 """The policy every figure is about."""
@@ -110,6 +112,8 @@ def log_seconds_axis(ax: Axes, axis: str = "x") -> None:
     """A log axis in seconds with ticks at 1, 2 and 5 of each decade as plain numbers
     (``0.05``, ``0.1``, ``2``) and unlabelled minor ticks: no overlapping exponent labels
     when the data span less than a decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
     target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
