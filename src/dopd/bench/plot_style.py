@@ -109,12 +109,16 @@ def marker_every(n_points: int, index: int, markers: int = 8) -> tuple[int, int]
 
 
 def log_seconds_axis(ax: Axes, axis: str = "x") -> None:
-    """A log axis in seconds with ticks at 1, 2 and 5 of each decade as plain numbers
-    (``0.05``, ``0.1``, ``2``) and unlabelled minor ticks: no overlapping exponent labels
-    when the data span less than a decade."""
+    """Plain-number ticks on a log axis (``0.05``, ``0.1``, ``2``) and unlabelled minor ticks:
+    no overlapping ``2x10^-2`` labels when the data span less than a decade. Ticks at 1, 2 and
+    5 of each decade, thinned to 1 and 3 over more than 2.5 decades and to powers of ten over
+    more than 4. Call it after plotting: it reads the axis limits."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    decades = float(np.log10(hi / lo)) if lo > 0 and hi > lo else 1.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0, 3.0) if decades <= 4 else (1.0,)
+    target.set_major_locator(LogLocator(base=10.0, subs=subs))
     target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())

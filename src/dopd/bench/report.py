@@ -189,6 +189,8 @@ def write_timeline_csv(path: str | Path, timeline: Timeline) -> Path:
 def _format(value: Any, fmt: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
+    if isinstance(value, str):  # a value that is not a number, such as "miss", shown as is
+        return value
     if fmt == "pct":
         return f"{100.0 * float(value):.1f}"
     if fmt == "ms":
