@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from dopd.cli.main import main
-from dopd.cli.simulate_demo import DEMO_OVERRIDES, NEXT_COMMANDS, demo_overrides, is_demo
+from dopd.cli.simulate_demo import (
+    DEFAULT_POLICIES,
+    DEMO_OVERRIDES,
+    NEXT_COMMANDS,
+    is_demo,
+    simulate_overrides,
+)
 from dopd.config import load_run_config
 
 
@@ -79,10 +85,15 @@ def test_a_workload_source_or_config_turns_the_demo_off(tmp_path: Path,
                {"arrival": "gamma:cv=2"}, {"cv": 2.0}, {"config": "x.toml"}):
         assert not is_demo(ns(**kw)), kw
     # command-line options win over the demo's, and --requests replaces its window
-    merged = demo_overrides({"workload.rate_scale": 3.0, "workload.requests": 40,
-                             "workload.duration_s": None})
+    given = {"workload.rate_scale": 3.0, "workload.requests": 40, "workload.duration_s": None}
+    merged = simulate_overrides(ns(), given)
     assert merged["workload.rate_scale"] == 3.0 and merged["workload.duration_s"] is None
     assert merged["workload.trace"] == "azure-code"
+    # other workloads also get dopd beside the baselines, unless --policy or --config says
+    assert simulate_overrides(ns(rate=5.0), {}) == {"policies": DEFAULT_POLICIES}
+    assert simulate_overrides(ns(rate=5.0), {"policies": ("colocated",)}) == {
+        "policies": ("colocated",)}
+    assert simulate_overrides(ns(rate=5.0, config="x.toml"), {}) == {}
     out = tmp_path / "r.json"
     assert main(["simulate", "--rate", "30", "--requests", "50", "--policy", "colocated",
                  "--json", str(out)]) == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,6 @@ from dopd.cli.common import (
     add_slo_options,
     add_workload_options,
     build_workload,
-    config_from_args,
     overrides_from_args,
     parse_list,
     progress_bar,
@@ -62,20 +62,20 @@ from dopd.workload import Workload
 
 _DEFAULT = RunConfig()
 
-DESCRIPTION = f"""\
-Run one workload through one or more policies on the same simulated cluster (no GPU, no
-network) and print a comparison table (SLO attainment, goodput, rejected share, P90 TTFT and
-TPOT, GPU-seconds, role switches) and a short verdict.
-
-Default (no --trace, --lengths, --arrival, --rate, --cv or --config): the main job,
-{simulate_demo.SUMMARY}, on {_DEFAULT.cluster.instances} x {_DEFAULT.cluster.gpu} instances of \
-{_DEFAULT.cluster.model}; --rate-scale, --duration, --requests, --seed and every other option
-apply to it. With --arrival or --rate, synthetic arrivals (default {_DEFAULT.workload.arrival} at \
-{_DEFAULT.workload.rate:g} req/s, {DEFAULT_SYNTHETIC_REQUESTS} requests) with lengths from
---lengths or from built-in statistics resembling the Azure conversation trace (lognormal;
-prompt mean 1155 tokens, output mean 211). Traces and length tables: a shipped dataset's name
-(dopd data list) or a path.
-"""
+DESCRIPTION = "\n\n".join(textwrap.fill(paragraph, 92) for paragraph in (
+    "Run one workload through one or more policies on the same simulated cluster (no GPU, no "
+    "network) and print a comparison table (SLO attainment, goodput, rejected share, P90 TTFT "
+    "and TPOT, GPU-seconds, role switches) and a short verdict.",
+    "Default (no --trace, --lengths, --arrival, --rate, --cv or --config): the main job, "
+    f"{simulate_demo.SUMMARY}, on {_DEFAULT.cluster.instances} x {_DEFAULT.cluster.gpu} "
+    f"instances of {_DEFAULT.cluster.model}; --rate-scale, --duration, --requests, --seed and "
+    "every other option apply to it.",
+    f"With --arrival or --rate: synthetic arrivals (default {_DEFAULT.workload.arrival} at "
+    f"{_DEFAULT.workload.rate:g} req/s, {DEFAULT_SYNTHETIC_REQUESTS} requests) with lengths "
+    "from --lengths or from built-in statistics resembling the Azure conversation trace "
+    "(lognormal; prompt mean 1155 tokens, output mean 211). Traces and length tables: a "
+    "shipped dataset's name (dopd data list) or a path.",
+))
 
 EPILOG = """\
 examples:
@@ -279,8 +279,8 @@ def _goodput_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd simulate``."""
     demo = simulate_demo.is_demo(args)
-    cfg = (load_run_config(None, simulate_demo.demo_overrides(overrides_from_args(args)))
-           if demo else config_from_args(args))
+    cfg = load_run_config(args.config,
+                          simulate_demo.simulate_overrides(args, overrides_from_args(args)))
     workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
     with progress_bar(args.quiet) as bar:
         runs = simulate(cfg, workload, bar)
@@ -348,8 +348,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--policy", type=parse_list, default=None, metavar="LIST",
-                   help="comma-separated policies: colocated, static:P:D, static:best, ... "
-                   f"(default {','.join(_DEFAULT.policies)})")
+                   help="comma-separated policies: colocated, static:P:D, static:best, dopd, "
+                   f"... (default {','.join(simulate_demo.DEFAULT_POLICIES)}, or the "
+                   "--config file's)")
     add_config_option(p)
     add_workload_options(p)
     add_cluster_options(p)

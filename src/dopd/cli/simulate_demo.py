@@ -22,7 +22,10 @@ from typing import Any
 DEMO_TRACE = "azure-code"
 DEMO_RATE_SCALE = 5.0
 DEMO_DURATION_S = 120.0
-DEMO_POLICIES = ("colocated", "static:best", "dopd")
+DEFAULT_POLICIES = ("colocated", "static:best", "dopd")
+"""``dopd simulate``'s policies when neither ``--policy`` nor ``--config`` names any: dopd
+beside the plain baselines."""
+DEMO_POLICIES = DEFAULT_POLICIES
 DEMO_SLO_TTFT_S = 1.0
 DEMO_SLO_TPOT_S = 0.2
 
@@ -67,7 +70,12 @@ def is_demo(args: argparse.Namespace) -> bool:
     return all(getattr(args, name, None) is None for name in SOURCE_OPTIONS)
 
 
-def demo_overrides(given: dict[str, Any]) -> dict[str, Any]:
-    """The demo's overrides under ``given``, the command line's own overrides, which win (and
-    which clear ``duration_s`` when they set ``requests``)."""
-    return {**DEMO_OVERRIDES, **given}
+def simulate_overrides(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides of a ``dopd simulate`` command line whose own overrides are ``given``:
+    the demo's under them when :func:`is_demo`, else :data:`DEFAULT_POLICIES` under them when
+    no ``--config`` file is read (a file's policies, or its default, stand)."""
+    if is_demo(args):
+        return {**DEMO_OVERRIDES, **given}
+    if getattr(args, "config", None):
+        return dict(given)
+    return {"policies": DEFAULT_POLICIES, **given}
