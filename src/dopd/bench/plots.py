@@ -99,7 +99,7 @@ def timelines_figure(results: Mapping[str, SimResult]) -> Figure:
         ax_l.set_title(f"{policy}: load", fontsize="medium")
         ax_l.grid(True, alpha=0.3)
         lines = line_a + line_d
-        ax_l.legend(lines, [str(line.get_label()) for line in lines], loc="upper right",
+        ax_l.legend(lines, [str(line.get_label()) for line in lines], loc="best",
                     fontsize="small", framealpha=0.9)
     axes[-1][0].set_xlabel("simulated time (s)")
     axes[-1][1].set_xlabel("simulated time (s)")

@@ -38,14 +38,15 @@ def goodput_figure(analyses: tuple[ScenarioAnalysis, ...],
     n = len(analyses)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.9 * rows + 0.4), squeeze=False,
-                             layout="constrained")
+    height = max(len(a.rows) for a in analyses) * 0.32 + 1.4 if analyses else 3.0
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, height * rows + 0.6),
+                             squeeze=False, layout="constrained")
     for ax, a in zip(axes.flat, analyses, strict=False):
         names = [r.policy for r in a.rows]
         values = [r.max_goodput_rps for r in a.rows]
         colors = [ROLE_COLORS.get(r.role, "tab:green") for r in a.rows]
-        x = np.arange(len(names))
-        bars = ax.bar(x, values, color=colors, edgecolor="black", linewidth=0.6)
+        y = np.arange(len(names))
+        bars = ax.barh(y, values, color=colors, edgecolor="black", linewidth=0.6)
         for bar, name in zip(bars, names, strict=True):
             if is_proposed(name):
                 bar.set_hatch("//")
@@ -53,16 +54,17 @@ def goodput_figure(analyses: tuple[ScenarioAnalysis, ...],
         if best > 0:
             ax.bar_label(bars, labels=[f"{v / best:.2f}x" for v in values], fontsize="x-small",
                          padding=2)
-            ax.axhline(best, color="k", linestyle=":", linewidth=1, label="best baseline")
+            ax.axvline(best, color="k", linestyle=":", linewidth=1, label="best baseline")
             if target_ratio is not None:
-                ax.axhline(target_ratio * best, color="tab:red", linestyle="--", linewidth=1,
+                ax.axvline(target_ratio * best, color="tab:red", linestyle="--", linewidth=1,
                            label=f"{target_ratio:g}x target")
-        ax.set_xticks(x, names, rotation=45, ha="right", fontsize="small")
+        ax.set_yticks(y, names, fontsize="small")
+        ax.invert_yaxis()
         ax.set_title(a.scenario.name, fontsize="medium")
-        ax.set_ylabel("max goodput (req/s)")
-        ax.set_xlabel("policy")
-        ax.margins(y=0.15)
-        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_xlabel("max goodput (req/s)")
+        ax.set_ylabel("policy")
+        ax.margins(x=0.18)
+        ax.grid(True, axis="x", alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     handles, _ = axes.flat[0].get_legend_handles_labels()
