@@ -19,11 +19,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
+from dopd.bench import loadgen_report, plots
+from dopd.bench.plots import save_figure
 from dopd.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from fake_openai import FAIL_500, MODEL, FakeServer, serve_fake
+from figure_checks import assert_readable
 
 FIXED = ["--lengths", "fixed:prompt=40,output=8", "--tokenizer", "dopd-tiny"]
 
@@ -81,8 +85,18 @@ def test_trace_is_replayed_with_its_timing_scaled(server: FakeServer, tmp_path: 
     assert [s.body["max_tokens"] for s in seen] == [3 + i for i in range(6)]
 
 
-def test_out_dir_has_csv_plots_and_settings(server: FakeServer, tmp_path: Path) -> None:
-    server.reset(ttft_s=0.02, tpot_s=0.005)
+def test_out_dir_has_csv_plots_and_settings(server: FakeServer, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+
+    def check_then_save(fig: Figure, path: str | Path) -> Path:
+        assert_readable(fig)  # labelled axes, distinct legends, no overlapping tick labels
+        checked.append(Path(path).name)
+        return save_figure(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", check_then_save)
+    monkeypatch.setattr(loadgen_report, "save_figure", check_then_save)
+    server.reset(ttft_s=0.02, tpot_s=0.005)  # every TTFT within a decade: the narrow log axis
     out = tmp_path / "out"
     assert main(["bench", "--url", server.url, *FIXED, "--requests", "6", "--rate", "30",
                  "--api-key", "key-9f3e", "--endpoint", "chat", "--out", str(out), "-q"]) == 0
@@ -97,6 +111,7 @@ def test_out_dir_has_csv_plots_and_settings(server: FakeServer, tmp_path: Path) 
     rows = list(csv.DictReader((out / "requests_bench.csv").open()))
     assert len(rows) == 6 and {r["state"] for r in rows} == {"FINISHED"}
     assert all(float(r["ttft_s"]) > 0.02 - 1e-3 for r in rows)
+    assert sorted(checked) == ["latency_cdf.png", "timeline.png"]
 
 
 def test_concurrency_cap_warning_lands_in_the_settings(

@@ -158,7 +158,8 @@ def test_help_states_the_default(capsys: pytest.CaptureFixture[str]) -> None:
         main(["simulate", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert "built-in demo" in text and "Poisson" in text and "--max-goodput" in text
+    assert "the main job" in text and "azure-code" in text and "--max-goodput" in text
+    assert "poisson at 60 req/s" in text
 
 
 @pytest.mark.parametrize(

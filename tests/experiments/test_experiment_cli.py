@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.figure import Figure
 
+from dopd.bench import plots
+from dopd.bench.plots import save_figure
 from dopd.cli.main import main
 from dopd.data import TRACES_DIR, get_dataset
 from dopd.errors import DopdError
+from dopd.experiments import figures
 from dopd.experiments.runner import drop_unregistered
 from dopd.experiments.sources import resolve
 from dopd.experiments.suites import get_suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from figure_checks import assert_dopd_on_top, assert_lines_distinct, assert_readable
 
 TRACES = TRACES_DIR
 
@@ -40,9 +48,26 @@ def number(cell: str) -> float | None:
 
 
 @pytest.mark.slow
-def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_smoke_suite_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    names = list(drop_unregistered(get_suite("smoke"))[0].policies)
+
+    def check_then_save(fig: Figure, path: str | Path) -> Path:
+        # every figure of the report reads at a glance, and dopd is drawn over the others
+        assert_readable(fig)
+        for ax in fig.axes:
+            if any(line.get_label() == "dopd" for line in ax.get_lines()):
+                assert_dopd_on_top(ax, names)
+                assert_lines_distinct(ax, names)
+        checked.append(Path(path).name)
+        return save_figure(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", check_then_save)
+    monkeypatch.setattr(figures, "save_figure", check_then_save)
     out = tmp_path / "smoke"
     assert main(["experiment", "smoke", "--out", str(out), "--workers", "2"]) == 0
+    assert sorted(checked) == sorted(p.name for p in out.iterdir() if p.suffix == ".png")
     policies = drop_unregistered(get_suite("smoke"))[0].policies
     assert "dopd" in policies
     err = capsys.readouterr().err

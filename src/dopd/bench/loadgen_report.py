@@ -26,10 +26,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from dopd.bench.loadgen import LoadResult
 from dopd.bench.metrics import MetricsSummary
-from dopd.bench.plots import plot_latency_cdfs
+from dopd.bench.plots import plot_latency_cdfs, save_figure
 from dopd.bench.report import (
     request_columns,
     safe_name,
@@ -101,26 +102,34 @@ def bench_columns(result: LoadResult) -> dict[str, np.ndarray]:
     return columns
 
 
-def plot_bench_timeline(result: LoadResult, path: str | Path, slo: SLO | None = None) -> Path:
+def bench_timeline_figure(result: LoadResult, slo: SLO | None = None) -> Figure:
     """Three panels over the run's time: load (arrivals per second; requests waiting for their
-    first token and decoding), TTFT and TPOT of each request at its arrival (SLOs dashed,
-    failed requests as red crosses at the top of the TTFT panel)."""
+    first token and decoding), TTFT (s) and TPOT (ms) of each request at its arrival (SLOs
+    dashed, failed requests as red crosses at the top of the TTFT panel)."""
     tl = result.timeline
-    fig, (ax_load, ax_ttft, ax_tpot) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
-    ax_load.plot(tl.time_s, tl.arrivals_rps, color="tab:gray", label="arrivals/s")
+    fig, (ax_load, ax_ttft, ax_tpot) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True,
+                                                    layout="constrained")
+    lines = ax_load.plot(tl.time_s, tl.arrivals_rps, color="#7f7f7f", linewidth=1.6,
+                         label="arrivals (req/s, left)")
     ax_load.set_ylabel("arrivals (req/s)")
-    ax_load.legend(loc="upper left", fontsize="small")
+    ax_load.set_ylim(bottom=0)
     ax_count = ax_load.twinx()
     first, arrival = result.first_token_s, result.arrival_s
     t = np.asarray(tl.time_s)[:, None]
     done = np.where(np.isnan(result.done_s), np.inf, result.done_s)
     sent = np.where(np.isnan(result.send_s), np.inf, result.send_s)
     ft = np.where(np.isnan(first), np.inf, first)
-    ax_count.plot(tl.time_s, ((sent <= t) & (t < np.minimum(ft, done))).sum(axis=1),
-                  color="tab:blue", label="waiting for first token")
-    ax_count.plot(tl.time_s, tl.running_decodes, color="tab:orange", label="decoding")
+    lines += ax_count.plot(tl.time_s, ((sent <= t) & (t < np.minimum(ft, done))).sum(axis=1),
+                           color="#1f77b4", linestyle="--", marker="s", markersize=3,
+                           label="waiting for first token (right)")
+    lines += ax_count.plot(tl.time_s, tl.running_decodes, color="#ff7f0e", linestyle="-.",
+                           marker="^", markersize=3, label="decoding (right)")
     ax_count.set_ylabel("requests")
-    ax_count.legend(loc="upper right", fontsize="small")
+    ax_count.set_ylim(bottom=0)
+    ax_count.yaxis.get_major_locator().set_params(integer=True)
+    ax_load.legend(lines, [str(line.get_label()) for line in lines], loc="upper left",
+                   fontsize="small", framealpha=0.9)
+    ax_load.set_title("load")
     failed = result.state != int(RequestState.FINISHED)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(result.output_tokens > 1,
@@ -130,24 +139,31 @@ def plot_bench_timeline(result: LoadResult, path: str | Path, slo: SLO | None = 
     if failed.any():
         top = float(np.nanmax(np.append(ttft, slo.ttft_s if slo else 0.0)))
         ax_ttft.scatter(arrival[failed], np.full(int(failed.sum()), top), marker="x",
-                        color="tab:red", label="failed")
-    for ax, values, name, target in ((ax_ttft, ttft, "TTFT (s)", slo and slo.ttft_s),
-                                     (ax_tpot, tpot, "TPOT (s)", slo and slo.tpot_s)):
+                        color="#d62728", label=f"failed ({int(failed.sum())})")
+    for ax, values, name, unit, target in (
+        (ax_ttft, ttft, "TTFT", "s", slo.ttft_s if slo else None),
+        (ax_tpot, 1000.0 * tpot, "TPOT", "ms", 1000.0 * slo.tpot_s if slo else None),
+    ):
         ok = np.isfinite(values)
-        ax.scatter(arrival[ok], values[ok], s=6, color="tab:blue", alpha=0.6)
+        ax.scatter(arrival[ok], values[ok], s=8, color="#1f77b4", alpha=0.6,
+                   label="one request")
         if target:
-            ax.axhline(target, color="k", linestyle="--", linewidth=1, label="SLO")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper right", fontsize="small")
-        ax.set_ylabel(name)
+            ax.axhline(target, color="k", linestyle="--", linewidth=1,
+                       label=f"SLO {target:g} {unit}")
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
+        ax.set_ylabel(f"{name} ({unit})")
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    ax_tpot.set_xlabel("arrival time (s)")
+    ax_ttft.set_title("time to first token, per request at its arrival")
+    ax_tpot.set_title("time per output token, per request at its arrival")
+    ax_tpot.set_xlabel("arrival time (s since the run's start)")
     fig.suptitle(f"{result.policy}: load and latency over time (client view)")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return p
+    return fig
+
+
+def plot_bench_timeline(result: LoadResult, path: str | Path, slo: SLO | None = None) -> Path:
+    """Write :func:`bench_timeline_figure` to ``path``."""
+    return save_figure(bench_timeline_figure(result, slo), path)
 
 
 def write_bench_outputs(

@@ -1,13 +1,17 @@
 """Matplotlib figures of simulation results (Agg backend: files only, no display needed).
 
-Each function draws one figure, writes it to ``path`` (format from the suffix, PNG by default)
-and returns the path. Figures are closed after saving so long runs do not accumulate memory.
+Each ``*_figure`` function builds one figure and returns it (tests inspect it); each ``plot_*``
+function builds the same figure, writes it to ``path`` (format from the suffix, PNG by default)
+and returns the path, closing the figure so long runs do not accumulate memory. Policies are
+drawn with ``dopd.bench.plot_style``: ``dopd`` thick, red and on top, the others each with
+their own colour, marker and dashes, and a legend that names coinciding curves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -15,16 +19,26 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from dopd.bench.percentiles import honest_latencies, unreached_share
+from dopd.bench.plot_style import (
+    draw_order,
+    log_seconds_axis,
+    marker_every,
+    policy_styles,
+    same_as_labels,
+)
 from dopd.bench.report import request_columns
 from dopd.sim.api import SimResult
 from dopd.types import SLO
 
+ROLE_COLORS = {"prefill": "#1f77b4", "decode": "#ff7f0e", "mixed": "#2ca02c"}
+"""Fill colours of the instance roles in the timeline."""
 
-def _save(fig: Figure, path: str | Path) -> Path:
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (folders created), close it and return the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110, bbox_inches="tight")
@@ -46,48 +60,70 @@ def ecdf(values: np.ndarray, total: int | None = None) -> tuple[np.ndarray, np.n
     return v, np.arange(1, v.size + 1) / max(denom, 1)
 
 
-def plot_timelines(results: Mapping[str, SimResult], path: str | Path) -> Path:
-    """P/D instance counts (left) and load (right) over simulated time, one row per policy.
-
-    Load is the arrival rate (req/s) with the running decodes on a second axis.
-    """
+def timelines_figure(results: Mapping[str, SimResult]) -> Figure:
+    """One row per policy: instances by role, stacked (left), and the load (right): the
+    arrival rate (req/s) with the running decodes on a second axis."""
     if not results:
         raise ValueError("no results to plot")
     n = len(results)
-    fig, axes = plt.subplots(n, 2, figsize=(12, 2.6 * n + 0.6), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(n, 2, figsize=(12, 2.5 * n + 0.8), squeeze=False, sharex=True,
+                             layout="constrained")
+    most = max(_alive(res).max(initial=0) for res in results.values())
     for row, (policy, res) in enumerate(results.items()):
         tl = res.timeline
         t = np.asarray(tl.time_s, dtype=float)
         ax_n, ax_l = axes[row]
-        for values, label, color in (
-            (tl.prefill_instances, "prefill", "tab:blue"),
-            (tl.decode_instances, "decode", "tab:orange"),
-            (tl.mixed_instances, "mixed", "tab:green"),
-        ):
+        bottom = np.zeros(t.size)
+        for role, values in (("prefill", tl.prefill_instances), ("decode", tl.decode_instances),
+                             ("mixed", tl.mixed_instances)):
             v = np.asarray(values, dtype=float)
             if v.size and np.any(v > 0):
-                ax_n.step(t, v, where="post", label=label, color=color)
-        ax_n.set_ylabel(f"{policy}\ninstances")
-        alive = np.asarray(tl.prefill_instances) + np.asarray(tl.decode_instances)
-        alive = alive + np.asarray(tl.mixed_instances)
-        ax_n.set_ylim(0, (int(alive.max()) if alive.size else 0) + 1)
-        ax_n.legend(loc="upper right", fontsize="small")
-        ax_l.plot(t, np.asarray(tl.arrivals_rps, dtype=float), color="tab:gray", label="arrivals")
+                ax_n.fill_between(t, bottom, bottom + v, step="post", color=ROLE_COLORS[role],
+                                  alpha=0.75, linewidth=0, label=role)
+                bottom = bottom + v
+        ax_n.set_ylim(0, most + 0.5)
+        ax_n.set_ylabel("instances")
+        switches = f"{res.switches} switch" + ("" if res.switches == 1 else "es")
+        ax_n.set_title(f"{policy}: instances by role ({switches})",
+                       fontsize="medium")
+        ax_n.yaxis.get_major_locator().set_params(integer=True)
+        ax_n.grid(True, axis="y", alpha=0.3)
+        ax_n.legend(loc="lower right", fontsize="small", ncols=3, framealpha=0.9)
+        line_a = ax_l.plot(t, np.asarray(tl.arrivals_rps, dtype=float), color="#7f7f7f",
+                           linewidth=1.6, label="arrivals (req/s, left)")
         ax_l.set_ylabel("arrivals (req/s)")
+        ax_l.set_ylim(bottom=0)
         ax_d = ax_l.twinx()
-        ax_d.plot(t, np.asarray(tl.running_decodes, dtype=float), color="tab:red", label="decodes")
-        ax_d.set_ylabel("running decodes", color="tab:red")
-        ax_l.set_title(f"{policy}: {res.switches} switches", fontsize="small")
-    axes[-1][0].set_xlabel("time (s)")
-    axes[-1][1].set_xlabel("time (s)")
+        line_d = ax_d.plot(t, np.asarray(tl.running_decodes, dtype=float), color="#9467bd",
+                           linestyle="--", linewidth=1.6, label="running decodes (right)")
+        ax_d.set_ylabel("running decodes")
+        ax_d.set_ylim(bottom=0)
+        ax_l.set_title(f"{policy}: load", fontsize="medium")
+        ax_l.grid(True, alpha=0.3)
+        lines = line_a + line_d
+        ax_l.legend(lines, [str(line.get_label()) for line in lines], loc="best",
+                    fontsize="small", framealpha=0.9)
+    axes[-1][0].set_xlabel("simulated time (s)")
+    axes[-1][1].set_xlabel("simulated time (s)")
     fig.suptitle("P/D instances and load over time")
-    return _save(fig, path)
+    return fig
+
+
+def _alive(res: SimResult) -> np.ndarray:
+    tl = res.timeline
+    return (np.asarray(tl.prefill_instances) + np.asarray(tl.decode_instances)
+            + np.asarray(tl.mixed_instances))
+
+
+def plot_timelines(results: Mapping[str, SimResult], path: str | Path) -> Path:
+    """Write :func:`timelines_figure` to ``path``."""
+    return save_figure(timelines_figure(results), path)
 
 
 def latency_curves(result: SimResult) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """Per metric (``ttft``, ``tpot``, ``e2e``): the sorted finite latencies, their CDF as a
-    share of the metric's honest population, and the share of it that never got there (so the
-    CDF tops out at 1 minus that share)."""
+    """Per metric (``ttft``, ``tpot``, ``e2e``): the sorted finite latencies (seconds), their CDF
+    as a share of the metric's honest population, and the share of it that never got there (so
+    the CDF tops out at 1 minus that share)."""
     cols = request_columns(result)
     honest = honest_latencies(cols["ttft_s"], cols["tpot_s"], cols["e2e_s"],
                               cols["first_token_s"], cols["output_tokens"],
@@ -100,10 +136,8 @@ def latency_curves(result: SimResult) -> dict[str, tuple[np.ndarray, np.ndarray,
     return out
 
 
-def plot_latency_cdfs(
-    results: Mapping[str, SimResult], path: str | Path, slo: SLO | None = None
-) -> Path:
-    """TTFT and TPOT CDFs across policies, with the SLO targets as dashed lines.
+def latency_cdfs_figure(results: Mapping[str, SimResult], slo: SLO | None = None) -> Figure:
+    """TTFT (s) and TPOT (ms) CDFs across policies, log scale, SLO targets as dashed lines.
 
     Each curve is over the population of the honest percentiles (``dopd.bench.percentiles``):
     TTFT over all requests, TPOT over the multi-token requests that got their first token. A
@@ -113,42 +147,107 @@ def plot_latency_cdfs(
     """
     if not results:
         raise ValueError("no results to plot")
-    fig, (ax_ttft, ax_tpot) = plt.subplots(1, 2, figsize=(12, 4.2))
-    tops: dict[Axes, list[tuple[float | None, float, str]]] = {ax_ttft: [], ax_tpot: []}
+    fig, (ax_ttft, ax_tpot) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    curves: dict[str, list[np.ndarray]] = {}
+    shares: dict[str, tuple[float, float]] = {}
     for policy, res in results.items():
-        curves = latency_curves(res)
-        for ax, (x, y, share) in ((ax_ttft, curves["ttft"]), (ax_tpot, curves["tpot"])):
-            label = f"{policy} ({100 * share:.1f}% never got there)" if share > 0 else policy
-            line = ax.step(x, y, where="post", label=label)[0]
+        honest = latency_curves(res)
+        x1, y1, s1 = honest["ttft"]
+        x2, y2, s2 = honest["tpot"]
+        curves[policy] = [x1, y1, 1000.0 * x2, y2]
+        shares[policy] = (s1, s2)
+    styles = policy_styles(results)
+    labels = same_as_labels(curves)
+    tops: dict[plt.Axes, list[tuple[float, float, dict[str, Any]]]] = {ax_ttft: [], ax_tpot: []}
+    for index, policy in enumerate(draw_order(results)):
+        x1, y1, x2, y2 = curves[policy]
+        for ax, x, y, share in ((ax_ttft, x1, y1, shares[policy][0]),
+                                (ax_tpot, x2, y2, shares[policy][1])):
+            if x.size == 0:
+                continue
+            label = labels[policy]
             if share > 0:
-                tops[ax].append((float(x[-1]) if x.size else None, 1.0 - share,
-                                 line.get_color()))
-    for ax, name, target in (
-        (ax_ttft, "TTFT (s)", slo.ttft_s if slo else None),
-        (ax_tpot, "TPOT (s)", slo.tpot_s if slo else None),
+                label = f"{label}, {100 * share:.1f}% never got there"
+                tops[ax].append((float(x[-1]), float(y[-1]), styles[policy].kwargs()))
+            ax.step(x, y, where="post", label=label,
+                    markevery=marker_every(x.size, index), **styles[policy].kwargs())
+    for ax, name, unit, target in (
+        (ax_ttft, "TTFT", "s", slo.ttft_s if slo else None),
+        (ax_tpot, "TPOT", "ms", 1000.0 * slo.tpot_s if slo else None),
     ):
         if target is not None:
-            ax.axvline(target, color="k", linestyle="--", linewidth=1, label="SLO")
+            ax.axvline(target, color="k", linestyle="--", linewidth=1,
+                       label=f"SLO {target:g} {unit}")
         ax.set_xscale("log")
+        log_seconds_axis(ax, "x")
         left, right = ax.get_xlim()
-        placed: list[float] = []
-        for x_end, top, color in sorted(tops[ax], key=lambda t: -t[1]):
-            ax.hlines(top, left if x_end is None else x_end, right, colors=color,
-                      linestyles=":", linewidth=1.2)
-            stacked = sum(1 for y in placed if abs(y - top) < 0.04)  # labels of close tops
-            placed.append(top)
-            ax.annotate(f"{100 * (1 - top):.1f}% never got there", (right, top),
-                        xytext=(-3, -2 - 10 * stacked), textcoords="offset points", ha="right",
-                        va="top", color=color, fontsize="small")
+        for x_end, top, style in tops[ax]:
+            ax.hlines(top, x_end, right, colors=style.get("color"), linestyles=":",
+                      linewidth=1.2)
         ax.set_xlim(left, right)
-        ax.axhline(1.0, color="tab:gray", linewidth=0.6)
-        ax.set_xlabel(name)
-        ax.set_ylabel("CDF (share of requests)")
+        ax.set_xlabel(f"{name} ({unit}), log scale")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right")
-    fig.suptitle("Latency CDFs over every request (a curve tops out at the share that got there)")
-    return _save(fig, path)
+        _legend_in_order(ax, results)
+    ax_ttft.set_ylabel("share of all requests")
+    ax_tpot.set_ylabel("share of served requests with > 1 output token")
+    ax_ttft.set_title("time to first token")
+    ax_tpot.set_title("time per output token")
+    fig.suptitle("Latency CDFs over every request (a curve ending below 1: requests rejected "
+                 "or never served)")
+    return fig
+
+
+def _legend_in_order(ax: plt.Axes, policies: Sequence[str] | Mapping[str, object]) -> None:
+    """Legend with the policies in their given order (``dopd`` was drawn last), then the rest."""
+    handles, labels = ax.get_legend_handles_labels()
+    names = list(policies)
+
+    def rank(label: str) -> int:
+        base = label.split(" (same as ")[0].split(", ")[0]
+        return names.index(base) if base in names else len(names)
+
+    pairs = sorted(zip(handles, labels, strict=True), key=lambda hl: rank(hl[1]))
+    if pairs:
+        ax.legend([h for h, _ in pairs], [lab for _, lab in pairs], fontsize="small",
+                  framealpha=0.9)
+
+
+def plot_latency_cdfs(
+    results: Mapping[str, SimResult], path: str | Path, slo: SLO | None = None
+) -> Path:
+    """Write :func:`latency_cdfs_figure` to ``path``."""
+    return save_figure(latency_cdfs_figure(results, slo), path)
+
+
+def attainment_figure(
+    probes: Mapping[str, Sequence[tuple[float, float]]],
+    target: float | None = None,
+    xlabel: str = "arrival rate (req/s)",
+    title: str = "SLO attainment against load",
+) -> Figure:
+    """SLO attainment (%) against load, one line per policy, from ``(rate, attainment)``
+    probes (for example the runs of a max-goodput bisection); the target is a dashed line."""
+    if not probes:
+        raise ValueError("no probes to plot")
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    curves = {p: [np.asarray(sorted(pts), dtype=float).reshape(-1, 2)[:, i] for i in (0, 1)]
+              for p, pts in probes.items() if pts}
+    styles = policy_styles(curves)
+    labels = same_as_labels(curves)
+    for policy in draw_order(curves):
+        x, y = curves[policy]
+        ax.plot(x, 100.0 * y, label=labels[policy], **styles[policy].kwargs())
+    if target is not None:
+        ax.axhline(100.0 * target, color="k", linestyle="--", linewidth=1,
+                   label=f"target {100 * target:g}%")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _legend_in_order(ax, curves)
+    return fig
 
 
 def plot_attainment_vs_rate(
@@ -156,22 +255,7 @@ def plot_attainment_vs_rate(
     path: str | Path,
     target: float | None = None,
     xlabel: str = "arrival rate (req/s)",
+    title: str = "SLO attainment against load",
 ) -> Path:
-    """SLO attainment against load, one line per policy, from ``(rate, attainment)`` probes
-    (for example the runs of a max-goodput bisection); the target is a dashed line."""
-    if not probes:
-        raise ValueError("no probes to plot")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for policy, pts in probes.items():
-        if not pts:
-            continue
-        arr = np.asarray(sorted(pts), dtype=float)
-        ax.plot(arr[:, 0], 100.0 * arr[:, 1], marker="o", label=policy)
-    if target is not None:
-        ax.axhline(100.0 * target, color="k", linestyle="--", linewidth=1, label="target")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("SLO attainment (%)")
-    ax.set_ylim(0, 102)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save(fig, path)
+    """Write :func:`attainment_figure` to ``path``."""
+    return save_figure(attainment_figure(probes, target, xlabel, title), path)

@@ -213,6 +213,8 @@ def format_cell(value: Any, fmt: str) -> str:
         return "-"
     if isinstance(value, float) and math.isinf(value):
         return MISS
+    if isinstance(value, str):  # a value that is not a number, such as "miss", shown as is
+        return value
     if fmt == "pct":
         return f"{100.0 * float(value):.1f}"
     if fmt == "ms":

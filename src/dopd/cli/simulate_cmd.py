@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,15 @@ from rich.console import Console
 from dopd.bench.goodput import MaxGoodputResult, max_goodput
 from dopd.bench.metrics import MetricsSummary, summarize_result
 from dopd.bench.report import (
-    print_comparison,
+    comparison_table,
     safe_name,
     summary_record,
     write_json,
     write_requests_csv,
     write_timeline_csv,
 )
+from dopd.bench.verdict import verdict
+from dopd.cli import simulate_demo
 from dopd.cli.common import (
     ProgressFn,
     add_cluster_options,
@@ -49,11 +52,11 @@ from dopd.cli.common import (
     add_truth_options,
     add_workload_options,
     build_workload,
-    config_from_args,
+    overrides_from_args,
     parse_list,
     progress_bar,
 )
-from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, write_resolved
+from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, load_run_config, write_resolved
 from dopd.control.manager.decisions import write_jsonl
 from dopd.perf import build_latency_model
 from dopd.sim.api import SimResult
@@ -64,28 +67,47 @@ from dopd.workload import Workload
 
 _DEFAULT = RunConfig()
 
-DESCRIPTION = f"""\
-Run one workload through one or more policies on the same simulated cluster (no GPU, no
-network) and print a comparison table: SLO attainment, goodput, the rejected share, TTFT/TPOT/E2E
-percentiles, GPU-seconds and role switches. Percentiles count every request: one that was
-rejected or never finished counts as infinitely late, so a percentile landing on it shows "miss"
-(null in the JSON; served-only figures are there as *_served).
-
-Default (no workload option): the built-in demo, {DEFAULT_SYNTHETIC_REQUESTS} requests with Poisson
-arrivals at {_DEFAULT.workload.rate:g} req/s and lengths drawn from built-in statistics resembling
-the Azure LLM 2023 conversation trace (lognormal; prompt mean 1155 tokens, output mean 211),
-served by {_DEFAULT.cluster.instances} x {_DEFAULT.cluster.gpu} instances of \
-{_DEFAULT.cluster.model} under {", ".join(_DEFAULT.policies)}.
-"""
+DESCRIPTION = "\n\n".join(textwrap.fill(paragraph, 92) for paragraph in (
+    "Run one workload through one or more policies on the same simulated cluster (no GPU, no "
+    "network) and print a comparison table (SLO attainment, goodput, rejected share, P90 TTFT "
+    "and TPOT, GPU-seconds, role switches) and a short verdict. Percentiles count every "
+    "request: one that was rejected or never finished counts as infinitely late, so a "
+    "percentile landing on it shows 'miss' (null in the JSON; served-only figures are there "
+    "as *_served).",
+    "Default (no --trace, --lengths, --arrival, --rate, --cv or --config): the main job, "
+    f"{simulate_demo.SUMMARY}, on {_DEFAULT.cluster.instances} x {_DEFAULT.cluster.gpu} "
+    f"instances of {_DEFAULT.cluster.model}; --rate-scale, --duration, --requests, --seed and "
+    "every other option apply to it.",
+    f"With --arrival or --rate: synthetic arrivals (default {_DEFAULT.workload.arrival} at "
+    f"{_DEFAULT.workload.rate:g} req/s, {DEFAULT_SYNTHETIC_REQUESTS} requests) with lengths "
+    "from --lengths or from built-in statistics resembling the Azure conversation trace "
+    "(lognormal; prompt mean 1155 tokens, output mean 211). Traces and length tables: a "
+    "shipped dataset's name (dopd data list) or a path.",
+))
 
 EPILOG = """\
 examples:
-  dopd simulate
-  dopd simulate --trace azure-conv --policy colocated,static:4:4,static:best \\
-      --slo-ttft 0.5 --slo-tpot 0.1 --json out.json
+  dopd simulate                                  # the main job (a few seconds)
+  dopd simulate --rate-scale 3 --policy colocated,dopd
+  dopd simulate --trace azure-conv --rate-scale 16 --duration 60 --slo-ttft 0.5 --slo-tpot 0.1 \\
+      --policy colocated,static:4:4,static:best,dopd --json out.json
   dopd simulate --lengths sharegpt --arrival gamma --cv 3 --rate 20 --duration 60
-  dopd simulate --max-goodput --attainment 0.99 --out results/
+  dopd simulate --max-goodput --attainment 0.9 --out results/
 """
+
+SIMULATE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("attainment", "attain %", "pct"),
+    ("goodput_rps", "goodput r/s", "{:.2f}"),
+    ("rejected_share", "rejected %", "pct"),
+    ("ttft_p90", "TTFT p90 s", "{:.3f}"),
+    ("tpot_p90", "TPOT p90 ms", "ms"),
+    ("gpu_seconds", "GPU-s", "{:.0f}"),
+    ("switches", "switches", "{:.0f}"),
+    ("max_goodput_rps", "max goodput r/s", "{:.2f}"),
+    ("max_goodput_rps_per_gpu", "per GPU", "{:.3f}"),
+)
+"""The table's columns (key, header, format of ``dopd.bench.report.comparison_table``); the
+JSON and ``--out`` hold every percentile."""
 
 
 _TYPICAL_SEARCH_RUNS = 10
@@ -264,7 +286,9 @@ def _goodput_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd simulate``."""
-    cfg = config_from_args(args)
+    demo = simulate_demo.is_demo(args)
+    cfg = load_run_config(args.config,
+                          simulate_demo.simulate_overrides(args, overrides_from_args(args)))
     workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
     with progress_bar(args.quiet) as bar:
         runs = simulate(cfg, workload, bar)
@@ -279,24 +303,49 @@ def run(args: argparse.Namespace) -> int:
         written = write_outputs(Path(args.out), cfg, workload, runs, records)
         notes.append(f"wrote {len(written)} files to {args.out}")
     if not args.quiet:
-        _print_summary(cfg, workload, records, notes)
+        _print_summary(cfg, workload, records, notes, demo)
     return 0
 
 
 def _print_summary(cfg: RunConfig, workload: Workload, records: Mapping[str, Any],
-                   notes: list[str]) -> None:
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
-    c = cfg.cluster
-    title = (f"{len(workload)} requests, {workload.rate_rps:.2f} req/s over "
-             f"{workload.duration_s:.1f} s | {c.model} on {c.instances} x {c.tp} {c.gpu} | "
-             f"SLO TTFT {cfg.slo.ttft_s:g} s, TPOT {cfg.slo.tpot_s:g} s, "
-             f"target {100 * cfg.slo.attainment:g}%")
-    print_comparison(records, console=console, title=title)
-    lines = _goodput_lines(records)
-    lines += [f"{spec} chose {rec['policy']}" for spec, rec in records.items()
-              if rec["policy"] != spec]
-    for line in lines + notes:
+                   notes: list[str], demo: bool) -> None:
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120)
+    c, w = cfg.cluster, cfg.workload
+    source = (f"trace {w.trace}" if w.trace
+              else f"{w.arrival} arrivals, lengths {w.lengths or 'built-in'}")
+    scale = f" at {w.rate_scale:g}x" if w.rate_scale != 1.0 else ""
+    router = f", router {c.router}" if c.router != "auto" else ""
+    title = (f"{source}{scale}: {len(workload)} requests, {workload.rate_rps:.1f} req/s over "
+             f"{workload.duration_s:.0f} s\n{c.model} on {c.instances} x "
+             f"{f'{c.tp} ' if c.tp > 1 else ''}{c.gpu}{router} | SLO TTFT {cfg.slo.ttft_s:g} s, "
+             f"TPOT {1000 * cfg.slo.tpot_s:g} ms, target {100 * cfg.slo.attainment:g}%")
+    console.print(comparison_table(display_records(records), title=title,
+                                   columns=SIMULATE_COLUMNS))
+    for index, line in enumerate(verdict(records, cfg.slo.attainment)):
+        console.print(line if index == 0 else f"  {line}", highlight=False,
+                      style="bold" if index == 0 else None)
+    for line in _goodput_lines(records):
         console.print(line, highlight=False)
+    if demo:
+        console.print("Next:", style="bold", highlight=False)
+        for cmd, what in simulate_demo.NEXT_COMMANDS:
+            console.print(f"  {cmd}", style="cyan", highlight=False, soft_wrap=True)
+            console.print(f"      {what}", highlight=False)
+    for line in notes:
+        console.print(line, highlight=False)
+
+
+def display_records(records: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records as the table shows them: keyed by the resolved policy name where it names
+    the spec's choice (``static:best(7:1)``), with ``rejected_share`` added."""
+    shown: dict[str, dict[str, Any]] = {}
+    for spec, rec in records.items():
+        name = str(rec.get("policy") or spec)
+        label = name if name.startswith(spec) and name not in shown else spec
+        requests = rec.get("requests") or 0
+        shown[label] = {**rec, "rejected_share": (rec.get("rejected") or 0) / requests
+                        if requests else None}
+    return shown
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -307,8 +356,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--policy", type=parse_list, default=None, metavar="LIST",
-                   help="comma-separated policies: colocated, static:P:D, static:best, ... "
-                   f"(default {','.join(_DEFAULT.policies)})")
+                   help="comma-separated policies: colocated, static:P:D, static:best, dopd, "
+                   f"... (default {','.join(simulate_demo.DEFAULT_POLICIES)}, or the "
+                   "--config file's)")
     add_config_option(p)
     add_workload_options(p)
     add_cluster_options(p)

@@ -105,7 +105,8 @@ def paper() -> Suite:
 
 def quick() -> Suite:
     """Two 8B scenarios (Azure conversation; bursty ShareGPT with a mix shift) on 4 x
-    A100-80GB, 2-minute windows and a coarser search: every policy in a couple of minutes."""
+    A100-80GB, 2-minute windows and a coarser search: the baselines, the competitors and
+    dopd (no ablations; ``paper`` has them) in a couple of minutes."""
     a8 = _a100_8b(4)
     scenarios = (
         _scenario("conv-8b", "Azure conversation, Llama-3-8B, 4 x A100-80GB", AZURE_CONV, a8,
@@ -117,7 +118,7 @@ def quick() -> Suite:
                   duration_s=120.0),
     )
     return Suite(
-        name="quick", description=quick.__doc__ or "", scenarios=scenarios,
+        name="quick", description=quick.__doc__ or "", scenarios=scenarios, ablations=(),
         search=GoodputSearch(enabled=True, lo=0.5, hi=1.0, rel_tol=0.1, max_runs=8),
         timeline_scenario="sharegpt-8b",
     )
