@@ -199,16 +199,24 @@ class Controller(Observer):
         """Append one point to :attr:`history`: P/D counts (ACTIVE instances by role, and
         those in transition), requests in flight and waiting for a prefill, P50/P90 TTFT and
         TPOT (s), SLO attainment, goodput and arrival rate (req/s) of the last ``WINDOW_S``,
-        the policy's newest forecast (req/s), wall-clock time (Unix seconds)."""
+        the policy's newest forecast (req/s), the largest share of KV cache in use on an
+        ACTIVE prefill instance (``kv_prefill``) and on a decode or mixed one (``kv_decode``;
+        None without such an instance), wall-clock time (Unix seconds)."""
         mono = time.monotonic()
         self.outcomes.evict(mono)
         now = mono - self.t0
         recent = self.outcomes.summary(mono - min(WINDOW_S, max(now, 1e-3)), mono, self.t0)
         counts = {r: 0 for r in Role}
         moving = 0
+        kv: dict[str, float | None] = {"prefill": None, "decode": None}
         for h in self.instances.values():
             if h.state == InstanceState.ACTIVE:
                 counts[h.role] += 1
+                total = h.stats.get("kv_total_blocks")
+                if total:
+                    side = "prefill" if h.role == Role.PREFILL else "decode"
+                    use = float(h.stats.get("kv_used_blocks", 0)) / float(total)
+                    kv[side] = max(kv[side] or 0.0, use)
             elif h.state != InstanceState.STOPPED:
                 moving += 1
         forecast, upper = latest_forecast(self.log)
@@ -222,7 +230,7 @@ class Controller(Observer):
             "tpot_p50": recent.tpot_p50_s, "tpot_p90": recent.tpot_p90_s,
             "attainment": recent.attainment, "goodput_rps": recent.goodput_rps,
             "arrival_rps": round(recent.arrival_rps, 4), "forecast_rps": forecast,
-            "forecast_upper_rps": upper})
+            "forecast_upper_rps": upper, "kv_prefill": kv["prefill"], "kv_decode": kv["decode"]})
 
     def settle(self) -> None:
         """Attach ``observed_after`` to decisions that took effect ``SETTLE_S`` ago (or ended

@@ -55,16 +55,21 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def forecast_text(rate: float | None, upper: float | None, planned: float | None) -> str:
-    """``forecast 3.1 req/s (upper 4.2, planned for)``; empty without a forecast."""
-    if rate is None:
+def rate(value: float) -> str:
+    """A rate in req/s for people: ``0.00``, ``2.86``, ``12.3``, ``1234``."""
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
+def forecast_text(mean: float | None, upper: float | None, planned: float | None) -> str:
+    """``forecast 3.10 req/s (upper 4.20, planned for)``; empty without a forecast."""
+    if mean is None:
         return ""
-    text = f"forecast {rate:.3g} req/s"
-    if upper is not None and upper > rate * (1 + 1e-6):
+    text = f"forecast {rate(mean)} req/s"
+    if upper is not None and upper > mean * (1 + 1e-6):
         at_upper = planned is not None and abs(planned - upper) <= 1e-6 * max(upper, 1.0)
-        text += f" (upper {upper:.3g}{', planned for' if at_upper else ''})"
-    elif planned is not None and abs(planned - rate) > 1e-6 * max(rate, 1.0):
-        text += f" (planned for {planned:.3g})"
+        text += f" (upper {rate(upper)}{', planned for' if at_upper else ''})"
+    elif planned is not None and abs(planned - mean) > 1e-6 * max(mean, 1.0):
+        text += f" (planned for {rate(planned)})"
     return text
 
 
