@@ -118,7 +118,8 @@ function chart(id, hist, xr, o){
   for (let t = Math.ceil(xr.t0 / xstep) * xstep; t <= xr.t1 + 1e-6; t += xstep) {
     g.strokeStyle = "#e6e8eb"; g.beginPath(); g.moveTo(x(t), T); g.lineTo(x(t), T + ph); g.stroke();
     g.strokeStyle = "#888"; g.beginPath(); g.moveTo(x(t), T + ph); g.lineTo(x(t), T + ph + 4); g.stroke();
-    const label = clock(t), half = g.measureText(label).width / 2;  // keep the label inside the canvas
+    const label = clock(t), half = g.measureText(label).width / 2;  // inside the canvas, clear of the y ticks
+    if (x(t) - half < L - 10) continue;
     g.fillStyle = "#333"; g.fillText(label, Math.min(x(t), W - 2 - half), T + ph + 6); }
   g.strokeStyle = "#888"; g.beginPath(); g.moveTo(L, T); g.lineTo(L, T + ph); g.stroke();
   g.fillStyle = "#444"; g.fillText("time (" + TZ + ")", L + pw / 2, H - 15);
@@ -208,7 +209,7 @@ async function refresh(){
   setText("prefill-count", s.counts.prefill); setText("decode-count", s.counts.decode);
   setText("mixed-count", s.counts.mixed); setText("in-flight", s.in_flight);
   setText("switches", s.role_switches); setText("finished", s.finished); setText("rejected", s.rejected);
-  setText("arrivals", fmtRate(last.arrival_rps)); setText("forecast", s.forecast ? fmtRate(s.forecast.rate_rps) : "none");
+  setText("arrivals", fmtRate(last.arrival_rps)); setText("forecast", s.forecast ? fmtRate(s.forecast.rate_rps) : "–");
   setText("ttft-p90", fmtS(last.ttft_p90)); setText("tpot-p90", fmtS(last.tpot_p90));
   setText("attainment", fmtPct(last.attainment)); setText("goodput", fmtRate(last.goodput_rps));
   mark("c-ttft-card", slo && num(last.ttft_p90) ? last.ttft_p90 > slo.ttft_s : null);
