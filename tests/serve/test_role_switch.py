@@ -120,5 +120,10 @@ def test_dashboard_sees_switch_back(server) -> None:  # type: ignore[no-untyped-
     assert r.status_code == 202
     wait_switch(server)
     assert dashboard_counts(server) == (2, 1)
+    dom = dashboard_dom(server)  # the admin switches, newest first, with their reason
+    rows = re.findall(r"<tr><td[^>]*>\d\d:\d\d:\d\d</td>(.*?)</tr>", dom)
+    assert len(rows) >= 2 and "decode → prefill" in rows[0] and "[admin]" in rows[0], rows
+    assert "prefill → decode" in rows[1] and "test [admin]" in rows[1]
+    assert "policy static:2:1 keeps its split" in dom and "makes no forecast" in dom
     html = httpx.get(server.url + "/dashboard").text
     assert "http://" not in html.replace(server.url, "") and "<script src" not in html

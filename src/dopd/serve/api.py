@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/completions`` and ``/v1/chat/completions`` (streaming by server-sent events
 or not, with usage counts), ``GET /v1/models``, ``/health``, ``/metrics`` (Prometheus),
-``/v1/cluster`` (instances, roles, states, loads, recent decisions, history), ``POST
+``/v1/cluster`` (instances, roles, states, loads, the SLO, the policy's latest plan and
+forecast, recent decisions with why, history; see :func:`cluster_state`), ``POST
 /v1/admin/switch`` (a live role switch), ``GET /dashboard``, and ``GET /debug/frontend`` (exact
 per-request front-end latencies of streamed requests; ``POST /debug/frontend/reset`` clears
 them). Every error is an OpenAI error object with a 4xx status for bad input (malformed JSON,
@@ -17,6 +18,7 @@ serve. ``/v1/*`` needs the API key (``Authorization: Bearer``) when one is confi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import sys
 import time
@@ -36,8 +38,10 @@ from dopd.serve.completions import (
     parse,
     send_error,
 )
+from dopd.serve.controller import SETTLE_S, WINDOW_S
 from dopd.serve.dashboard import DASHBOARD_HTML
 from dopd.serve.errors import ServeError
+from dopd.serve.insight import latest_forecast, latest_plan
 from dopd.serve.live_routing import router_label
 from dopd.serve.metrics import CONTENT_TYPE
 from dopd.serve.server import ServeRuntime
@@ -200,7 +204,15 @@ class SwitchRequest(BaseModel):
 
 
 def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
-    """The ``/v1/cluster`` document."""
+    """The ``/v1/cluster`` document. Besides the instances and counts: ``slo`` (``ttft_s``,
+    ``tpot_s`` in seconds, ``attainment`` a fraction), ``window_s`` (seconds each history point
+    summarises) and ``settle_s`` (seconds observed before and after a decision), ``wall_s``
+    (the server's Unix time), ``plan`` (the policy's newest plan, a
+    :class:`~dopd.serve.insight.PlanView`, or None for a policy that plans nothing),
+    ``forecast`` (``rate_rps``, ``upper_rps``: its newest rate forecast, or None),
+    ``decisions`` (the last 50 role decisions, see
+    :meth:`~dopd.serve.controller.Controller._decide`) and ``history`` (the last 300 points
+    of :meth:`~dopd.serve.controller.Controller.sample`)."""
     ctl = runtime.controller
     counts = {str(r): 0 for r in Role}
     books = runtime.dispatcher.books
@@ -214,10 +226,18 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
                           "load": runtime.dispatcher.holding(iid), "stats": h.stats,
                           "book": book.snapshot() if (book := books.get(iid)) else None})
     cfg = runtime.config
+    slo = ctl.slo
+    plan = latest_plan(ctl.log)
+    rate, upper = latest_forecast(ctl.log)
     return {"model": runtime.model_name, "mode": cfg.mode, "policy": cfg.policy,
             "router": router_label(runtime.dispatcher.router),
             "queue_order": runtime.dispatcher.queue_order, "rejected": runtime.dispatcher.rejected,
             "time_s": round(ctl.now(), 3), "counts": counts, "instances": instances,
             "in_flight": len(runtime.dispatcher.tracked), "arrived": ctl.arrived,
             "finished": ctl.finished, "ended": ctl.ended, "role_switches": ctl.switches,
+            "wall_s": round(time.time(), 3), "window_s": WINDOW_S, "settle_s": SETTLE_S,
+            "slo": None if slo is None else {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s,
+                                             "attainment": slo.attainment},
+            "plan": None if plan is None else dataclasses.asdict(plan),
+            "forecast": None if rate is None else {"rate_rps": rate, "upper_rps": upper},
             "decisions": list(ctl.decisions)[-50:], "history": list(ctl.history)[-300:]}

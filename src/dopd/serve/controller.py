@@ -12,6 +12,12 @@ backend): an addition starts a worker and feeds its measured cold start to the p
 a removal drains the instance as a switch does, then stops it. Without a scaler such actions are
 logged as refused decisions. Times given to the policy are seconds since the
 controller started.
+
+For the dashboard it keeps :attr:`Controller.history` (one point a tick: P/D counts, load,
+P50/P90 latency, SLO attainment, goodput, arrival rate of the last ``WINDOW_S`` seconds, and the
+policy's newest rate forecast with its upper bound) and :attr:`Controller.decisions` (each role
+change with why: the policy's plan behind it, see :mod:`dopd.serve.insight`, and the latency
+observed in the ``SETTLE_S`` seconds before the decision and after it took effect).
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from dopd.errors import DopdError
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.errors import ServeError
+from dopd.serve.insight import latest_forecast, plan_view, policy_log
 from dopd.serve.metrics import ServeMetrics
+from dopd.serve.outcomes import OutcomeLog
 from dopd.sim.policy import (
     Action,
     AddInstance,
@@ -38,10 +46,13 @@ from dopd.sim.policy import (
     RemoveInstance,
     SwitchRole,
 )
-from dopd.types import InstanceState, RequestOutcome, RequestState, Role
+from dopd.types import SLO, InstanceState, RequestOutcome, RequestState, Role
 
 HISTORY_LEN = 900
 WINDOW_S = 5.0
+"""Seconds of requests each history point summarises."""
+SETTLE_S = 10.0
+"""Seconds of requests observed before a decision and after it took effect."""
 ROLE_ACK_TIMEOUT_S = 10.0
 
 
@@ -62,12 +73,13 @@ class Scaler(Protocol):
 class Controller(Observer):
     """See the module docstring. ``drain_timeout_s`` bounds a switch's drain; when it passes the
     switch is cancelled and the instance goes back to ACTIVE in its old role. ``budget`` is the
-    most instances alive at once (default: the instances there are)."""
+    most instances alive at once (default: the instances there are). ``slo`` (None: none)
+    defines the attainment and goodput of :attr:`history`."""
 
     def __init__(self, policy: ClusterPolicy, instances: dict[int, InstanceHandle],
                  dispatcher: Dispatcher, metrics: ServeMetrics, *, tick_s: float = 1.0,
                  drain_timeout_s: float = 120.0, scaler: Scaler | None = None,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, slo: SLO | None = None) -> None:
         self.policy = policy
         self.instances = instances
         self.dispatcher = dispatcher
@@ -84,7 +96,10 @@ class Controller(Observer):
         self.arrived = 0
         self.finished = 0
         self.ended = 0
-        self._recent: deque[tuple[float, float | None, float | None]] = deque()
+        self.slo = slo
+        self.outcomes = OutcomeLog(slo)
+        self.log = policy_log(policy)
+        self._unsettled: list[dict[str, Any]] = []
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._scaling: set[asyncio.Task[None]] = set()
         self._unlisted = 0  # additions decided but not yet listed in ``instances``
@@ -97,15 +112,16 @@ class Controller(Observer):
     # ------------------------------------------------------------------ observer hooks
     def on_arrival(self, t: Tracked) -> None:
         self.arrived += 1
+        self.outcomes.arrival(t.arrival)
         if self._arrival_hook:
             self.policy.on_arrival(t.arrival - self.t0, t.rid, len(t.prompt_ids),
                                    t.params.max_tokens)
 
     def on_done(self, t: Tracked, outcome: RequestOutcome) -> None:
         self.ended += 1
+        self.outcomes.end(time.monotonic(), outcome)
         if outcome.state == RequestState.FINISHED:
             self.finished += 1
-            self._recent.append((time.monotonic(), outcome.ttft_s, outcome.tpot_s))
         if self._done_hook:
             shift = self.t0
             self.policy.on_request_done(self.now(), dataclasses.replace(
@@ -135,50 +151,107 @@ class Controller(Observer):
         while True:
             await asyncio.sleep(self.tick_s)
             self.sample()
+            self.settle()
             if self.policy.wants_ticks:
-                for action in self.policy.on_tick(self.now(), self.view()):
-                    self.apply(action)
+                logged = len(self.log) if self.log is not None else 0
+                actions = self.policy.on_tick(self.now(), self.view())
+                plan = self._plan_of(logged) if actions else None
+                for action in actions:
+                    self.apply(action, plan)
 
-    def apply(self, action: Action) -> None:
+    def _plan_of(self, logged: int) -> dict[str, Any] | None:
+        """The policy's plan behind the actions of this tick: its newest log record that
+        ordered actions, if it logged one since ``logged`` records (as a JSON-ready view)."""
+        if self.log is None:
+            return None
+        for record in reversed(self.log.records[logged:]):
+            if record.get("actions"):
+                return dataclasses.asdict(plan_view(record))
+        return None
+
+    def apply(self, action: Action, plan: dict[str, Any] | None = None) -> None:
+        """Carry out one policy action; ``plan`` (a :class:`~dopd.serve.insight.PlanView`
+        as a dict) is the plan behind it, kept with the decision."""
+        why = plan["why"] if plan and plan.get("why") else action.reason or "policy"
         if isinstance(action, SwitchRole):
             try:
-                self.switch(action.instance_id, action.role, action.reason or "policy",
-                            source="policy")
+                self.switch(action.instance_id, action.role, why, source="policy", plan=plan)
             except ServeError as exc:
-                self._decide(action.instance_id, None, action.role, action.reason, "policy",
-                             f"refused: {exc.message}")
+                self._decide(action.instance_id, None, action.role, why, "policy",
+                             f"refused: {exc.message}", plan)
         elif self.scaler is None:
             iid = getattr(action, "instance_id", None)
             role = getattr(action, "role", None)
-            self._decide(iid, None, role, action.reason, "policy",
-                         "refused: this pool has a fixed size")
+            self._decide(iid, None, role, why, "policy",
+                         "refused: this pool has a fixed size", plan)
         elif isinstance(action, AddInstance):
-            self._add(action)
+            self._add(action, why, plan)
         elif isinstance(action, RemoveInstance):
-            self._remove(action)
+            self._remove(action, why, plan)
+
+    def window(self, start: float, end: float) -> dict[str, Any]:
+        """:class:`~dopd.serve.outcomes.OutcomeStats` of ``[start, end]`` (seconds since the
+        start) as a dict."""
+        return dataclasses.asdict(self.outcomes.summary(start + self.t0, end + self.t0,
+                                                        self.t0))
 
     def sample(self) -> None:
-        """Append one point to :attr:`history` (P/D counts, load, recent TTFT/TPOT medians)."""
-        cutoff = time.monotonic() - WINDOW_S
-        while self._recent and self._recent[0][0] < cutoff:
-            self._recent.popleft()
-        ttfts = [x for _, x, _ in self._recent if x is not None]
-        tpots = [y for _, _, y in self._recent if y is not None]
+        """Append one point to :attr:`history`: P/D counts (ACTIVE instances by role, and
+        those in transition), requests in flight and waiting for a prefill, P50/P90 TTFT and
+        TPOT (s), SLO attainment, goodput and arrival rate (req/s) of the last ``WINDOW_S``,
+        the policy's newest forecast (req/s), the largest share of KV cache in use on an
+        ACTIVE prefill instance (``kv_prefill``) and on a decode or mixed one (``kv_decode``;
+        None without such an instance), wall-clock time (Unix seconds)."""
+        mono = time.monotonic()
+        self.outcomes.evict(mono)
+        now = mono - self.t0
+        recent = self.outcomes.summary(mono - min(WINDOW_S, max(now, 1e-3)), mono, self.t0)
         counts = {r: 0 for r in Role}
+        moving = 0
+        kv: dict[str, float | None] = {"prefill": None, "decode": None}
         for h in self.instances.values():
             if h.state == InstanceState.ACTIVE:
                 counts[h.role] += 1
+                total = h.stats.get("kv_total_blocks")
+                if total:
+                    side = "prefill" if h.role == Role.PREFILL else "decode"
+                    use = float(h.stats.get("kv_used_blocks", 0)) / float(total)
+                    kv[side] = max(kv[side] or 0.0, use)
+            elif h.state != InstanceState.STOPPED:
+                moving += 1
+        forecast, upper = latest_forecast(self.log)
         self.history.append({
-            "t": round(self.now(), 3), "prefill": counts[Role.PREFILL],
-            "decode": counts[Role.DECODE], "mixed": counts[Role.MIXED],
+            "t": round(now, 3), "wall": round(time.time(), 3), "prefill": counts[Role.PREFILL],
+            "decode": counts[Role.DECODE], "mixed": counts[Role.MIXED], "transitioning": moving,
             "in_flight": len(self.dispatcher.tracked),
+            "waiting": sum(int(h.stats.get("waiting", 0)) for h in self.instances.values()),
             "load": {str(i): self.dispatcher.holding(i) for i in self.instances},
-            "ttft_p50": float(np.median(ttfts)) if ttfts else None,
-            "tpot_p50": float(np.median(tpots)) if tpots else None})
+            "ttft_p50": recent.ttft_p50_s, "ttft_p90": recent.ttft_p90_s,
+            "tpot_p50": recent.tpot_p50_s, "tpot_p90": recent.tpot_p90_s,
+            "attainment": recent.attainment, "goodput_rps": recent.goodput_rps,
+            "arrival_rps": round(recent.arrival_rps, 4), "forecast_rps": forecast,
+            "forecast_upper_rps": upper, "kv_prefill": kv["prefill"], "kv_decode": kv["decode"]})
+
+    def settle(self) -> None:
+        """Attach ``observed_after`` to decisions that took effect ``SETTLE_S`` ago (or ended
+        without effect: refused, failed, cancelled)."""
+        now = self.now()
+        waiting = []
+        for d in self._unsettled:
+            status = d["status"]
+            if status in ("draining", "switching", "starting"):
+                waiting.append(d)
+                continue
+            since = float(d.get("done_t") or d["t"])
+            if now < since + SETTLE_S:
+                waiting.append(d)
+                continue
+            d["observed_after"] = self.window(since, since + SETTLE_S)
+        self._unsettled = waiting
 
     # ------------------------------------------------------------------ role switches
     def switch(self, iid: int, role: Role, reason: str = "admin", *,
-               source: str = "admin") -> dict[str, Any]:
+               source: str = "admin", plan: dict[str, Any] | None = None) -> dict[str, Any]:
         """Start switching ``iid`` to ``role``; returns the decision record. ServeError 404 for
         an unknown instance, 409 when it is not ACTIVE or already in that role."""
         h = self.instances.get(iid)
@@ -188,7 +261,7 @@ class Controller(Observer):
             raise ServeError(409, f"instance {iid} is {h.state}, not active", code="conflict")
         if h.role == role:
             raise ServeError(409, f"instance {iid} is already {role}", code="conflict")
-        decision = self._decide(iid, h.role, role, reason, source, "draining")
+        decision = self._decide(iid, h.role, role, reason, source, "draining", plan)
         h.state = InstanceState.DRAINING
         h.target_role = role
         self._tasks[iid] = asyncio.create_task(self._switch(h, role, decision))
@@ -239,15 +312,15 @@ class Controller(Observer):
         return False
 
     # ------------------------------------------------------------------ elastic pools
-    def _add(self, action: AddInstance) -> None:
+    def _add(self, action: AddInstance, why: str, plan: dict[str, Any] | None) -> None:
         alive = sum(1 for h in self.instances.values() if h.state != InstanceState.STOPPED)
         alive += self._unlisted
         budget = self.budget if self.budget is not None else len(self.instances)
         if alive >= budget:
-            self._decide(None, None, action.role, action.reason, "policy",
-                         f"refused: {alive} of at most {budget} instances are alive")
+            self._decide(None, None, action.role, why, "policy",
+                         f"refused: {alive} of at most {budget} instances are alive", plan)
             return
-        decision = self._decide(None, None, action.role, action.reason, "policy", "starting")
+        decision = self._decide(None, None, action.role, why, "policy", "starting", plan)
         self._unlisted += 1
         task = asyncio.create_task(self._start_instance(action.role, decision))
         self._scaling.add(task)
@@ -265,7 +338,8 @@ class Controller(Observer):
                         cold_start_s=round(h.cold_start_s, 3))
         self.feed_cold_start(h.cold_start_s)
 
-    def _remove(self, action: RemoveInstance) -> None:
+    def _remove(self, action: RemoveInstance, reason: str, plan: dict[str, Any] | None
+                ) -> None:
         iid = action.instance_id
         h = self.instances.get(iid)
         others = sum(1 for i, x in self.instances.items()
@@ -273,9 +347,9 @@ class Controller(Observer):
         if h is None or h.state != InstanceState.ACTIVE or others == 0:
             why = "no such instance" if h is None else \
                 f"it is {h.state}" if h.state != InstanceState.ACTIVE else "it is the last one"
-            self._decide(iid, None, None, action.reason, "policy", f"refused: {why}")
+            self._decide(iid, None, None, reason, "policy", f"refused: {why}", plan)
             return
-        decision = self._decide(iid, h.role, None, action.reason, "policy", "draining")
+        decision = self._decide(iid, h.role, None, reason, "policy", "draining", plan)
         h.state, h.target_role = InstanceState.DRAINING, None
         self._tasks[iid] = asyncio.create_task(self._stop_instance(h, decision))
 
@@ -302,12 +376,20 @@ class Controller(Observer):
                 config, cold_start_s=median)
 
     def _decide(self, iid: int | None, old: Role | None, new: Role | None, reason: str,
-                source: str, status: str) -> dict[str, Any]:
-        record = {"t": round(self.now(), 3), "instance": iid,
+                source: str, status: str, plan: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """Log a decision: ``reason`` says why (for a policy's action, the plan's ``why``);
+        ``plan`` is the policy's plan behind it (a PlanView dict, None for admin requests);
+        ``observed_before`` the requests of the last ``SETTLE_S`` seconds."""
+        now = self.now()
+        record = {"t": round(now, 3), "wall": round(time.time(), 3), "instance": iid,
                   "from": None if old is None else str(old),
                   "to": None if new is None else str(new), "reason": reason, "source": source,
-                  "status": status}
+                  "status": status, "plan": plan,
+                  "observed_before": self.window(max(now - SETTLE_S, 0.0), now),
+                  "observed_after": None}
         self.decisions.append(record)
+        self._unsettled.append(record)
         return record
 
     async def close(self) -> None:

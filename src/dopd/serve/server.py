@@ -84,6 +84,7 @@ class ServeRuntime:
         self.config = config
         self.model_name, self.tokenizer = load_tokenizer(config.model)
         self.policy = build_policy(config)
+        self.slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
         self.router = live_router(config, self.policy.router)
         order = self.router.scheduler_config(SchedulerConfig())
         roles = list(self.policy.initial_roles(config.instances))
@@ -105,7 +106,7 @@ class ServeRuntime:
                                      self.router)
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
                                      self.metrics, tick_s=config.tick_s, scaler=self.cluster,
-                                     budget=config.instances)
+                                     budget=config.instances, slo=self.slo)
         self.dispatcher.observers = [self.metrics, self.controller]
         self.cluster.listener = self.dispatcher.on_event
         self.cluster.on_crash = self.dispatcher.on_crash

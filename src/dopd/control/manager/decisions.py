@@ -1,12 +1,14 @@
 """The controller's decision log: one JSON-ready record per control decision.
 
 A record holds the time, what was observed, the forecast, the target split and the split the
-cluster was committed to, the actions taken (possibly none), the reason, and the latency the
-plan predicted. The latency observed over the interval that followed is filled in later
-(:meth:`DecisionLog.settle`), so each record compares prediction with outcome. Values are
-cleaned for JSON on the way in: non-finite floats become None, enums their values, tuples
-lists. Records are plain dicts, so a run's result can carry them and ``dopd simulate --out``
-writes them as JSON lines.
+cluster was committed to, the actions taken (possibly none), the reason (the controller's
+trace), ``why`` (the same for people: forecast and predicted latency against the SLO, see
+:mod:`.explain`; absent when the policy gives none), and the latency the plan predicted for the
+target split (``predicted``) and for the committed one (``predicted_current``). The latency
+observed over the interval that followed is filled in later (:meth:`DecisionLog.settle`), so
+each record compares prediction with outcome. Values are cleaned for JSON on the way in:
+non-finite floats become None, enums their values, tuples lists. Records are plain dicts, so a
+run's result can carry them and ``dopd simulate --out`` writes them as JSON lines.
 """
 
 from __future__ import annotations
@@ -73,8 +75,11 @@ class DecisionLog:
         observation: Mapping[str, Any] | None = None,
         forecast: Any = None,
         predicted: Mapping[str, Any] | None = None,
+        predicted_current: Mapping[str, Any] | None = None,
+        why: str | None = None,
     ) -> dict[str, Any]:
-        """Append one record and return it."""
+        """Append one record and return it (``why`` and ``predicted_current`` are only
+        recorded when given)."""
         record: dict[str, Any] = {
             "t": float(t),
             "kind": "decision",
@@ -88,6 +93,10 @@ class DecisionLog:
             "predicted": clean(predicted) if predicted is not None else None,
             "observed": None,
         }
+        if predicted_current is not None:
+            record["predicted_current"] = clean(predicted_current)
+        if why is not None:
+            record["why"] = why
         self.records.append(record)
         if predicted is not None:
             self._unsettled.append(record)

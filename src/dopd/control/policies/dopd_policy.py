@@ -24,6 +24,7 @@ import importlib
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from dopd.control.manager import (
     in_transition,
 )
 from dopd.control.manager.decisions import DecisionLog
+from dopd.control.manager.explain import Outlook, forecast_text, why
 from dopd.control.monitor import ArrivalMonitor, WindowStats
 from dopd.control.policies.hybrid import HybridMode
 from dopd.control.policies.options import DopdOptions
@@ -151,6 +153,7 @@ class DopdPolicy(ClusterPolicy):
         self._target: Split | None = None
         self._last_fc: dict[str, float] = dict(PRIOR)
         self._last_plan: tuple[WorkloadStats, Split] | None = None
+        self._basis: tuple[LoadForecast, WorkloadStats, PDPlan] | None = None
         self._tok_s = self._prefill_tokens_per_s(PRIOR["mean_in"])
         self._little: float | None = None
         self._short: tuple[str, int] = ("", 0)
@@ -222,10 +225,43 @@ class DopdPolicy(ClusterPolicy):
             return ()
         decision = self.manager.step(now, view, self._target, alarm, confirming=False)
         if decision.actions:
+            extra = self._explained(decision.current, decision.target,
+                                    f"SLO alarm ({alarm.detail})")
             self.log.add(now, reason=f"alarm: {decision.reason}", actions=decision.actions,
                          target=decision.target, current=decision.current,
-                         observation={"alarm": alarm.detail})
+                         observation={"alarm": alarm.detail}, **extra)
         return decision.actions
+
+    def _prediction(self, plan: PDPlan, stats: WorkloadStats, split: Split
+                    ) -> dict[str, float] | None:
+        """The plan's prediction for a P/D ``split`` (its own row, else the model's, with the
+        same correction); None for a split with mixed instances or an empty side."""
+        if split.mixed or split.prefill < 1 or split.decode < 1:
+            return None
+        got = plan.predicted(split.prefill, split.decode)
+        if "split_of_plan" not in got:
+            return got
+        row = predict(stats, self.inst, self.slo, split.prefill, split.decode,
+                      self.solver_config, self.correction)
+        return {"ttft_p90": row.ttft_p90, "tpot_p90": row.tpot_p90,
+                "attainment": row.attainment, "rate": stats.rate}
+
+    def _explained(self, current: Split, target: Split, trigger: str = "",
+                   predicted: dict[str, float] | None = None) -> dict[str, Any]:
+        """The log's ``forecast``, ``predicted``, ``predicted_current`` and ``why`` for a
+        move from ``current`` to ``target`` on the last plan (``predicted`` overrides the
+        target's prediction)."""
+        if self._basis is None:
+            return {"why": trigger} if trigger else {}
+        fc, stats, plan = self._basis
+        if predicted is None:
+            predicted = self._prediction(plan, stats, target)
+        baseline = self._prediction(plan, stats, current)
+        text = why(self.slo, current=Outlook.of(current, baseline),
+                   target=Outlook.of(target, predicted),
+                   forecast=forecast_text(fc.rate, fc.rate_upper, stats.rate), trigger=trigger)
+        return {"forecast": fc, "predicted": predicted, "predicted_current": baseline,
+                "why": text}
 
     def _forecast(self, now: float, snap: WindowStats, view: ClusterView) -> LoadForecast:
         """The next window's load. Output lengths are known only when requests finish, so
@@ -359,10 +395,12 @@ class DopdPolicy(ClusterPolicy):
             plan = solve(stats, self.inst, self.slo, self.budget, config=self.solver_config,
                          correction=self.correction)
         current = committed_split(view)
-        target = self._target_of(plan, current)
+        best = self._target_of(plan, current)
         press = pressure(view, self._tok_s)
         alarm = slo_alarm(press, self.recent.summary(now), self.slo)
-        target = self._nudged(target, current, alarm)
+        target = self._nudged(best, current, alarm)
+        trigger = "" if target == best else \
+            f"decode side short at {self._short[1]} plans in a row ({alarm.detail}): nudge"
         verdict = None
         if self.hybrid is not None:
             served = plan.goodput / max(plan.rate, 1e-9)  # the split's share within SLO
@@ -372,6 +410,16 @@ class DopdPolicy(ClusterPolicy):
         running = active_split(view)
         if running.mixed == 0 and running.prefill >= 1 and running.decode >= 1:
             self._last_plan = (stats, running)
+        self._basis = (fc, stats, plan)
+        if verdict is not None:
+            trigger = "; ".join(x for x in (trigger, verdict.reason) if x)
+        extra = self._explained(
+            decision.current, target, trigger,
+            plan.predicted(target.prefill, target.decode, target.mixed)
+            if verdict is None or not verdict.mixed
+            else {"tpot_p90": verdict.at_rate.tpot_q, "rate": plan.rate})
+        if not decision.actions and target != decision.current:
+            extra["why"] = f"{extra['why']}; not yet: {decision.reason}"
         self.log.add(
             now, reason=f"{decision.reason} | {plan.reason}"
             + (f" | {verdict.reason}" if verdict else ""), actions=decision.actions,
@@ -379,11 +427,7 @@ class DopdPolicy(ClusterPolicy):
             observation={"window": snap, "arrival_scv": stats.arrival_scv, "pressure": press,
                          "alarm": alarm.detail, "correction": (self.correction.ttft,
                                                                self.correction.tpot)},
-            forecast=fc,
-            predicted=plan.predicted(target.prefill, target.decode, target.mixed)
-            if verdict is None or not verdict.mixed
-            else {"tpot_p90": verdict.at_rate.tpot_q, "rate": plan.rate},
-        )
+            **extra)
         return decision.actions
 
     def _can_remove(self, stats: WorkloadStats) -> Callable[[Role], bool]:
