@@ -17,13 +17,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from dopd.bench.metrics import summarize_result
-from dopd.bench.report import print_comparison, write_json
+from dopd.bench.report import print_comparison
+from dopd.cli.checks import check_output_dir, check_output_file, emit_json, json_to_stdout
 from dopd.cli.common import (
     add_config_option,
     add_output_options,
@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
     from dopd.bench.loadgen_report import bench_record, write_bench_outputs
 
     _check_options(args)
+    json_path = check_output_file(args.json)
+    out = check_output_dir(args.out) if args.out else None
     url = base_url(args.url)
     # --model names the served model here, not a catalog model: keep it out of the config.
     cfg = config_from_args(argparse.Namespace(**{**vars(args), "model": None}))
@@ -218,15 +220,15 @@ def run(args: argparse.Namespace) -> int:
     if clipped:
         notes.insert(0, f"{clipped} requests were shortened to fit the context window of "
                      f"{max_context} tokens")
-    if args.json:
-        json_path = Path(args.json)
-        write_json(json_path, records)
+    if args.json is not None:
+        emit_json(args.json, records)
+    if json_path is not None:
         write_resolved(cfg, json_path.parent, f"{json_path.stem}.config")
         notes.append(f"wrote {json_path} (config: {json_path.stem}.config.toml beside it)")
-    if args.out:
-        written = write_bench_outputs(Path(args.out), cfg, workload, result, records, settings)
-        notes.append(f"wrote {len(written)} files to {args.out}")
-    if not args.quiet:
+    if out is not None:
+        written = write_bench_outputs(out, cfg, workload, result, records, settings)
+        notes.append(f"wrote {len(written)} files to {out}")
+    if not args.quiet and not json_to_stdout(args.json):
         _print_summary(cfg, workload, config, url, records, notes)
     if not (result.state == int(RequestState.FINISHED)).any():
         print(f"dopd bench: no request finished ({_errors_text(records[config.label])})",
