@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dopd.cli.checks import check_output_dir
 from dopd.cli.common import parse_list
 from dopd.errors import require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
@@ -110,6 +111,7 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd experiment``."""
     suite = get_suite(args.suite)
+    out = check_output_dir(args.out if args.out else f"experiment-{suite.name}")
     cpus = max_workers()
     workers = args.workers if args.workers is not None else min(2, cpus)
     require(1 <= workers <= cpus, f"--workers must be between 1 and {cpus} (CPUs), got {workers}")
@@ -122,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
     suite, skipped = drop_unregistered(suite, args.policies or ())
     traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
     require(traces.is_dir(), f"traces directory not found: {traces}")
-    out = Path(args.out) if args.out else Path(f"experiment-{suite.name}")
-    require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
     console = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160)
     if skipped and not args.quiet:
         console.print(f"not registered yet, skipped: {', '.join(skipped)}", highlight=False)
@@ -152,7 +152,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("suite", choices=SUITES.names(), help="which suite")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output directory (default experiment-SUITE)")
+                   help="output directory, created and checked writable before the work "
+                   "(default experiment-SUITE)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default min(2, CPUs))")
     p.add_argument("--policies", type=parse_list, default=None, metavar="LIST",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import socket
 import sys
 import time
@@ -206,16 +207,29 @@ def serve(config: ServeConfig, listener: socket.socket | None = None) -> int:
         timeout_graceful_shutdown=int(max(1, config.shutdown_timeout_s)), lifespan="off"))
 
     async def main() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            await runtime.start(_log)
+            # until uvicorn takes over the signals, SIGTERM stops the start-up cleanly
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            try:
+                await runtime.start(_log)
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
             app.state.started = True
             gc.collect()
             gc.freeze()  # start-up objects (models, modules) leave the collector's later scans
-            host, port = sock.getsockname()[:2]
-            print(f"dopd serve: {runtime.model_name} on {config.instances} {config.mode} "
-                  f"worker(s), policy {config.policy}, router {router_label(runtime.router)}, "
-                  f"listening on http://{host}:{port}", flush=True)
-            await server.serve(sockets=[sock])
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if server.started:  # its signal handlers are in place: Ctrl-C / SIGTERM stop it
+                host, port = sock.getsockname()[:2]
+                print(f"dopd serve: {runtime.model_name} on {config.instances} {config.mode} "
+                      f"worker(s), policy {config.policy}, router "
+                      f"{router_label(runtime.router)}, listening on http://{host}:{port}",
+                      flush=True)
+            await serving
         finally:
             await runtime.stop()
             if app.state.started:
@@ -223,4 +237,8 @@ def serve(config: ServeConfig, listener: socket.socket | None = None) -> int:
         return 0
 
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        return runner.run(main())
+        try:
+            return runner.run(main())
+        except asyncio.CancelledError:  # SIGTERM during the start-up: workers are stopped
+            _log("stopped during start-up")
+            return 0
