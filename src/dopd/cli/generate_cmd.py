@@ -79,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
     require(args.threads is None or args.threads >= 1,
             f"--threads must be >= 1, got {args.threads}")
-    require(args.max_tokens >= 1, f"--max-tokens must be >= 1, got {args.max_tokens}")
     check_device(args.device)
     json_path = check_output_file(args.json)
     as_json = json_to_stdout(args.json)
