@@ -111,7 +111,6 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd experiment``."""
     suite = get_suite(args.suite)
-    out = check_output_dir(args.out if args.out else f"experiment-{suite.name}")
     cpus = max_workers()
     workers = args.workers if args.workers is not None else min(2, cpus)
     require(1 <= workers <= cpus, f"--workers must be between 1 and {cpus} (CPUs), got {workers}")
@@ -120,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         from dopd.serve.ray_connect import check_address
 
         check_address(args.ray_address)
+    out = check_output_dir(args.out if args.out else f"experiment-{suite.name}")
     suite = suite.select(args.scenarios, args.policies)
     suite, skipped = drop_unregistered(suite, args.policies or ())
     traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
