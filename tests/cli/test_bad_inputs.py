@@ -47,13 +47,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], elapsed: float
 BAD_INPUTS: list[tuple[tuple[str, ...], str]] = [
     # outputs
     (("simulate", "--out", "/proc/x"), "--out /proc/x"),
-    (("simulate", "--out", "{file}"), "is not a folder"),
+    (("simulate", "--out", "{file}"), "is not a directory"),
     (("simulate", "--json", "{tmp}/no-such-dir/x.json"), "does not exist"),
     (("simulate", "--json", "{tmp}"), "is a folder"),
     (("bench", "--out", "/proc/x"), "--out /proc/x"),
     (("bench", "--json", "{tmp}/no-such-dir/x.json"), "does not exist"),
     (("experiment", "smoke", "--out", "/proc/x"), "--out /proc/x"),
-    (("experiment", "smoke", "--out", "{file}"), "not a folder"),
+    (("experiment", "smoke", "--out", "{file}"), "not a directory"),
     (("plan", "--json", "{tmp}/no-such-dir/x.json"), "does not exist"),
     (("perf", "--decode", "8", "--json", "{tmp}/no-such-dir/x.json"), "does not exist"),
     (("generate", "--prompt", "x", "--json", "{tmp}/no-such-dir/x.json"), "does not exist"),

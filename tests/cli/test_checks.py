@@ -29,7 +29,7 @@ def test_output_dir_is_created_and_probed(tmp_path: Path) -> None:
     made = check_output_dir(str(tmp_path / "a" / "b"))
     assert made.is_dir() and list(made.iterdir()) == []
     (tmp_path / "f").write_text("")
-    with pytest.raises(DopdError, match="not a folder"):
+    with pytest.raises(DopdError, match="not a directory"):
         check_output_dir(str(tmp_path / "f"))
     with pytest.raises(DopdError, match="cannot create"):
         check_output_dir(str(tmp_path / "f" / "sub"))

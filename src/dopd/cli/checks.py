@@ -67,7 +67,7 @@ def check_output_dir(value: str, option: str = "--out") -> Path:
     file, so that a run fails before its work when it could not save its results."""
     path = Path(value)
     require(value.strip() != "", f"{option} needs a folder name")
-    require(not path.exists() or path.is_dir(), f"{option} {value} exists and is not a folder")
+    require(not path.exists() or path.is_dir(), f"{option} {value} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

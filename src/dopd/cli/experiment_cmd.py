@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dopd.cli.checks import check_output_dir
 from dopd.cli.common import parse_list
-from dopd.errors import require
+from dopd.errors import DopdError, require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
 from dopd.experiments.runner import max_workers
 
@@ -119,11 +119,18 @@ def run(args: argparse.Namespace) -> int:
         from dopd.serve.ray_connect import check_address
 
         check_address(args.ray_address)
-    out = check_output_dir(args.out if args.out else f"experiment-{suite.name}")
-    suite = suite.select(args.scenarios, args.policies)
-    suite, skipped = drop_unregistered(suite, args.policies or ())
-    traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
-    require(traces.is_dir(), f"traces directory not found: {traces}")
+    out_given = Path(args.out if args.out else f"experiment-{suite.name}")
+    out_existed = out_given.exists()
+    out = check_output_dir(str(out_given))
+    try:
+        suite = suite.select(args.scenarios, args.policies)
+        suite, skipped = drop_unregistered(suite, args.policies or ())
+        traces = Path(args.traces_dir) if args.traces_dir else default_traces_dir()
+        require(traces.is_dir(), f"traces directory not found: {traces}")
+    except DopdError:
+        if not out_existed and not any(out.iterdir()):
+            out.rmdir()  # a run that fails its checks leaves nothing behind
+        raise
     console = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160)
     if skipped and not args.quiet:
         console.print(f"not registered yet, skipped: {', '.join(skipped)}", highlight=False)
