@@ -61,6 +61,8 @@ BAD_INPUTS: list[tuple[tuple[str, ...], str]] = [
     # counts
     (("simulate", "--instances", "100000"), "limit of 1024"),
     (("simulate", "--instances", "0"), "instances"),
+    (("simulate", "--instances", "500"), "static:best simulates each"),
+    (("simulate", "--instances", "2000", "--policy", "colocated"), "limit of 1024"),
     (("plan", "--instances", "100000"), "limit of 1024"),
     (("plan", "--instances", "1"), "--instances must be >= 2"),
     (("plan", "--max-instances", "99999"), "limit of 1024"),

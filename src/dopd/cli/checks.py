@@ -21,9 +21,13 @@ STDOUT = "-"
 """``--json`` target meaning standard output."""
 
 MAX_SIM_INSTANCES = 1024
-"""Most instances ``dopd simulate`` accepts: simulation time
-grows with the pool (``static:best`` simulates each of its N-1 splits; 256 instances already
-take about 100 s for 200 requests on 2 cores), and the paper's pools are 8 to 64."""
+"""Most instances ``dopd simulate`` accepts: simulation time grows with the pool (1024
+instances: about 6 s for colocated and dopd on the default workload on 2 cores), and the
+paper's pools are 8 to 64."""
+
+MAX_SEARCH_INSTANCES = 128
+"""Most instances when a policy searches every split in hindsight (``static:best``): N-1
+simulations of N instances each (64 instances: 8 s, 256: 100 s for 200 requests on 2 cores)."""
 
 MAX_PLAN_INSTANCES = 1024
 """Most instances ``dopd plan`` accepts (fixed pool or ``--max-instances``): it predicts every

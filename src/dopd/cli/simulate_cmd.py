@@ -36,6 +36,7 @@ from dopd.bench.report import (
     write_timeline_csv,
 )
 from dopd.cli.checks import (
+    MAX_SEARCH_INSTANCES,
     MAX_SIM_INSTANCES,
     check_count,
     check_output_dir,
@@ -264,10 +265,15 @@ def _goodput_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def check_sim_instances(cfg: RunConfig) -> None:
-    """The instance budget within :data:`MAX_SIM_INSTANCES`, with the reason."""
+    """The instance budget within :data:`MAX_SIM_INSTANCES`, and within
+    :data:`MAX_SEARCH_INSTANCES` when a policy searches every split, with the reason."""
+    smaller = "simulate a smaller pool at a proportionally lower --rate-scale"
     check_count(cfg.cluster.instances, "--instances", MAX_SIM_INSTANCES,
-                "simulation time grows with the pool (static:best simulates each of its N-1 "
-                "splits); simulate a smaller pool at a proportionally lower --rate-scale")
+                f"simulation time grows with the pool; {smaller}")
+    if any(spec.startswith("static:best") for spec in cfg.policies):
+        check_count(cfg.cluster.instances, "--instances", MAX_SEARCH_INSTANCES,
+                    f"static:best simulates each of the pool's N-1 splits; {smaller}, or "
+                    "drop static:best")
 
 
 def run(args: argparse.Namespace) -> int:
