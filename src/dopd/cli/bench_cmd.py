@@ -20,13 +20,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from dopd.bench.metrics import summarize_result
-from dopd.bench.report import print_comparison, write_json
+from dopd.bench.report import print_comparison
+from dopd.cli.checks import check_output_dir, check_output_file, emit_json, json_to_stdout
 from dopd.cli.common import (
     add_config_option,
     add_output_options,
@@ -52,6 +52,12 @@ ENDPOINT_NAMES = ("completions", "chat")
 """``--endpoint`` choices: the keys of ``dopd.bench.loadgen_client.ENDPOINTS``."""
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_RATE = 2.0
+DEFAULT_REQUESTS = 100
+"""Synthetic load when neither the options nor --config set one: 100 requests at 2 req/s
+(about 50 s). The built-in lengths average 1155 prompt and 211 output tokens, so this asks a
+server for about 2300 prefill and 420 decode tokens/s, what a default ``dopd serve`` (two
+dopd-tiny CPU workers) keeps up with; ``dopd simulate``'s 500 requests at 60 req/s flood it."""
 DEFAULT_TIMEOUT_S = 600.0
 
 DESCRIPTION = """\
@@ -128,7 +134,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--gpus", type=int, default=None, metavar="N",
                    help="GPUs behind the server, for goodput per GPU and GPU-seconds")
     add_config_option(p)
-    add_workload_options(p)
+    add_workload_options(p, rate=DEFAULT_RATE, requests=DEFAULT_REQUESTS)
     add_slo_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -143,6 +149,19 @@ def _check_options(args: argparse.Namespace) -> None:
             f"--max-context must be >= 2 tokens, got {args.max_context}")
     require(args.gpus is None or args.gpus >= 1, f"--gpus must be >= 1, got {args.gpus}")
     require(bool(args.label.strip()), "--label must not be empty")
+
+
+def bench_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """:data:`DEFAULT_RATE` and :data:`DEFAULT_REQUESTS` for a synthetic load the command
+    line leaves open (a --config file sets its own)."""
+    if args.config is not None or args.trace is not None:
+        return {}
+    out: dict[str, Any] = {}
+    if args.rate is None:
+        out["rate"] = DEFAULT_RATE
+    if args.requests is None and args.duration is None:
+        out["requests"] = DEFAULT_REQUESTS
+    return out
 
 
 def resolve_model(
@@ -182,9 +201,12 @@ def run(args: argparse.Namespace) -> int:
     from dopd.bench.loadgen_report import bench_record, write_bench_outputs
 
     _check_options(args)
+    json_path = check_output_file(args.json)
+    out = check_output_dir(args.out) if args.out else None
     url = base_url(args.url)
     # --model names the served model here, not a catalog model: keep it out of the config.
-    cfg = config_from_args(argparse.Namespace(**{**vars(args), "model": None}))
+    cfg = config_from_args(argparse.Namespace(**{**vars(args), "model": None,
+                                                 **bench_defaults(args)}))
     workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
     api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY")
     served = probe_server(args.url, api_key, timeout_s=min(args.timeout, 10.0))
@@ -222,15 +244,15 @@ def run(args: argparse.Namespace) -> int:
     if clipped:
         notes.insert(0, f"{clipped} requests were shortened to fit the context window of "
                      f"{max_context} tokens")
-    if args.json:
-        json_path = Path(args.json)
-        write_json(json_path, records)
+    if args.json is not None:
+        emit_json(args.json, records)
+    if json_path is not None:
         write_resolved(cfg, json_path.parent, f"{json_path.stem}.config")
         notes.append(f"wrote {json_path} (config: {json_path.stem}.config.toml beside it)")
-    if args.out:
-        written = write_bench_outputs(Path(args.out), cfg, workload, result, records, settings)
-        notes.append(f"wrote {len(written)} files to {args.out}")
-    if not args.quiet:
+    if out is not None:
+        written = write_bench_outputs(out, cfg, workload, result, records, settings)
+        notes.append(f"wrote {len(written)} files to {out}")
+    if not args.quiet and not json_to_stdout(args.json):
         _print_summary(cfg, workload, config, url, records, notes)
     if not (result.state == int(RequestState.FINISHED)).any():
         print(f"dopd bench: no request finished ({_errors_text(records[config.label])})",

@@ -30,6 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from dopd.cli.checks import add_json_option
 from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, WorkloadConfig, load_run_config
 from dopd.errors import require
 from dopd.perf import get_model
@@ -166,9 +167,15 @@ def add_slo_options(parser: argparse.ArgumentParser) -> None:
                    help=f"SLO attainment target, e.g. 0.9 or 0.99 (default {s.attainment})")
 
 
-def add_workload_options(parser: argparse.ArgumentParser) -> None:
-    """A trace, or synthetic arrivals with lengths from a file or the built-in statistics."""
+def add_workload_options(parser: argparse.ArgumentParser, rate: float | None = None,
+                         requests: int | None = None) -> None:
+    """A trace, or synthetic arrivals with lengths from a file or the built-in statistics.
+
+    ``rate`` and ``requests`` are the synthetic defaults the command applies itself, for the
+    help text (None: the run configuration's)."""
     w = _DEFAULT.workload
+    rate = w.rate if rate is None else rate
+    requests = DEFAULT_SYNTHETIC_REQUESTS if requests is None else requests
     g = parser.add_argument_group(
         "workload",
         "Replay --trace, or generate arrivals (--arrival, --rate, --cv) with lengths sampled from "
@@ -188,7 +195,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
                    f"such as gamma:cv=3 (default {w.arrival})")
     g.add_argument("--rate", type=float, default=None, metavar="RPS",
                    help=f"synthetic arrival rate in req/s, where the --arrival spec sets none "
-                   f"(default {w.rate:g})")
+                   f"(default {rate:g})")
     g.add_argument("--cv", type=float, default=None,
                    help="inter-arrival coefficient of variation (gamma), where the spec sets none")
     g.add_argument("--rate-scale", type=float, default=None, metavar="K",
@@ -199,7 +206,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
                      help="keep the requests arriving in the first S seconds")
     cut.add_argument("--requests", type=int, default=None, metavar="N",
                      help="keep the first N requests (synthetic default "
-                     f"{DEFAULT_SYNTHETIC_REQUESTS})")
+                     f"{requests})")
     g.add_argument("--seed", type=int, default=None,
                    help=f"random seed of the workload and the run (default {_DEFAULT.seed})")
 
@@ -224,12 +231,13 @@ def add_goodput_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
-    """``--json``, ``--out`` and ``--quiet``."""
+    """``--json [PATH]`` (see :func:`dopd.cli.checks.add_json_option`), ``--out`` and
+    ``--quiet``. Both outputs are checked writable before the work starts."""
     g = parser.add_argument_group("output")
-    g.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    add_json_option(g, "the results (and, in a file, the resolved config beside it)")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="write per-request CSVs, timelines, the resolved config, the JSON and "
-                   "plots to DIR")
+                   "plots to DIR (created now; a run fails at once when it cannot write there)")
     g.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bar and no table, only errors")
 

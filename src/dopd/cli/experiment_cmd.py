@@ -16,9 +16,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dopd.cli.checks import check_output_dir
 from dopd.cli.common import parse_list
 from dopd.data import TRACES_DIR
-from dopd.errors import require
+from dopd.errors import DopdError, require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
 from dopd.experiments.realism import Realism, apply_realism
 from dopd.experiments.runner import max_workers
@@ -124,13 +125,19 @@ def run(args: argparse.Namespace) -> int:
             "--oracle takes no --model-bias or --step-noise")
     realism = Realism(oracle=args.oracle, bias=args.model_bias, noise=args.step_noise,
                       calibration=not args.no_calibration)
-    suite = apply_realism(suite, realism)
-    suite = suite.select(args.scenarios, args.policies)
-    suite, skipped = drop_unregistered(suite, args.policies or ())
-    traces = Path(args.traces_dir) if args.traces_dir else TRACES_DIR
-    require(traces.is_dir(), f"traces directory not found: {traces}")
-    out = Path(args.out) if args.out else Path(f"experiment-{suite.name}")
-    require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
+    out_given = Path(args.out if args.out else f"experiment-{suite.name}")
+    out_existed = out_given.exists()
+    out = check_output_dir(str(out_given))
+    try:
+        suite = apply_realism(suite, realism)
+        suite = suite.select(args.scenarios, args.policies)
+        suite, skipped = drop_unregistered(suite, args.policies or ())
+        traces = Path(args.traces_dir) if args.traces_dir else TRACES_DIR
+        require(traces.is_dir(), f"traces directory not found: {traces}")
+    except DopdError:
+        if not out_existed and not any(out.iterdir()):
+            out.rmdir()  # a run that fails its checks leaves nothing behind
+        raise
     console = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160)
     if skipped and not args.quiet:
         console.print(f"not registered yet, skipped: {', '.join(skipped)}", highlight=False)
@@ -159,7 +166,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("suite", choices=SUITES.names(), help="which suite")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output directory (default experiment-SUITE)")
+                   help="output directory, created and checked writable before the work "
+                   "(default experiment-SUITE)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default min(2, CPUs))")
     p.add_argument("--policies", type=parse_list, default=None, metavar="LIST",

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from dopd.errors import DopdError, require
+from dopd.cli.checks import add_json_option, check_output_file, emit_json, json_to_stdout
+from dopd.errors import require
 
 DEFAULT_MODELS = "constant,ewma,holt,arima"
 _SIGNAL_TITLES = {
@@ -42,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         f"arima)")
     p.add_argument("--quantile", type=float, default=0.9, metavar="Q",
                    help="quantile of the upper prediction bound (default 0.9)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON")
+    add_json_option(p, "the scores")
     p.set_defaults(func=run)
     return p
 
@@ -84,9 +83,16 @@ def run(args: argparse.Namespace) -> int:
     require(math.isfinite(window) and window > 0, f"--window must be > 0 s, got {args.window}")
     require(0.5 <= args.quantile < 1.0, f"--quantile must be in [0.5, 1), got {args.quantile}")
     models = split_specs(args.models)
+    json_path = check_output_file(args.json)
     workload = load_workload(args.trace)
     series = window_series(workload, window)
     result = backtest(series, models, quantile=args.quantile)
+    if args.json is not None:
+        payload: dict[str, Any] = {"trace": str(args.trace), "requests": len(workload),
+                                   **result.as_dict()}
+        emit_json(args.json, payload)
+        if json_to_stdout(args.json):
+            return 0
 
     console = Console()
     console.print(
@@ -95,12 +101,6 @@ def run(args: argparse.Namespace) -> int:
     )
     for signal in result.signals:
         console.print(_table(result, signal))
-    if args.json:
-        payload: dict[str, Any] = {"trace": str(args.trace), "requests": len(workload),
-                                   **result.as_dict()}
-        try:
-            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        except OSError as exc:
-            raise DopdError(f"cannot write {args.json}: {exc.strerror}") from None
-        console.print(f"scores written to {args.json}")
+    if json_path is not None:
+        console.print(f"scores written to {json_path}")
     return 0

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import re
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from dopd.cli.checks import add_json_option, check_output_file, emit_json, json_to_stdout
 from dopd.errors import DopdError, require
 from dopd.perf import (
     GPUS,
@@ -90,11 +91,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--preset", help="roofline preset: modern (default) or legacy2023")
     parser.add_argument("--calibration", metavar="NAME|PATH",
                         help="built-in fit (e.g. distserve:opt-13b:tp1), .csv to fit or .json")
-    parser.add_argument("--mem-util", type=float, default=0.9,
-                        help="share of GPU memory the engine uses (default 0.9)")
+    parser.add_argument("--kv-mem-util", type=float, default=0.9, metavar="FRAC",
+                        help="share of each GPU's memory the engine may use for weights, "
+                        "activations and KV cache, as in dopd simulate (default 0.9)")
+    parser.add_argument("--mem-util", type=float, dest="kv_mem_util",
+                        help=argparse.SUPPRESS)  # the option's former name
     parser.add_argument("--prefill", metavar="SPEC", help="prefill chunks: N, N+CACHED, KxN")
     parser.add_argument("--decode", metavar="SPEC", help="decode sequences: BxCTX or CTX")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(parser, "the step, --list or --fidelity")
     parser.add_argument("--list", action="store_true",
                         help="list GPUs, models, presets and built-in calibrations")
     parser.add_argument("--fidelity", action="store_true",
@@ -104,6 +108,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json)
+    require(math.isfinite(args.kv_mem_util) and 0 < args.kv_mem_util <= 1,
+            f"--kv-mem-util must be in (0, 1], got {args.kv_mem_util}")
     if args.list:
         return _list(args.json)
     if args.fidelity:
@@ -118,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
     tp = 1 if tp is None else tp
     batch = BatchShape(prefill=parse_prefill(args.prefill) if args.prefill else (),
                        decode=parse_decode(args.decode) if args.decode else ())
+    check_context(batch, spec.name, spec.max_context)
     latency = build_latency_model(spec, hw, tp, args.preset or "modern", args.calibration,
-                                  mem_util=args.mem_util)
+                                  mem_util=args.kv_mem_util)
     breakdown = latency.breakdown(batch)
     tokens = batch.prefill_new_tokens + batch.decode_count
     out: dict[str, Any] = {
@@ -139,11 +147,23 @@ def run(args: argparse.Namespace) -> int:
         out["calibration_ms"] = {"prefill": coeffs.prefill, "decode_small_b": coeffs.decode_small_b,
                                  "decode_large_b": coeffs.decode_large_b,
                                  "decode_split_batch": coeffs.decode_split_batch}
-    if args.json:
-        print(json.dumps(out))
-    else:
+    if args.json is not None:
+        emit_json(args.json, out)
+    if not json_to_stdout(args.json):
         _print_step(out, latency)
     return 0
+
+
+def check_context(batch: BatchShape, model: str, max_context: int) -> None:
+    """DopdError when a sequence of ``batch`` is longer than ``model``'s context window."""
+    longest_prefill = max((new + cached for new, cached in batch.prefill), default=0)
+    require(longest_prefill <= max_context,
+            f"--prefill sequence of {longest_prefill} tokens is longer than {model}'s context "
+            f"window of {max_context} tokens")
+    longest_decode = max(batch.decode, default=0)
+    require(longest_decode <= max_context,
+            f"--decode context of {longest_decode} tokens is longer than {model}'s context "
+            f"window of {max_context} tokens")
 
 
 def _console() -> Console:
@@ -181,12 +201,12 @@ def _print_step(out: dict[str, Any], latency: LatencyModel) -> None:
     console.print(step)
 
 
-def _list(as_json: bool) -> int:
+def _list(json_target: str | None) -> int:
     gpus = [get_gpu(n) for n in gpu_names()]
     models = [get_model(n) for n in model_names()]
     calibrations = [f.name for f in anchor_fits()]
-    if as_json:
-        print(json.dumps({
+    if json_target is not None:
+        emit_json(json_target, {
             "gpus": {g.name: {"flops": g.flops, "hbm_Bps": g.hbm_Bps,
                               "memory_bytes": g.memory_bytes, "link_Bps": g.link_Bps,
                               "nic_Bps": g.nic_Bps} for g in gpus},
@@ -196,8 +216,9 @@ def _list(as_json: bool) -> int:
                                 "kv_bytes_per_token": kv_bytes_per_token(m)} for m in models},
             "presets": {name: p.description for name, p in PRESETS.items()},
             "calibrations": calibrations,
-        }))
-        return 0
+        })
+        if json_to_stdout(json_target):
+            return 0
     console = _console()
     table = Table(title="GPUs (dense BF16, datasheet)")
     for col in ("name", "TFLOP/s", "HBM TB/s", "memory GiB", "link GB/s", "NIC GB/s"):
@@ -226,13 +247,14 @@ def _list(as_json: bool) -> int:
     return 0
 
 
-def _fidelity(preset: str, as_json: bool) -> int:
+def _fidelity(preset: str, json_target: str | None) -> int:
     report = fidelity_report(preset)
-    if as_json:
-        print(json.dumps({"preset": report.preset, "median": report.median,
-                          "worst": report.worst,
-                          "fits": [dataclasses.asdict(r) for r in report.rows]}))
-        return 0
+    if json_target is not None:
+        emit_json(json_target, {"preset": report.preset, "median": report.median,
+                                "worst": report.worst,
+                                "fits": [dataclasses.asdict(r) for r in report.rows]})
+        if json_to_stdout(json_target):
+            return 0
     table = Table(title=f"roofline ({report.preset}) vs DistServe fits: |relative error| in %")
     for col in ("fit", "prefill median", "prefill worst", "decode median", "decode worst",
                 "median", "worst"):

@@ -1,24 +1,14 @@
 """``dopd plan``: how many prefill and decode instances a workload needs, with predictions.
 
-Examples::
-
-    dopd plan --trace azure-code --instances 8
-    dopd plan --rate 20 --isl-mean 1500 --isl-cv 1.2 --osl-mean 250 --osl-cv 0.8 \\
-        --slo-ttft 1 --slo-tpot 0.05                       # elastic: minimal counts
-    dopd plan --trace azure-conv --rate-scale 3 --instances 6 --json
-
-The workload is a trace (``--trace``, with ``--rate-scale`` and ``--duration`` / ``--requests``
-cuts), stated moments (``--rate`` with ``--isl-mean`` / ``--osl-mean`` and their CVs, lognormal
-lengths), or any synthetic workload of ``dopd simulate`` (``--arrival``, ``--lengths``, ...),
-sampled. With ``--instances N`` the pool is fixed and every split is predicted; without it the
-plan is the minimal elastic pool. Bad input exits with code 2.
+The help text is :data:`DESCRIPTION` and :data:`EPILOG`; :func:`run` checks the options, reads
+the load (:func:`load_stats`), solves (:func:`dopd.control.ratio.solve`) and prints a table or
+one JSON object (``--json``). Bad input exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from typing import Any
@@ -26,6 +16,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from dopd.cli.checks import (
+    MAX_PLAN_INSTANCES,
+    add_json_option,
+    check_count,
+    check_output_file,
+    emit_json,
+    json_to_stdout,
+)
 from dopd.cli.common import (
     BUILTIN_LENGTHS,
     add_cluster_options,
@@ -37,6 +35,25 @@ from dopd.cli.common import (
 from dopd.config import RunConfig
 from dopd.control.ratio import InstanceModel, PDPlan, SolverConfig, WorkloadStats, solve
 from dopd.errors import require
+
+DESCRIPTION = """\
+Recommend how many prefill and decode instances a workload needs to meet its SLO, with the
+predicted TTFT, TPOT and attainment of every split.
+
+The workload is a trace (--trace, with --rate-scale and --duration / --requests cuts), stated
+moments (--rate with --isl-mean / --osl-mean and their CVs, lognormal lengths), or any
+synthetic workload of dopd simulate (--arrival, --lengths, ...), sampled. With --instances N
+the pool is fixed and every split of N is predicted; without it (the default) the plan is the
+smallest elastic pool that meets the SLO, up to --max-instances.
+"""
+
+EPILOG = """\
+examples:
+  dopd plan --trace AzureLLMInferenceTrace_code.csv --instances 8     # fixed pool of 8
+  dopd plan --rate 20 --isl-mean 1500 --isl-cv 1.2 --osl-mean 250 --osl-cv 0.8 \\
+      --slo-ttft 1 --slo-tpot 0.05                                     # elastic: minimal counts
+  dopd plan --trace conv.csv --rate-scale 3 --instances 6 --json        # one JSON object
+"""
 
 SAMPLED_REQUESTS = 20000
 """Requests drawn from a synthetic workload to measure its statistics."""
@@ -135,18 +152,20 @@ def _record(plan: PDPlan, stats: WorkloadStats, inst: InstanceModel, cfg: RunCon
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd plan``."""
-    require(args.instances is None or args.instances >= 2,
-            f"--instances must be >= 2 (one prefill and one decode), got {args.instances}")
-    require(args.max_instances >= 2, f"--max-instances must be >= 2, got {args.max_instances}")
+    reason = "every split of the pool is predicted; plan per group of instances"
+    check_count(args.instances, "--instances", MAX_PLAN_INSTANCES, reason, least=2)
+    check_count(args.max_instances, "--max-instances", MAX_PLAN_INSTANCES, reason, least=2)
+    check_output_file(args.json)
     cfg = config_from_args(args)
     stats = load_stats(args, cfg)
     inst = InstanceModel.from_sim_config(cfg.cluster)
     config = SolverConfig(variance_term=not args.no_variance_term,
                           max_instances=args.max_instances)
     plan = solve(stats, inst, cfg.slo, args.instances, config=config)
-    if args.json:
-        print(json.dumps(_record(plan, stats, inst, cfg)))
-        return 0
+    if args.json is not None:
+        emit_json(args.json, _record(plan, stats, inst, cfg))
+        if json_to_stdout(args.json):
+            return 0
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
     _print_plan(plan, stats, inst, cfg, console)
     return 0
@@ -156,9 +175,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``dopd plan``."""
     p = subparsers.add_parser(
         "plan", help="recommend prefill/decode instance counts for a workload and SLO",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_workload_options(p)
+    add_workload_options(p, requests=SAMPLED_REQUESTS)
     g = p.add_argument_group("stated moments", "Plan for stated length moments at --rate "
                              "(lognormal lengths) instead of a trace.")
     g.add_argument("--isl-mean", type=float, default=None, metavar="TOKENS",
@@ -169,13 +189,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="mean output length")
     g.add_argument("--osl-cv", type=float, default=None, metavar="CV",
                    help=f"output length CV (default {BUILTIN_LENGTHS.output_cv:g})")
-    add_cluster_options(p)
+    add_cluster_options(p, instances=False)
     add_slo_options(p)
     s = p.add_argument_group("solver")
+    s.add_argument("--instances", type=int, default=None, metavar="N",
+                   help="fixed pool of N instances (>= 2), each of --tp GPUs: predict every "
+                   "split of it (default: none, plan the smallest elastic pool)")
     s.add_argument("--max-instances", type=int, default=64, metavar="N",
                    help="elastic pool: the most instances to consider (cost bound; default 64)")
     s.add_argument("--no-variance-term", action="store_true",
                    help="ablation: plan with E[ISL]^2 in place of E[ISL^2]")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(s, "the plan")
     p.set_defaults(func=run)
     return p

@@ -1,89 +1,155 @@
 """``dopd serve``: an OpenAI-compatible server over local worker processes with P/D
-disaggregation, until Ctrl-C or SIGTERM (then exit code 0)."""
+disaggregation, until Ctrl-C or SIGTERM (then exit code 0).
+
+Options are parsed and the deployment checked (:mod:`dopd.serve.preflight`: host, port, device,
+worker count) before torch, fastapi or ray load, so a wrong option fails in about a second.
+Help texts show :class:`~dopd.serve.config.ServeConfig`'s defaults, and the epilog lists every
+key of the ``[serve]`` table of ``--config``, both read from the dataclass so they never drift.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
 from dopd.cli.common import add_config_option
+from dopd.serve.config import ServeConfig
+
+_D = ServeConfig()
+
+OPTION_KEYS: dict[str, str] = {
+    "model": "model", "instances": "instances", "policy": "policy", "router": "router",
+    "mode": "mode", "gpu": "gpu", "perf_model": "perf_model",
+    "step_time_scale": "step_time_scale", "kv_mem_util": "kv_mem_util", "device": "device",
+    "dtype": "dtype", "threads": "threads", "host": "host", "port": "port",
+    "api_key": "api_key", "slo_ttft": "slo_ttft_s", "slo_tpot": "slo_tpot_s",
+    "max_model_len": "max_model_len", "kv_timeout": "kv_timeout_s", "tick": "tick_s",
+    "seed": "seed", "backend": "backend", "ray_address": "ray_address",
+    "kv_transport": "kv_transport", "ray_cpus_per_instance": "ray_cpus_per_instance",
+    "ray_gpus_per_instance": "ray_gpus_per_instance",
+}
+"""argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _default(key: str) -> str:
+    value = getattr(_D, key)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_keys_epilog() -> str:
+    """The ``[serve]`` keys of ``--config`` with their defaults, those without an option marked."""
+    optioned = set(OPTION_KEYS.values())
+    lines = ["[serve] keys of --config FILE.toml, with their defaults "
+             "(* = no command-line option):"]
+    row: list[str] = []
+    for f in dataclasses.fields(ServeConfig):
+        row.append(f"{f.name}={_default(f.name)}{'' if f.name in optioned else '*'}")
+    width, line = 92, "  "
+    for item in row:
+        if len(line) + len(item) + 1 > width:
+            lines.append(line.rstrip())
+            line = "  "
+        line += item + " "
+    lines.append(line.rstrip())
+    lines += ["", "examples:",
+              "  dopd serve --instances 2 --policy static:1:1",
+              "  dopd serve --mode emulated --perf-model llama-3-8b --gpu a100-80gb "
+              "--instances 4 --policy dopd",
+              "  dopd serve --config serve.toml --port 8080"]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="serve a model over HTTP (OpenAI API) with dynamic P/D disaggregation",
         description="Start a front end and N worker processes on this machine and serve until "
-        "stopped. Options override the [serve] table of --config.")
+        "stopped (Ctrl-C or SIGTERM). Options override the [serve] table of --config; "
+        "defaults are shown in brackets.",
+        epilog=config_keys_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_option(p)
-    p.add_argument("--model", default=None, help="dopd-tiny (default) or a checkpoint folder")
+    p.add_argument("--model", default=None, help=f"dopd-tiny or a checkpoint folder "
+                   f"[{_D.model}]")
     p.add_argument("--instances", type=int, default=None, metavar="N",
-                   help="worker processes (default 2)")
+                   help=f"worker processes (the budget of an elastic policy), bounded by this "
+                   f"machine's cores and memory [{_D.instances}]")
     p.add_argument("--policy", default=None, metavar="SPEC",
-                   help="cluster policy: colocated (default), static:P:D, dopd, ...")
+                   help=f"cluster policy: colocated, static:P:D, dopd, ... [{_D.policy}]")
     p.add_argument("--router", default=None, metavar="SPEC",
-                   help="request placement: auto (default: the policy's router, as in dopd "
+                   help="request placement: auto (the policy's router, as in dopd "
                         "simulate), least-loaded, pd-pair, round-robin, "
-                        "length-aware[:KEY=VALUE,...]")
+                        f"length-aware[:KEY=VALUE,...] [{_D.router}]")
     p.add_argument("--mode", choices=("real", "emulated"), default=None,
-                   help="real: PyTorch engine; emulated: steps sleep the latency model's time")
-    p.add_argument("--gpu", default=None, help="GPU of the latency model (emulated mode and "
-                   "the policy's model; default a100-80gb)")
-    p.add_argument("--perf-model", default=None, help="model of the latency model (default "
-                   "llama-3-8b)")
+                   help=f"real: PyTorch engine; emulated: steps sleep the latency model's time "
+                   f"[{_D.mode}]")
+    p.add_argument("--gpu", default=None, help=f"GPU of the latency model (emulated mode and "
+                   f"the policy's model) [{_D.gpu}]")
+    p.add_argument("--perf-model", default=None, metavar="NAME",
+                   help=f"model of the latency model [{_D.perf_model}]")
     p.add_argument("--step-time-scale", type=float, default=None, metavar="X",
-                   help="emulated steps sleep X times the predicted time (0: no time)")
+                   help=f"emulated steps sleep X times the predicted time (0: no time) "
+                   f"[{_D.step_time_scale:g}]")
     p.add_argument("--kv-mem-util", type=float, default=None, metavar="FRAC",
-                   help="share of the GPU's memory for weights, activations and KV cache, as "
-                   "in dopd simulate: sizes emulated workers' KV (default 0.9)")
-    p.add_argument("--device", default=None, help="real mode: auto (default: a GPU per worker, "
-                   "round robin, when torch sees one, else the CPU), cpu, cuda or cuda:N")
+                   help=f"share of the GPU's memory for weights, activations and KV cache, as "
+                   f"in dopd simulate: sizes emulated workers' KV [{_D.kv_mem_util:g}]")
+    p.add_argument("--device", default=None, help="real mode: auto (a GPU per worker, round "
+                   "robin, when torch sees one, else the CPU), cpu, cuda or cuda:N "
+                   f"[{_D.device}]")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="real mode weights and KV (default: bfloat16/float16 on a GPU, "
-                   "float32 on the CPU)")
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    p.add_argument("--api-key", default=None, help="require this bearer key on /v1/*")
-    p.add_argument("--slo-ttft", type=float, default=None, metavar="S", help="TTFT SLO (s)")
-    p.add_argument("--slo-tpot", type=float, default=None, metavar="S", help="TPOT SLO (s)")
+                   help="real mode weights and KV [bfloat16/float16 on a GPU, float32 on the "
+                   "CPU]")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads of each worker [1 for a small model such as dopd-tiny "
+                   "and in emulated mode, else the cores divided among the workers, at most 4]")
+    p.add_argument("--host", default=None, help=f"address to listen on [{_D.host}]")
+    p.add_argument("--port", type=int, default=None, help=f"port, 0 for a free one [{_D.port}]")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require this bearer key on /v1/* [none]")
+    p.add_argument("--slo-ttft", type=float, default=None, metavar="S",
+                   help=f"TTFT SLO in seconds [{_D.slo_ttft_s:g}]")
+    p.add_argument("--slo-tpot", type=float, default=None, metavar="S",
+                   help=f"TPOT SLO in seconds [{_D.slo_tpot_s:g}]")
     p.add_argument("--max-model-len", type=int, default=None, metavar="TOKENS",
-                   help="context window (default: the model's)")
+                   help="context window [the model's]")
     p.add_argument("--kv-timeout", type=float, default=None, metavar="S",
-                   help="decode wait for KV before recomputing the prompt (default 5)")
+                   help=f"decode wait for KV before recomputing the prompt [{_D.kv_timeout_s:g}]")
     p.add_argument("--tick", type=float, default=None, metavar="S",
-                   help="controller tick interval (default 1)")
-    p.add_argument("--seed", type=int, default=None)
+                   help=f"controller tick interval [{_D.tick_s:g}]")
+    p.add_argument("--seed", type=int, default=None, help=f"random seed [{_D.seed}]")
     ray = p.add_argument_group("cluster backend")
     ray.add_argument("--backend", choices=("local", "ray"), default=None,
-                     help="local: worker processes here (default); ray: one Ray actor per "
-                     "instance (elastic policies may add and remove them)")
+                     help="local: worker processes here; ray: one Ray actor per instance "
+                     f"(elastic policies may add and remove them) [{_D.backend}]")
     ray.add_argument("--ray-address", default=None, metavar="ADDR",
                      help="join the Ray cluster at auto, HOST:PORT or ray://HOST:PORT "
-                     "(default: start a local Ray instance)")
+                     "[none: start a local Ray instance]")
     ray.add_argument("--kv-transport", choices=("socket", "object_store"), default=None,
-                     help="hand-off KV peer to peer over sockets (default) or through the "
-                     "Ray object store")
+                     help="hand-off KV peer to peer over sockets or through the Ray object "
+                     f"store [{_D.kv_transport}]")
     ray.add_argument("--ray-cpus-per-instance", type=float, default=None, metavar="N",
-                     help="CPUs each actor asks Ray for (default 1)")
+                     help=f"CPUs each actor asks Ray for [{_D.ray_cpus_per_instance:g}]")
     ray.add_argument("--ray-gpus-per-instance", type=float, default=None, metavar="N",
-                     help="GPUs each actor asks Ray for (default 0)")
+                     help=f"GPUs each actor asks Ray for [{_D.ray_gpus_per_instance:g}]")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from dopd.serve.config import load_serve_config
-    from dopd.serve.server import serve
+    from dopd.serve.preflight import bind_listener, check_devices, check_instances
 
     config = load_serve_config(args.config, {
-        "model": args.model, "instances": args.instances, "policy": args.policy,
-        "router": args.router,
-        "mode": args.mode, "gpu": args.gpu, "perf_model": args.perf_model,
-        "step_time_scale": args.step_time_scale, "kv_mem_util": args.kv_mem_util,
-        "host": args.host, "port": args.port,
-        "api_key": args.api_key, "slo_ttft_s": args.slo_ttft, "slo_tpot_s": args.slo_tpot,
-        "max_model_len": args.max_model_len, "kv_timeout_s": args.kv_timeout,
-        "tick_s": args.tick, "seed": args.seed, "backend": args.backend,
-        "ray_address": args.ray_address, "kv_transport": args.kv_transport,
-        "ray_cpus_per_instance": args.ray_cpus_per_instance,
-        "ray_gpus_per_instance": args.ray_gpus_per_instance, "device": args.device,
-        "dtype": args.dtype})
-    return serve(config)
+        key: getattr(args, dest) for dest, key in OPTION_KEYS.items()})
+    check_instances(config)
+    listener = bind_listener(config.host, config.port)
+    try:
+        check_devices(config)
+        from dopd.serve.server import serve
+
+        return serve(config, listener)
+    finally:
+        listener.close()

@@ -42,6 +42,15 @@ from dopd.bench.report import (
 )
 from dopd.bench.verdict import verdict
 from dopd.cli import simulate_demo
+from dopd.cli.checks import (
+    MAX_SEARCH_INSTANCES,
+    MAX_SIM_INSTANCES,
+    check_count,
+    check_output_dir,
+    check_output_file,
+    emit_json,
+    json_to_stdout,
+)
 from dopd.cli.common import (
     ProgressFn,
     add_cluster_options,
@@ -284,25 +293,40 @@ def _goodput_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def check_sim_instances(cfg: RunConfig) -> None:
+    """The instance budget within :data:`MAX_SIM_INSTANCES`, and within
+    :data:`MAX_SEARCH_INSTANCES` when a policy searches every split, with the reason."""
+    smaller = "simulate a smaller pool at a proportionally lower --rate-scale"
+    check_count(cfg.cluster.instances, "--instances", MAX_SIM_INSTANCES,
+                f"simulation time grows with the pool; {smaller}")
+    if any(spec.startswith("static:best") for spec in cfg.policies):
+        check_count(cfg.cluster.instances, "--instances", MAX_SEARCH_INSTANCES,
+                    f"static:best simulates each of the pool's N-1 splits; {smaller}, or "
+                    "drop static:best")
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd simulate``."""
     demo = simulate_demo.is_demo(args)
     cfg = load_run_config(args.config,
                           simulate_demo.simulate_overrides(args, overrides_from_args(args)))
+    check_sim_instances(cfg)
+    json_path = check_output_file(args.json)
+    out = check_output_dir(args.out) if args.out else None
     workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
     with progress_bar(args.quiet) as bar:
         runs = simulate(cfg, workload, bar)
     records = records_of(runs, workload, cfg)
     notes: list[str] = []
-    if args.json:
-        json_path = Path(args.json)
-        write_json(json_path, records)
+    if args.json is not None:
+        emit_json(args.json, records)
+    if json_path is not None:
         write_resolved(cfg, json_path.parent, f"{json_path.stem}.config")
         notes.append(f"wrote {json_path} (config: {json_path.stem}.config.toml beside it)")
-    if args.out:
-        written = write_outputs(Path(args.out), cfg, workload, runs, records)
-        notes.append(f"wrote {len(written)} files to {args.out}")
-    if not args.quiet:
+    if out is not None:
+        written = write_outputs(out, cfg, workload, runs, records)
+        notes.append(f"wrote {len(written)} files to {out}")
+    if not args.quiet and not json_to_stdout(args.json):
         _print_summary(cfg, workload, records, notes, demo)
     return 0
 

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -109,25 +105,9 @@ class FrontEnd:
 
 
 def create_app(runtime: ServeRuntime) -> FrontEnd:
-    """The app over ``runtime``; its lifespan starts and stops the runtime."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        app.state.started = True
-        gc.collect()
-        gc.freeze()  # start-up objects (models, modules) leave the collector's later scans
-        cfg = runtime.config
-        print(f"dopd serve: {runtime.model_name} on {cfg.instances} {cfg.mode} worker(s), "
-              f"policy {cfg.policy}, router {router_label(runtime.router)}, listening on "
-              f"http://{cfg.host}:{cfg.port}", flush=True)
-        try:
-            yield
-        finally:
-            await runtime.stop()
-            print("dopd serve: stopped", file=sys.stderr, flush=True)
-
-    app = FastAPI(title="dopd", lifespan=lifespan, docs_url=None, redoc_url=None)
+    """The app over ``runtime``; the caller starts and stops the runtime (see
+    :func:`dopd.serve.server.serve`) and sets ``state.started`` once it is up."""
+    app = FastAPI(title="dopd", docs_url=None, redoc_url=None)
     app.state.started = False
     metrics = runtime.metrics
     dispatcher = runtime.dispatcher

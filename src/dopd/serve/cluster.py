@@ -151,7 +151,8 @@ class WorkerCluster:
 
     ``engine`` is the template of every worker's engine (its role and name are set per
     instance). ``listener`` gets every worker event other than ``ready``/``stats``;
-    ``on_crash`` is called (in the event loop) when a worker dies unexpectedly.
+    ``on_crash`` is called (in the event loop) when a worker dies unexpectedly; ``on_ready``
+    (when set) with the id and seconds since launch of each worker that reports ready.
     ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
     """
 
@@ -167,6 +168,7 @@ class WorkerCluster:
         self.instances: dict[int, WorkerInstance] = {}
         self.listener: Listener = lambda iid, ev: None
         self.on_crash: CrashHandler = lambda iid: None
+        self.on_ready: Callable[[int, float], None] | None = None
         self.max_model_len = 0
         self.cold_starts: list[float] = []
         self.stopping = False
@@ -288,6 +290,8 @@ class WorkerCluster:
                 self.cold_starts.append(inst.cold_start_s)
             inst.state = InstanceState.ACTIVE
             inst.ready.set()
+            if self.on_ready is not None:
+                self.on_ready(iid, time.monotonic() - inst.launched_t)
         elif kind != "stats":
             self.listener(iid, ev)
 

@@ -48,6 +48,9 @@ class ServeConfig:
     left None are 64 MiB, 64 and 2048 in ``real`` mode; in ``emulated`` mode they are what
     ``dopd simulate`` uses for ``perf_model`` on ``gpu`` at ``kv_mem_util`` (see
     :func:`dopd.serve.engines.engine_limits`).
+    ``threads`` is each worker's torch thread count; None: 1 for a small model such as
+    dopd-tiny, else this machine's cores divided among the ``instances`` workers, at most 4
+    (:func:`dopd.engine.threads.default_threads`).
     """
 
     model: str = "dopd-tiny"
@@ -85,6 +88,7 @@ class ServeConfig:
     ray_gpus_per_instance: float = 0.0
     device: str = "auto"
     dtype: str | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -106,6 +110,8 @@ class ServeConfig:
         require(self.default_max_tokens >= 1, "default_max_tokens must be >= 1")
         require(all(v is None or v >= 1 for v in (self.max_num_seqs, self.max_batched_tokens)),
                 "max_num_seqs and max_batched_tokens must be >= 1")
+        require(self.threads is None or self.threads >= 1,
+                f"threads must be >= 1, got {self.threads}")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")
         require(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)),
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -27,11 +27,12 @@ import torch
 
 from dopd.engine.engine_options import EngineOptions
 from dopd.engine.llm_engine import LLMEngine
-from dopd.engine.model import Tokenizer, check_stop, load_model
+from dopd.engine.model import ModelConfig, Tokenizer, check_stop, load_model
 from dopd.engine.plan import FinishReason, StepPlan, StepResult
 from dopd.engine.request_state import RequestRecord
 from dopd.engine.runner import StepTimeModel
 from dopd.engine.sequence import SchedulerConfig
+from dopd.engine.threads import approx_params, available_cores, default_threads
 from dopd.errors import require
 from dopd.perf.hardware import GiB
 from dopd.perf.transfer import KVTransferModel
@@ -125,7 +126,9 @@ class EngineSpec:
     defaults (64 MiB, 64, 2048) in real mode and the simulator's figures in emulated mode.
     ``device`` (real mode; see :func:`resolve_device`) and ``dtype`` (None: the device's
     default) place the model; ``index`` is the instance's number, which spreads workers over
-    the GPUs this process sees. ``queue_order``, ``aging_s`` and ``max_passes`` order the
+    the GPUs this process sees. ``threads`` is the worker's torch thread count (None:
+    :func:`dopd.engine.threads.default_threads` of the model, the cores shared among
+    ``sharers`` workers). ``queue_order``, ``aging_s`` and ``max_passes`` order the
     prompts waiting for prefill (the router's choice; see
     :class:`~dopd.engine.sequence.SchedulerConfig`).
     """
@@ -153,6 +156,8 @@ class EngineSpec:
     aging_s: float = 5.0
     max_passes: int = 32
     index: int = 0
+    threads: int | None = None
+    sharers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,12 +244,13 @@ def resolve_device(device: str, index: int, mode: str) -> str:
 
 
 def build_engine(spec: EngineSpec) -> LLMEngine:
-    """The worker's engine (one torch thread); emulated mode swaps in :class:`EmulatedRunner`
-    and a lazily allocated cache of :func:`engine_limits`'s size."""
+    """The worker's engine (torch threads: :func:`worker_threads`); emulated mode swaps in
+    :class:`EmulatedRunner` and a lazily allocated cache of :func:`engine_limits`'s size."""
     torch.set_num_threads(1)
     loaded = load_model(spec.model, device=resolve_device(spec.device, spec.index, spec.mode),
                         dtype=spec.dtype if spec.mode == "real" else None)
     cfg = loaded.model.config
+    threads = worker_threads(spec, cfg)
     elem = torch.empty(0, dtype=loaded.model.dtype).element_size()
     per_block = 2 * cfg.num_layers * _block_size() * cfg.num_kv_heads * cfg.head_dim * elem
     limits = engine_limits(spec, per_block)
@@ -254,7 +260,7 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
                                   max_num_seqs=limits.max_num_seqs, queue_order=spec.queue_order,
                                   aging_s=spec.aging_s, max_passes=spec.max_passes),
         block_size=limits.block_size, num_blocks=limits.num_blocks,
-        kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=1,
+        kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=threads,
         seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s,
         lazy_kv=spec.mode == "emulated" and limits.num_blocks is not None)
     engine = LLMEngine(loaded, options, name=spec.name)
@@ -263,6 +269,19 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
         engine.runner = EmulatedRunner(engine.records, latency, spec.step_time_scale,
                                        cfg.eos_token_ids, engine.tokenizer)
     return engine
+
+
+def worker_threads(spec: EngineSpec, cfg: ModelConfig) -> int:
+    """``spec.threads``, else 1 in emulated mode (steps sleep) and
+    :func:`~dopd.engine.threads.default_threads` of the model in real mode, this machine's
+    cores shared among ``spec.sharers`` workers."""
+    if spec.threads is not None:
+        return spec.threads
+    if spec.mode == "emulated":
+        return 1
+    params = approx_params(cfg.hidden_size, cfg.intermediate_size, cfg.num_layers,
+                           cfg.vocab_size, cfg.num_kv_heads * cfg.head_dim)
+    return default_threads(params, available_cores(), sharers=spec.sharers)
 
 
 class ModeledLink:

@@ -9,7 +9,12 @@ workers are stopped, and it returns 0.
 from __future__ import annotations
 
 import asyncio
+import gc
+import signal
+import socket
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -22,8 +27,9 @@ from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Event
 from dopd.serve.engines import EngineSpec
-from dopd.serve.live_routing import live_router
+from dopd.serve.live_routing import live_router, router_label
 from dopd.serve.metrics import ServeMetrics
+from dopd.serve.preflight import bind_listener
 from dopd.sim.api import SimConfig
 from dopd.sim.policy import ClusterPolicy, PolicyContext, make_policy
 from dopd.types import SLO, Role
@@ -98,7 +104,8 @@ class ServeRuntime:
                           step_time_scale=config.step_time_scale, seed=config.seed,
                           device=config.device, dtype=config.dtype,
                           queue_order=order.queue_order, aging_s=order.aging_s,
-                          max_passes=order.max_passes)
+                          max_passes=order.max_passes, threads=worker_threads(config),
+                          sharers=config.instances)
         self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
         instances = self.cluster.instances
@@ -116,8 +123,22 @@ class ServeRuntime:
     def max_model_len(self) -> int:
         return self.cluster.max_model_len
 
-    async def start(self) -> None:
-        await self.cluster.start()
+    async def start(self, log: Callable[[str], None] | None = None) -> None:
+        """Start the workers (``log`` gets a line as each becomes ready) and the controller."""
+        total = len(self.cluster.initial_roles)
+        if log is not None:
+            log(f"starting {total} {self.config.mode} worker(s) ...")
+            ready = [0]
+
+            def on_ready(iid: int, seconds: float) -> None:
+                ready[0] += 1
+                log(f"worker {iid} ready ({ready[0]}/{total}) after {seconds:.1f} s")
+
+            self.cluster.on_ready = on_ready
+        try:
+            await self.cluster.start()
+        finally:
+            self.cluster.on_ready = None
         sizes = [int(h.stats["kv_total_blocks"]) for h in self.cluster.instances.values()
                  if h.stats.get("kv_total_blocks")]
         if sizes:  # the router's KV watermark from the workers' real cache size
@@ -147,8 +168,26 @@ class ServeRuntime:
         await self.cluster.stop(self.config.shutdown_timeout_s)
 
 
-def serve(config: ServeConfig) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean stop)."""
+def worker_threads(config: ServeConfig) -> int | None:
+    """Torch threads of each worker: ``config.threads``; else None (each worker picks its own
+    from its model and the cores it shares) for local workers, and a Ray actor's CPUs."""
+    if config.threads is not None or config.backend == "local":
+        return config.threads
+    return max(1, int(config.ray_cpus_per_instance))
+
+
+def _log(line: str) -> None:
+    print(f"dopd serve: {line}", file=sys.stderr, flush=True)
+
+
+def serve(config: ServeConfig, listener: socket.socket | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the exit code (0 after a clean stop).
+
+    ``listener`` is the bound HTTP socket (see :func:`dopd.serve.preflight.bind_listener`;
+    None: bound here). The workers start, with a line on stderr as each is ready, before
+    "listening" is printed; a DopdError from their start-up stops those already running and
+    propagates.
+    """
     import uvicorn
 
     from dopd.serve.api import create_app
@@ -161,10 +200,46 @@ def serve(config: ServeConfig) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
+    sock = listener if listener is not None else bind_listener(config.host, config.port)
     runtime = ServeRuntime(config)
     app = create_app(runtime)
     server = _Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=int(max(1, config.shutdown_timeout_s)), lifespan="on"))
-    server.run()
-    return 0 if app.state.started else 1
+        timeout_graceful_shutdown=int(max(1, config.shutdown_timeout_s)), lifespan="off"))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            # until uvicorn takes over the signals, SIGTERM stops the start-up cleanly
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            try:
+                await runtime.start(_log)
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+            app.state.started = True
+            gc.collect()
+            gc.freeze()  # start-up objects (models, modules) leave the collector's later scans
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if server.started:  # its signal handlers are in place: Ctrl-C / SIGTERM stop it
+                host, port = sock.getsockname()[:2]
+                print(f"dopd serve: {runtime.model_name} on {config.instances} {config.mode} "
+                      f"worker(s), policy {config.policy}, router "
+                      f"{router_label(runtime.router)}, listening on http://{host}:{port}",
+                      flush=True)
+            await serving
+        finally:
+            await runtime.stop()
+            if app.state.started:
+                _log("stopped")
+        return 0
+
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        try:
+            return runner.run(main())
+        except asyncio.CancelledError:  # SIGTERM during the start-up: workers are stopped
+            _log("stopped during start-up")
+            return 0

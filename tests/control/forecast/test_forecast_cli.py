@@ -82,4 +82,4 @@ def test_unwritable_json_exits_2(run, capsys, tmp_path: Path) -> None:
     code = run(["forecast", "--trace", str(trace), "--window", "20", "--models", "constant",
                 "--json", str(tmp_path / "no" / "such" / "dir.json")])
     assert code == 2
-    assert "cannot write" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
