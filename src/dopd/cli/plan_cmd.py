@@ -49,10 +49,10 @@ smallest elastic pool that meets the SLO, up to --max-instances.
 
 EPILOG = """\
 examples:
-  dopd plan --trace AzureLLMInferenceTrace_code.csv --instances 8     # fixed pool of 8
+  dopd plan --trace azure-code --instances 8                          # fixed pool of 8
   dopd plan --rate 20 --isl-mean 1500 --isl-cv 1.2 --osl-mean 250 --osl-cv 0.8 \\
       --slo-ttft 1 --slo-tpot 0.05                                     # elastic: minimal counts
-  dopd plan --trace conv.csv --rate-scale 3 --instances 6 --json        # one JSON object
+  dopd plan --trace azure-conv --rate-scale 3 --instances 6 --json      # one JSON object
 """
 
 SAMPLED_REQUESTS = 20000
