@@ -32,8 +32,9 @@ def run_json(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 
 def test_rejections_make_the_p90_a_miss(tmp_path: Path) -> None:
-    # The example: built-in workload at --rate-scale 3, dopd rejects ~19 %.
-    data = run_json(tmp_path, "--rate-scale", "3", "--policy", "colocated,dopd")
+    # The example: the synthetic workload at --rate-scale 3, dopd rejects ~19 %.
+    data = run_json(tmp_path, "--arrival", "poisson", "--rate-scale", "3",
+                    "--policy", "colocated,dopd")
     dopd, colocated = data["dopd"], data["colocated"]
     assert dopd["rejected"] >= 60 and dopd["rejected_share"] == dopd["rejected"] / 500
     assert dopd["ttft_p90"] is None and dopd["e2e_p90"] is None  # misses, written null
