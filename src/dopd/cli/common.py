@@ -58,6 +58,7 @@ OPTION_KEYS: dict[str, str] = {
     "tp": "cluster.tp",
     "preset": "cluster.preset",
     "calibration": "cluster.calibration",
+    "profile": "cluster.profile",
     "instances": "cluster.instances",
     "kv_mem_util": "cluster.kv_mem_util",
     "router": "cluster.router",
@@ -111,6 +112,9 @@ def add_cluster_options(parser: argparse.ArgumentParser, instances: bool = True)
     g.add_argument("--calibration", default=None, metavar="NAME|PATH",
                    help="latency calibration: a built-in name or a fit file (default: none, "
                    "the roofline preset)")
+    g.add_argument("--profile", default=None, metavar="NAME|DIR",
+                   help="measured operator profile for the latency model outside attention: "
+                   "vidur-a100 (Llama-3-8B on A100) or a profile folder (default: none)")
     g.add_argument("--kv-mem-util", type=float, default=None, metavar="FRAC",
                    help=f"share of each GPU's memory the engine may use for weights, "
                    f"activations and KV cache, as vLLM's gpu_memory_utilization "

@@ -14,6 +14,7 @@ from dopd.perf.kv import check_tp, kv_capacity_tokens
 from dopd.perf.latency import RooflineLatencyModel
 from dopd.perf.models import ModelSpec, get_model
 from dopd.perf.presets import EnginePreset
+from dopd.perf.profiled import ProfileLatencyModel
 
 
 def is_builtin_calibration(source: object) -> bool:
@@ -28,6 +29,7 @@ def build_latency_model(
     preset: str | EnginePreset = "modern",
     calibration: str | Path | DistServeCoefficients | None = None,
     mem_util: float = 0.9,
+    profile: str | Path | None = None,
 ) -> LatencyModel:
     """The latency model of ``model`` on ``tp`` GPUs of type ``gpu``.
 
@@ -36,11 +38,17 @@ def build_latency_model(
     GPU and TP it was measured on), a ``.csv`` of measured steps to fit or a ``.json`` of
     coefficients (see ``dopd.perf.calibration``); ``preset`` is then unused. Either way the KV
     capacity (checked by ``breakdown`` / ``step_time_for``) is that of the model on the GPUs at
-    ``mem_util``. Bad names, TP or files raise ``DopdError``.
+    ``mem_util``. With ``profile`` (a shipped profile name such as ``vidur-a100`` or a profile
+    folder, see ``dopd.perf.profiles``): a :class:`ProfileLatencyModel`, with attention and
+    overheads from ``preset``; it excludes ``calibration``. Bad names, TP or files raise
+    ``DopdError``.
     """
     spec = get_model(model)
     hw = get_gpu(gpu)
     check_tp(spec, tp)
+    if profile is not None:
+        require(calibration is None, "give a latency profile or a calibration, not both")
+        return ProfileLatencyModel(spec, hw, tp, profile, preset, mem_util=mem_util)
     if calibration is None:
         return RooflineLatencyModel(spec, hw, tp, preset, mem_util=mem_util)
     label = "custom coefficients"

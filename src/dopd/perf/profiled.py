@@ -37,9 +37,27 @@ class ProfileLatencyModel(LatencyModel):
     one) be of the GPU type; otherwise ``DopdError``. KV capacity as in the roofline model.
     """
 
-    __slots__ = ("_body", "_fixed", "_kv_tok", "_last", "_lm_beta", "_lm_comp", "_lm_mem",
-                 "_causal", "_pair", "_seq", "_slope", "_tmax", "gpu",
-                 "kv_capacity_tokens", "model", "name", "preset", "profile", "tp")
+    __slots__ = (
+        "_body",
+        "_causal",
+        "_fixed",
+        "_kv_tok",
+        "_last",
+        "_lm_beta",
+        "_lm_comp",
+        "_lm_mem",
+        "_pair",
+        "_seq",
+        "_slope",
+        "_tmax",
+        "gpu",
+        "kv_capacity_tokens",
+        "model",
+        "name",
+        "preset",
+        "profile",
+        "tp",
+    )
 
     def __init__(self, model: str | ModelSpec, gpu: str | HardwareSpec, tp: int = 1,
                  profile: str | Path | OperatorProfile = "vidur-a100",

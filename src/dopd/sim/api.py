@@ -18,7 +18,8 @@ class SimConfig:
     """Cluster, hardware and engine settings of one simulated run.
 
     ``instances`` is the instance budget (each instance = ``tp`` GPUs). ``calibration`` is a
-    built-in calibration name or a path (see ``dopd.perf``); None uses the roofline ``preset``.
+    built-in calibration name or a path (see ``dopd.perf``); ``profile`` a shipped operator
+    profile (``vidur-a100``) or a profile folder; with neither, the roofline ``preset``.
     ``router`` names a routing policy of ``dopd.sim.routing.ROUTERS``; ``"auto"`` uses the
     cluster policy's own choice.
     """
@@ -28,6 +29,7 @@ class SimConfig:
     tp: int = 1
     preset: str = "modern"
     calibration: str | None = None
+    profile: str | None = None
     instances: int = 8
     kv_mem_util: float = 0.9
     block_size: int = 16

@@ -42,7 +42,8 @@ class SimModels:
 def build_models(config: SimConfig) -> SimModels:
     """Latency model, KV blocks and KV link of ``config``; DopdError for unknown names."""
     latency = build_latency_model(config.model, config.gpu, config.tp, config.preset,
-                                  config.calibration, mem_util=config.kv_mem_util)
+                                  config.calibration, mem_util=config.kv_mem_util,
+                                  profile=config.profile)
     tokens = kv_capacity_tokens(config.model, config.gpu, config.tp, config.kv_mem_util,
                                 max_batched_tokens=config.max_batched_tokens)
     blocks = tokens // config.block_size
