@@ -8,6 +8,7 @@ from dopd.errors import require
 from dopd.perf.anchors import ANCHOR_GPU, builtin_calibration_names, get_anchor_fit
 from dopd.perf.base import LatencyModel
 from dopd.perf.calibration import load_calibration
+from dopd.perf.chunked import ChunkedCoefficients, ChunkedLatencyModel
 from dopd.perf.fitted import DistServeCoefficients, FittedLatencyModel
 from dopd.perf.hardware import HardwareSpec, get_gpu
 from dopd.perf.kv import check_tp, kv_capacity_tokens
@@ -27,14 +28,15 @@ def build_latency_model(
     gpu: str | HardwareSpec,
     tp: int = 1,
     preset: str | EnginePreset = "modern",
-    calibration: str | Path | DistServeCoefficients | None = None,
+    calibration: str | Path | DistServeCoefficients | ChunkedCoefficients | None = None,
     mem_util: float = 0.9,
     profile: str | Path | None = None,
 ) -> LatencyModel:
     """The latency model of ``model`` on ``tp`` GPUs of type ``gpu``.
 
     Without ``calibration``: the roofline model under ``preset``. With one: a
-    :class:`FittedLatencyModel` from coefficients, a built-in name (which must match the model,
+    :class:`FittedLatencyModel` (or a :class:`ChunkedLatencyModel` for the chunked-prefill
+    form) from coefficients, a built-in name (which must match the model,
     GPU and TP it was measured on), a ``.csv`` of measured steps to fit or a ``.json`` of
     coefficients (see ``dopd.perf.calibration``); ``preset`` is then unused. Either way the KV
     capacity (checked by ``breakdown`` / ``step_time_for``) is that of the model on the GPUs at
@@ -52,7 +54,8 @@ def build_latency_model(
     if calibration is None:
         return RooflineLatencyModel(spec, hw, tp, preset, mem_util=mem_util)
     label = "custom coefficients"
-    if isinstance(calibration, DistServeCoefficients):
+    coeffs: DistServeCoefficients | ChunkedCoefficients
+    if isinstance(calibration, (DistServeCoefficients, ChunkedCoefficients)):
         coeffs = calibration
     else:
         label = str(calibration)
@@ -63,5 +66,7 @@ def build_latency_model(
                     f"{ANCHOR_GPU}, not {spec.name} at tp={tp} on {hw.name}")
         coeffs = load_calibration(calibration)
     capacity = kv_capacity_tokens(spec, hw, tp, mem_util)
-    return FittedLatencyModel(coeffs, capacity,
-                              name=f"{spec.name} on {tp}x {hw.name} (calibration {label})")
+    name = f"{spec.name} on {tp}x {hw.name} (calibration {label})"
+    if isinstance(coeffs, ChunkedCoefficients):
+        return ChunkedLatencyModel(coeffs, capacity, name=name)
+    return FittedLatencyModel(coeffs, capacity, name=name)
