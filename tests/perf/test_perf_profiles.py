@@ -112,15 +112,14 @@ def test_the_held_out_check_can_fail() -> None:
     assert sum(p.held_out for p in points) == 900 and len(points) == 4 * 451
 
 
-def test_modern_preset_is_the_fit_to_the_profiles() -> None:
+def test_modern_fit_preset_is_the_fit_to_the_profiles() -> None:
     fit = fit_preset("vidur-a100", "modern")
-    shipped = get_preset("modern")
+    shipped = get_preset("modern-fit")
     for name in FITTED_FIELDS:
         got, want = getattr(fit.preset, name), getattr(shipped, name)
         assert got == pytest.approx(want, rel=0.05, abs=2e-7), name
     assert fit.fit_median <= 0.03 and fit.check_median <= 0.03
-    report = preset_profile_fidelity("modern")
+    report = preset_profile_fidelity("modern-fit")
     assert report.median <= 0.05 and report.worst <= 0.40
-    # the previous estimates were 16-33 % too fast; the check sees it
-    old = dataclasses.replace(shipped, mfu=0.85, hbm_efficiency=0.85, gemm_pad_tokens=8.0)
-    assert preset_profile_fidelity(old).median > 0.10
+    # modern's estimates are 16-33 % too fast; the check sees it
+    assert preset_profile_fidelity("modern").median > 0.10

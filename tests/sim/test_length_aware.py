@@ -94,9 +94,9 @@ def test_with_every_feature_off_it_is_pd_pair() -> None:
 
 
 def test_short_first_lowers_short_prompt_ttft_and_aging_bounds_the_cost() -> None:
-    # A burst of 22 long prompts (about 8 s of prefill) while short ones keep arriving.
-    w = merge(poisson_columns(100, 4.0, (100, 600), (10, 50), seed=6),
-              poisson_columns(22, 12.0, (4000, 6000), (10, 50), seed=7, start_s=2.0))
+    # A burst of 25 long prompts (about 7 s of prefill) while short ones keep arriving.
+    w = merge(poisson_columns(100, 5.0, (100, 600), (10, 50), seed=6),
+              poisson_columns(25, 12.0, (4000, 6000), (10, 50), seed=7, start_s=2.0))
     short = w.prompt_tokens <= 600
     base = "length-aware:lane=off,bypass=off,admit=off"
     _, fcfs = run(w, 3, "static:1:2", base + ",order=fcfs")

@@ -59,12 +59,12 @@ def test_colocated_prediction_rises_with_rate_and_overloads() -> None:
 
 
 @pytest.mark.parametrize(("rate", "split", "gain", "mixed"), [
-    (15.0, 1.0, 0.0, True),    # colocation holds the SLO: stay, whatever the split
-    (32.0, 0.95, 0.0, False),  # colocated TPOT p90 over exit x SLO, the split predicted better
-    (32.0, 0.5, 0.0, True),    # ... but a split predicted worse than colocation is no way out
-    (32.0, 0.5, 0.4, False),   # unless within ``gain`` of it
-    (41.0, 0.0, 0.0, False),   # every mode overloaded: leave (the P/D split degrades better)
-    (32.0, None, 0.0, False),  # no split prediction: the TPOT threshold alone decides
+    (20.0, 1.0, 0.0, True),    # colocation holds the SLO: stay, whatever the split
+    (40.0, 0.95, 0.0, False),  # colocated TPOT p90 over exit x SLO, the split predicted better
+    (40.0, 0.5, 0.0, True),    # ... but a split predicted worse than colocation is no way out
+    (40.0, 0.5, 0.4, False),   # unless within ``gain`` of it
+    (55.0, 0.0, 0.0, False),   # every mode overloaded: leave (the P/D split degrades better)
+    (40.0, None, 0.0, False),  # no split prediction: the TPOT threshold alone decides
 ])
 def test_hybrid_leaves_all_mixed_only_for_a_split_predicted_no_worse(
         rate: float, split: float | None, gain: float, mixed: bool) -> None:

@@ -34,9 +34,9 @@ CTRL = "dopd:nolength"
 
 
 def test_constant_load_settles_and_then_holds() -> None:
-    # Short prompts, long outputs at 45 req/s on 6 instances: the prior split (4:2) is one
+    # Short prompts, long outputs at 60 req/s on 6 instances: the prior split (4:2) is one
     # decode instance short; dopd moves once, early, and holds.
-    w = constant(45.0, (200, 1200), (200, 400))
+    w = constant(60.0, (200, 1200), (200, 400))
     result = run_checked(w, 6, CTRL)
     moves = switches(result)
     assert 1 <= len(moves) <= 2 and all(t <= 40.0 for t, _ in moves), moves
@@ -77,7 +77,7 @@ def test_dopd_beats_every_static_split_under_a_mix_shift() -> None:
 
 CASES = {
     # instances, rate, prompt range, output range: the best static split differs per case.
-    "n4-prefill-bound": (4, 16.0, (500, 2500), (100, 300)),
+    "n4-prefill-bound": (4, 22.0, (500, 2500), (100, 300)),
     "n5-long-prompts": (5, 20.0, (1000, 3000), (50, 150)),
     "n6-decode-bound": (6, 60.0, (200, 1200), (200, 400)),
 }

@@ -87,10 +87,10 @@ def test_correction_scale_shifts_ttft(inst: InstanceModel) -> None:
 
 
 def test_decode_batch_is_the_little_fixed_point(inst: InstanceModel) -> None:
-    stats = WorkloadStats.from_moments(14.0, 800.0, 0.5, 300.0, 0.5)
-    pred = predict_decode(inst, stats, [1, 2, 4], 14.0, tpot_slo=0.013)
+    stats = WorkloadStats.from_moments(20.0, 800.0, 0.5, 300.0, 0.5)
+    pred = predict_decode(inst, stats, [1, 2, 4], 20.0, tpot_slo=0.013)
     shape = decode_shape(inst, stats)
-    demand = 14.0 * shape.steps_mean / pred.servers
+    demand = 20.0 * shape.steps_mean / pred.servers
     assert pred.batch == pytest.approx(demand * pred.step_s, rel=0.01)
     assert np.all(np.diff(pred.batch) < 0)
     assert np.all(np.diff(pred.tpot_mean) < 0)
