@@ -129,6 +129,8 @@ OVERRIDES: tuple[Override, ...] = (
     Override(r"^dopd serve .*--instances ([3-9]|\d\d)",
              "more workers than 2 cores start slowly: 2 workers",
              lambda argv: set_option(argv, "--instances", "2")),
+    Override(r"^dopd profile ", "the default grid measures for about 30 s: the tiny grid",
+             lambda argv: set_option(argv, "--grid", "tiny")),
 )
 
 def _no_cuda() -> bool:

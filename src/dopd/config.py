@@ -243,7 +243,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DopdError(f"config file {p} is not valid TOML: {exc}") from None
-    path_keys = (("workload", "trace"), ("workload", "lengths"), ("cluster", "calibration"))
+    path_keys = (("workload", "trace"), ("workload", "lengths"), ("cluster", "calibration"),
+                 ("cluster", "profile"))
     for section, key in path_keys:
         table = data.get(section)
         if isinstance(table, dict) and isinstance(table.get(key), str):

@@ -65,8 +65,30 @@ def test_list_and_fidelity(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["perf", "--fidelity"]) == 0
     assert "distserve:opt-66b:tp8" in capsys.readouterr().out
     report = run_json(capsys, "--fidelity")
-    assert report["preset"] == "legacy2023" and len(report["fits"]) == 7
-    assert report["median"] <= 0.10 and report["worst"] <= 0.35
+    legacy = next(r for r in report["distserve"] if r["preset"] == "legacy2023")
+    assert len(legacy["fits"]) == 7 and legacy["median"] <= 0.10 and legacy["worst"] <= 0.35
+    profile = {r["model"]: r for r in report["profiles"]}
+    assert set(profile) == {"roofline legacy2023", "roofline modern", "roofline modern-fit",
+                            "profile model"}
+    # definition of done: Llama-3-8B on A100 outside attention, on points kept aside
+    assert profile["profile model"]["median"] <= 0.05
+    assert profile["profile model"]["worst"] <= 0.15
+    assert profile["roofline modern-fit"]["median"] <= 0.05
+    assert profile["roofline modern"]["median"] > 0.10  # the default preset's estimates
+    assert [row["tp"] for row in profile["profile model"]["tp"]] == [1, 2, 4, 8]
+    one = run_json(capsys, "--fidelity", "--preset", "modern")
+    assert [r["preset"] for r in one["distserve"]] == ["modern"]
+
+
+def test_profile_option_builds_the_profile_model(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_json(capsys, "--profile", "vidur-a100", "--prefill", "512", "--decode", "32x1024")
+    model = build_latency_model("llama-3-8b", "a100-80gb", 1, "modern", profile="vidur-a100")
+    batch = BatchShape(prefill=((512, 0),), decode=(1024,) * 32)
+    assert out["step_ms"] == pytest.approx(model.step_time_for(batch) * 1e3)
+    assert "profile vidur-a100" in out["latency_model"]
+    assert main(["perf", "--profile", "vidur-a100", "--tp", "2", "--decode", "8x100"]) == 0
+    text = capsys.readouterr().out
+    assert "TP all-reduce" in text and "compute side" not in text
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -81,6 +103,11 @@ def test_list_and_fidelity(capsys: pytest.CaptureFixture[str]) -> None:
     (["--model", "llama-3-8b", "--calibration", "distserve:opt-13b:tp1", "--decode", "4"],
      "measured for opt-13b"),
     ([], "give --prefill and/or --decode"),
+    (["--profile", "vidur-a100", "--model", "opt-13b", "--decode", "4"], "measured for a model"),
+    (["--profile", "vidur-a100", "--gpu", "h100", "--decode", "4"], "measured on a100-80gb"),
+    (["--profile", "no-such-profile", "--decode", "4"], "neither a shipped name"),
+    (["--profile", "vidur-a100", "--calibration", "distserve:opt-13b:tp1", "--decode", "4"],
+     "not both"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture[str],
                                                args: list[str], message: str) -> None:

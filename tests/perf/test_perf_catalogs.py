@@ -96,7 +96,7 @@ def test_unknown_model_and_bad_shapes_raise() -> None:
 
 
 def test_presets_registry_and_validation() -> None:
-    assert set(PRESETS.names()) == {"legacy2023", "modern"}
+    assert set(PRESETS.names()) == {"legacy2023", "modern", "modern-fit"}
     legacy, modern = get_preset("LEGACY2023"), get_preset("modern")
     assert isinstance(legacy, EnginePreset)
     # the modern engine launches fewer kernels per step and fuses attention

@@ -148,11 +148,14 @@ def test_causal_attention_counts_half_the_pairs_and_is_exact_for_equal_chunks() 
     assert est <= mixed.prefill_attn_sum * per_pair
 
 
-def test_modern_engine_is_faster_than_legacy() -> None:
-    for batch in (BatchShape(decode=(512,) * 16), BatchShape(prefill=((512, 0),) * 4)):
-        legacy = build_latency_model("opt-13b", "a100-80gb", 1, "legacy2023").step_time_for(batch)
-        modern = build_latency_model("opt-13b", "a100-80gb", 1, "modern").step_time_for(batch)
-        assert modern < legacy
+def test_modern_engine_decodes_faster_than_legacy() -> None:
+    # CUDA graphs and fused kernels cut the per-step, per-layer and per-sequence overheads that
+    # dominate decode. Prefill is not compared: the two presets are fitted to different references
+    # (DistServe's OPT fits imply ~87 % GEMM efficiency, Vidur's Llama-3-8B profiles ~67 %).
+    batch = BatchShape(decode=(512,) * 16)
+    legacy = build_latency_model("opt-13b", "a100-80gb", 1, "legacy2023").step_time_for(batch)
+    modern = build_latency_model("opt-13b", "a100-80gb", 1, "modern").step_time_for(batch)
+    assert modern < legacy
 
 
 def test_capacity_is_checked_outside_the_hot_path() -> None:

@@ -59,6 +59,7 @@ OPTION_KEYS: dict[str, str] = {
     "tp": "cluster.tp",
     "preset": "cluster.preset",
     "calibration": "cluster.calibration",
+    "profile": "cluster.profile",
     "instances": "cluster.instances",
     "kv_mem_util": "cluster.kv_mem_util",
     "router": "cluster.router",
@@ -116,6 +117,9 @@ def add_cluster_options(parser: argparse.ArgumentParser, instances: bool = True)
     g.add_argument("--calibration", default=None, metavar="NAME|PATH",
                    help="latency calibration: a built-in name or a fit file (default: none, "
                    "the roofline preset)")
+    g.add_argument("--profile", default=None, metavar="NAME|DIR",
+                   help="measured operator profile for the latency model outside attention: "
+                   "vidur-a100 (Llama-3-8B on A100) or a profile folder (default: none)")
     g.add_argument("--kv-mem-util", type=float, default=None, metavar="FRAC",
                    help=f"share of each GPU's memory the engine may use for weights, "
                    f"activations and KV cache, as vLLM's gpu_memory_utilization "
@@ -147,10 +151,11 @@ def add_truth_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-bias", type=float, default=None, metavar="B",
                    help="the belief predicts (1+B) x the true step times; -0.2: it thinks the "
                    f"GPU is 20%% faster than it is (capacity unchanged) (default {t.model_bias:g})")
-    g.add_argument("--truth-calibration", default=None, metavar="NAME|PATH|preset:NAME",
+    g.add_argument("--truth-calibration", default=None, metavar="NAME|PATH|preset:NAME|profile:NAME",
                    help="time steps with another model than the configured one (the belief): "
-                   "a built-in fit or fit file as --calibration, or preset:NAME (default: the "
-                   "configured model)")
+                   "a built-in fit or fit file as --calibration, preset:NAME (e.g. "
+                   "preset:modern-fit, the preset fitted to measured A100 profiles) or "
+                   "profile:NAME (e.g. profile:vidur-a100) (default: the configured model)")
     g.add_argument("--no-calibration", action="store_const", const=False, default=None,
                    help="ablation: the belief does not learn from observed step times")
 

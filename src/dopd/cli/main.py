@@ -21,6 +21,7 @@ from dopd.errors import DopdError
 
 COMMANDS: tuple[str, ...] = (
     "dopd.cli.perf_cmd",
+    "dopd.cli.profile_cmd",
     "dopd.cli.forecast_cmd",
     "dopd.cli.simulate_cmd",
     "dopd.cli.plan_cmd",

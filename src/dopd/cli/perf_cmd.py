@@ -5,6 +5,7 @@ Examples::
     dopd perf --model llama-3-8b --gpu a100-80gb --prefill 512,2048      # one prefill step
     dopd perf --model llama-3-8b --decode 32x1024 --prefill 512+256      # a mixed step
     dopd perf --calibration distserve:opt-13b:tp1 --decode 64x512 --json
+    dopd perf --profile vidur-a100 --prefill 512 --decode 32x1024  # measured A100 profile
     dopd perf --list            dopd perf --fidelity
 
 Batch specs: ``--prefill`` is a comma-separated list of chunks ``N`` (a prompt of N tokens),
@@ -45,6 +46,7 @@ from dopd.perf import (
 )
 from dopd.perf.anchors import ANCHOR_GPU
 from dopd.perf.fitted import FittedLatencyModel
+from dopd.perf.profile_fidelity import preset_profile_fidelity, profile_model_fidelity
 
 DEFAULT_MODEL = "llama-3-8b"
 DEFAULT_GPU = "a100-80gb"
@@ -91,6 +93,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--preset", help="roofline preset: modern (default) or legacy2023")
     parser.add_argument("--calibration", metavar="NAME|PATH",
                         help="built-in fit (e.g. distserve:opt-13b:tp1), .csv to fit or .json")
+    parser.add_argument("--profile", metavar="NAME|DIR",
+                        help="measured operator profile outside attention: vidur-a100 or a folder")
     parser.add_argument("--kv-mem-util", type=float, default=0.9, metavar="FRAC",
                         help="share of each GPU's memory the engine may use for weights, "
                         "activations and KV cache, as in dopd simulate (default 0.9)")
@@ -102,7 +106,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true",
                         help="list GPUs, models, presets and built-in calibrations")
     parser.add_argument("--fidelity", action="store_true",
-                        help="errors of the roofline (default preset legacy2023) vs the anchors")
+                        help="errors of the presets and the profile model against every shipped "
+                        "reference (DistServe fits, Vidur profiles)")
     parser.set_defaults(func=run)
     return parser
 
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list(args.json)
     if args.fidelity:
-        return _fidelity(args.preset or "legacy2023", args.json)
+        return _fidelity(args.preset, args.json)
     require(args.prefill or args.decode,
             "give --prefill and/or --decode (or --list, --fidelity); see dopd perf -h")
     model, gpu, tp = args.model, args.gpu, args.tp
@@ -127,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                        decode=parse_decode(args.decode) if args.decode else ())
     check_context(batch, spec.name, spec.max_context)
     latency = build_latency_model(spec, hw, tp, args.preset or "modern", args.calibration,
-                                  mem_util=args.kv_mem_util)
+                                  mem_util=args.kv_mem_util, profile=args.profile)
     breakdown = latency.breakdown(batch)
     tokens = batch.prefill_new_tokens + batch.decode_count
     out: dict[str, Any] = {
@@ -186,14 +191,15 @@ def _print_step(out: dict[str, Any], latency: LatencyModel) -> None:
     step.add_column("component")
     step.add_column("ms", justify="right")
     b = out["breakdown"]
-    fitted = b["bound"] == "fitted"
+    fitted = b["bound"] == "fitted" or (b["gemm_compute_ms"] == 0.0 == b["weights_ms"])
     for key, label in (("gemm_ms", "linear layers"), ("gemm_compute_ms", "  compute side"),
                        ("weights_ms", "  weight-streaming side"),
                        ("prefill_attention_ms", "prefill attention"),
                        ("decode_attention_ms", "decode attention (KV reads)"),
                        ("allreduce_ms", "TP all-reduce"), ("overhead_ms", "engine overhead")):
-        if fitted and key in ("gemm_compute_ms", "weights_ms", "allreduce_ms"):
-            continue  # a fitted model does not split these out
+        if (fitted and key in ("gemm_compute_ms", "weights_ms")) or (
+                b["bound"] == "fitted" and key == "allreduce_ms"):
+            continue  # fitted and profile models do not split these out
         step.add_row(label, f"{b[key]:.3f}")
     step.add_row("[bold]step[/bold]", f"[bold]{out['step_ms']:.3f}[/bold]")
     step.add_row("bound", str(b["bound"]))
@@ -247,23 +253,49 @@ def _list(json_target: str | None) -> int:
     return 0
 
 
-def _fidelity(preset: str, json_target: str | None) -> int:
-    report = fidelity_report(preset)
+def _fidelity(preset: str | None, json_target: str | None) -> int:
+    """Every shipped reference against every model that applies to it (``preset`` None: all
+    presets)."""
+    presets = [preset] if preset else list(PRESETS.names())
+    distserve = [fidelity_report(p) for p in presets]
+    profiles = [preset_profile_fidelity(p) for p in presets] + [profile_model_fidelity()]
     if json_target is not None:
-        emit_json(json_target, {"preset": report.preset, "median": report.median,
-                                "worst": report.worst,
-                                "fits": [dataclasses.asdict(r) for r in report.rows]})
+        emit_json(json_target, {
+            "distserve": [{"preset": r.preset, "median": r.median, "worst": r.worst,
+                           "fits": [dataclasses.asdict(row) for row in r.rows]}
+                          for r in distserve],
+            "profiles": [{"model": r.model, "reference": r.reference, "median": r.median,
+                          "worst": r.worst, "tp": [dataclasses.asdict(row) for row in r.rows]}
+                         for r in profiles],
+        })
         if json_to_stdout(json_target):
             return 0
-    table = Table(title=f"roofline ({report.preset}) vs DistServe fits: |relative error| in %")
-    for col in ("fit", "prefill median", "prefill worst", "decode median", "decode worst",
-                "median", "worst"):
-        table.add_column(col, justify="left" if col == "fit" else "right")
-    for r in report.rows:
-        table.add_row(r.fit, *(f"{100 * v:.1f}" for v in (
-            r.prefill_median, r.prefill_worst, r.decode_median, r.decode_worst, r.median,
-            r.worst)))
-    table.add_row("[bold]all[/bold]", "", "", "", "", f"{100 * report.median:.1f}",
-                  f"{100 * report.worst:.1f}")
-    _console().print(table)
+    console = _console()
+    for report in distserve:
+        table = Table(title=f"roofline ({report.preset}) vs DistServe fits (OPT-13B/66B, A100): "
+                      "|relative error| in %")
+        for col in ("fit", "prefill median", "prefill worst", "decode median", "decode worst",
+                    "median", "worst"):
+            table.add_column(col, justify="left" if col == "fit" else "right")
+        for r in report.rows:
+            table.add_row(r.fit, *(f"{100 * v:.1f}" for v in (
+                r.prefill_median, r.prefill_worst, r.decode_median, r.decode_worst, r.median,
+                r.worst)))
+        table.add_row("[bold]all[/bold]", "", "", "", "", f"{100 * report.median:.1f}",
+                      f"{100 * report.worst:.1f}")
+        console.print(table)
+    table = Table(title="vs Vidur A100 profiles (Llama-3-8B outside attention, check points "
+                  "kept aside from every fit): |relative error| in %")
+    for col in ("model", "TP", "points", "median", "worst"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for report in profiles:
+        for r in report.rows:
+            table.add_row(report.model, str(r.tp), str(r.points), f"{100 * r.median:.1f}",
+                          f"{100 * r.worst:.1f}")
+        total = sum(r.points for r in report.rows)
+        table.add_row(f"[bold]{report.model}[/bold]", "all", str(total),
+                      f"{100 * report.median:.1f}", f"{100 * report.worst:.1f}")
+    console.print(table)
+    console.print("The profile model applies only to the profiled model (Llama-3-8B), so it is "
+                  "not compared with the OPT fits.")
     return 0

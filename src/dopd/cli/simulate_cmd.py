@@ -137,8 +137,9 @@ def check_policies(cfg: RunConfig) -> None:
     """Build every policy (and the calibrated latency model, if any) once so that bad names,
     splits or calibration files fail before any simulation runs."""
     c = cfg.cluster
-    if c.calibration is not None:
-        build_latency_model(c.model, c.gpu, c.tp, c.preset, c.calibration, c.kv_mem_util)
+    if c.calibration is not None or c.profile is not None:
+        build_latency_model(c.model, c.gpu, c.tp, c.preset, c.calibration, c.kv_mem_util,
+                            profile=c.profile)
     models = build_models(c)
     context = PolicyContext(cfg.cluster, models.latency, cfg.slo, cfg.seed, models.kv_blocks)
     for spec in cfg.policies:

@@ -88,7 +88,9 @@ class StepBreakdown:
     ``attention_ms`` = ``prefill_attention_ms`` + ``decode_attention_ms``; ``allreduce_ms`` is TP
     communication; ``overhead_ms`` engine overheads (launches, scheduling, sampling). ``bound``
     names the largest of compute, memory, communication and overhead (``"fitted"`` for a fitted
-    model, whose terms are not split by resource; ``"idle"`` for an empty batch).
+    model, whose terms are not split by resource; for a profile model the largest of
+    ``"profiled"`` (measured layers), ``"attention"``, communication and overhead; ``"idle"``
+    for an empty batch).
     """
 
     step_ms: float

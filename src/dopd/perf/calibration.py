@@ -37,6 +37,14 @@ import numpy as np
 
 from dopd.errors import DopdError, require
 from dopd.perf.anchors import DECODE_SPLIT_BATCH, builtin_calibration_names, get_anchor_fit
+from dopd.perf.chunked import ChunkedCoefficients
+from dopd.perf.chunked_calibration import (
+    chunked_from_dict,
+    fit_chunked,
+    is_chunked_dict,
+    is_measurement_csv,
+    read_measurements,
+)
 from dopd.perf.fitted import Coeffs, DistServeCoefficients
 
 CSV_COLUMNS = ("kind", "batch_size", "sum_tokens", "sum_sq_tokens", "sum_ctx", "step_ms")
@@ -192,11 +200,19 @@ def coefficients_from_dict(raw: object, where: str = "calibration") -> DistServe
     return DistServeCoefficients(prefill, small, large, cast(int, split))
 
 
-def load_calibration(source: str | Path) -> DistServeCoefficients:
-    """Coefficients from a built-in name, a ``.csv`` of measured steps or a ``.json`` file."""
+def load_calibration(source: str | Path) -> DistServeCoefficients | ChunkedCoefficients:
+    """Coefficients from a built-in name, a ``.csv`` of measured steps or a ``.json`` file.
+
+    A CSV with the running-sum columns of ``dopd.perf.chunked_calibration`` (as ``dopd profile``
+    writes) and a JSON with ``"form": "chunked"`` give the chunked-prefill form; the others the
+    DistServe form.
+    """
     text = str(source)
     path = Path(text)
     if path.suffix.lower() == ".csv":
+        require(path.is_file(), f"calibration file {text!r} not found")
+        if is_measurement_csv(path):
+            return fit_chunked(read_measurements(path)).coefficients
         return fit_calibration(read_samples(path)).coefficients
     if path.suffix.lower() == ".json":
         require(path.is_file(), f"calibration file {text!r} not found")
@@ -204,6 +220,8 @@ def load_calibration(source: str | Path) -> DistServeCoefficients:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DopdError(f"{path.name}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        if is_chunked_dict(raw):
+            return chunked_from_dict(raw, path.name)
         return coefficients_from_dict(raw, path.name)
     try:
         fit = get_anchor_fit(text)

@@ -31,12 +31,40 @@ step is therefore ``alpha(B) + slope * decode_ctx_sum`` exactly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dopd.errors import require
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.perf.hardware import HardwareSpec, get_gpu
 from dopd.perf.kv import check_tp, kv_bytes_per_token_per_gpu, kv_capacity_tokens
 from dopd.perf.models import ModelSpec, get_model
 from dopd.perf.presets import EnginePreset, get_preset
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionTerms:
+    """Roofline attention costs in seconds: per (query, key) pair of prefill attention (FLOPs and
+    score traffic) and per KV token read by decode attention; ``causal`` as the preset's
+    ``causal_skip`` (see the module docstring)."""
+
+    pair_flops_s: float
+    pair_bytes_s: float
+    causal: bool
+    kv_token_s: float
+
+
+def attention_terms(spec: ModelSpec, hw: HardwareSpec, tp: int,
+                    pre: EnginePreset) -> AttentionTerms:
+    """The attention costs of ``spec`` on ``tp`` GPUs ``hw`` under ``pre``."""
+    heads_per_gpu = spec.heads / tp
+    return AttentionTerms(
+        pair_flops_s=4.0 * spec.head_dim * heads_per_gpu * spec.layers
+        / (hw.flops * pre.attn_efficiency),
+        pair_bytes_s=pre.score_bytes * heads_per_gpu * spec.layers
+        / (hw.hbm_Bps * pre.hbm_efficiency),
+        causal=pre.causal_skip,
+        kv_token_s=kv_bytes_per_token_per_gpu(spec, tp) / (hw.hbm_Bps * pre.kv_read_efficiency),
+    )
 
 
 class RooflineLatencyModel(LatencyModel):
@@ -47,7 +75,8 @@ class RooflineLatencyModel(LatencyModel):
     """
 
     __slots__ = ("_ar_fixed", "_ar_tok", "_beta", "_c_fixed", "_c_samp", "_c_tok", "_causal",
-                 "_fixed", "_kv_tok", "_mem", "_pair_bytes", "_pair_flops", "_seq", "gpu",
+                 "_fixed", "_kv_tok", "_layer_fixed", "_mem", "_mem_body", "_pair_bytes",
+                 "_pair_flops", "_seq", "gpu",
                  "kv_capacity_tokens", "model", "name", "preset", "tp")
 
     def __init__(self, model: str | ModelSpec, gpu: str | HardwareSpec, tp: int = 1,
@@ -71,15 +100,14 @@ class RooflineLatencyModel(LatencyModel):
         self._c_fixed = tok_flops * pre.gemm_pad_tokens / compute_rate
         self._c_samp = 2.0 * spec.lm_head_params / tp / compute_rate
         self._mem = spec.streamed_weight_bytes / tp / (hw.hbm_Bps * pre.hbm_efficiency)
+        self._mem_body = ((spec.streamed_weight_bytes - spec.lm_head_params * spec.dtype_bytes)
+                          / tp / (hw.hbm_Bps * pre.hbm_efficiency))
         self._beta = pre.overlap_loss
 
-        heads_per_gpu = spec.heads / tp
-        self._pair_flops = (4.0 * spec.head_dim * heads_per_gpu * spec.layers
-                            / (hw.flops * pre.attn_efficiency))
-        self._pair_bytes = (pre.score_bytes * heads_per_gpu * spec.layers
-                            / (hw.hbm_Bps * pre.hbm_efficiency))
-        self._causal = pre.causal_skip
-        self._kv_tok = kv_bytes_per_token_per_gpu(spec, tp) / (hw.hbm_Bps * pre.kv_read_efficiency)
+        attn = attention_terms(spec, hw, tp, pre)
+        self._pair_flops, self._pair_bytes = attn.pair_flops_s, attn.pair_bytes_s
+        self._causal = attn.causal
+        self._kv_tok = attn.kv_token_s
 
         if tp > 1:
             ring = 2.0 * (tp - 1) / tp
@@ -91,7 +119,8 @@ class RooflineLatencyModel(LatencyModel):
         else:
             self._ar_tok = 0.0
             self._ar_fixed = 0.0
-        self._fixed = pre.step_overhead_s + spec.layers * pre.layer_overhead_s + self._ar_fixed
+        self._layer_fixed = spec.layers * pre.layer_overhead_s
+        self._fixed = pre.step_overhead_s + self._layer_fixed + self._ar_fixed
         self._seq = pre.seq_overhead_s
 
     def step_time(self, prefill_new_tokens: int, prefill_attn_sum: int, prefill_count: int,
@@ -114,6 +143,17 @@ class RooflineLatencyModel(LatencyModel):
                 pairs = prefill_attn_sum
             t += (self._pair_flops + self._pair_bytes) * pairs
         return t
+
+    def body_time(self, tokens: int) -> float:
+        """Seconds of the layers outside attention for ``tokens`` tokens, as operator profiles
+        measure them: linear layers (no LM head), TP all-reduces and per-layer overheads; no
+        attention, no per-step or per-sequence overheads."""
+        if tokens <= 0:
+            return 0.0
+        comp = self._c_tok * tokens + self._c_fixed
+        mem = self._mem_body
+        gemm = comp + self._beta * mem if comp > mem else mem + self._beta * comp
+        return gemm + self._ar_fixed + self._ar_tok * tokens + self._layer_fixed
 
     def decode_coefficients(self, decode_count: int) -> tuple[float, float]:
         require(decode_count >= 0, f"decode_count must be >= 0, got {decode_count}")

@@ -29,7 +29,8 @@ class TruthSpec:
       unchanged, so capacity is too; only decisions suffer.
     - ``truth_calibration``: the truth comes from another source than the configured
       ``preset`` / ``calibration`` (the belief): a built-in fit or fit file (as
-      ``--calibration``), or ``preset:NAME`` for another roofline preset. None: the same source.
+      ``--calibration``), ``preset:NAME`` for another roofline preset, or ``profile:NAME|DIR``
+      for a measured operator profile (see ``--profile``). None: the same source.
     - ``slowdown`` from ``slowdown_at_s`` on (None: never): every step of the truth takes
       ``slowdown`` times longer (1.25: the GPU gets 25 % slower); a decode run takes the
       factor of its start.
@@ -66,7 +67,8 @@ class SimConfig:
     """Cluster, hardware and engine settings of one simulated run.
 
     ``instances`` is the instance budget (each instance = ``tp`` GPUs). ``calibration`` is a
-    built-in calibration name or a path (see ``dopd.perf``); None uses the roofline ``preset``.
+    built-in calibration name or a path (see ``dopd.perf``); ``profile`` a shipped operator
+    profile (``vidur-a100``) or a profile folder; with neither, the roofline ``preset``.
     ``router`` names a routing policy of ``dopd.sim.routing.ROUTERS``; ``"auto"`` uses the
     cluster policy's own choice.
     """
@@ -76,6 +78,7 @@ class SimConfig:
     tp: int = 1
     preset: str = "modern"
     calibration: str | None = None
+    profile: str | None = None
     instances: int = 8
     kv_mem_util: float = 0.9
     block_size: int = 16

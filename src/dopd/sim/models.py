@@ -19,6 +19,7 @@ from dopd.sim.api import SimConfig
 from dopd.sim.truth import HardwareTruth
 
 TRUTH_PRESET_PREFIX = "preset:"
+TRUTH_PROFILE_PREFIX = "profile:"
 
 WATERMARK = 0.01
 """Share of an instance's KV blocks that admissions leave free (vLLM's default)."""
@@ -56,13 +57,19 @@ class SimModels:
 def build_models(config: SimConfig) -> SimModels:
     """Latency model, KV blocks and KV link of ``config``; DopdError for unknown names."""
     latency = build_latency_model(config.model, config.gpu, config.tp, config.preset,
-                                  config.calibration, mem_util=config.kv_mem_util)
+                                  config.calibration, mem_util=config.kv_mem_util,
+                                  profile=config.profile)
     source = config.truth.truth_calibration
     if source is None:  # the same figures, but its own object: nothing shared with the belief
         truth = build_latency_model(config.model, config.gpu, config.tp, config.preset,
-                                    config.calibration, mem_util=config.kv_mem_util)
+                                    config.calibration, mem_util=config.kv_mem_util,
+                                    profile=config.profile)
     else:
-        if source.startswith(TRUTH_PRESET_PREFIX):
+        if source.startswith(TRUTH_PROFILE_PREFIX):
+            truth = build_latency_model(config.model, config.gpu, config.tp, config.preset,
+                                        mem_util=config.kv_mem_util,
+                                        profile=source[len(TRUTH_PROFILE_PREFIX):])
+        elif source.startswith(TRUTH_PRESET_PREFIX):
             truth = build_latency_model(config.model, config.gpu, config.tp,
                                         source[len(TRUTH_PRESET_PREFIX):],
                                         mem_util=config.kv_mem_util)

@@ -149,7 +149,8 @@ class InstanceModel:
     def from_catalog(
         cls, model: str = "llama-3-8b", gpu: str = "a100-80gb", tp: int = 1,
         preset: str = "modern", calibration: str | None = None, kv_mem_util: float = 0.9,
-        kv_link: str = "nic", max_batched_tokens: int = 8192, **kwargs: Any,
+        kv_link: str = "nic", max_batched_tokens: int = 8192, profile: str | None = None,
+        **kwargs: Any,
     ) -> InstanceModel:
         """Build from catalog names through :mod:`dopd.perf` (``kwargs`` go to :meth:`build`).
 
@@ -158,7 +159,8 @@ class InstanceModel:
         from dopd import perf
 
         latency = perf.build_latency_model(model, gpu, tp=tp, preset=preset,
-                                           calibration=calibration, mem_util=kv_mem_util)
+                                           calibration=calibration, mem_util=kv_mem_util,
+                                           profile=profile)
         capacity = perf.kv_capacity_tokens(model, gpu, tp, kv_mem_util,
                                            max_batched_tokens=max_batched_tokens)
         transfer = perf.KVTransferModel.from_hardware(gpu, tp=tp, link=kv_link)
