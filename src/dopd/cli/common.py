@@ -151,7 +151,8 @@ def add_truth_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-bias", type=float, default=None, metavar="B",
                    help="the belief predicts (1+B) x the true step times; -0.2: it thinks the "
                    f"GPU is 20%% faster than it is (capacity unchanged) (default {t.model_bias:g})")
-    g.add_argument("--truth-calibration", default=None, metavar="NAME|PATH|preset:NAME|profile:NAME",
+    g.add_argument("--truth-calibration", default=None,
+                   metavar="NAME|PATH|preset:NAME|profile:NAME",
                    help="time steps with another model than the configured one (the belief): "
                    "a built-in fit or fit file as --calibration, preset:NAME (e.g. "
                    "preset:modern-fit, the preset fitted to measured A100 profiles) or "
