@@ -20,6 +20,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from dopd.cli.checks import check_output_dir
 from dopd.errors import require
 
 GRID_NAMES = ("small", "tiny")
@@ -36,7 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="torch dtype (default: the model's)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads, set explicitly (default 1)")
-    p.add_argument("--out", required=True, metavar="FILE.json", help="calibration file to write")
+    p.add_argument("--out", required=True, metavar="FILE.json",
+                   help="calibration file to write (its folder is created)")
     p.add_argument("--steps-csv", default=None, metavar="FILE.csv",
                    help="also write the measured steps")
     p.add_argument("--grid", default="small", choices=GRID_NAMES,
@@ -52,7 +54,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     require(out.suffix.lower() == ".json", f"--out must be a .json file, got {args.out!r}")
-    require(out.parent.is_dir(), f"--out folder {str(out.parent)!r} does not exist")
+    require(not out.is_dir(), f"--out {args.out} is a folder; give a file name")
+    check_output_dir(str(out.parent), "--out")  # the folder is made now, as for --out DIR
     if args.steps_csv is not None:
         csv_path = Path(args.steps_csv)
         require(csv_path.suffix.lower() == ".csv" and csv_path.parent.is_dir(),
