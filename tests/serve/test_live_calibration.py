@@ -3,11 +3,14 @@ deliberately wrong belief (``--model-bias``) in real server processes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
 
-from dopd.serve.config import ServeConfig
+from dopd.errors import DopdError
+from dopd.serve.config import ServeConfig, load_serve_config
 from dopd.serve.live_calibration import LiveCalibration, build_belief
 from dopd.serve.live_routing import live_router
 from dopd.serve.step_samples import StepSample
@@ -98,3 +101,15 @@ def test_live_no_calibration_keeps_the_belief(server_factory: type) -> None:
     assert decode["instances"] == {}
     assert decode["observations"] >= 50
     assert decode["mean_rel_err"] < -0.25  # predicted about half the observed step time
+
+
+def test_config_file_and_options(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text("[serve]\ncalibration = false\nmodel_bias = 0.25\n")
+    config = load_serve_config(path, {})
+    assert not config.calibration and config.model_bias == 0.25
+    assert build_belief(config).prior == pytest.approx(1.25)
+    assert load_serve_config(path, {"calibration": None}).calibration is False
+    assert load_serve_config(None, {}).calibration is True
+    with pytest.raises(DopdError):
+        ServeConfig(model_bias=-0.95)
