@@ -27,7 +27,8 @@ OPTION_KEYS: dict[str, str] = {
     "max_model_len": "max_model_len", "kv_timeout": "kv_timeout_s", "tick": "tick_s",
     "seed": "seed", "backend": "backend", "ray_address": "ray_address",
     "kv_transport": "kv_transport", "ray_cpus_per_instance": "ray_cpus_per_instance",
-    "ray_gpus_per_instance": "ray_gpus_per_instance",
+    "ray_gpus_per_instance": "ray_gpus_per_instance", "calibration": "calibration",
+    "model_bias": "model_bias",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
@@ -120,6 +121,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tick", type=float, default=None, metavar="S",
                    help=f"controller tick interval [{_D.tick_s:g}]")
     p.add_argument("--seed", type=int, default=None, help=f"random seed [{_D.seed}]")
+    p.add_argument("--no-calibration", dest="calibration", action="store_const", const=False,
+                   default=None, help="do not learn the latency model from observed step "
+                   "times: router, admission and policy predict with the configured one "
+                   "[calibration on]")
+    p.add_argument("--model-bias", type=float, default=None, metavar="B",
+                   help="the control plane's latency model predicts (1 + B) times the "
+                   "configured model's step times, the workers' steps unchanged (B = -0.2: it "
+                   f"thinks the GPU 20%% faster than it is) [{_D.model_bias:g}]")
     ray = p.add_argument_group("cluster backend")
     ray.add_argument("--backend", choices=("local", "ray"), default=None,
                      help="local: worker processes here; ray: one Ray actor per instance "

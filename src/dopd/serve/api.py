@@ -191,8 +191,9 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
     :class:`~dopd.serve.insight.PlanView`, or None for a policy that plans nothing),
     ``forecast`` (``rate_rps``, ``upper_rps``: its newest rate forecast, or None),
     ``decisions`` (the last 50 role decisions, see
-    :meth:`~dopd.serve.controller.Controller._decide`) and ``history`` (the last 300 points
-    of :meth:`~dopd.serve.controller.Controller.sample`)."""
+    :meth:`~dopd.serve.controller.Controller._decide`), ``history`` (the last 300 points
+    of :meth:`~dopd.serve.controller.Controller.sample`) and ``calibration`` (the learned
+    latency belief: a :class:`~dopd.serve.live_calibration.CalibrationView`)."""
     ctl = runtime.controller
     counts = {str(r): 0 for r in Role}
     books = runtime.dispatcher.books
@@ -220,4 +221,5 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
                                              "attainment": slo.attainment},
             "plan": None if plan is None else dataclasses.asdict(plan),
             "forecast": None if rate is None else {"rate_rps": rate, "upper_rps": upper},
-            "decisions": list(ctl.decisions)[-50:], "history": list(ctl.history)[-300:]}
+            "decisions": list(ctl.decisions)[-50:], "history": list(ctl.history)[-300:],
+            "calibration": runtime.calibration.snapshot()}

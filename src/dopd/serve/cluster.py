@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from dopd.errors import DopdError, require
 from dopd.serve.channels import FrontControl
 from dopd.serve.engines import EngineSpec
+from dopd.serve.step_samples import StepSample, samples_from_wire
 from dopd.serve.worker import WorkerSpec, worker_main
 from dopd.types import InstanceState, Role
 
@@ -75,6 +76,7 @@ class WorkerInstance:
 
 Listener = Callable[[int, dict[str, Any]], None]
 CrashHandler = Callable[[int], None]
+StepListener = Callable[[int, list[StepSample], int], None]
 
 
 class Launcher(Protocol):
@@ -153,6 +155,9 @@ class WorkerCluster:
     instance). ``listener`` gets every worker event other than ``ready``/``stats``;
     ``on_crash`` is called (in the event loop) when a worker dies unexpectedly; ``on_ready``
     (when set) with the id and seconds since launch of each worker that reports ready.
+    ``step_listener`` (when set) gets the steps each event reports (id, samples, samples lost
+    to the worker's bound; see :mod:`dopd.serve.step_samples`); ``bad_step_reports`` counts
+    reports that were not of the expected wire version or shape (ignored).
     ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
     """
 
@@ -169,6 +174,8 @@ class WorkerCluster:
         self.listener: Listener = lambda iid, ev: None
         self.on_crash: CrashHandler = lambda iid: None
         self.on_ready: Callable[[int, float], None] | None = None
+        self.step_listener: StepListener | None = None
+        self.bad_step_reports = 0
         self.max_model_len = 0
         self.cold_starts: list[float] = []
         self.stopping = False
@@ -280,6 +287,14 @@ class WorkerCluster:
         if stats is not None:
             inst.stats = stats
             inst.stats_t = time.monotonic()
+        steps = ev.get("steps")
+        if steps is not None and self.step_listener is not None:
+            try:
+                samples, dropped = samples_from_wire(steps)
+            except DopdError:
+                self.bad_step_reports += 1
+            else:
+                self.step_listener(iid, samples, dropped)
         kind = ev.get("ev")
         if kind == "ready":
             inst.kv_addr = ev["kv_addr"]

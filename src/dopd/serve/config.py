@@ -51,6 +51,11 @@ class ServeConfig:
     ``threads`` is each worker's torch thread count; None: 1 for a small model such as
     dopd-tiny, else this machine's cores divided among the ``instances`` workers, at most 4
     (:func:`dopd.engine.threads.default_threads`).
+    ``calibration`` lets the control plane (router, admission control, the policy's solver)
+    learn its latency model online from the workers' observed step times
+    (:mod:`dopd.serve.live_calibration`); ``model_bias`` makes that model predict ``1 +
+    model_bias`` times the configured model's step times, as ``dopd simulate --model-bias``
+    (the workers' emulated steps are unchanged: the belief is wrong, not the hardware).
     """
 
     model: str = "dopd-tiny"
@@ -89,6 +94,8 @@ class ServeConfig:
     device: str = "auto"
     dtype: str | None = None
     threads: int | None = None
+    calibration: bool = True
+    model_bias: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -110,6 +117,8 @@ class ServeConfig:
         require(self.default_max_tokens >= 1, "default_max_tokens must be >= 1")
         require(all(v is None or v >= 1 for v in (self.max_num_seqs, self.max_batched_tokens)),
                 "max_num_seqs and max_batched_tokens must be >= 1")
+        require(math.isfinite(self.model_bias) and -0.9 <= self.model_bias <= 3.0,
+                f"model_bias must be in [-0.9, 3], got {self.model_bias}")
         require(self.threads is None or self.threads >= 1,
                 f"threads must be >= 1, got {self.threads}")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")

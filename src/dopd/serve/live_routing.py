@@ -10,8 +10,9 @@ stats give its KV size and recent step time. What the book cannot see is how far
 prompt has got: a prompt counts as queued until its first token.
 
 :func:`live_router` builds the router of a deployment: the policy's own (``auto``) or a named
-one, with the latency model of ``perf_model`` on ``gpu`` scaled by ``step_time_scale`` in
-emulated mode, so its predictions are in wall-clock seconds like the SLOs.
+one, with the latency model of ``perf_model`` on ``gpu`` (the deployment's learned belief,
+:mod:`dopd.serve.live_calibration`) scaled by ``step_time_scale`` in emulated mode, so its
+predictions are in wall-clock seconds like the SLOs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, cast
 
+from dopd.control.calibration import CalibratedLatency
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.config import ServeConfig
@@ -38,12 +40,16 @@ UNKNOWN_BLOCKS = 1 << 30
 
 
 class ScaledLatency(LatencyModel):
-    """``base`` with every step time multiplied by ``scale`` (emulated workers' wall clock)."""
+    """``base`` with every step time multiplied by ``scale`` (emulated workers' wall clock).
+
+    Decode coefficients are cached unless ``base`` learns (a
+    :class:`~dopd.control.calibration.CalibratedLatency`, whose coefficients move)."""
 
     __slots__ = ("_coeffs", "base", "kv_capacity_tokens", "name", "scale")
 
     def __init__(self, base: LatencyModel, scale: float) -> None:
-        self._coeffs: dict[int, tuple[float, float]] = {}
+        self._coeffs: dict[int, tuple[float, float]] | None = (
+            None if isinstance(base, CalibratedLatency) else {})
         self.base = base
         self.scale = scale
         self.name = f"{base.name} x{scale:g}"
@@ -55,10 +61,13 @@ class ScaledLatency(LatencyModel):
                                                 prefill_count, decode_count, decode_ctx_sum)
 
     def decode_coefficients(self, decode_count: int) -> tuple[float, float]:
-        c = self._coeffs.get(decode_count)
+        cache = self._coeffs
+        c = None if cache is None else cache.get(decode_count)
         if c is None:
             alpha, slope = self.base.decode_coefficients(decode_count)
-            c = self._coeffs[decode_count] = (self.scale * alpha, self.scale * slope)
+            c = (self.scale * alpha, self.scale * slope)
+            if cache is not None:
+                cache[decode_count] = c
         return c
 
     def breakdown(self, batch: BatchShape) -> StepBreakdown:
@@ -77,10 +86,12 @@ def router_label(router: Router) -> str:
 
 
 def live_router(config: ServeConfig, policy_router: str = "least-loaded",
-                kv_blocks: int | None = None) -> Router:
+                kv_blocks: int | None = None, belief: LatencyModel | None = None) -> Router:
     """The router of ``config`` (see the module docstring), for instances of ``kv_blocks`` KV
     blocks each (their watermark; None: the simulator's figure for ``perf_model`` on
-    ``gpu``). DopdError for a bad spec."""
+    ``gpu``), predicting with ``belief`` (the deployment's learned latency model, see
+    :mod:`dopd.serve.live_calibration`; None: the configured model) scaled to the wall clock.
+    DopdError for a bad spec."""
     sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
                     kv_mem_util=config.kv_mem_util)
     models = build_models(sim)
@@ -90,7 +101,8 @@ def live_router(config: ServeConfig, policy_router: str = "least-loaded",
     if budget is None:
         budget = sim.max_batched_tokens if config.mode == "emulated" else 2048
     context = RouterContext(
-        latency=ScaledLatency(models.latency, scale), max_batched_tokens=budget,
+        latency=ScaledLatency(models.latency if belief is None else belief, scale),
+        max_batched_tokens=budget,
         block_size=sim.block_size,
         watermark_blocks=models.watermark_blocks if kv_blocks is None
         else math.ceil(models.watermark * kv_blocks),

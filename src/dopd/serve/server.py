@@ -21,12 +21,14 @@ from types import FrameType
 from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
 from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
+from dopd.perf.base import LatencyModel
 from dopd.perf.factory import build_latency_model
 from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Event
 from dopd.serve.engines import EngineSpec
+from dopd.serve.live_calibration import LiveCalibration, build_belief
 from dopd.serve.live_routing import live_router, router_label
 from dopd.serve.metrics import ServeMetrics
 from dopd.serve.preflight import bind_listener
@@ -44,10 +46,12 @@ def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
     return path.resolve().name, Tokenizer.from_folder(path)
 
 
-def build_policy(config: ServeConfig) -> ClusterPolicy:
-    """The cluster policy of ``config.policy``, built as the simulator builds it."""
-    latency = build_latency_model(config.perf_model, config.gpu, preset=config.preset,
-                                  mem_util=config.kv_mem_util)
+def build_policy(config: ServeConfig, latency: LatencyModel | None = None) -> ClusterPolicy:
+    """The cluster policy of ``config.policy``, built as the simulator builds it, predicting
+    with ``latency`` (the deployment's belief; None: the configured model)."""
+    if latency is None:
+        latency = build_latency_model(config.perf_model, config.gpu, preset=config.preset,
+                                      mem_util=config.kv_mem_util)
     sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
                     instances=config.instances, tick_s=config.tick_s,
                     kv_mem_util=config.kv_mem_util)
@@ -89,9 +93,11 @@ class ServeRuntime:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.model_name, self.tokenizer = load_tokenizer(config.model)
-        self.policy = build_policy(config)
+        self.belief = build_belief(config)
+        self.calibration = LiveCalibration.of(config, self.belief)
+        self.policy = build_policy(config, self.belief)
         self.slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
-        self.router = live_router(config, self.policy.router)
+        self.router = live_router(config, self.policy.router, belief=self.belief)
         order = self.router.scheduler_config(SchedulerConfig())
         roles = list(self.policy.initial_roles(config.instances))
         spec = EngineSpec(model=config.model, role=roles[0], mode=config.mode,
@@ -117,6 +123,7 @@ class ServeRuntime:
         self.dispatcher.observers = [self.metrics, self.controller]
         self.cluster.listener = self.dispatcher.on_event
         self.cluster.on_crash = self.dispatcher.on_crash
+        self.cluster.step_listener = self.calibration.observe
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -142,7 +149,8 @@ class ServeRuntime:
         sizes = [int(h.stats["kv_total_blocks"]) for h in self.cluster.instances.values()
                  if h.stats.get("kv_total_blocks")]
         if sizes:  # the router's KV watermark from the workers' real cache size
-            self.router = live_router(self.config, self.policy.router, kv_blocks=min(sizes))
+            self.router = live_router(self.config, self.policy.router, kv_blocks=min(sizes),
+                                      belief=self.belief)
             self.dispatcher.router = self.router
         if self.controller.scaler is not None:
             for seconds in self.cluster.cold_starts:

@@ -5,6 +5,12 @@ socket, says ``ready`` to the front end, then loops: handle control commands (``
 ``accept``, ``abort``, ``set_role``, ``stop``), serve KV fetches of its leased prefills, take KV
 replies from peers, run one engine step, and send the step's outputs back. It exits on ``stop``,
 or when its parent process is gone. Message formats: :mod:`dopd.serve.channels`.
+
+Every step that ran a batch is recorded (:class:`~dopd.serve.step_samples.StepBuffer`) with
+its batch sums and its wall time, counted from the previous step's end when it followed it back
+to back (the worker's own time between steps is part of the step, as the engine overhead is on
+a GPU); the unsent samples ride, bounded, on the next ``out`` or ``stats`` event for the front
+end's calibrator.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
 from dopd.serve.channels import KVClient, KVServer, WorkerControl
 from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
+from dopd.serve.step_samples import StepBuffer, StepSample
 from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire
 from dopd.types import Role
 
@@ -58,6 +65,8 @@ class Worker:
         self.handles: dict[int, KVHandle] = {}
         self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
         self.step_s = 0.0
+        self.samples = StepBuffer()
+        self._step_end: float | None = None
         self.kv_bytes_sent = 0
         self.kv_bytes_received = 0
         self.kv_failures = 0
@@ -103,19 +112,25 @@ class Worker:
             outputs = []
             if eng.has_unfinished() or waiting_kv:
                 start = time.perf_counter()
+                if busy and self._step_end is not None:
+                    start = min(start, self._step_end)
                 if isinstance(eng.runner, EmulatedRunner):
                     eng.runner.back_to_back = busy
                 outputs = eng.step()
                 self.release_sent()
-                if eng.last_plan is not None:
-                    dt = time.perf_counter() - start
+                plan = eng.last_plan
+                if plan is not None:
+                    self._step_end = time.perf_counter()
+                    dt = self._step_end - start
                     self.step_s = dt if self.step_s == 0 else (1 - _EWMA) * self.step_s + _EWMA * dt
+                    self.samples.record(StepSample.of_plan(plan, dt))
             idle_plan = eng.last_plan is None
             now = time.monotonic()
             if outputs:
                 self.send_outputs(outputs)
             elif now >= self._next_stats:
-                self.control.send({"ev": "stats", "stats": self.stats()})
+                self.control.send({"ev": "stats", "stats": self.stats(),
+                                   "steps": self.samples.drain()})
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
                 self.forget_expired()
@@ -171,7 +186,7 @@ class Worker:
                           out.num_prompt_tokens, out.num_output_tokens, out.finished,
                           None if out.finish_reason is None else str(out.finish_reason), handle])
         self.control.send({"ev": "out", "items": items, "kv_addr": self.kv_server.address,
-                           "stats": self.stats()})
+                           "stats": self.stats(), "steps": self.samples.drain()})
 
     # ------------------------------------------------------------------ KV
     # The hooks export_handle / start_fetch / serve_fetch / complete_fetch are the KV transport:
