@@ -110,8 +110,8 @@ def decided(server) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
             "model": "dopd-tiny", "prompt": "x" * (60 + i % 50), "max_tokens": 300,
             "ignore_eos": True})
 
-    def drive() -> None:
-        for i in range(100):
+    def drive() -> None:  # until the policy decides (stop), at most 100 s of load
+        for i in range(300):
             if stop.is_set():
                 return
             pool.submit(one, i)
@@ -122,7 +122,7 @@ def decided(server) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
         driver.start()
         try:
             state = wait_for(server, lambda s: any(d["source"] == "policy"
-                                                   for d in s["decisions"]), 90)
+                                                   for d in s["decisions"]), 150)
         finally:
             stop.set()
             driver.join()
