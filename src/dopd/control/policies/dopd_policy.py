@@ -38,8 +38,15 @@ from dopd.control.manager import (
     in_transition,
 )
 from dopd.control.manager.decisions import DecisionLog
-from dopd.control.manager.explain import Outlook, forecast_text, why
 from dopd.control.monitor import ArrivalMonitor, WindowStats
+from dopd.control.policies.dopd_estimates import (
+    PRIOR,
+    busy_rate,
+    decode_output_estimate,
+    explain_move,
+    prior_stats,
+    split_prediction,
+)
 from dopd.control.policies.hybrid import HybridMode
 from dopd.control.policies.options import DopdOptions
 from dopd.control.policies.signals import Observed, OutcomeWindow, pressure, slo_alarm
@@ -58,11 +65,7 @@ from dopd.control.ratio.stats import MIN_RATE
 from dopd.errors import require
 from dopd.sim.policy import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
 from dopd.sim.routing import ROUTERS
-from dopd.types import SLO, InstanceState, RequestOutcome, RequestState, Role
-
-PRIOR = {"mean_in": 1155.0, "m2_in": 1155.0**2 * 1.8, "mean_out": 211.0,
-         "m2_out": 211.0**2 * 2.0}
-"""Length moments assumed before any are measured (like the Azure conversation trace)."""
+from dopd.types import RequestOutcome, RequestState, Role
 
 LENGTH_AWARE_MODULE = "dopd.control.routing.length_aware"
 """Where the ``length-aware`` router lives; ``pd-pair`` is used while it cannot be imported."""
@@ -73,41 +76,6 @@ LITTLE_MARGIN = 1.2
 """The Little's-law output estimate is smoothed (weight of the newest plan) and replaces the
 finished requests' mean only when it exceeds it by this factor: a shift, not noise."""
 _MIN_CALIBRATION_SAMPLES = 20
-
-
-def _prior_stats(rate: float) -> WorkloadStats:
-    return WorkloadStats(rate, LengthDist.from_moments(PRIOR["mean_in"], PRIOR["m2_in"]),
-                         LengthDist.from_moments(PRIOR["mean_out"], PRIOR["m2_out"]))
-
-
-def busy_rate(inst: InstanceModel, slo: SLO, n: int, config: SolverConfig) -> float:
-    """The prior load's rate at which the solver's best split of ``n`` just meets the SLO's
-    attainment target (bisection on the rate)."""
-    lo, hi = 0.01, 1.0
-    while solve(_prior_stats(hi), inst, slo, n, config=config).attainment >= slo.attainment:
-        lo, hi = hi, hi * 2
-        if hi > 1e5:
-            return lo
-    for _ in range(20):
-        mid = math.sqrt(lo * hi)
-        ok = solve(_prior_stats(mid), inst, slo, n, config=config).attainment >= slo.attainment
-        lo, hi = (mid, hi) if ok else (lo, mid)
-    return lo
-
-
-def decode_output_estimate(view: ClusterView, rate: float) -> float | None:
-    """Mean output length by Little's law on the decode side: decode tokens per second (the
-    requests each ACTIVE decode or mixed instance holds, running or waiting for its memory,
-    over its recent step time) over the arrival rate, plus the first token. Counting the
-    waiting ones as if they ran over-estimates the length while a queue builds, which is the
-    safe side: it is a decode shortage. None without arrivals or decodes."""
-    if rate <= 0:
-        return None
-    tokens_per_s = sum((v.decode_batch + v.pending_decodes) / v.recent_step_s
-                       for v in view.instances
-                       if v.role != Role.PREFILL and v.state == InstanceState.ACTIVE
-                       and v.decode_batch > 0 and v.recent_step_s > 0)
-    return 1.0 + tokens_per_s / rate if tokens_per_s > 0 else None
 
 
 class DopdPolicy(ClusterPolicy):
@@ -190,7 +158,7 @@ class DopdPolicy(ClusterPolicy):
                     f"the cluster has {instances}")
         else:
             rate = busy_rate(self.inst, self.slo, instances, self.solver_config)
-            plan = solve(_prior_stats(rate), self.inst, self.slo, instances,
+            plan = solve(prior_stats(rate), self.inst, self.slo, instances,
                          config=self.solver_config)
             p, d = plan.n_prefill, plan.n_decode
         self._target = Split(p, d)
@@ -232,36 +200,15 @@ class DopdPolicy(ClusterPolicy):
                          observation={"alarm": alarm.detail}, **extra)
         return decision.actions
 
-    def _prediction(self, plan: PDPlan, stats: WorkloadStats, split: Split
-                    ) -> dict[str, float] | None:
-        """The plan's prediction for a P/D ``split`` (its own row, else the model's, with the
-        same correction); None for a split with mixed instances or an empty side."""
-        if split.mixed or split.prefill < 1 or split.decode < 1:
-            return None
-        got = plan.predicted(split.prefill, split.decode)
-        if "split_of_plan" not in got:
-            return got
-        row = predict(stats, self.inst, self.slo, split.prefill, split.decode,
-                      self.solver_config, self.correction)
-        return {"ttft_p90": row.ttft_p90, "tpot_p90": row.tpot_p90,
-                "attainment": row.attainment, "rate": stats.rate}
-
     def _explained(self, current: Split, target: Split, trigger: str = "",
                    predicted: dict[str, float] | None = None) -> dict[str, Any]:
-        """The log's ``forecast``, ``predicted``, ``predicted_current`` and ``why`` for a
-        move from ``current`` to ``target`` on the last plan (``predicted`` overrides the
-        target's prediction)."""
-        if self._basis is None:
-            return {"why": trigger} if trigger else {}
-        fc, stats, plan = self._basis
-        if predicted is None:
-            predicted = self._prediction(plan, stats, target)
-        baseline = self._prediction(plan, stats, current)
-        text = why(self.slo, current=Outlook.of(current, baseline),
-                   target=Outlook.of(target, predicted),
-                   forecast=forecast_text(fc.rate, fc.rate_upper, stats.rate), trigger=trigger)
-        return {"forecast": fc, "predicted": predicted, "predicted_current": baseline,
-                "why": text}
+        """The decision log's reason fields for a move on the last plan (:func:`explain_move`)."""
+        def predict_split(plan: PDPlan, stats: WorkloadStats, split: Split
+                          ) -> dict[str, float] | None:
+            return split_prediction(plan, stats, split, self.inst, self.slo,
+                                    self.solver_config, self.correction)
+        return explain_move(self.slo, self._basis, current, target, predict_split, trigger,
+                            predicted)
 
     def _forecast(self, now: float, snap: WindowStats, view: ClusterView) -> LoadForecast:
         """The next window's load. Output lengths are known only when requests finish, so
