@@ -54,10 +54,10 @@ NEXT_COMMANDS: tuple[tuple[str, str], ...] = (
     ("dopd simulate --router length-aware",
      "the baselines with dopd's router too (admission control, short-first, bypass)"),
     ("dopd simulate --max-goodput", "each policy's highest load at 90% attainment"),
-    ("dopd simulate --out demo-results", "per-request CSVs, timelines and plots"),
+    ("dopd simulate --out out/demo", "per-request CSVs, timelines and plots"),
     ("dopd simulate --trace azure-conv --rate-scale 16 --duration 60 --slo-ttft 0.5 "
      "--slo-tpot 0.1", "the conversation trace"),
-    ("dopd experiment quick --out quick-results",
+    ("dopd experiment quick --out out/quick",
      "the 8B suite with max-goodput searches (minutes)"),
 )
 """(command, what it shows) printed after the demo's verdict."""
