@@ -135,6 +135,14 @@ class LatencyModel(ABC):
     def breakdown(self, batch: BatchShape) -> StepBreakdown:
         """Component times of one step over ``batch``; ``DopdError`` if its KV exceeds capacity."""
 
+    def _decode_coefficients_linear(self, decode_count: int, slope: float) -> tuple[float, float]:
+        """:meth:`decode_coefficients` for a model whose decode-only step time is linear in the
+        context sum with ``slope`` per token: alpha is the step at zero context."""
+        require(decode_count >= 0, f"decode_count must be >= 0, got {decode_count}")
+        if decode_count == 0:
+            return 0.0, 0.0
+        return self.step_time(0, 0, 0, decode_count, 0), slope
+
     def check_batch(self, batch: BatchShape) -> None:
         """Raise ``DopdError`` if ``batch`` needs more KV tokens than the instance holds."""
         cap = self.kv_capacity_tokens

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dopd.errors import require
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.perf.hardware import HardwareSpec, get_gpu
 from dopd.perf.kv import check_tp, kv_bytes_per_token_per_gpu, kv_capacity_tokens
@@ -156,10 +155,7 @@ class RooflineLatencyModel(LatencyModel):
         return gemm + self._ar_fixed + self._ar_tok * tokens + self._layer_fixed
 
     def decode_coefficients(self, decode_count: int) -> tuple[float, float]:
-        require(decode_count >= 0, f"decode_count must be >= 0, got {decode_count}")
-        if decode_count == 0:
-            return 0.0, 0.0
-        return self.step_time(0, 0, 0, decode_count, 0), self._kv_tok
+        return self._decode_coefficients_linear(decode_count, self._kv_tok)
 
     def breakdown(self, batch: BatchShape) -> StepBreakdown:
         self.check_batch(batch)

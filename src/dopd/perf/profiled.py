@@ -125,10 +125,7 @@ class ProfileLatencyModel(LatencyModel):
         return t
 
     def decode_coefficients(self, decode_count: int) -> tuple[float, float]:
-        require(decode_count >= 0, f"decode_count must be >= 0, got {decode_count}")
-        if decode_count == 0:
-            return 0.0, 0.0
-        return self.step_time(0, 0, 0, decode_count, 0), self._kv_tok
+        return self._decode_coefficients_linear(decode_count, self._kv_tok)
 
     def breakdown(self, batch: BatchShape) -> StepBreakdown:
         self.check_batch(batch)
