@@ -28,7 +28,8 @@ class Behaviour:
     """How the fake server answers: the first token ``ttft_s`` after the request, then one
     token every ``tpot_s`` (deadlines from the request's receipt, so no drift), sent
     ``tokens_per_chunk`` at a time; ``usage`` says whether it honours ``include_usage``;
-    ``sse=False`` ignores ``stream: true`` and answers with one JSON body."""
+    ``sse=False`` ignores ``stream: true`` and answers with one JSON body; each token's text is
+    ``text_char`` (written unescaped, as vLLM does) and event lines end with ``line_end``."""
 
     ttft_s: float = 0.05
     tpot_s: float = 0.01
@@ -38,6 +39,8 @@ class Behaviour:
     models: tuple[str, ...] = (MODEL,)
     max_model_len: int | None = None
     api_key: str | None = None
+    text_char: str = "x"
+    line_end: str = "\n"
 
 
 @dataclass
@@ -117,7 +120,7 @@ class FakeServer:
         self.max_active = max(self.max_active, self.active)
         try:
             if chat:  # the role-only first chunk real servers send: not a token
-                yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+                yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}, b.line_end)
             sent = 0
             while sent < n:
                 k = min(b.tokens_per_chunk, n - sent)
@@ -131,27 +134,27 @@ class FakeServer:
                 if n == NO_FINISH and sent + k == n:
                     return
                 if n == ERROR_EVENT and sent == 2:
-                    yield _sse({"error": {"message": "engine died", "code": 500}})
+                    yield _sse({"error": {"message": "engine died", "code": 500}}, b.line_end)
                     return
-                text = "x" * k
+                text = b.text_char * k
                 finish = "length" if sent + k == n else None
                 choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
                 choice.update({"delta": {"content": text}} if chat else {"text": text})
-                yield _sse({"choices": [choice]})
+                yield _sse({"choices": [choice]}, b.line_end)
                 sent += k
             if b.usage and body.get("stream_options", {}).get("include_usage"):
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                          "total_tokens": prompt_tokens + n}
-                yield _sse({"choices": [], "usage": usage})
-            yield "data: [DONE]\n\n"
+                yield _sse({"choices": [], "usage": usage}, b.line_end)
+            yield f"data: [DONE]{b.line_end * 2}"
             if n == HOLD:  # a server that keeps the body open after [DONE]
                 await asyncio.sleep(30)
         finally:
             self.active -= 1
 
 
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
+def _sse(obj: dict[str, Any], line_end: str = "\n") -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}{line_end * 2}"
 
 
 def serve_fake() -> Iterator[FakeServer]:

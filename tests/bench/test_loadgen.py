@@ -12,7 +12,7 @@ import asyncio
 import json
 import math
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from dopd.bench.loadgen_client import (
     base_url,
     probe_server,
     request_body,
+    sse_lines,
 )
 from dopd.bench.loadgen_prompts import (
     ByteSynth,
@@ -234,6 +235,34 @@ def test_chat_endpoint_skips_the_role_chunk(server: FakeServer) -> None:
     assert server.seen[0].body["messages"][0]["role"] == "user"
     assert (result.chunks == 10).all()
     assert np.min(result.first_token_s - result.arrival_s) >= 0.05 - 1e-3
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_unicode_line_separators_inside_json_do_not_split_events(server: FakeServer,
+                                                                 line_end: str) -> None:
+    # U+0085 / U+2028 / U+2029 are legal unescaped in JSON strings; SSE ends lines only at
+    # CR/LF (vLLM writes such characters raw; a client splitting on them loses requests).
+    for char in ("\u0085", "\u2028", "\u2029"):
+        server.reset(ttft_s=0.01, tpot_s=0.002, text_char=char, line_end=line_end)
+        result = run(server, workload([0.0, 0.01, 0.02], [7, 7, 7]), endpoint="chat")
+        assert result.reason == {}, (char, result.reason)
+        assert (result.chunks == 7).all(), char
+
+
+def test_sse_lines_split_only_at_cr_and_lf() -> None:
+    async def lines(parts: list[bytes]) -> list[str]:
+        async def gen() -> AsyncIterator[bytes]:
+            for p in parts:
+                yield p
+        return [line async for line in sse_lines(gen())]
+
+    text = "data: a\u0085b\r\n\r\ndata: c\rdata: d\n"
+    raw = text.encode()
+    want = ["data: a\u0085b", "", "data: c", "data: d"]
+    assert asyncio.run(lines([raw])) == want
+    for cut in range(1, len(raw)):  # every split point, CRLF and UTF-8 sequences included
+        assert asyncio.run(lines([raw[:cut], raw[cut:]])) == want, cut
+    assert asyncio.run(lines([b"data: x\r"])) == ["data: x"]
 
 
 def test_record_has_simulate_fields_and_outputs_are_written(

@@ -171,3 +171,25 @@ def test_client_gone_mid_stream_aborts(emulated) -> None:  # type: ignore[no-unt
     assert emulated.get("/v1/cluster").json()["in_flight"] == 0
     metrics = emulated.get("/metrics").text
     assert 'dopd_request_outcomes_total{path="colocated",state="aborted"} 1.0' in metrics
+
+
+@pytest.mark.slow
+def test_chat_role_chunk_comes_with_the_first_token(server_factory) -> None:  # type: ignore[no-untyped-def]
+    # A client that times TTFT from the first chunk (vLLM's benchmark does) must see the
+    # prefill in it: the role-only chunk may not go out before the first token.
+    slow = server_factory("--instances", "1", "--mode", "emulated", "--step-time-scale", "10")
+    body = {"model": "dopd-tiny", "messages": [{"role": "user", "content": "word " * 250}],
+            "max_tokens": 2, "stream": True}
+    t0 = time.perf_counter()
+    arrivals: list[tuple[float, dict]] = []  # type: ignore[type-arg]
+    with httpx.stream("POST", slow.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append((time.perf_counter() - t0, json.loads(line[6:])))
+    role_s, role = arrivals[0]
+    first_token_s = next(t for t, c in arrivals if c["choices"] and
+                         c["choices"][0]["delta"].get("content"))
+    assert role["choices"][0]["delta"]["role"] == "assistant"
+    assert first_token_s > 0.1, "the prefill should take a visible time at this scale"
+    assert role_s > 0.7 * first_token_s, (role_s, first_token_s)

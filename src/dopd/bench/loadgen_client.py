@@ -173,6 +173,30 @@ class _Accumulator:
                             self.completion_tokens, self.prompt_tokens, self.status, error)
 
 
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of an event stream, split only where SSE ends a line (CRLF, LF or CR).
+
+    ``httpx``'s ``aiter_lines`` also splits on U+0085, U+2028 and U+2029, which JSON strings
+    may carry unescaped; that cut a valid event in two.
+    """
+    buf = b""
+    async for chunk in chunks:
+        buf += chunk
+        start = 0
+        while True:
+            cut = min((i for i in (buf.find(b"\n", start), buf.find(b"\r", start)) if i >= 0),
+                      default=-1)
+            if cut < 0:
+                break
+            if buf[cut:cut + 1] == b"\r" and cut + 1 == len(buf):
+                break  # a CR at the end of a chunk may be the first half of a CRLF
+            yield buf[start:cut].decode("utf-8", "replace")
+            start = cut + (2 if buf[cut:cut + 2] == b"\r\n" else 1)
+        buf = buf[start:]
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", "replace")
+
+
 async def _stream(client: httpx.AsyncClient, path: str, body: Mapping[str, Any],
                   acc: _Accumulator, clock: Callable[[], float]) -> None:
     async with client.stream("POST", path, json=body) as response:
@@ -192,7 +216,7 @@ async def _stream(client: httpx.AsyncClient, path: str, body: Mapping[str, Any],
                 return
             acc.chunk(whole, clock())
             return
-        lines = response.aiter_lines()
+        lines = sse_lines(response.aiter_bytes())
         async for line in lines:
             if not line.startswith("data:"):
                 continue  # blank separators, ": keep-alive" comments, "event:" lines

@@ -173,7 +173,10 @@ class CompletionsHandler:
         n_out = 0
         done = False
         first_pending = False  # the first token is in ``out``, not written yet
-        out = [chunks.role()] if chunks.chat else []
+        # The chat role chunk goes out with the first token (as vLLM does), so clients that
+        # time TTFT from the first chunk measure the prefill, not the HTTP round trip.
+        role_pending = chunks.chat
+        out: list[bytes] = []
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             while True:
@@ -185,6 +188,9 @@ class CompletionsHandler:
                         first_pending = False
                         self._record(tracked)
                 ev = await queue.get()
+                if role_pending and ev is not _GONE:
+                    role_pending = False
+                    out.append(chunks.role())
                 if ev.kind == "delta":
                     if n_out == 0 and ev.token_ids:
                         first_pending = True
