@@ -1,21 +1,23 @@
 """Fuzz a real ``dopd serve``: hypothesis-generated requests over both completion endpoints.
 
 Two in five are valid requests with every field anywhere in its range (tiny ``top_p`` and
-``temperature``, seeds at the 64-bit ends, any ``top_k``, stop strings, streams); the others mix
-valid fields with extremes (integers past 64 bits, NaN and infinities, tiny
-``top_p`` and ``temperature``, huge ``max_tokens``), wrong types, unknown fields, unicode,
-empty and token-id prompts, streams, bodies that are not JSON or not objects, and prompts from
-a few KiB up to past the body limit. They are sent concurrently while a probe times ``GET
-/health`` every 50 ms. Counted: answers by status, 5xx answers and 5xx error events inside
-streams, worker crashes (restarts or changed worker pids in ``/v1/cluster``), transport errors,
-and the probe's worst latency (an event-loop stall shows there).
+``temperature``, seeds at the 64-bit ends, any ``top_k``, stop strings, streams); the others
+mix valid fields with extremes (integers past 64 bits, NaN and infinities, huge
+``max_tokens``), wrong types, unknown fields, unicode, empty and token-id prompts, streams,
+bodies that are not JSON or not objects, and prompts from a few KiB up to past the body limit.
+They are sent concurrently while a probe times ``GET /health`` every 50 ms from its own
+process. Counted: answers by status, 5xx answers and 5xx error events inside streams, worker
+crashes (restarts or changed worker pids in ``/v1/cluster``), transport errors, and the
+probe's worst latency (an event-loop stall shows there).
 
     python benchmarks/bench_fuzz.py                      # 10,000 emulated + 1,000 real-mode
     python benchmarks/bench_fuzz.py --requests 2000 --real-requests 300
 
-It starts one emulated deployment (2 workers, steps take no time) and one real-mode deployment
-of dopd-tiny (so the real sampler sees every generated parameter), prints one row per
-deployment and exits 1 if any request got a 5xx, a worker crashed or the probe stalled past
+It starts one emulated deployment (2 workers, steps take no time) and one real-mode
+disaggregated deployment of dopd-tiny (the real sampler, on both sides of the KV handoff, sees
+every generated parameter), prints one row per deployment (and, on the emulated one, the
+answer time of a few oversized prompts sent alone, with the probe's worst latency meanwhile),
+and exits 1 if any request got a 5xx, a worker crashed or the probe stalled past
 ``--max-stall`` seconds. :func:`fuzz` is what ``tests/serve/test_fuzz.py`` runs in CI.
 """
 
@@ -260,20 +262,39 @@ def _stream_errors(body: bytes, req: FuzzRequest, report: FuzzReport) -> None:
             report.examples_5xx.append(f"stream error {err} for {req.body[:200]!r}")
 
 
-async def _probe(url: str, stop: asyncio.Event, report: FuzzReport) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        while not stop.is_set():
-            t = time.perf_counter()
-            await client.get("/health")
-            report.probe_max_s = max(report.probe_max_s, time.perf_counter() - t)
-            report.probes += 1
-            await asyncio.sleep(0.05)
+_PROBE = """
+import select, sys, time, httpx
+worst, n = 0.0, 0
+with httpx.Client(base_url=sys.argv[1], timeout=60) as client:
+    while not select.select([sys.stdin], [], [], 0.05)[0]:
+        t = time.perf_counter()
+        client.get("/health")
+        worst, n = max(worst, time.perf_counter() - t), n + 1
+print(worst, n)
+"""
+
+
+class Probe:
+    """Times ``GET /health`` every 50 ms from its own process (so the load generator's own
+    pauses do not count) until the ``with`` block ends; then fills ``report``'s probe fields."""
+
+    def __init__(self, url: str, report: FuzzReport) -> None:
+        self.url, self.report = url, report
+
+    def __enter__(self) -> Probe:
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE, self.url],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        out, _ = self.proc.communicate("stop\n", timeout=120)
+        worst, n = out.split()
+        self.report.probe_max_s, self.report.probes = float(worst), int(n)
 
 
 async def _run(url: str, reqs: list[FuzzRequest], concurrency: int,
                report: FuzzReport) -> None:
-    stop = asyncio.Event()
-    probe = asyncio.create_task(_probe(url, stop, report))
     queue: asyncio.Queue[FuzzRequest] = asyncio.Queue()
     for r in reqs:
         queue.put_nowait(r)
@@ -286,8 +307,6 @@ async def _run(url: str, reqs: list[FuzzRequest], concurrency: int,
                 report.sent += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    stop.set()
-    await probe
 
 
 def fuzz(url: str, n: int, *, seed: int = 0, concurrency: int = 16) -> FuzzReport:
@@ -296,12 +315,42 @@ def fuzz(url: str, n: int, *, seed: int = 0, concurrency: int = 16) -> FuzzRepor
     before = _workers(url)
     report = FuzzReport()
     t0 = time.perf_counter()
-    asyncio.run(_run(url, reqs, concurrency, report))
+    with Probe(url, report):
+        asyncio.run(_run(url, reqs, concurrency, report))
     report.seconds = time.perf_counter() - t0
     after = _workers(url)
     report.crashes = sum(1 for iid, (pid, restarts) in after.items()
                          if iid not in before or before[iid] != (pid, restarts))
     return report
+
+
+BIG = [("10 MB prompt (over the body limit)", "/v1/completions", "prompt", 10 * 2**20),
+       ("7 MB prompt", "/v1/completions", "prompt", 7 * 2**20),
+       ("1 MB chat message", "/v1/chat/completions", "messages", 2**20),
+       ("100,000 empty chat messages", "/v1/chat/completions", "many", 100_000)]
+
+
+def big_prompts(url: str) -> list[tuple[str, int, float, float]]:
+    """(what, status, seconds, probe max seconds) for each of :data:`BIG`, one at a time."""
+    rows = []
+    for what, path, kind, size in BIG:
+        body: dict[str, Any] = {"model": MODEL, "max_tokens": 4}
+        if kind == "prompt":
+            body["prompt"] = "x" * size
+        elif kind == "messages":
+            body["messages"] = [{"role": "user", "content": "y" * size}]
+        else:
+            body["messages"] = [{"role": "user", "content": ""}] * size
+        raw = json.dumps(body).encode()
+        report = FuzzReport()
+
+        with Probe(url, report):
+            t = time.perf_counter()
+            status = httpx.post(url + path, content=raw, timeout=120,
+                                headers={"content-type": "application/json"}).status_code
+            took = time.perf_counter() - t
+        rows.append((what, status, took, report.probe_max_s))
+    return rows
 
 
 def _start(args: list[str], timeout_s: float = 180.0) -> tuple[subprocess.Popen[bytes], str]:
@@ -337,7 +386,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 EMULATED = ["--instances", "2", "--policy", "colocated", "--mode", "emulated",
             "--step-time-scale", "0"]
-REAL = ["--instances", "2", "--policy", "colocated", "--mode", "real", "--device", "cpu"]
+REAL = ["--instances", "2", "--policy", "static:1:1", "--mode", "real", "--device", "cpu"]
 
 
 def main() -> int:
@@ -357,9 +406,14 @@ def main() -> int:
         proc, url = _start(server_args)
         try:
             report = fuzz(url, n, seed=args.seed, concurrency=args.concurrency)
+            big = big_prompts(url) if label == "emulated" else []
         finally:
             _stop(proc)
         print(report.row(label), flush=True)
+        for what, status, took, probe_max in big:
+            print(f"  {what}: HTTP {status} in {took * 1000:.0f} ms, probe max "
+                  f"{probe_max * 1000:.0f} ms")
+            failed = failed or status >= 500 or probe_max > args.max_stall
         for line in report.examples_5xx:
             print(f"  {line}")
         bad = (report.server_errors or report.crashes or report.transport_errors

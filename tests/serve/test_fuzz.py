@@ -1,8 +1,8 @@
 """Fuzzing real ``dopd serve`` processes (``benchmarks/bench_fuzz.py``'s generator and runner):
-2,000 hypothesis-generated requests to an emulated deployment and 300 to a real-mode dopd-tiny
-deployment (its sampler sees every generated parameter), both endpoints, JSON and streams. No
-5xx answer or 5xx stream event, no worker crash, no transport error, and a concurrent probe of
-``/health`` never waits a second."""
+2,000 hypothesis-generated requests to an emulated deployment and 300 to a real-mode
+disaggregated dopd-tiny deployment (its sampler sees every generated parameter), both
+endpoints, JSON and streams. No 5xx answer or 5xx stream event, no worker crash, no transport
+error, and a probe of ``/health`` from its own process never waits a second."""
 
 from __future__ import annotations
 

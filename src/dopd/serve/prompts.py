@@ -22,6 +22,8 @@ from dopd.serve.errors import ServeError
 
 INLINE_CHARS = 4096
 """Prompts up to this many characters (chat: message characters) are encoded inline."""
+MESSAGE_CHARS = 32
+"""What a chat message counts for besides its content (its share of the template's text)."""
 
 
 class PromptEncoder:
@@ -47,7 +49,8 @@ class PromptEncoder:
 
     async def chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """Token ids of the rendered chat; errors as :meth:`text` (a template failure is 400)."""
-        size = sum(len(m["content"]) for m in messages)
+        # the template adds text per message: many empty messages are a long render too
+        size = sum(len(m["content"]) + MESSAGE_CHARS for m in messages)
         try:
             if size <= INLINE_CHARS:
                 return self.tokenizer.encode_chat(messages)
@@ -78,7 +81,3 @@ class PromptEncoder:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
         finally:
             self.pending -= 1
-
-    def close(self) -> None:
-        """Stop the threads (a job in progress finishes first)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
