@@ -266,6 +266,8 @@ _PROBE = """
 import select, sys, time, httpx
 worst, n = 0.0, 0
 with httpx.Client(base_url=sys.argv[1], timeout=60) as client:
+    client.get("/health")
+    print("ready", flush=True)
     while not select.select([sys.stdin], [], [], 0.05)[0]:
         t = time.perf_counter()
         client.get("/health")
@@ -284,12 +286,15 @@ class Probe:
     def __enter__(self) -> Probe:
         self.proc = subprocess.Popen([sys.executable, "-c", _PROBE, self.url],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        time.sleep(0.2)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probe did not start")
+        time.sleep(0.1)
         return self
 
     def __exit__(self, *exc: object) -> None:
         out, _ = self.proc.communicate("stop\n", timeout=120)
-        worst, n = out.split()
+        worst, n = out.split()[-2:]
         self.report.probe_max_s, self.report.probes = float(worst), int(n)
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from dopd.engine.model import SamplingParams
 from dopd.errors import DopdError
@@ -127,25 +128,27 @@ class CompletionRequest(_Common):
         return p  # type: ignore[return-value]
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ContentPart(TypedDict):
+    """A part of a message's content (text only). TypedDicts, not models: a body of many
+    small messages validates several times faster, and the event loop waits for it."""
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(TypedDict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: NotRequired[str | list[ContentPart] | None]
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+
+def message_text(message: ChatMessage) -> str:
+    """The content of ``message`` as one string (parts joined, none: empty)."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content)
 
 
 class ChatRequest(_Common):
@@ -163,8 +166,8 @@ class ChatRequest(_Common):
     def plain_messages(self) -> list[dict[str, str]]:
         if self.logprobs or self.top_logprobs:
             raise ServeError(400, "logprobs are not supported", param="logprobs")
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in self.messages]
+        return [{"role": "system" if m["role"] == "developer" else m["role"],
+                 "content": message_text(m)} for m in self.messages]
 
 
 def new_id(prefix: str) -> str:
