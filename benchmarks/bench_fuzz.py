@@ -1,7 +1,8 @@
 """Fuzz a real ``dopd serve``: hypothesis-generated requests over both completion endpoints.
 
-Two in five are valid requests with every field anywhere in its range (tiny ``top_p`` and
-``temperature``, seeds at the 64-bit ends, any ``top_k``, stop strings, streams); the others
+Two in seven are valid requests with every field anywhere in its range (tiny ``top_p`` and
+``temperature``, seeds at the 64-bit ends, any ``top_k``, stop strings, streams), two in seven
+are valid but for one field (out of range, NaN, past 64 bits or of a wrong type); the others
 mix valid fields with extremes (integers past 64 bits, NaN and infinities, huge
 ``max_tokens``), wrong types, unknown fields, unicode, empty and token-id prompts, streams,
 bodies that are not JSON or not objects, and prompts from a few KiB up to past the body limit.
@@ -129,6 +130,10 @@ valid_chat = st.builds(
     lambda base, msgs: {**base, "messages": msgs}, _valid,
     st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
                                     "content": st.text(max_size=200)}), min_size=1, max_size=3))
+# a valid request with one field out of its range or of a wrong type (no other error hides it)
+_one_bad = st.one_of(*(st.tuples(st.just(name), strategy) for name, strategy in SAMPLING.items()))
+one_bad_completion = st.builds(lambda b, kv: {**b, kv[0]: kv[1]}, valid_completion, _one_bad)
+one_bad_chat = st.builds(lambda b, kv: {**b, kv[0]: kv[1]}, valid_chat, _one_bad)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ def _raw(kind: str, filler: int) -> bytes:
 request = st.one_of(
     st.builds(lambda b: FuzzRequest("/v1/completions", _encode(b)), valid_completion),
     st.builds(lambda b: FuzzRequest("/v1/chat/completions", _encode(b)), valid_chat),
+    st.builds(lambda b: FuzzRequest("/v1/completions", _encode(b)), one_bad_completion),
+    st.builds(lambda b: FuzzRequest("/v1/chat/completions", _encode(b)), one_bad_chat),
     st.builds(lambda b: FuzzRequest("/v1/completions", _encode(b)), completion),
     st.builds(lambda b: FuzzRequest("/v1/chat/completions", _encode(b)), chat),
     st.builds(lambda p, k, n: FuzzRequest(p, _raw(k, n)),
