@@ -80,7 +80,7 @@ class FrontEnd:
                 status = await send_error(send, ServeError(
                     405, f"{path} accepts POST only"), [(b"allow", b"POST")])
             else:
-                status = await self.completions(receive, send, t0, chat)
+                status = await self.completions(receive, send, t0, chat, scope["headers"])
         finally:
             self.metrics.count_request(path, status)
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dopd.errors import DopdError
 from dopd.serve.dispatch import Event, Tracked
 from dopd.serve.errors import ServeError
+from dopd.serve.prompts import PromptEncoder
 from dopd.serve.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -39,7 +39,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 M = TypeVar("M", bound=BaseModel)
 
-MAX_BODY_BYTES = 32 * 2**20
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                (b"cache-control", b"no-cache")]
@@ -79,7 +78,13 @@ async def send_error(send: Send, exc: ServeError,
     return await send_json(send, exc.status, exc.body(), headers)
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    """The whole body; ServeError 413 as soon as its Content-Length or the bytes read so far
+    pass ``limit`` (nothing more is read then)."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise ServeError(413, f"the request body has {int(value)} bytes, more than this "
+                             f"server's limit of {limit} bytes (max_request_bytes)")
     parts: list[bytes] = []
     size = 0
     while True:
@@ -88,8 +93,9 @@ async def _read_body(receive: Receive) -> bytes:
             raise ServeError(400, "the client disconnected before sending the whole body")
         body = msg.get("body", b"")
         size += len(body)
-        if size > MAX_BODY_BYTES:
-            raise ServeError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise ServeError(413, f"the request body is larger than this server's limit of "
+                             f"{limit} bytes (max_request_bytes)")
         parts.append(body)
         if not msg.get("more_body", False):
             return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -113,28 +119,29 @@ class CompletionsHandler:
         self.tokenizer = runtime.tokenizer
         self.model_name: str = runtime.model_name
         self.default_max: int = runtime.config.default_max_tokens
+        self.max_body: int = runtime.config.max_request_bytes
+        self.prompts = PromptEncoder(runtime.tokenizer, lambda: runtime.max_model_len)
 
-    async def __call__(self, receive: Receive, send: Send, t0: float, chat: bool) -> int:
-        """Serve one request that reached the app at ``t0`` (``time.perf_counter``); returns
-        its HTTP status."""
+    async def __call__(self, receive: Receive, send: Send, t0: float, chat: bool,
+                       headers: list[tuple[bytes, bytes]] | None = None) -> int:
+        """Serve one request that reached the app at ``t0`` (``time.perf_counter``) with
+        ``headers`` (the ASGI scope's); returns its HTTP status."""
         try:
-            raw = await _read_body(receive)
+            raw = await _read_body(receive, headers or [], self.max_body)
             if chat:
                 creq = parse(raw, ChatRequest)
                 self._check_model(creq.model)
-                try:
-                    ids = self.tokenizer.encode_chat(creq.plain_messages())
-                except DopdError as exc:
-                    raise ServeError(400, str(exc), param="messages") from None
+                ids = await self.prompts.chat(creq.plain_messages())
                 req: ChatRequest | CompletionRequest = creq
             else:
                 req = parse(raw, CompletionRequest)
                 self._check_model(req.model)
-                ids = self._encode(req.single_prompt())
+                ids = await self._encode(req.single_prompt())
             params = req.sampling(len(ids), self.runtime.max_model_len, self.default_max)
             tracked = self.dispatcher.submit(ids, params)
         except ServeError as exc:
-            return await send_error(send, exc)
+            return await send_error(send, exc, [(b"retry-after", b"1")]
+                                    if exc.status == 429 else None)
         except Exception as exc:
             return await send_error(send, ServeError(
                 500, f"internal error: {type(exc).__name__}: {exc}"))
@@ -156,9 +163,9 @@ class CompletionsHandler:
             raise ServeError(404, f"the model {name!r} does not exist; this server serves "
                              f"{self.model_name!r}", code="model_not_found", param="model")
 
-    def _encode(self, prompt: str | list[int]) -> list[int]:
+    async def _encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)  # type: ignore[no-any-return]
+            return await self.prompts.text(prompt)
         vocab = self.tokenizer.vocab_size
         if any(t < 0 or t >= vocab for t in prompt):
             raise ServeError(400, f"prompt token id out of the vocabulary [0, {vocab})",

@@ -56,6 +56,8 @@ class ServeConfig:
     (:mod:`dopd.serve.live_calibration`); ``model_bias`` makes that model predict ``1 +
     model_bias`` times the configured model's step times, as ``dopd simulate --model-bias``
     (the workers' emulated steps are unchanged: the belief is wrong, not the hardware).
+    ``max_request_bytes`` bounds a completion request's body (413 beyond it, checked on its
+    Content-Length and while it is read, before any parsing or tokenization).
     """
 
     model: str = "dopd-tiny"
@@ -96,6 +98,7 @@ class ServeConfig:
     threads: int | None = None
     calibration: bool = True
     model_bias: float = 0.0
+    max_request_bytes: int = 8 * 2**20
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -119,6 +122,8 @@ class ServeConfig:
                 "max_num_seqs and max_batched_tokens must be >= 1")
         require(math.isfinite(self.model_bias) and -0.9 <= self.model_bias <= 3.0,
                 f"model_bias must be in [-0.9, 3], got {self.model_bias}")
+        require(self.max_request_bytes >= 1024,
+                f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
         require(self.threads is None or self.threads >= 1,
                 f"threads must be >= 1, got {self.threads}")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")

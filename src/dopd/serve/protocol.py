@@ -1,8 +1,10 @@
 """OpenAI request and response bodies (pydantic), and their translation to engine parameters.
 
 Unknown request fields are ignored (clients send many optional ones); fields we do not support
-with a non-default value (``n`` > 1, ``best_of``, ``logprobs`` ...) raise a 400. Validation
-failures become OpenAI-style 400 errors in :mod:`dopd.serve.api`.
+with a non-default value (``n`` > 1, ``best_of``, ``logprobs``, penalties, ``min_p``,
+``logit_bias`` ...) raise a 400. Every number has its range (OpenAI's where it has one; integers
+that cross to the workers fit msgpack's 64 bits; NaN and infinities are refused), and null means
+the default. Validation failures become OpenAI-style 400 errors in :mod:`dopd.serve.api`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from dopd.engine.model import SamplingParams
 from dopd.errors import DopdError
@@ -25,30 +28,52 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+I64_MIN, U64_MAX, I32_MAX = -(2**63), 2**64 - 1, 2**31 - 1
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
-    max_tokens: int | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = 0
-    n: int = 1
-    stream: bool = False
+    max_tokens: int | None = Field(None, ge=I64_MIN, le=U64_MAX)
+    temperature: float | None = Field(1.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(0, ge=-1, le=I32_MAX)
+    n: int | None = Field(1, ge=1, le=128)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=I64_MIN, le=U64_MAX)
     ignore_eos: bool = False
     return_token_ids: bool = False
     user: str | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    logit_bias: dict[str, float] | None = None
 
     def output_limit(self) -> int | None:
         return self.max_tokens
 
+    def _unsupported(self) -> str | None:
+        """The first field set to a value this server cannot honour, or None."""
+        if (self.n or 1) != 1:
+            return "n"
+        for name in ("presence_penalty", "frequency_penalty", "min_p"):
+            if getattr(self, name):
+                return name
+        if self.repetition_penalty not in (None, 1.0):
+            return "repetition_penalty"
+        return "logit_bias" if self.logit_bias else None
+
     def sampling(self, prompt_len: int, max_model_len: int, default_max: int) -> SamplingParams:
         """Engine parameters; ServeError 400 for unsupported or out-of-range values."""
-        if self.n != 1:
-            raise ServeError(400, "only n=1 is supported", param="n")
+        if (bad := self._unsupported()) is not None:
+            if bad == "n":
+                raise ServeError(400, "only n=1 is supported", param="n")
+            raise ServeError(400, f"{bad} is not supported (leave it unset or at its default)",
+                             param=bad)
         limit = self.output_limit()
         room = max_model_len - prompt_len
         if room < 1:
@@ -68,21 +93,26 @@ class _Common(BaseModel):
             raise ServeError(400, f"stop must be up to {MAX_STOP} non-empty strings",
                              param="stop")
         try:
-            return SamplingParams(max_tokens=limit, temperature=self.temperature,
-                                  top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+            return SamplingParams(max_tokens=limit, temperature=_or(self.temperature, 1.0),
+                                  top_k=self.top_k or 0, top_p=_or(self.top_p, 1.0),
+                                  seed=self.seed,
                                   stop=tuple(stop), ignore_eos=self.ignore_eos)
         except DopdError as exc:
             raise ServeError(400, str(exc)) from None
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class CompletionRequest(_Common):
     """``POST /v1/completions``: one prompt (text or token ids)."""
 
     prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int | None = 16
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    max_tokens: int | None = Field(16, ge=I64_MIN, le=U64_MAX)
+    echo: bool | None = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    best_of: int | None = Field(None, ge=1, le=128)
 
     def single_prompt(self) -> str | list[int]:
         p = self.prompt
@@ -98,43 +128,46 @@ class CompletionRequest(_Common):
         return p  # type: ignore[return-value]
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ContentPart(TypedDict):
+    """A part of a message's content (text only). TypedDicts, not models: a body of many
+    small messages validates several times faster, and the event loop waits for it."""
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(TypedDict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: NotRequired[str | list[ContentPart] | None]
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+
+def message_text(message: ChatMessage) -> str:
+    """The content of ``message`` as one string (parts joined, none: empty)."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content)
 
 
 class ChatRequest(_Common):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
+    max_completion_tokens: int | None = Field(None, ge=I64_MIN, le=U64_MAX)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
     def plain_messages(self) -> list[dict[str, str]]:
-        if self.logprobs:
+        if self.logprobs or self.top_logprobs:
             raise ServeError(400, "logprobs are not supported", param="logprobs")
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in self.messages]
+        return [{"role": "system" if m["role"] == "developer" else m["role"],
+                 "content": message_text(m)} for m in self.messages]
 
 
 def new_id(prefix: str) -> str:

@@ -4,6 +4,12 @@ Every sampled row draws exactly one uniform number from its own request's ``torc
 (on CPU) and picks the token by inverse CDF, so a request's tokens depend on its seed and logits
 only, never on which other requests share the batch. Filtering and the CDF are vectorised over the
 batch.
+
+Every valid parameter gives a token of the vocabulary, however extreme: logits are shifted by
+their row maximum before the temperature divides them (so a temperature of 1e-45 is argmax with
+ties sampled, not inf - inf), the temperature is floored at the smallest normal float32, non-finite
+logits are made finite, and the top-1 token always survives top-k and top-p (``top_p`` of 1e-46
+keeps exactly that token).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from dopd.errors import require
+
+_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +110,29 @@ class Sampler:
         index = torch.tensor(rows, dtype=torch.int64, device=device)
         temps = torch.tensor(
             [params[i].temperature for i in rows], dtype=torch.float32, device=device
-        )
-        x = logits.index_select(0, index).float() / temps[:, None]
+        ).clamp_(min=_TINY)
+        x = _finite(logits.index_select(0, index).float())
+        x = (x - x.amax(dim=-1, keepdim=True)) / temps[:, None]
         u = torch.tensor(draws, dtype=torch.float32, device=device)
         top_k = [params[i].top_k if 0 < params[i].top_k < vocab else vocab for i in rows]
         top_p = [params[i].top_p for i in rows]
-        if min(top_k) < vocab or min(top_p) < 1.0:
+        # filtered rows pick in sorted order, the others in vocabulary order: each row's token
+        # must not depend on whether a filtered request shares its batch
+        filtered = [j for j in range(len(rows)) if top_k[j] < vocab or top_p[j] < 1.0]
+        if not filtered:
+            picked = _inverse_cdf(torch.softmax(x, dim=-1), u)
+        elif len(filtered) == len(rows):
             picked = _sample_filtered(x, u, top_k, top_p)
         else:
-            picked = _inverse_cdf(torch.softmax(x, dim=-1), u)
+            plain = [j for j in range(len(rows)) if top_k[j] == vocab and top_p[j] >= 1.0]
+            fi = torch.tensor(filtered, dtype=torch.int64, device=device)
+            pl = torch.tensor(plain, dtype=torch.int64, device=device)
+            picked = torch.empty(len(rows), dtype=torch.int64, device=device)
+            picked[fi] = _sample_filtered(x.index_select(0, fi), u.index_select(0, fi),
+                                          [top_k[j] for j in filtered],
+                                          [top_p[j] for j in filtered])
+            picked[pl] = _inverse_cdf(torch.softmax(x.index_select(0, pl), dim=-1),
+                                      u.index_select(0, pl))
         tokens[index] = picked
         return tokens.tolist()
 
@@ -134,7 +156,14 @@ def _sample_filtered(
     probs = torch.softmax(sorted_logits, dim=-1)
     p = torch.tensor(top_p, dtype=torch.float32, device=device)
     before = probs.cumsum(dim=-1) - probs
-    probs = probs.masked_fill(before >= p[:, None], 0.0)
-    kept = (probs > 0).sum(dim=-1) - 1
+    # the top token stays whatever p is (a p below float32's range rounds to 0)
+    probs = probs.masked_fill((before >= p[:, None]) & (rank[None, :] > 0), 0.0)
+    kept = ((probs > 0).sum(dim=-1) - 1).clamp_(min=0)
     pick = torch.minimum(_inverse_cdf(probs, u), kept)
     return order.gather(1, pick[:, None]).squeeze(1)
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN and -inf as the lowest finite float, +inf as the highest."""
+    big = torch.finfo(x.dtype).max
+    return torch.nan_to_num(x, nan=-big, posinf=big, neginf=-big)

@@ -109,6 +109,27 @@ class Tokenizer:
         """Token ids of ``text``; ``add_special_tokens`` applies the post-processor (e.g. BOS)."""
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_unlocked(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """:meth:`encode`, releasing the GIL while the backend works (its batch call does), so
+        other Python threads run meanwhile; for long texts encoded off the event loop."""
+        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+    def encode_chat_unlocked(self, messages: Sequence[Message]) -> list[int]:
+        """:meth:`encode_chat` through :meth:`encode_unlocked`."""
+        return self.encode_unlocked(self.apply_chat_template(messages), add_special_tokens=False)
+
+    def max_chars_per_token(self) -> int | None:
+        """An upper bound on the characters of text one token can stand for, or None when
+        this tokenizer has none that is cheap to know (a normalizer may expand text; an unknown
+        token may swallow a whole word). With it, a text longer than ``bound * n`` characters
+        has more than ``n`` tokens, known before encoding it."""
+        model = self.backend.model
+        if self.backend.normalizer is not None or not isinstance(model, models.BPE):
+            return None
+        if model.unk_token is not None and model.fuse_unk and not model.byte_fallback:
+            return None
+        return max(map(len, self.backend.get_vocab(with_added_tokens=True)), default=1)
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; incomplete UTF-8 sequences decode to U+FFFD."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
