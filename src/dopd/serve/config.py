@@ -56,6 +56,19 @@ class ServeConfig:
     (:mod:`dopd.serve.live_calibration`); ``model_bias`` makes that model predict ``1 +
     model_bias`` times the configured model's step times, as ``dopd simulate --model-bias``
     (the workers' emulated steps are unchanged: the belief is wrong, not the hardware).
+    Reliability (see :mod:`dopd.serve.faults`, :mod:`dopd.serve.admission`):
+    ``worker_stall_timeout_s`` is how long a worker holding work may send nothing before it is
+    declared stalled (0: no watchdog); a lost worker restarts after a backoff that doubles from
+    ``restart_backoff_s`` up to ``restart_backoff_max_s`` with each loss in the last
+    ``restart_window_s``. ``max_queued_requests`` and ``max_queued_tokens`` (prompt tokens)
+    bound what each instance holds, ``cluster_max_requests`` and ``cluster_max_tokens`` (None:
+    the per-instance limit times ``instances``) the whole cluster; past them requests get 429
+    with ``Retry-After``. ``http_timeout_s`` bounds the wait for a request's headers and body
+    and an idle keep-alive connection; ``max_connections`` the connections served at once
+    (more get 503). ``shutdown_timeout_s`` is the grace of a SIGTERM: requests still open at
+    its end get an error (an SSE error event and ``[DONE]`` on a stream).
+    ``fault_injection`` turns on the test-only crash hook (a prompt starting with
+    :data:`dopd.serve.faults.CRASH_MARKER` crashes its worker); never in production.
     """
 
     model: str = "dopd-tiny"
@@ -96,6 +109,17 @@ class ServeConfig:
     threads: int | None = None
     calibration: bool = True
     model_bias: float = 0.0
+    worker_stall_timeout_s: float = 10.0
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    max_queued_requests: int = 256
+    max_queued_tokens: int = 524_288
+    cluster_max_requests: int | None = None
+    cluster_max_tokens: int | None = None
+    http_timeout_s: float = 10.0
+    max_connections: int = 1024
+    fault_injection: bool = False
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -106,7 +130,9 @@ class ServeConfig:
         require(math.isfinite(self.step_time_scale) and self.step_time_scale >= 0,
                 f"step_time_scale must be >= 0, got {self.step_time_scale}")
         for name in ("kv_timeout_s", "kv_lease_s", "tick_s", "worker_start_timeout_s",
-                     "shutdown_timeout_s", "slo_ttft_s", "slo_tpot_s", "kv_cache_mb"):
+                     "shutdown_timeout_s", "slo_ttft_s", "slo_tpot_s", "kv_cache_mb",
+                     "restart_window_s", "restart_backoff_s", "restart_backoff_max_s",
+                     "http_timeout_s"):
             value = getattr(self, name)
             require(value is None or (math.isfinite(value) and value > 0),
                     f"{name} must be > 0, got {value}")
@@ -119,6 +145,12 @@ class ServeConfig:
                 "max_num_seqs and max_batched_tokens must be >= 1")
         require(math.isfinite(self.model_bias) and -0.9 <= self.model_bias <= 3.0,
                 f"model_bias must be in [-0.9, 3], got {self.model_bias}")
+        require(math.isfinite(self.worker_stall_timeout_s) and self.worker_stall_timeout_s >= 0,
+                f"worker_stall_timeout_s must be >= 0, got {self.worker_stall_timeout_s}")
+        for name in ("max_queued_requests", "max_queued_tokens", "cluster_max_requests",
+                     "cluster_max_tokens", "max_connections"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"{name} must be >= 1, got {value}")
         require(self.threads is None or self.threads >= 1,
                 f"threads must be >= 1, got {self.threads}")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")
