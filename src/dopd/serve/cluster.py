@@ -246,7 +246,9 @@ class WorkerCluster:
             inst.send({"op": "stop"})
         deadline = time.monotonic() + timeout_s
         for inst in self.instances.values():
-            while self.alive(inst) and time.monotonic() < deadline:
+            # a worker still starting cannot take the stop: it is ended right away
+            while self.alive(inst) and time.monotonic() < deadline and \
+                    inst.state != InstanceState.STARTING:
                 await asyncio.sleep(0.05)
             if inst.process is not None:
                 self.launcher.terminate(inst.process)

@@ -18,9 +18,10 @@ When a worker is lost (crashed, or stalled: see :mod:`dopd.serve.cluster`) the r
 held are suspects: one crash does not say which request of the batch caused it. Suspects are
 placed again one at a time (a request that already streamed tokens resumes: its prompt and the
 tokens so far are prefilled again and it goes on from there), each on probation until it
-produced a token on its new instance; a request that is in a second loss is poison and fails
-alone with HTTP 500, so one bad request never takes more than two workers down, and the
-innocent requests of its batch finish elsewhere. Decode instances fetching KV from a lost
+produced a token on its new instance. The request on probation when its instance is lost again
+is poison (its second loss) and fails alone with HTTP 500, as does one in ``POISON_LOSSES``
+losses: one bad request takes at most two workers down, the innocent requests of its batch
+finish elsewhere, and an identical request later fails at once. Decode instances fetching KV from a lost
 prefill instance recompute the prompt at once. Observers (metrics, the controller's policy)
 see arrivals and outcomes.
 """
@@ -48,17 +49,24 @@ from dopd.serve.wire import params_to_wire
 from dopd.sim.routing import Router
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
-POISON_LOSSES = 2
-"""A request in this many worker losses is poison: failed, never placed again."""
+POISON_LOSSES = 3
+"""A request in this many worker losses is poison even when it passed its probations."""
 SUSPECT_WAIT_S = 60.0
 """The longest a suspect waits for an instance to take it before it fails (503)."""
 NO_INSTANCE_RETRY_S = 5
+POISON_MEMORY = 1024
+"""Poison requests remembered (prompt and parameters): an identical one fails at once."""
 
 
 @functools.lru_cache(maxsize=1024)
 def _wire_params(params: SamplingParams) -> dict[str, Any]:
     """The wire form of ``params``, shared by requests with equal parameters (read only)."""
     return params_to_wire(params)
+
+
+def _print(prompt_ids: list[int], params: SamplingParams) -> int:
+    """A request's fingerprint: its prompt and sampling parameters but the length."""
+    return hash((tuple(prompt_ids), dataclasses.replace(params, max_tokens=1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,7 @@ class Dispatcher:
         self.finishes = FinishRate()
         self.overloaded = 0
         self.poisoned = 0
+        self.poison_prints: dict[int, None] = {}  # insertion-ordered, bounded
         self.suspects: deque[Tracked] = deque()
         self.probation: Tracked | None = None
         self.observers: list[Observer] = []
@@ -243,6 +252,10 @@ class Dispatcher:
         admission control rejects it (observers see it arrive and end REJECTED)."""
         if not self.admitting:
             raise ServeError(503, "the server is shutting down", code="unavailable")
+        if self.poison_prints and _print(prompt_ids, params) in self.poison_prints:
+            self.poisoned += 1
+            raise ServeError(500, "an identical request made two instances fail; it is not "
+                             "served", code="poison_request")
         t = Tracked(next(self._ids), prompt_ids, params, time.monotonic())
         try:
             self._send_submit(t, admit=True)
@@ -340,17 +353,20 @@ class Dispatcher:
             self.book(iid).held(rid)
             self._hand_off(t, iid, handle)
         elif finished:
-            t.finish_t = now
-            self._place(t, None)
-            del self.tracked[rid]
-            self.finishes.finished(now)
-            t.queue.put_nowait(Event("done", finish_reason=reason))
-            self._report(t, RequestState.FINISHED, reason or "")
-            self.router.observe_finish(now, len(t.prompt_ids), n_out)
+            self._finish(t, now, reason)
         elif n_out:
             if t.phase == "decode":
                 self._handed_over(t)
             self.book(iid).decoding(rid, len(t.prompt_ids) + n_out)
+
+    def _finish(self, t: Tracked, now: float, reason: str | None) -> None:
+        t.finish_t = now
+        self._place(t, None)
+        del self.tracked[t.rid]
+        self.finishes.finished(now)
+        t.queue.put_nowait(Event("done", finish_reason=reason))
+        self._report(t, RequestState.FINISHED, reason or "")
+        self.router.observe_finish(now, len(t.prompt_ids), t.n_out)
 
     def _handed_over(self, t: Tracked) -> None:
         """``t``'s KV reached its decode instance (or was recomputed there, or ``t`` ended):
@@ -408,6 +424,7 @@ class Dispatcher:
         if book is not None:
             book.clear()
         now = time.monotonic()
+        probation = self.probation
         for t in list(self.tracked.values()):
             if t.where != iid:
                 if t.phase == "decode" and t.prefill_iid == iid and t.where is not None:
@@ -417,9 +434,15 @@ class Dispatcher:
             t.losses += 1
             if t is self.probation:
                 self.probation = None
-            if t.losses >= POISON_LOSSES or t.n_out >= t.params.max_tokens:
+            if t.n_out >= t.params.max_tokens:  # nothing left to generate: it is done
+                self._finish(t, now, "length")
+                continue
+            if t is probation or t.losses >= POISON_LOSSES:
                 failed += 1
                 self.poisoned += 1
+                self.poison_prints[_print(t.prompt_ids, t.params)] = None
+                if len(self.poison_prints) > POISON_MEMORY:
+                    del self.poison_prints[next(iter(self.poison_prints))]
                 self._fail(t, 500, f"the request was on {t.losses} instances that failed "
                            f"while serving it (last: instance {iid}); it is not retried")
                 continue
