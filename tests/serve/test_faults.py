@@ -178,11 +178,16 @@ def test_killed_decode_worker_prefill_serves_whole_requests(server_factory
 
 def test_killed_prefill_worker_during_kv_transfers_loses_nothing(server_factory
                                                                  ) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory("--instances", "2", "--policy", "static:1:1", *EMULATED)
+    kv_timeout = 60.0  # the decode side would wait this long for KV that never comes
+    server = server_factory("--instances", "2", "--policy", "static:1:1", *EMULATED,
+                            "--kv-timeout", str(kv_timeout))
     inst = {i["role"]: i for i in cluster(server)["instances"]}
     with ThreadPoolExecutor(24) as pool:
         futures = [pool.submit(stream, server.url, "p" * (50 + 20 * i), 20) for i in range(24)]
         time.sleep(0.8)  # prompts are being prefilled and handed off
         os.kill(inst["prefill"]["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
         results = [f.result() for f in futures]
+        took = time.monotonic() - t0
     assert results == [(20, True)] * 24
+    assert took < kv_timeout / 2  # lost KV is recomputed at once, not after the timeout
