@@ -209,7 +209,8 @@ def check_poison(args: argparse.Namespace) -> None:
             time.sleep(1.0)
             poison = stream(s.url, [*CRASH_MARKER, 7], 40)
             ok = sum(1 for f in innocents if f.result()["tokens"] == 40)
-            print(f"poison request: answered HTTP {poison['status']}; {ok} of 8 innocent "
+            answer = poison["error"] or f"HTTP {poison['status']}, {poison['tokens']} tokens"
+            print(f"poison request: ended with {answer!r}; {ok} of 8 innocent "
                   "streams batched with it finished whole", flush=True)
             wait_for(s.ready, 120)
             before = sum(i["restarts"] for i in s.cluster()["instances"])
