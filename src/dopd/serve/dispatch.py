@@ -21,9 +21,9 @@ tokens so far are prefilled again and it goes on from there), each on probation 
 produced a token on its new instance. The request on probation when its instance is lost again
 is poison (its second loss) and fails alone with HTTP 500, as does one in ``POISON_LOSSES``
 losses: one bad request takes at most two workers down, the innocent requests of its batch
-finish elsewhere, and an identical request later fails at once. Decode instances fetching KV from a lost
-prefill instance recompute the prompt at once. Observers (metrics, the controller's policy)
-see arrivals and outcomes.
+finish elsewhere, and an identical request later fails at once. Decode instances fetching KV
+from a lost prefill instance recompute the prompt at once. Observers (metrics, the controller's
+policy) see arrivals and outcomes.
 """
 
 from __future__ import annotations
