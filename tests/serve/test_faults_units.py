@@ -171,3 +171,19 @@ def test_queue_limits_answer_429_with_retry_after() -> None:
     with pytest.raises(ServeError) as exc:  # the tokens limit
         d2.submit([1, 2, 3], SamplingParams(max_tokens=4))
     assert exc.value.status == 429
+
+
+def test_admission_control_429_carries_retry_after_from_the_predicted_wait() -> None:
+    from dopd.sim.routing import Placement
+
+    d, _ = _dispatcher(Role.PREFILL, Role.DECODE)
+
+    def reject(*args: Any, **kw: Any) -> Placement:
+        return Placement(None, reject="admission control: predicted TTFT 3.20 s > 1 s",
+                         predicted_ttft_s=3.2)
+
+    d.router.place = reject  # type: ignore[method-assign]
+    with pytest.raises(ServeError) as exc:
+        d.submit([1, 2, 3], SamplingParams(max_tokens=4))
+    assert exc.value.status == 429 and exc.value.code == "admission_control"
+    assert exc.value.retry_after == 4
