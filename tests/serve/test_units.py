@@ -123,9 +123,12 @@ def test_placement_and_hand_off() -> None:
         events = [t.queue.get_nowait() for _ in range(3)]
         assert [e.kind for e in events] == ["delta", "delta", "done"]
         assert d.holding(1) == 1 and t.rid not in d.tracked
-        d.on_crash(1)  # t2 already produced a token: it fails
-        err = [t2.queue.get_nowait() for _ in range(2)][-1]
-        assert err.kind == "error" and err.status == 503
+        inst[1].state = InstanceState.STOPPED
+        d.on_crash(1)  # t2 produced a token: it resumes, on the prefill instance (no decode up)
+        assert t2.where == 0 and t2.rid in d.tracked
+        assert inst[0].sent[-1] == {"op": "submit", "rid": t2.rid, "ids": [4, 8],
+                                    "params": inst[0].sent[-1]["params"], "local": True}
+        inst[1].state = InstanceState.ACTIVE  # restarted
         inst[0].state = InstanceState.STOPPED
         t3 = d.submit([1], SamplingParams())  # no prefill left: colocated on a decode instance
         assert t3.phase == "colocated" and t3.where == 1

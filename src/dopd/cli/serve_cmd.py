@@ -28,7 +28,11 @@ OPTION_KEYS: dict[str, str] = {
     "seed": "seed", "backend": "backend", "ray_address": "ray_address",
     "kv_transport": "kv_transport", "ray_cpus_per_instance": "ray_cpus_per_instance",
     "ray_gpus_per_instance": "ray_gpus_per_instance", "calibration": "calibration",
-    "model_bias": "model_bias",
+    "model_bias": "model_bias", "shutdown_grace": "shutdown_timeout_s",
+    "worker_stall_timeout": "worker_stall_timeout_s", "max_queued_requests": "max_queued_requests",
+    "max_queued_tokens": "max_queued_tokens", "cluster_max_requests": "cluster_max_requests",
+    "cluster_max_tokens": "cluster_max_tokens", "http_timeout": "http_timeout_s",
+    "max_connections": "max_connections", "fault_injection": "fault_injection",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
@@ -129,6 +133,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="the control plane's latency model predicts (1 + B) times the "
                    "configured model's step times, the workers' steps unchanged (B = -0.2: it "
                    f"thinks the GPU 20%% faster than it is) [{_D.model_bias:g}]")
+    rel = p.add_argument_group("reliability")
+    rel.add_argument("--shutdown-grace", type=float, default=None, metavar="S",
+                     help="on SIGTERM, seconds open requests may still finish; then each ends "
+                     "with an error (streams: an error event and [DONE]) "
+                     f"[{_D.shutdown_timeout_s:g}]")
+    rel.add_argument("--worker-stall-timeout", type=float, default=None, metavar="S",
+                     help="a worker holding work that reports nothing for S seconds is declared "
+                     "stalled: its requests go elsewhere and it is killed and restarted (0: off) "
+                     f"[{_D.worker_stall_timeout_s:g}]")
+    rel.add_argument("--max-queued-requests", type=int, default=None, metavar="N",
+                     help="requests in flight per instance; past every limit: 429 with "
+                     f"Retry-After [{_D.max_queued_requests}]")
+    rel.add_argument("--max-queued-tokens", type=int, default=None, metavar="N",
+                     help=f"prompt tokens in flight per instance [{_D.max_queued_tokens}]")
+    rel.add_argument("--cluster-max-requests", type=int, default=None, metavar="N",
+                     help="requests in flight in the cluster [per-instance limit x instances]")
+    rel.add_argument("--cluster-max-tokens", type=int, default=None, metavar="N",
+                     help="prompt tokens in flight in the cluster [per-instance limit x "
+                     "instances]")
+    rel.add_argument("--http-timeout", type=float, default=None, metavar="S",
+                     help="a connection's request (headers and body) must arrive within S "
+                     "seconds, an idle keep-alive connection closes after S "
+                     f"[{_D.http_timeout_s:g}]")
+    rel.add_argument("--max-connections", type=int, default=None, metavar="N",
+                     help=f"connections served at once; more are closed [{_D.max_connections}]")
+    rel.add_argument("--fault-injection", action="store_const", const=True, default=None,
+                     help="TESTS ONLY: a prompt starting with the token ids of "
+                     "dopd.serve.faults.CRASH_MARKER crashes its worker [off]")
     ray = p.add_argument_group("cluster backend")
     ray.add_argument("--backend", choices=("local", "ray"), default=None,
                      help="local: worker processes here; ray: one Ray actor per instance "

@@ -139,7 +139,7 @@ class LLMEngine(BlockingCalls):
     # ------------------------------------------------------------------ intake
     def add_request(
         self, prompt: Prompt, params: SamplingParams | None = None, *,
-        request_id: int | None = None,
+        request_id: int | None = None, local: bool = False,
     ) -> int:
         """Queue ``prompt`` (text, encoded with the model's tokenizer, or token ids); returns the
         request id (``request_id`` if given, else the next free one).
@@ -147,13 +147,14 @@ class LLMEngine(BlockingCalls):
         The output budget is ``params.max_tokens`` clamped to the context window. Raises
         DopdError for an empty prompt, token ids out of the vocabulary, a prompt that leaves no
         room in the context window or in KV memory, text or stop strings without a tokenizer, or
-        a request id already in use.
+        a request id already in use. ``local``: decode it here even on a PREFILL engine (no
+        KV hand-off; the front end's fallback while no decode instance is up).
         """
         params = params if params is not None else SamplingParams()
         ids = self._encode(prompt)
         max_tokens = self._budget(len(ids), params)
         rid = self._claim_id(request_id)
-        self.scheduler.add_request(rid, len(ids), max_tokens, self.clock())
+        self.scheduler.add_request(rid, len(ids), max_tokens, self.clock(), local)
         self.records[rid] = self._record(rid, ids, params, max_tokens)
         return rid
 

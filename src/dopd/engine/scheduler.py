@@ -112,7 +112,7 @@ class Scheduler(SchedulerState):
             seq.kv_len = seq.prefill_len
             if seq.generated >= seq.max_tokens or seq.request_id in stopped:
                 self._finish(seq, finished, stopped.get(seq.request_id))
-            elif self.role == Role.PREFILL and seq.generated == 1:
+            elif self.role == Role.PREFILL and seq.generated == 1 and not seq.local:
                 seq.status = _HELD
                 self._held_count += 1
                 self.final_kv_sum -= seq.prompt + seq.max_tokens - 1

@@ -65,8 +65,8 @@ class Seq:
     clock at intake) and ``order`` (>= 0 while ordered in a short-first queue) serve the
     waiting queue's aging."""
 
-    __slots__ = ("computed", "generated", "kv_len", "max_tokens", "order", "prefill_len",
-                 "prompt", "queued_s", "request_id", "status")
+    __slots__ = ("computed", "generated", "kv_len", "local", "max_tokens", "order",
+                 "prefill_len", "prompt", "queued_s", "request_id", "status")
 
     def __init__(self, request_id: int, prompt: int, max_tokens: int, generated: int = 0) -> None:
         self.request_id = request_id
@@ -79,6 +79,7 @@ class Seq:
         self.status = SeqStatus.WAITING
         self.queued_s = 0.0
         self.order = -1
+        self.local = False  # decoded here even on a PREFILL instance (colocated fallback)
 
     @property
     def remaining_prefill(self) -> int:

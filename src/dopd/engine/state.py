@@ -137,15 +137,17 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ intake
     def add_request(self, request_id: int, prompt_tokens: int, max_tokens: int,
-                    now: float = 0.0) -> None:
+                    now: float = 0.0, local: bool = False) -> None:
         """Queue a new request for prefill here (in ``config.queue_order``); ``now`` is the
-        caller's clock, from which a short-first queue measures its wait."""
+        caller's clock, from which a short-first queue measures its wait. ``local``: decode it
+        here too, whatever the role (a PREFILL instance serving whole requests)."""
         require(request_id not in self._seqs, f"request {request_id} is already on this instance")
         require(prompt_tokens >= 1 and max_tokens >= 1, "prompt and max tokens must be >= 1")
         require(self.fits(prompt_tokens, max_tokens),
                 f"request {request_id} needs more KV than this instance has")
         seq = Seq(request_id, prompt_tokens, max_tokens)
         seq.queued_s = now
+        seq.local = local
         self._seqs[request_id] = seq
         self.final_kv_sum += prompt_tokens + max_tokens - 1
         self._enqueue(seq, front=False)

@@ -1,7 +1,8 @@
 """The ASGI app of the front end (:func:`create_app`).
 
 Routes: ``POST /v1/completions`` and ``/v1/chat/completions`` (streaming by server-sent events
-or not, with usage counts), ``GET /v1/models``, ``/health``, ``/metrics`` (Prometheus),
+or not, with usage counts), ``GET /v1/models``, ``/health`` (liveness), ``/ready`` (a request
+can be served end to end now), ``/metrics`` (Prometheus),
 ``/v1/cluster`` (instances, roles, states, loads, the SLO, the policy's latest plan and
 forecast, recent decisions with why, history; see :func:`cluster_state`), ``POST
 /v1/admin/switch`` (a live role switch), ``GET /dashboard``, and ``GET /debug/frontend`` (exact
@@ -110,7 +111,6 @@ def create_app(runtime: ServeRuntime) -> FrontEnd:
     app = FastAPI(title="dopd", docs_url=None, redoc_url=None)
     app.state.started = False
     metrics = runtime.metrics
-    dispatcher = runtime.dispatcher
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
@@ -128,11 +128,13 @@ def create_app(runtime: ServeRuntime) -> FrontEnd:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        active = sum(1 for h in runtime.cluster.instances.values()
-                     if h.state == InstanceState.ACTIVE)
-        ok = app.state.started and active > 0 and dispatcher.admitting
-        return JSONResponse({"status": "ok" if ok else "unavailable", "active_instances": active},
-                            status_code=200 if ok else 503)
+        doc = health_state(runtime, app.state.started)
+        return JSONResponse(doc, status_code=200 if doc["status"] == "ok" else 503)
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        doc = ready_state(runtime, app.state.started)
+        return JSONResponse(doc, status_code=200 if doc["status"] == "ready" else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -183,6 +185,44 @@ class SwitchRequest(BaseModel):
             raise ValueError(f"role must be one of {', '.join(str(r) for r in Role)}")
 
 
+def _active(runtime: ServeRuntime) -> dict[str, int]:
+    counts = {str(r): 0 for r in Role}
+    for h in runtime.cluster.instances.values():
+        if h.state == InstanceState.ACTIVE:
+            counts[str(h.role)] += 1
+    return counts
+
+
+def health_state(runtime: ServeRuntime, started: bool) -> dict[str, Any]:
+    """``/health`` (liveness): ``ok`` while the server runs and can recover, i.e. started, not
+    shutting down, and some instance is active, starting or being restarted (a server whose
+    every worker is gone for good is ``unavailable``)."""
+    cluster = runtime.cluster
+    active = sum(_active(runtime).values())
+    alive = active > 0 or bool(cluster.restarting) or any(
+        h.state != InstanceState.STOPPED for h in cluster.instances.values())
+    ok = started and runtime.dispatcher.admitting and alive
+    return {"status": "ok" if ok else "unavailable", "active_instances": active,
+            "restarting": sorted(cluster.restarting)}
+
+
+def ready_state(runtime: ServeRuntime, started: bool) -> dict[str, Any]:
+    """``/ready``: ``ready`` when a request can be served end to end now: the server admits
+    requests and some instance is ACTIVE (a mixed or decode instance serves whole requests;
+    prefill instances do too while no decode instance is up). ``counts`` are the ACTIVE
+    instances by role."""
+    counts = _active(runtime)
+    why = ""
+    if not started:
+        why = "starting"
+    elif not runtime.dispatcher.admitting:
+        why = "shutting down"
+    elif sum(counts.values()) == 0:
+        why = "no active instance"
+    return {"status": "ready" if not why else "unavailable", "reason": why or None,
+            "counts": counts, "restarting": sorted(runtime.cluster.restarting)}
+
+
 def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
     """The ``/v1/cluster`` document. Besides the instances and counts: ``slo`` (``ttft_s``,
     ``tpot_s`` in seconds, ``attainment`` a fraction), ``window_s`` (seconds each history point
@@ -213,6 +253,8 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
     return {"model": runtime.model_name, "mode": cfg.mode, "policy": cfg.policy,
             "router": router_label(runtime.dispatcher.router),
             "queue_order": runtime.dispatcher.queue_order, "rejected": runtime.dispatcher.rejected,
+            "overloaded": runtime.dispatcher.overloaded, "poisoned": runtime.dispatcher.poisoned,
+            "stalls": runtime.cluster.stalls,
             "time_s": round(ctl.now(), 3), "counts": counts, "instances": instances,
             "in_flight": len(runtime.dispatcher.tracked), "arrived": ctl.arrived,
             "finished": ctl.finished, "ended": ctl.ended, "role_switches": ctl.switches,

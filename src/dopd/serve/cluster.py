@@ -4,8 +4,11 @@
 role and state, its latest stats, and ``send`` for a control command. :class:`WorkerCluster`
 is what every backend shares: the front end's control channel, the instances, the routing of
 their events (``ready`` and ``stats`` are kept here, the rest go to the listener), the watch
-over the workers (crashes are reported, crashed workers restarted in their role), and adding or
-removing instances (elastic pools). Where a worker runs is its :class:`Launcher`'s business:
+over the workers (crashes are reported, crashed workers restarted in their role, with the
+backoff of :class:`~dopd.serve.faults.RestartBackoff`; a worker that holds work and has not
+reported for ``faults.stall_timeout_s`` is declared stalled: reported as crashed, killed and
+restarted), and adding or removing instances (elastic pools). Where a worker runs is its
+:class:`Launcher`'s business:
 :class:`LocalCluster` spawns processes on this machine (``spawn`` start method),
 :class:`dopd.serve.ray_cluster.RayCluster` starts Ray actors. Workers of every backend run the
 same loop (:mod:`dopd.serve.worker`) over the same ZMQ channels.
@@ -23,12 +26,13 @@ from typing import Any, Protocol
 from dopd.errors import DopdError, require
 from dopd.serve.channels import FrontControl
 from dopd.serve.engines import EngineSpec
+from dopd.serve.faults import FaultPolicy, RestartBackoff
 from dopd.serve.step_samples import StepSample, samples_from_wire
 from dopd.serve.worker import WorkerSpec, worker_main
 from dopd.types import InstanceState, Role
 
 MONITOR_INTERVAL_S = 0.1
-MAX_RESTARTS = 5
+_WATCHED = (InstanceState.ACTIVE, InstanceState.DRAINING, InstanceState.SWITCHING)
 
 
 class InstanceHandle(Protocol):
@@ -159,6 +163,10 @@ class WorkerCluster:
     to the worker's bound; see :mod:`dopd.serve.step_samples`); ``bad_step_reports`` counts
     reports that were not of the expected wire version or shape (ignored).
     ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
+    ``faults`` sets the watchdog and the restart backoff; ``holding(iid)`` (set by the front
+    end) counts the requests placed on an instance, ``on_tick`` runs on every turn of the
+    watch (every ``MONITOR_INTERVAL_S``). ``stalls`` counts workers the watchdog declared
+    stalled, ``restarting`` the instances waiting for (or in) a restart.
     """
 
     def __init__(self, engine: EngineSpec, roles: list[Role], launcher: Launcher, *,
@@ -179,6 +187,12 @@ class WorkerCluster:
         self.max_model_len = 0
         self.cold_starts: list[float] = []
         self.stopping = False
+        self.faults = FaultPolicy()
+        self.holding: Callable[[int], int] = lambda iid: 0
+        self.on_tick: Callable[[], None] = lambda: None
+        self.stalls = 0
+        self.restarting: set[int] = set()
+        self._backoff: dict[int, RestartBackoff] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -197,7 +211,7 @@ class WorkerCluster:
         spec = WorkerSpec(inst.instance_id, self.control.address,
                           replace(self.engine, role=inst.role, name=f"worker-{inst.instance_id}",
                                   index=inst.instance_id),
-                          self.launcher.control_host())
+                          self.launcher.control_host(), self.faults.fault_injection)
         inst.state = InstanceState.STARTING
         inst.ready.clear()
         inst.cold_start_s = None
@@ -232,7 +246,9 @@ class WorkerCluster:
             inst.send({"op": "stop"})
         deadline = time.monotonic() + timeout_s
         for inst in self.instances.values():
-            while self.alive(inst) and time.monotonic() < deadline:
+            # a worker still starting cannot take the stop: it is ended right away
+            while self.alive(inst) and time.monotonic() < deadline and \
+                    inst.state != InstanceState.STARTING:
                 await asyncio.sleep(0.05)
             if inst.process is not None:
                 self.launcher.terminate(inst.process)
@@ -313,23 +329,61 @@ class WorkerCluster:
     async def _monitor(self) -> None:
         while not self.stopping:
             await asyncio.sleep(MONITOR_INTERVAL_S)
+            now = time.monotonic()
             for inst in list(self.instances.values()):
-                if self.stopping or inst.state == InstanceState.STOPPED or self.alive(inst):
+                if self.stopping or inst.state == InstanceState.STOPPED:
                     continue
-                inst.state = InstanceState.STOPPED
-                inst.stats = {}
-                self.on_crash(inst.instance_id)
-                if self.restart and inst.restarts < MAX_RESTARTS:
-                    inst.restarts += 1
-                    inst.target_role = None
-                    self._spawn(inst)
-                    self._tasks.append(asyncio.create_task(self._await_restart(inst)))
+                if not self.alive(inst):
+                    self._lost(inst, stalled=False)
+                elif self._stalled(inst, now):
+                    self.stalls += 1
+                    self._lost(inst, stalled=True)
+            self.on_tick()
 
-    async def _await_restart(self, inst: WorkerInstance) -> None:
+    def _stalled(self, inst: WorkerInstance, now: float) -> bool:
+        """A worker that holds work and has sent nothing for the stall timeout."""
+        timeout = self.faults.stall_timeout_s
+        if timeout <= 0 or inst.state not in _WATCHED or now - inst.stats_t <= timeout:
+            return False
+        s = inst.stats
+        return self.holding(inst.instance_id) > 0 or int(s.get("unfinished", 0)) > 0 \
+            or int(s.get("held", 0)) > 0 or int(s.get("pending_decodes", 0)) > 0
+
+    def _lost(self, inst: WorkerInstance, stalled: bool) -> None:
+        """``inst``'s worker died or stalled: stop routing to it, report it, make sure it is
+        gone and (unless restarts are off) restart it after its backoff."""
+        inst.state = InstanceState.STOPPED
+        inst.stats = {}
+        self.on_crash(inst.instance_id)
+        if self.restart:
+            inst.target_role = None
+            self.restarting.add(inst.instance_id)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(self._restart(inst, stalled)))
+
+    async def _restart(self, inst: WorkerInstance, stalled: bool) -> None:
+        iid = inst.instance_id
+        if stalled:  # a frozen process ignores SIGTERM until killed: off the event loop
+            await asyncio.to_thread(self.launcher.terminate, inst.process)
+        if not self.restart:
+            return
+        delay = self._backoff.setdefault(iid, RestartBackoff(self.faults)).record()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.stopping or inst.state != InstanceState.STOPPED:
+            self.restarting.discard(iid)
+            return
+        if not stalled:
+            await asyncio.to_thread(self.launcher.terminate, inst.process)
+        inst.restarts += 1
+        self._spawn(inst)
         try:
             await self._wait_ready([inst])
-        except DopdError:
-            inst.state = InstanceState.STOPPED
+        except DopdError:  # it died or hung while starting: another loss, backed off
+            if not self.stopping and inst.state != InstanceState.STOPPED:
+                self._lost(inst, stalled=True)
+                return
+        self.restarting.discard(iid)
 
 
 class LocalCluster(WorkerCluster):

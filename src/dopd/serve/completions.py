@@ -75,7 +75,7 @@ async def send_json(send: Send, status: int, obj: Any,
 
 async def send_error(send: Send, exc: ServeError,
                      headers: list[tuple[bytes, bytes]] | None = None) -> int:
-    return await send_json(send, exc.status, exc.body(), headers)
+    return await send_json(send, exc.status, exc.body(), [*exc.headers(), *(headers or [])])
 
 
 async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:

@@ -58,6 +58,19 @@ class ServeConfig:
     (the workers' emulated steps are unchanged: the belief is wrong, not the hardware).
     ``max_request_bytes`` bounds a completion request's body (413 beyond it, checked on its
     Content-Length and while it is read, before any parsing or tokenization).
+    Reliability (see :mod:`dopd.serve.faults`, :mod:`dopd.serve.admission`):
+    ``worker_stall_timeout_s`` is how long a worker holding work may send nothing before it is
+    declared stalled (0: no watchdog); a lost worker restarts after a backoff that doubles from
+    ``restart_backoff_s`` up to ``restart_backoff_max_s`` with each loss in the last
+    ``restart_window_s``. ``max_queued_requests`` and ``max_queued_tokens`` (prompt tokens)
+    bound what each instance holds, ``cluster_max_requests`` and ``cluster_max_tokens`` (None:
+    the per-instance limit times ``instances``) the whole cluster; past them requests get 429
+    with ``Retry-After``. ``http_timeout_s`` bounds the wait for a request's headers and body
+    and an idle keep-alive connection; ``max_connections`` the connections served at once
+    (more get 503). ``shutdown_timeout_s`` is the grace of a SIGTERM: requests still open at
+    its end get an error (an SSE error event and ``[DONE]`` on a stream).
+    ``fault_injection`` turns on the test-only crash hook (a prompt starting with
+    :data:`dopd.serve.faults.CRASH_MARKER` crashes its worker); never in production.
     """
 
     model: str = "dopd-tiny"
@@ -99,6 +112,17 @@ class ServeConfig:
     calibration: bool = True
     model_bias: float = 0.0
     max_request_bytes: int = 8 * 2**20
+    worker_stall_timeout_s: float = 10.0
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    max_queued_requests: int = 256
+    max_queued_tokens: int = 524_288
+    cluster_max_requests: int | None = None
+    cluster_max_tokens: int | None = None
+    http_timeout_s: float = 10.0
+    max_connections: int = 1024
+    fault_injection: bool = False
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -109,7 +133,9 @@ class ServeConfig:
         require(math.isfinite(self.step_time_scale) and self.step_time_scale >= 0,
                 f"step_time_scale must be >= 0, got {self.step_time_scale}")
         for name in ("kv_timeout_s", "kv_lease_s", "tick_s", "worker_start_timeout_s",
-                     "shutdown_timeout_s", "slo_ttft_s", "slo_tpot_s", "kv_cache_mb"):
+                     "shutdown_timeout_s", "slo_ttft_s", "slo_tpot_s", "kv_cache_mb",
+                     "restart_window_s", "restart_backoff_s", "restart_backoff_max_s",
+                     "http_timeout_s"):
             value = getattr(self, name)
             require(value is None or (math.isfinite(value) and value > 0),
                     f"{name} must be > 0, got {value}")
@@ -124,6 +150,12 @@ class ServeConfig:
                 f"model_bias must be in [-0.9, 3], got {self.model_bias}")
         require(self.max_request_bytes >= 1024,
                 f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
+        require(math.isfinite(self.worker_stall_timeout_s) and self.worker_stall_timeout_s >= 0,
+                f"worker_stall_timeout_s must be >= 0, got {self.worker_stall_timeout_s}")
+        for name in ("max_queued_requests", "max_queued_tokens", "cluster_max_requests",
+                     "cluster_max_tokens", "max_connections"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"{name} must be >= 1, got {value}")
         require(self.threads is None or self.threads >= 1,
                 f"threads must be >= 1, got {self.threads}")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")

@@ -5,28 +5,42 @@ front end's :class:`~dopd.serve.live_routing.InstanceBook`). :meth:`Dispatcher.s
 where a tokenized request goes: a PREFILL instance (disaggregated; the decode instance is chosen
 by the router when the prompt is done, with the loads of that time), a MIXED instance, or a
 DECODE instance that prefills it itself (colocated); or it rejects the request (admission
-control: HTTP 429). Prefill-only instances are candidates only while some instance can decode;
-with DECODE instances alone, one of them serves the request colocated. DRAINING, SWITCHING,
-STARTING and STOPPED instances get no new work. Worker events
+control: HTTP 429). With DECODE instances alone, one of them serves the request colocated;
+with PREFILL instances alone (every decode instance down), one of them serves the whole request
+(``local``: no hand-off) rather than refusing it. DRAINING, SWITCHING, STARTING and STOPPED
+instances get no new work. Every policy's admission is bounded
+(:class:`~dopd.serve.admission.AdmissionLimits`): past the limits a new request gets 429 with
+``Retry-After``. Worker events
 become :class:`Event` values on the request's queue. When a prefill worker reports a prompt done
 with a KV handle, the dispatcher sends ``accept`` to the chosen decode worker, which fetches the
 KV from the prefill worker's KV server (peer to peer) or recomputes the prompt on a timeout.
-On a worker crash, requests it held that produced no token yet are placed again (once); the
-others fail with 503. Observers (metrics, the controller's policy) see arrivals and outcomes.
+When a worker is lost (crashed, or stalled: see :mod:`dopd.serve.cluster`) the requests it
+held are suspects: one crash does not say which request of the batch caused it. Suspects are
+placed again one at a time (a request that already streamed tokens resumes: its prompt and the
+tokens so far are prefilled again and it goes on from there), each on probation until it
+produced a token on its new instance. The request on probation when its instance is lost again
+is poison (its second loss) and fails alone with HTTP 500, as does one in ``POISON_LOSSES``
+losses: one bad request takes at most two workers down, the innocent requests of its batch
+finish elsewhere, and an identical request later fails at once. Decode instances fetching KV
+from a lost prefill instance recompute the prompt at once. Observers (metrics, the controller's
+policy) see arrivals and outcomes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dopd.engine.model import SamplingParams
 from dopd.engine.sequence import SchedulerConfig
+from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.config import ServeConfig
 from dopd.serve.errors import ServeError
@@ -35,13 +49,24 @@ from dopd.serve.wire import params_to_wire
 from dopd.sim.routing import Router
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
-MAX_RETRIES = 1
+POISON_LOSSES = 3
+"""A request in this many worker losses is poison even when it passed its probations."""
+SUSPECT_WAIT_S = 60.0
+"""The longest a suspect waits for an instance to take it before it fails (503)."""
+NO_INSTANCE_RETRY_S = 5
+POISON_MEMORY = 1024
+"""Poison requests remembered (prompt and parameters): an identical one fails at once."""
 
 
 @functools.lru_cache(maxsize=1024)
 def _wire_params(params: SamplingParams) -> dict[str, Any]:
     """The wire form of ``params``, shared by requests with equal parameters (read only)."""
     return params_to_wire(params)
+
+
+def _print(prompt_ids: list[int], params: SamplingParams) -> int:
+    """A request's fingerprint: its prompt and sampling parameters but the length."""
+    return hash((tuple(prompt_ids), dataclasses.replace(params, max_tokens=1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +87,10 @@ class Event:
 class Tracked:
     """A request in flight (mutable, front end only). ``t_http``, ``t_submit`` and ``t_event``
     (``time.perf_counter``, 0 when unknown) are when the request reached the app, when its
-    submit was sent, and when its first token's event arrived from the worker."""
+    submit was sent, and when its first token's event arrived from the worker. ``out_ids``
+    are the tokens streamed so far, ``n_base`` how many of them its current instance did not
+    produce (it resumed after a loss), ``losses`` the worker losses it was in, ``cost`` the
+    prompt tokens charged to its instance."""
 
     rid: int
     prompt_ids: list[int]
@@ -77,6 +105,11 @@ class Tracked:
     finish_t: float | None = None
     n_out: int = 0
     retries: int = 0
+    losses: int = 0
+    n_base: int = 0
+    cost: int = 0
+    out_ids: list[int] = field(default_factory=list)
+    suspect_since: float = 0.0
     kv_bytes: int = 0
     recomputed: bool = False
     t_http: float = 0.0
@@ -97,14 +130,19 @@ class Observer:
 
 
 class Rejected(Exception):
-    """The router's admission control refused a request; the message says why."""
+    """The router's admission control refused a request; the message says why, ``retry_after``
+    when to try again (seconds)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Dispatcher:
     """Places requests on ``instances`` with ``router`` and relays their events (see the module
     docstring). ``router`` None: ``least-loaded`` on the default deployment's latency model.
-    ``kv_address(iid)`` is an instance's KV server address. Not thread-safe: used from the
-    event loop only.
+    ``kv_address(iid)`` is an instance's KV server address. ``limits`` bound admission.
+    Not thread-safe: used from the event loop only.
     """
 
     def __init__(self, instances: dict[int, InstanceHandle],
@@ -117,6 +155,14 @@ class Dispatcher:
         self.books: dict[int, InstanceBook] = {}
         self.tracked: dict[int, Tracked] = {}
         self.load: dict[int, int] = {}
+        self.tokens: dict[int, int] = {}
+        self.limits = AdmissionLimits(instances=max(1, len(instances)))
+        self.finishes = FinishRate()
+        self.overloaded = 0
+        self.poisoned = 0
+        self.poison_prints: dict[int, None] = {}  # insertion-ordered, bounded
+        self.suspects: deque[Tracked] = deque()
+        self.probation: Tracked | None = None
         self.observers: list[Observer] = []
         self.admitting = True
         self.rejected = 0
@@ -152,27 +198,50 @@ class Dispatcher:
     def _place(self, t: Tracked, iid: int | None) -> None:
         if t.where is not None:
             self.load[t.where] -= 1
+            self.tokens[t.where] -= t.cost
             book = self.books.get(t.where)
             if book is not None:
                 book.drop(t.rid)
         t.where = iid
         if iid is not None:
             self.load[iid] = self.load.get(iid, 0) + 1
+            self.tokens[iid] = self.tokens.get(iid, 0) + t.cost
 
-    def route(self, t: Tracked, admit: bool = False) -> tuple[str, int]:
-        """(phase, instance) for request ``t`` by the router; ``admit``: it is arriving (the
-        router may reject it: :class:`Rejected`). ServeError 503 when nothing can take it."""
+    def _has_room(self, iid: int, prompt: int) -> bool:
+        return self.limits.instance_room(self.load.get(iid, 0), self.tokens.get(iid, 0), prompt)
+
+    def _overloaded(self, what: str) -> ServeError:
+        self.overloaded += 1
+        behind = max(1, len(self.tracked) - self.limits.max_requests + 1)
+        return ServeError(429, f"the server is overloaded ({what}); retry later",
+                          code="overloaded", retry_after=self.finishes.retry_after(behind))
+
+    def route(self, t: Tracked, p: int, m: int, admit: bool = False) -> tuple[str, int]:
+        """(phase, instance) for request ``t`` (a prompt of ``p`` tokens, ``m`` to generate)
+        by the router; ``admit``: it is arriving (the admission limits apply, and the router
+        may reject it: :class:`Rejected`). Phase ``local``: a PREFILL instance serves it whole.
+        ServeError 503 when nothing can take it, 429 past the admission limits."""
         now = time.monotonic()
         prefill, decode = self._candidates(now)
-        if not decode:
-            raise ServeError(503, "no instance can serve requests right now", code="unavailable")
-        p, m = len(t.prompt_ids), t.params.max_tokens
-        if not prefill:  # DECODE instances only: one of them prefills the prompt itself
-            return "colocated", self.router.select_prefill(
-                now, p, m, routables(decode)).instance_id
+        if not prefill and not decode:
+            raise ServeError(503, "no instance can serve requests right now", code="unavailable",
+                             retry_after=NO_INSTANCE_RETRY_S)
+        pool, phase = (prefill, "local") if not decode else \
+            (decode, "colocated") if not prefill else (None, "")
+        if admit:
+            if not self.limits.cluster_room(len(self.tracked), sum(self.tokens.values()), p):
+                raise self._overloaded("cluster queue limit")
+            if pool is not None:
+                pool = [b for b in pool if self._has_room(b.instance_id, p)]
+            else:
+                prefill = [b for b in prefill if self._has_room(b.instance_id, p)]
+            if not (pool if pool is not None else prefill):
+                raise self._overloaded("every instance is at its queue limit")
+        if pool is not None:  # one kind of instance only: it serves the request whole
+            return phase, self.router.select_prefill(now, p, m, routables(pool)).instance_id
         placement = self.router.place(now, p, m, routables(prefill), routables(decode), admit)
         if placement.reject:
-            raise Rejected(placement.reject)
+            raise Rejected(placement.reject, clamp_retry_after(placement.predicted_ttft_s))
         inst = placement.instance
         assert isinstance(inst, InstanceBook)
         phase = "prefill" if inst.role == Role.PREFILL else "colocated"
@@ -183,6 +252,10 @@ class Dispatcher:
         admission control rejects it (observers see it arrive and end REJECTED)."""
         if not self.admitting:
             raise ServeError(503, "the server is shutting down", code="unavailable")
+        if self.poison_prints and _print(prompt_ids, params) in self.poison_prints:
+            self.poisoned += 1
+            raise ServeError(500, "an identical request made two instances fail; it is not "
+                             "served", code="poison_request")
         t = Tracked(next(self._ids), prompt_ids, params, time.monotonic())
         try:
             self._send_submit(t, admit=True)
@@ -191,22 +264,34 @@ class Dispatcher:
             for obs in self.observers:
                 obs.on_arrival(t)
             self._report(t, RequestState.REJECTED, str(exc))
-            raise ServeError(429, f"request rejected by {exc}", code="admission_control") from None
+            raise ServeError(429, f"request rejected by {exc}", code="admission_control",
+                             retry_after=exc.retry_after) from None
         self.tracked[t.rid] = t
         for obs in self.observers:
             obs.on_arrival(t)
         return t
 
     def _send_submit(self, t: Tracked, admit: bool = False) -> None:
-        phase, iid = self.route(t, admit)
-        t.phase = phase
+        """Place ``t`` and send it; a request that streamed tokens already resumes (its prompt
+        and those tokens prefilled again, the rest of its budget to go)."""
+        ids, params = t.prompt_ids, t.params
+        if t.out_ids:
+            ids = t.prompt_ids + t.out_ids
+            params = dataclasses.replace(params, max_tokens=params.max_tokens - len(t.out_ids))
+        phase, iid = self.route(t, len(ids), params.max_tokens, admit)
+        local = phase == "local"
+        t.phase = "colocated" if local else phase
         t.prefill_iid = iid if phase == "prefill" else None
-        msg = {"op": "submit", "rid": t.rid, "ids": t.prompt_ids,
-               "params": _wire_params(t.params)}
+        msg = {"op": "submit", "rid": t.rid, "ids": ids, "params": _wire_params(params)}
+        if local:
+            msg["local"] = True
         if not self.instances[iid].send(msg):
-            raise ServeError(503, f"instance {iid} is not reachable", code="unavailable")
+            raise ServeError(503, f"instance {iid} is not reachable", code="unavailable",
+                             retry_after=NO_INSTANCE_RETRY_S)
+        t.n_base = len(t.out_ids)
+        t.cost = len(ids)
         self._place(t, iid)
-        self.book(iid).queue(t.rid, len(t.prompt_ids), t.params.max_tokens, t.arrival)
+        self.book(iid).queue(t.rid, len(ids), params.max_tokens, t.arrival)
 
     def abort(self, rid: int, reason: str = "client gone") -> None:
         """Drop a request (client gone, shutdown): the instance holding it frees it, and
@@ -252,9 +337,15 @@ class Dispatcher:
         if t is None or t.where != iid:
             return
         now = time.monotonic()
-        if ids and t.first_token_t is None:
-            t.first_token_t = now
-            t.t_event = time.perf_counter()
+        if ids:
+            if t.first_token_t is None:
+                t.first_token_t = now
+                t.t_event = time.perf_counter()
+            t.out_ids.extend(ids)
+            if t is self.probation:  # it produced a token on its new instance: cleared
+                self.probation = None
+                self.pump()
+        n_out += t.n_base
         t.n_out = n_out
         if ids or text:
             t.queue.put_nowait(Event("delta", tuple(ids), text))
@@ -262,16 +353,20 @@ class Dispatcher:
             self.book(iid).held(rid)
             self._hand_off(t, iid, handle)
         elif finished:
-            t.finish_t = now
-            self._place(t, None)
-            del self.tracked[rid]
-            t.queue.put_nowait(Event("done", finish_reason=reason))
-            self._report(t, RequestState.FINISHED, reason or "")
-            self.router.observe_finish(now, len(t.prompt_ids), n_out)
+            self._finish(t, now, reason)
         elif n_out:
             if t.phase == "decode":
                 self._handed_over(t)
             self.book(iid).decoding(rid, len(t.prompt_ids) + n_out)
+
+    def _finish(self, t: Tracked, now: float, reason: str | None) -> None:
+        t.finish_t = now
+        self._place(t, None)
+        del self.tracked[t.rid]
+        self.finishes.finished(now)
+        t.queue.put_nowait(Event("done", finish_reason=reason))
+        self._report(t, RequestState.FINISHED, reason or "")
+        self.router.observe_finish(now, len(t.prompt_ids), t.n_out)
 
     def _handed_over(self, t: Tracked) -> None:
         """``t``'s KV reached its decode instance (or was recomputed there, or ``t`` ended):
@@ -282,9 +377,13 @@ class Dispatcher:
     def _hand_off(self, t: Tracked, src: int, handle: dict[str, Any]) -> None:
         now = time.monotonic()
         decode = self._candidates(now)[1]
-        if not decode:
+        if not decode:  # every decode instance is down: serve the rest on a prefill one
             self.instances[src].send({"op": "abort", "rid": t.rid})
-            self._fail(t, 503, "no decode instance to continue the request")
+            self._place(t, None)
+            try:
+                self._send_submit(t)
+            except ServeError as exc:
+                self._fail(t, exc.status, "no instance to continue the request")
             return
         p, m = len(t.prompt_ids), t.params.max_tokens
         d = self.router.select_decode(now, p, m, routables(decode)).instance_id
@@ -317,25 +416,70 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ crashes, draining
     def on_crash(self, iid: int) -> None:
-        """Instance ``iid`` died: retry its requests that produced no token, fail the rest."""
+        """Instance ``iid`` was lost (crashed or stalled): its requests become suspects, placed
+        again one at a time (:meth:`pump`); one already in a loss is poison and fails (500).
+        Decode instances waiting for KV from ``iid`` recompute it now."""
         retried = failed = 0
         book = self.books.pop(iid, None)
         if book is not None:
             book.clear()
-        for t in [t for t in self.tracked.values() if t.where == iid]:
+        now = time.monotonic()
+        probation = self.probation
+        for t in list(self.tracked.values()):
+            if t.where != iid:
+                if t.phase == "decode" and t.prefill_iid == iid and t.where is not None:
+                    self.instances[t.where].send({"op": "kv_lost", "rid": t.rid})
+                continue
             self._place(t, None)
-            if t.n_out == 0 and t.retries < MAX_RETRIES:
-                t.retries += 1
-                try:
-                    self._send_submit(t)
-                    retried += 1
-                    continue
-                except ServeError:
-                    pass
-            failed += 1
-            self._fail(t, 503, f"instance {iid} failed while serving the request")
+            t.losses += 1
+            if t is self.probation:
+                self.probation = None
+            if t.n_out >= t.params.max_tokens:  # nothing left to generate: it is done
+                self._finish(t, now, "length")
+                continue
+            if t is probation or t.losses >= POISON_LOSSES:
+                failed += 1
+                self.poisoned += 1
+                self.poison_prints[_print(t.prompt_ids, t.params)] = None
+                if len(self.poison_prints) > POISON_MEMORY:
+                    del self.poison_prints[next(iter(self.poison_prints))]
+                self._fail(t, 500, f"the request was on {t.losses} instances that failed "
+                           f"while serving it (last: instance {iid}); it is not retried")
+                continue
+            retried += 1
+            t.retries += 1
+            t.suspect_since = now
+            self.suspects.append(t)
+        self.pump()
         for obs in self.observers:
             obs.on_crash(iid, retried, failed)
+
+    def pump(self) -> None:
+        """Place the next suspect when none is on probation (called on every turn of the
+        cluster's watch, and when a probation ends); a suspect that waited longer than
+        ``SUSPECT_WAIT_S`` for an instance fails with 503."""
+        if self.probation is not None:
+            if self.probation.rid in self.tracked:
+                return
+            self.probation = None
+        now = time.monotonic()
+        while self.suspects:
+            t = self.suspects[0]
+            if t.rid not in self.tracked or t.where is not None:
+                self.suspects.popleft()
+                continue
+            try:
+                self._send_submit(t)
+            except ServeError as exc:
+                if now - t.suspect_since > SUSPECT_WAIT_S:
+                    self.suspects.popleft()
+                    self._fail(t, exc.status, f"no instance could take the request again: "
+                               f"{exc.message}")
+                    continue
+                return  # nothing can take it now: try again on the next turn
+            self.suspects.popleft()
+            self.probation = t
+            return
 
     def holding(self, iid: int) -> int:
         """Requests of the front end currently placed on ``iid``."""

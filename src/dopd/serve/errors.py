@@ -12,15 +12,23 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
 
 
 class ServeError(Exception):
-    """A request that cannot be served: HTTP ``status`` and a one-line ``message``."""
+    """A request that cannot be served: HTTP ``status`` and a one-line ``message``;
+    ``retry_after`` (whole seconds) becomes a ``Retry-After`` header (429, 503)."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra response headers (``Retry-After`` when set)."""
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(self.retry_after).encode())]
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error object."""
@@ -28,4 +36,5 @@ class ServeError(Exception):
                           "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        headers = None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)

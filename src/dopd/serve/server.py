@@ -2,8 +2,10 @@
 metrics) and the uvicorn server around the FastAPI app.
 
 :func:`serve` blocks until SIGINT or SIGTERM; then the server stops accepting connections,
-in-flight responses finish (up to ``shutdown_timeout_s``, after which they are aborted), the
-workers are stopped, and it returns 0.
+in-flight responses finish (up to ``shutdown_timeout_s``, the grace; then every request still
+open ends with a 503 error: an SSE error event and ``data: [DONE]`` on a stream, an error body
+otherwise), the workers are stopped, and it returns 0. Connections are guarded against slow
+or idle clients (:mod:`dopd.serve.http_guard`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
 from dopd.perf.base import LatencyModel
 from dopd.perf.factory import build_latency_model
+from dopd.serve.admission import AdmissionLimits
 from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Event
 from dopd.serve.engines import EngineSpec
+from dopd.serve.faults import FaultPolicy
 from dopd.serve.live_calibration import LiveCalibration, build_belief
 from dopd.serve.live_routing import live_router, router_label
 from dopd.serve.metrics import ServeMetrics
@@ -35,6 +39,9 @@ from dopd.serve.preflight import bind_listener
 from dopd.sim.api import SimConfig
 from dopd.sim.policy import ClusterPolicy, PolicyContext, make_policy
 from dopd.types import SLO, Role
+
+SHUTDOWN_MARGIN_S = 5.0
+"""Seconds uvicorn waits past the grace before it cancels what is left (nothing should be)."""
 
 
 def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
@@ -123,6 +130,14 @@ class ServeRuntime:
         self.dispatcher.observers = [self.metrics, self.controller]
         self.cluster.listener = self.dispatcher.on_event
         self.cluster.on_crash = self.dispatcher.on_crash
+        self.cluster.holding = self.dispatcher.holding
+        self.cluster.on_tick = self.dispatcher.pump
+        self.cluster.faults = FaultPolicy(config.worker_stall_timeout_s, config.restart_window_s,
+                                          config.restart_backoff_s, config.restart_backoff_max_s,
+                                          config.fault_injection)
+        self.dispatcher.limits = AdmissionLimits(
+            config.max_queued_requests, config.max_queued_tokens, config.cluster_max_requests,
+            config.cluster_max_tokens, config.instances)
         self.cluster.step_listener = self.calibration.observe
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -158,17 +173,22 @@ class ServeRuntime:
         self.controller.t0 = time.monotonic()
         self._loop_task = asyncio.create_task(self.controller.run())
 
-    async def stop(self) -> None:
-        """Stop admitting, let in-flight requests finish (bounded), abort the rest, stop
-        the workers."""
+    async def drain(self, grace_s: float) -> None:
+        """Stop admitting, let in-flight requests finish for up to ``grace_s``, then end every
+        one still open with a 503 error event (its handler writes it and returns)."""
         self.dispatcher.admitting = False
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        deadline = time.monotonic() + grace_s
         while self.dispatcher.tracked and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for rid in list(self.dispatcher.tracked):
             t = self.dispatcher.tracked[rid]
-            self.dispatcher.abort(rid)
-            t.queue.put_nowait(Event("error", status=503, message="the server is shutting down"))
+            self.dispatcher.abort(rid, "server shutdown")
+            t.queue.put_nowait(Event("error", status=503, message=f"the server is shutting "
+                                     f"down (grace of {grace_s:g} s over)"))
+
+    async def stop(self) -> None:
+        """Drain (bounded by the grace), stop the workers."""
+        await self.drain(self.config.shutdown_timeout_s)
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -199,6 +219,7 @@ def serve(config: ServeConfig, listener: socket.socket | None = None) -> int:
     import uvicorn
 
     from dopd.serve.api import create_app
+    from dopd.serve.http_guard import guarded_protocol
 
     class _Server(uvicorn.Server):
         """uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown, which would
@@ -208,12 +229,24 @@ def serve(config: ServeConfig, listener: socket.socket | None = None) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # the open requests end (finished, or with an error at the grace's end) while
+            # uvicorn waits for their connections, well before it would cancel their tasks
+            draining = asyncio.create_task(runtime.drain(config.shutdown_timeout_s))
+            try:
+                await super().shutdown(sockets)
+            finally:
+                await draining
+
     sock = listener if listener is not None else bind_listener(config.host, config.port)
     runtime = ServeRuntime(config)
     app = create_app(runtime)
     server = _Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=int(max(1, config.shutdown_timeout_s)), lifespan="off"))
+        timeout_graceful_shutdown=int(config.shutdown_timeout_s + SHUTDOWN_MARGIN_S),
+        lifespan="off", http=guarded_protocol(config.http_timeout_s, config.max_connections),
+        limit_concurrency=config.max_connections, timeout_keep_alive=int(
+            max(1, config.http_timeout_s))))
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

@@ -2,9 +2,10 @@
 
 :func:`worker_main` (the target of a ``spawn`` process) builds the engine, binds its KV server
 socket, says ``ready`` to the front end, then loops: handle control commands (``submit``,
-``accept``, ``abort``, ``set_role``, ``stop``), serve KV fetches of its leased prefills, take KV
-replies from peers, run one engine step, and send the step's outputs back. It exits on ``stop``,
-or when its parent process is gone. Message formats: :mod:`dopd.serve.channels`.
+``accept``, ``abort``, ``kv_lost``, ``set_role``, ``stop``), serve KV fetches of its leased
+prefills, take KV replies from peers, run one engine step, and send the step's outputs back.
+It exits on ``stop``, or when its parent process is gone. Message formats:
+:mod:`dopd.serve.channels`.
 
 Every step that ran a batch is recorded (:class:`~dopd.serve.step_samples.StepBuffer`) with
 its batch sums and its wall time, counted from the previous step's end when it followed it back
@@ -29,6 +30,7 @@ from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
 from dopd.serve.channels import KVClient, KVServer, WorkerControl
 from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
+from dopd.serve.faults import CRASH_EXIT_CODE, CRASH_MARKER
 from dopd.serve.step_samples import StepBuffer, StepSample
 from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire
 from dopd.types import Role
@@ -39,12 +41,14 @@ _EWMA = 0.2
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """What a worker process needs: its id, the front end's control address, its engine."""
+    """What a worker process needs: its id, the front end's control address, its engine;
+    ``fault_injection``: the test-only crash hook of :mod:`dopd.serve.faults` is on."""
 
     instance_id: int
     control_addr: str
     engine: EngineSpec
     host: str = "127.0.0.1"
+    fault_injection: bool = False
 
 
 class Worker:
@@ -71,6 +75,7 @@ class Worker:
         self.kv_bytes_received = 0
         self.kv_failures = 0
         self.stopping = False
+        self.crash_pending = False
         self._parent = os.getppid()
         self._next_stats = 0.0
         self._poller = zmq.Poller()
@@ -102,6 +107,8 @@ class Worker:
             ready = self.poll(timeout_ms)
             if ready:
                 self.handle_control()
+                if self.crash_pending:
+                    os._exit(CRASH_EXIT_CODE)  # the test-only crash hook (dopd.serve.faults)
                 self.handle_fetches()
                 self.handle_replies()
             self.send_due()
@@ -155,8 +162,12 @@ class Worker:
             rid = msg.get("rid")
             try:
                 if op == "submit":
-                    self.engine.add_request(msg["ids"], params_from_wire(msg["params"]),
-                                            request_id=rid)
+                    ids = msg["ids"]
+                    if self.spec.fault_injection and tuple(ids[:len(CRASH_MARKER)]) == \
+                            CRASH_MARKER:
+                        self.crash_pending = True
+                    self.engine.add_request(ids, params_from_wire(msg["params"]),
+                                            request_id=rid, local=bool(msg.get("local")))
                 elif op == "accept":
                     handle = handle_from_wire(msg["handle"])
                     self.engine.accept_remote(handle)
@@ -167,6 +178,8 @@ class Worker:
                     self.engine.abort(rid)
                     self.handles.pop(rid, None)
                     self.fetches.pop(rid, None)
+                elif op == "kv_lost":  # its prefill instance died: recompute now
+                    self.complete_fetch(rid, None, "the prefill instance failed")
                 elif op == "set_role":
                     self.engine.role = Role(msg["role"])
                     self.control.send({"ev": "role", "role": msg["role"],

@@ -134,7 +134,8 @@ class LengthAwareRouter(PDPair):
             slo = self.context.slo
             assert slo is not None
             return Placement(None, reject=f"admission control: predicted TTFT {best_t:.2f} s > "
-                                          f"{opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s")
+                                          f"{opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s",
+                             predicted_ttft_s=best_t)
         if bypass is not None:
             self.bypassed += 1
             return Placement(bypass, bypass=True, predicted_ttft_s=best_t)
