@@ -56,13 +56,17 @@ class Server:
             raise
 
 
-def start_server(*args: str, api_key: str | None = None) -> Server:
+def start_server(*args: str, api_key: str | None = None,
+                 env: dict[str, str] | None = None) -> Server:
+    """A ``dopd serve`` process with ``args``; ``api_key`` goes in ``DOPD_API_KEY`` (not argv),
+    ``env`` adds environment variables."""
     port = free_port()
     cmd = [sys.executable, "-m", "dopd.cli.main", "serve", "--port", str(port), *args]
+    environ = {**os.environ, **(env or {})}
     if api_key:
-        cmd += ["--api-key", api_key]
+        environ["DOPD_API_KEY"] = api_key
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=environ)
     server = Server(proc, port, api_key)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -8,7 +8,9 @@ KV: every worker binds a ROUTER (:class:`KVServer`) where decode workers (:class
 one DEALER per peer) send ``[b"fetch", {rid, source}]``; the answer is
 ``[b"ok", {rid}, header, data]`` with the data frame sent and received without copies, or
 ``[b"err", {rid, msg}]``. The caller owns timeouts (a fetch has a deadline in the worker).
-Sockets use LINGER 0 so closing never blocks.
+Sockets use LINGER 0 so closing never blocks. With cluster keys every socket is a ZMQ CURVE
+server or client of the cluster (:mod:`dopd.serve.channel_auth`): a peer without the cluster's
+secret key cannot connect, send or read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ import zmq
 
 from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
+from dopd.serve.channel_auth import (
+    ClusterKeys,
+    denied,
+    release_guard,
+    secure_client,
+    secure_server,
+)
 from dopd.serve.wire import pack, payload_frames, payload_from_frames, unpack
 
 
@@ -32,9 +41,10 @@ def _identity(instance_id: int) -> bytes:
 class WorkerControl:
     """Worker side of the control channel (blocking socket, polled by the worker loop)."""
 
-    def __init__(self, address: str, instance_id: int) -> None:
+    def __init__(self, address: str, instance_id: int, keys: ClusterKeys | None = None) -> None:
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
+        secure_client(self.socket, keys)
         self.socket.setsockopt(zmq.IDENTITY, _identity(instance_id))
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.connect(address)
@@ -43,14 +53,19 @@ class WorkerControl:
         self.socket.send(pack(msg))
 
     def receive_all(self) -> list[dict[str, Any]]:
-        """Every message waiting now (does not block)."""
+        """Every well-formed message waiting now (does not block); others are dropped."""
         out = []
         while True:
             try:
                 data = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            out.append(unpack(data))
+            try:
+                msg = unpack(data)
+            except DopdError:
+                continue
+            if isinstance(msg, dict):
+                out.append(msg)
 
     def close(self) -> None:
         self.socket.close(linger=1000)
@@ -59,9 +74,10 @@ class WorkerControl:
 class KVServer:
     """Serves this worker's leased KV to peers; binds a free port on ``host``."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", keys: ClusterKeys | None = None) -> None:
         self.socket = zmq.Context.instance().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        secure_server(self.socket, keys)
         port = self.socket.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
 
@@ -96,8 +112,9 @@ class KVServer:
 class KVClient:
     """Fetches KV from peers' :class:`KVServer` sockets (one DEALER per peer address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: ClusterKeys | None = None) -> None:
         self._peers: dict[str, zmq.Socket] = {}
+        self._keys = keys
 
     def sockets(self) -> list[zmq.Socket]:
         return list(self._peers.values())
@@ -107,6 +124,7 @@ class KVClient:
         if sock is None:
             sock = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            secure_client(sock, self._keys)
             sock.connect(address)
             self._peers[address] = sock
         sock.send_multipart([b"fetch", pack({"rid": rid, "source": source})])
@@ -157,11 +175,12 @@ class FrontControl:
     runs in the loop; an awaitable it returns is scheduled as a task.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", keys: ClusterKeys | None = None) -> None:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        secure_server(self.socket, keys)
         port = self.socket.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -256,7 +275,13 @@ class FrontControl:
         self._loop = None
         self._handler = None
 
+    @property
+    def auth_denied(self) -> int:
+        """Connections refused for want of the cluster's key (0 without keys)."""
+        return denied(self.context)
+
     def close(self) -> None:
         self._stop_reading()
         self.socket.close(linger=0)
+        release_guard(self.context)
         self.context.term()

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from dopd.errors import DopdError, require
+from dopd.serve.channel_auth import ClusterKeys
 from dopd.serve.channels import FrontControl
 from dopd.serve.engines import EngineSpec
 from dopd.serve.step_samples import StepSample, samples_from_wire
@@ -158,12 +159,17 @@ class WorkerCluster:
     ``step_listener`` (when set) gets the steps each event reports (id, samples, samples lost
     to the worker's bound; see :mod:`dopd.serve.step_samples`); ``bad_step_reports`` counts
     reports that were not of the expected wire version or shape (ignored).
+    ``channel_auth`` draws the cluster's CURVE keys at :meth:`start`
+    (:mod:`dopd.serve.channel_auth`): only its workers can reach the control and KV sockets.
     ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
     """
 
     def __init__(self, engine: EngineSpec, roles: list[Role], launcher: Launcher, *,
-                 restart: bool = True, start_timeout_s: float = 120.0) -> None:
+                 restart: bool = True, start_timeout_s: float = 120.0,
+                 channel_auth: bool = True) -> None:
         require(len(roles) >= 1, "a cluster needs at least one instance")
+        self.channel_auth = channel_auth
+        self.keys: ClusterKeys | None = None
         self.engine = engine
         self.initial_roles = list(roles)
         self.launcher = launcher
@@ -184,7 +190,8 @@ class WorkerCluster:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Launch every worker and wait until all are ready (DopdError after the timeout)."""
-        self.control = FrontControl(self.launcher.control_host())
+        self.keys = ClusterKeys.generate() if self.channel_auth else None
+        self.control = FrontControl(self.launcher.control_host(), self.keys)
         self._tasks.append(asyncio.create_task(self.control.run(self._on_event)))
         for iid, role in enumerate(self.initial_roles):
             self.instances[iid] = WorkerInstance(iid, role, self.control)
@@ -197,7 +204,7 @@ class WorkerCluster:
         spec = WorkerSpec(inst.instance_id, self.control.address,
                           replace(self.engine, role=inst.role, name=f"worker-{inst.instance_id}",
                                   index=inst.instance_id),
-                          self.launcher.control_host())
+                          self.launcher.control_host(), self.keys)
         inst.state = InstanceState.STARTING
         inst.ready.clear()
         inst.cold_start_s = None
@@ -336,7 +343,8 @@ class LocalCluster(WorkerCluster):
     """Worker processes on this machine; the control and KV sockets bind ``host``."""
 
     def __init__(self, engine: EngineSpec, roles: list[Role], *, restart: bool = True,
-                 start_timeout_s: float = 120.0, host: str = "127.0.0.1") -> None:
+                 start_timeout_s: float = 120.0, host: str = "127.0.0.1",
+                 channel_auth: bool = True) -> None:
         super().__init__(engine, roles, ProcessLauncher(host), restart=restart,
-                         start_timeout_s=start_timeout_s)
+                         start_timeout_s=start_timeout_s, channel_auth=channel_auth)
         self.host = host

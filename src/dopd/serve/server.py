@@ -23,6 +23,7 @@ from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
 from dopd.perf.base import LatencyModel
 from dopd.perf.factory import build_latency_model
+from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
 from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
@@ -78,12 +79,15 @@ def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> W
                              cpus_per_instance=config.ray_cpus_per_instance,
                              gpus_per_instance=config.ray_gpus_per_instance,
                              kv_transport=config.kv_transport, restart=config.restart_workers,
-                             start_timeout_s=config.worker_start_timeout_s, budget=n)
+                             start_timeout_s=config.worker_start_timeout_s, budget=n,
+                             channel_auth=config.channel_auth,
+                             loopback=is_loopback(config.host), insecure=config.ray_insecure)
         cluster.connect()
         return cluster
+    # local workers all run here: their sockets bind loopback whatever the HTTP host
     return LocalCluster(spec, roles, restart=config.restart_workers,
-                        start_timeout_s=config.worker_start_timeout_s,
-                        host=config.host if config.host != "0.0.0.0" else "127.0.0.1")
+                        start_timeout_s=config.worker_start_timeout_s, host="127.0.0.1",
+                        channel_auth=config.channel_auth)
 
 
 class ServeRuntime:
@@ -114,6 +118,9 @@ class ServeRuntime:
                           sharers=config.instances)
         self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
+        self.access = AccessPolicy(
+            config.api_key, config.admin_key, config.protect_metrics,
+            config.trusted_hosts or default_trusted_hosts(config.host))
         instances = self.cluster.instances
         self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr,  # type: ignore[arg-type]
                                      self.router)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -27,6 +27,7 @@ from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
+from dopd.serve.channel_auth import ClusterKeys, denied
 from dopd.serve.channels import KVClient, KVServer, WorkerControl
 from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
 from dopd.serve.step_samples import StepBuffer, StepSample
@@ -39,12 +40,15 @@ _EWMA = 0.2
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """What a worker process needs: its id, the front end's control address, its engine."""
+    """What a worker process needs: its id, the front end's control address, its engine, the
+    address its KV socket binds, and the cluster's channel keys (None: plain sockets; they
+    travel in the spec, never in argv or the environment, and never show in its repr)."""
 
     instance_id: int
     control_addr: str
     engine: EngineSpec
     host: str = "127.0.0.1"
+    keys: ClusterKeys | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -59,9 +63,9 @@ class Worker:
                  link: ModeledLink | None = None) -> None:
         self.spec = spec
         self.engine = engine
-        self.control = WorkerControl(spec.control_addr, spec.instance_id)
-        self.kv_server = KVServer(spec.host)
-        self.kv_client = KVClient()
+        self.control = WorkerControl(spec.control_addr, spec.instance_id, spec.keys)
+        self.kv_server = KVServer(spec.host, spec.keys)
+        self.kv_client = KVClient(spec.keys)
         self.handles: dict[int, KVHandle] = {}
         self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
         self.step_s = 0.0
@@ -304,7 +308,8 @@ class Worker:
                 "kv_exports": st.kv_exports, "kv_imports": st.kv_imports,
                 "kv_recomputes": st.kv_recomputes, "lease_expiries": st.lease_expiries,
                 "kv_bytes_sent": self.kv_bytes_sent, "kv_bytes_received": self.kv_bytes_received,
-                "kv_failures": self.kv_failures, "busy_s": st.busy_s}
+                "kv_failures": self.kv_failures, "busy_s": st.busy_s,
+                "auth_denied": denied(self.control.context)}
 
     def close(self) -> None:
         self.kv_client.close()
