@@ -88,8 +88,9 @@ def server_factory() -> Iterator[type]:
     """Start servers with ``factory(*args)``; every one is stopped (and killed if needed)."""
     started: list[Server] = []
 
-    def factory(*args: str, api_key: str | None = None) -> Server:
-        server = start_server(*args, api_key=api_key)
+    def factory(*args: str, api_key: str | None = None,
+                env: dict[str, str] | None = None) -> Server:
+        server = start_server(*args, api_key=api_key, env=env)
         started.append(server)
         return server
 

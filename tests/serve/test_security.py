@@ -9,11 +9,11 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import zmq
-from conftest import Server, start_server
 
 from dopd.serve.wire import pack
 
@@ -56,19 +56,18 @@ def addresses_of(pid: int) -> set[str]:
     return out
 
 
+Server = Any  # tests/serve/conftest.py's Server
+
+
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Server:
+def guarded(server_factory, tmp_path_factory: pytest.TempPathFactory) -> Server:  # type: ignore[no-untyped-def]
     """One emulated worker; the API key from a file, the admin key from the environment,
     /metrics protected."""
     key_file = tmp_path_factory.mktemp("keys") / "api_key"
     key_file.write_text(API_KEY + "\n")
     key_file.chmod(0o600)
-    server = start_server("--mode", "emulated", "--instances", "1", "--api-key-file",
-                          str(key_file), "--protect-metrics",
-                          env={"DOPD_ADMIN_KEY": ADMIN_KEY})
-    server.api_key = API_KEY
-    yield server
-    server.stop()
+    return server_factory("--mode", "emulated", "--instances", "1", "--api-key-file",
+                          str(key_file), "--protect-metrics", env={"DOPD_ADMIN_KEY": ADMIN_KEY})
 
 
 def call(server: Server, method: str, path: str, key: str | None = None,
@@ -184,12 +183,9 @@ def test_admin_from_loopback_needs_json_and_the_api_key(disagg: Server) -> None:
 
 
 @pytest.mark.slow
-def test_channel_auth_off_still_serves() -> None:
-    server = start_server("--mode", "emulated", "--step-time-scale", "0", "--instances", "2",
-                          "--policy", "static:1:1", "--no-channel-auth")
-    try:
-        r = httpx.post(server.url + "/v1/completions", timeout=30,
-                       json={"model": "dopd-tiny", "prompt": "hi", "max_tokens": 4})
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
-    finally:
-        server.stop()
+def test_channel_auth_off_still_serves(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--mode", "emulated", "--step-time-scale", "0", "--instances", "2",
+                            "--policy", "static:1:1", "--no-channel-auth")
+    r = httpx.post(server.url + "/v1/completions", timeout=30,
+                   json={"model": "dopd-tiny", "prompt": "hi", "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
