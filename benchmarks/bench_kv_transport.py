@@ -7,7 +7,9 @@ asking the sender for KV that it already holds to holding the bytes in its own b
 in, as a KV import copies into the paged cache):
 
 * ``socket``: a fetch on the project's KV channel (``KVClient`` -> ``KVServer``), the reply's
-  data frame received without copies, then the copy;
+  data frame received without copies, then the copy; plain sockets (``channel_auth = false``);
+* ``socket_curve``: the same over ZMQ CURVE (authenticated and encrypted, as ``dopd serve``
+  runs it by default: :mod:`dopd.serve.channel_auth`);
 * ``object_store``: the sender copies the KV into the object store and answers with the
   serialized ``ObjectRef`` (``dopd.serve.ray_kv.put_payload``, as a prefill worker does); the
   receiver pulls it (``ray.wait`` with ``fetch_local``, ``get_payload``), then copies.
@@ -36,13 +38,14 @@ import torch
 import zmq
 
 from dopd.engine.model import KVPayload
+from dopd.serve.channel_auth import ClusterKeys
 from dopd.serve.channels import KVClient, KVServer
 from dopd.serve.wire import pack, unpack
 
 LAYERS, HEADS, HEAD_DIM = 32, 8, 128  # Llama-3-8B: 128 KiB of bfloat16 K and V per token
 BYTES_PER_TOKEN = LAYERS * 2 * HEADS * HEAD_DIM * 2
 MiB = 1 << 20
-TRANSPORTS = ("socket", "object_store")
+TRANSPORTS = ("socket", "socket_curve", "object_store")
 TIMEOUT_MS = 120_000
 
 
@@ -56,20 +59,21 @@ def make_payload(nbytes: int) -> KVPayload:
 class Sender:
     """The prefill side: holds one payload and serves it over both transports until quit."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: ClusterKeys) -> None:
         import ray
 
         torch.set_num_threads(1)
         host = ray.util.get_node_ip_address()
         self.kv = KVServer(host)
+        self.kv_curve = KVServer(host, keys)
         self.control = zmq.Context.instance().socket(zmq.REP)
         self.control.setsockopt(zmq.LINGER, 0)
         port = self.control.bind_to_random_port(f"tcp://{host}")
         self.control_address = f"tcp://{host}:{port}"
         self.held: Any = None  # the ObjectRef of the last object put
 
-    def addresses(self) -> tuple[str, str]:
-        return self.kv.address, self.control_address
+    def addresses(self) -> tuple[str, str, str]:
+        return self.kv.address, self.kv_curve.address, self.control_address
 
     def serve(self) -> int:
         """Answer KV fetches and control requests (prepare, put, quit); returns the requests
@@ -80,14 +84,16 @@ class Sender:
         served = 0
         poller = zmq.Poller()
         poller.register(self.kv.socket, zmq.POLLIN)
+        poller.register(self.kv_curve.socket, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         while True:
             if not poller.poll(TIMEOUT_MS):
                 return served  # the driver is gone
-            for ident, rid, _ in self.kv.receive_all():
-                assert payload is not None
-                self.kv.reply(ident, rid, payload)
-                served += 1
+            for kv in (self.kv, self.kv_curve):
+                for ident, rid, _ in kv.receive_all():
+                    assert payload is not None
+                    kv.reply(ident, rid, payload)
+                    served += 1
             try:
                 msg = unpack(self.control.recv(zmq.NOBLOCK))
             except zmq.Again:
@@ -108,10 +114,13 @@ class Sender:
 class Receiver:
     """The decode side: times hand-offs from the sender."""
 
-    def __init__(self, kv_address: str, control_address: str) -> None:
+    def __init__(self, kv_address: str, kv_curve_address: str, control_address: str,
+                 keys: ClusterKeys) -> None:
         torch.set_num_threads(1)
         self.kv_address = kv_address
+        self.kv_curve_address = kv_curve_address
         self.client = KVClient()
+        self.client_curve = KVClient(keys)
         self.control = zmq.Context.instance().socket(zmq.REQ)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.connect(control_address)
@@ -134,14 +143,16 @@ class Receiver:
         from dopd.serve.ray_kv import get_payload, load_ref
 
         start = time.perf_counter()
-        if transport == "socket":
+        if transport in ("socket", "socket_curve"):
             self.rid += 1
-            self.client.fetch(self.kv_address, self.rid, "bench")
+            client, address = ((self.client, self.kv_address) if transport == "socket"
+                               else (self.client_curve, self.kv_curve_address))
+            client.fetch(address, self.rid, "bench")
             replies: list[Any] = []
             while not replies:
-                if not self.client.sockets()[0].poll(TIMEOUT_MS):
+                if not client.sockets()[0].poll(TIMEOUT_MS):
                     raise TimeoutError("no KV reply")
-                replies = self.client.receive_all()
+                replies = client.receive_all()
             payload = replies[0][1]
             assert payload is not None, replies[0][2]
             self.dest.copy_(payload.data.reshape(-1).view(torch.uint8))
@@ -164,7 +175,7 @@ class Receiver:
             self.handoff(transport)
         times: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
         for i in range(repeats):
-            order = TRANSPORTS if i % 2 == 0 else TRANSPORTS[::-1]
+            order = TRANSPORTS[i % 3:] + TRANSPORTS[:i % 3]
             for transport in order:
                 times[transport].append(self.handoff(transport))
         return times
@@ -198,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     from dopd.serve.ray_connect import connect
 
     started = time.perf_counter()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     owns = connect(args.ray_address, num_cpus=2)
+    keys = ClusterKeys.generate()
     options: dict[str, Any] = {"num_cpus": 0.5}
     if args.spread:
         options["scheduling_strategy"] = "SPREAD"
-    sender = ray.remote(Sender).options(**options).remote()
-    kv_address, control_address = ray.get(sender.addresses.remote())
+    sender = ray.remote(Sender).options(**options).remote(keys)
+    kv_address, kv_curve_address, control_address = ray.get(sender.addresses.remote())
     serving = sender.serve.remote()
-    receiver = ray.remote(Receiver).options(**options).remote(kv_address, control_address)
+    receiver = ray.remote(Receiver).options(**options).remote(kv_address, kv_curve_address,
+                                                              control_address, keys)
     rows = []
     for nbytes in sizes:
         times = ray.get(receiver.run.remote(nbytes, args.repeats))
@@ -223,12 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"KV hand-off, Llama-3-8B layout (128 KiB/token, bf16), {args.repeats} repeats, "
           f"{nodes} Ray node(s){', actors spread' if args.spread else ''}")
     print(f"{'MiB':>5} {'tokens':>6} | {'socket p50':>10} {'p90':>8} {'GB/s':>6} | "
-          f"{'obj.store p50':>13} {'p90':>8} {'GB/s':>6} | {'obj/socket':>10}")
+          f"{'CURVE p50':>10} {'p90':>8} {'GB/s':>6} | {'obj.store p50':>13} {'p90':>8} "
+          f"{'GB/s':>6} | {'curve/socket':>12} {'obj/socket':>10}")
     for r in rows:
-        s, o = r["socket"], r["object_store"]
+        s, c, o = r["socket"], r["socket_curve"], r["object_store"]
         print(f"{r['mib']:>5.0f} {r['tokens']:>6} | {s['p50_ms']:>8.2f}ms {s['p90_ms']:>6.2f}ms "
-              f"{s['gb_per_s']:>6.2f} | {o['p50_ms']:>11.2f}ms {o['p90_ms']:>6.2f}ms "
-              f"{o['gb_per_s']:>6.2f} | {o['p50_ms'] / s['p50_ms']:>9.2f}x")
+              f"{s['gb_per_s']:>6.2f} | {c['p50_ms']:>8.2f}ms {c['p90_ms']:>6.2f}ms "
+              f"{c['gb_per_s']:>6.2f} | {o['p50_ms']:>11.2f}ms {o['p90_ms']:>6.2f}ms "
+              f"{o['gb_per_s']:>6.2f} | {c['p50_ms'] / s['p50_ms']:>11.2f}x "
+              f"{o['p50_ms'] / s['p50_ms']:>9.2f}x")
     print(f"(latency: receiver asks -> receiver holds the bytes in its buffer; GB/s = bytes / "
           f"median latency; {time.perf_counter() - started:.0f} s)")
     print("command: python3 " + " ".join([os.path.relpath(__file__), *(argv or sys.argv[1:])]))

@@ -177,3 +177,59 @@ def test_secrets_never_show_in_a_repr() -> None:
     spec = WorkerSpec(0, "tcp://127.0.0.1:1", EngineSpec("dopd-tiny", Role.MIXED), keys=KEYS)
     assert KEYS.secret.decode() not in repr(KEYS)
     assert KEYS.secret.decode() not in repr(spec) and "keys" not in repr(spec)
+
+
+HMAC_KEYS = ClusterKeys.generate(kv_curve=False)
+
+
+def test_hmac_mode_peers_exchange_kv_and_a_bad_hmac_is_dropped_and_counted() -> None:
+    server = KVServer("127.0.0.1", HMAC_KEYS)
+    client = KVClient(HMAC_KEYS)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.address)
+    try:
+        got = fetch_roundtrip(server, client, 11)
+        assert got is not None and got.data.shape == (2, 2, 4, 2, 2)
+        meta = pack({"rid": 11, "source": "src", "nonce": b"n" * 16})
+        stranger = ClusterKeys.generate(kv_curve=False)
+        for frames in ([b"fetch", pack({"rid": 11, "source": "src"})],  # no HMAC
+                       [b"fetch", meta, b"\0" * 32],  # a wrong one
+                       [b"fetch", meta, stranger.sign(b"fetch", meta)],  # another cluster's
+                       [b"fetch", pack({"rid": 12, "source": "src", "nonce": b"x"}),
+                        HMAC_KEYS.sign(b"fetch", meta)]):  # a valid HMAC of other bytes
+            sock.send_multipart(frames)
+        assert wait_fetches(server, WAIT_S) == []
+        assert server.rejected == 4
+        assert fetch_roundtrip(server, client, 12) is not None  # still serving
+    finally:
+        sock.close(0)
+        client.close()
+        server.close()
+
+
+def test_hmac_mode_a_forged_kv_reply_is_dropped_and_counted() -> None:
+    """A process that took a peer's port answers a fetch: without the key its KV is refused."""
+    ctx = zmq.Context.instance()
+    impostor = ctx.socket(zmq.ROUTER)
+    impostor.setsockopt(zmq.LINGER, 0)
+    port = impostor.bind_to_random_port("tcp://127.0.0.1")
+    client = KVClient(HMAC_KEYS)
+    try:
+        client.fetch(f"tcp://127.0.0.1:{port}", 5, "src")
+        assert impostor.poll(5000)
+        ident, kind = impostor.recv_multipart()[:2]
+        assert kind == b"fetch"
+        header = pack({"dtype": "float32", "shape": [1]})
+        impostor.send_multipart([ident, b"ok", pack({"rid": 5}), header, b"\0" * 4,
+                                 b"\0" * 32])
+        impostor.send_multipart([ident, b"ok", pack({"rid": 5}), header, b"\0" * 4])
+        impostor.send_multipart([ident, b"err", pack({"rid": 5, "msg": "forged"}), b"\0" * 32])
+        deadline = time.monotonic() + 5.0
+        while client.rejected < 3 and time.monotonic() < deadline:
+            assert client.receive_all() == []
+            time.sleep(0.01)
+        assert client.rejected == 3
+    finally:
+        client.close()
+        impostor.close(0)

@@ -116,11 +116,15 @@ def test_a_foreign_host_header_is_refused(guarded: Server) -> None:
     assert call(guarded, "GET", "/health", headers={"Host": "localhost"}).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def disagg(server_factory) -> Server:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["curve", "hmac"])
+def disagg(server_factory, request) -> Server:  # type: ignore[no-untyped-def]
     """A real prefill and decode worker (KV crosses the peer channel, greedy outputs are
-    deterministic); the API key from the environment, no admin key."""
-    return server_factory("--instances", "2", "--policy", "static:1:1", api_key=API_KEY)
+    deterministic), KV sockets under CURVE or HMAC; the API key from the environment, no
+    admin key."""
+    server = server_factory("--instances", "2", "--policy", "static:1:1", "--kv-auth",
+                            request.param, api_key=API_KEY)
+    server.kv_auth = request.param
+    return server
 
 
 def complete(server: Server, prompt: str) -> str:
@@ -170,6 +174,8 @@ def test_unauthenticated_local_clients_cannot_drive_or_read_workers(disagg: Serv
     assert {i["id"]: i["pid"] for i in cluster["instances"]} == workers
     assert all(i["restarts"] == 0 and i["state"] == "active" for i in cluster["instances"])
     assert sum(i["stats"]["kv_imports"] for i in cluster["instances"]) >= 8
+    if disagg.kv_auth == "hmac":  # unsigned fetches reached the KV sockets: dropped, counted
+        assert sum(i["stats"]["auth_denied"] for i in cluster["instances"]) >= 64
 
 
 def test_admin_from_loopback_needs_json_and_the_api_key(disagg: Server) -> None:

@@ -38,7 +38,7 @@ OPTION_KEYS: dict[str, str] = {
     "kv_transport": "kv_transport", "ray_cpus_per_instance": "ray_cpus_per_instance",
     "ray_gpus_per_instance": "ray_gpus_per_instance", "calibration": "calibration",
     "model_bias": "model_bias", "protect_metrics": "protect_metrics",
-    "trusted_hosts": "trusted_hosts", "channel_auth": "channel_auth",
+    "trusted_hosts": "trusted_hosts", "channel_auth": "channel_auth", "kv_auth": "kv_auth",
     "ray_insecure": "ray_insecure",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
@@ -135,6 +135,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-channel-auth", dest="channel_auth", action="store_const",
                    const=False, default=None, help="plain worker channels, no ZMQ CURVE: "
                    "trusted networks and measurements only [CURVE on]")
+    p.add_argument("--kv-auth", choices=("curve", "hmac"), default=None,
+                   help="KV sockets: curve (authenticated and encrypted) or hmac (an HMAC on "
+                   f"every message, KV bytes unencrypted, full bandwidth) [{_D.kv_auth}]")
     p.add_argument("--slo-ttft", type=float, default=None, metavar="S",
                    help=f"TTFT SLO in seconds [{_D.slo_ttft_s:g}]")
     p.add_argument("--slo-tpot", type=float, default=None, metavar="S",

@@ -12,12 +12,23 @@ everything that does cross is encrypted and authenticated by libsodium. Refused 
 counted (:attr:`ChannelGuard.denied`); a peer that does not even speak CURVE is dropped by ZMQ
 without reaching the handler.
 
+KV sockets can instead run plain with an HMAC on every message (``kv_curve`` False,
+``kv_auth = "hmac"``): CURVE encrypts every KV byte, which costs bandwidth; in this mode a fetch
+carries an HMAC-SHA256 (the cluster's ``mac_key``) over its request and a fresh nonce, and the
+answer an HMAC over its kind, request id, the nonce and the KV header, so only the cluster's
+workers get KV and a reply from anyone else (say, a process that took a crashed worker's port)
+is dropped and counted. The KV bytes themselves then cross unencrypted and their integrity
+rests on the TCP stream (loopback, or a cluster network without on-path attackers).
+
 ``None`` keys (``channel_auth = false``) leave the sockets plain, as before, for a trusted
 network or a measurement of what CURVE costs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -29,19 +40,34 @@ from dopd.errors import DopdError
 
 @dataclass(frozen=True, slots=True)
 class ClusterKeys:
-    """One cluster's CURVE key pair (Z85 bytes); the secret never shows in a repr."""
+    """One cluster's CURVE key pair (Z85 bytes) and HMAC key; ``kv_curve`` False: KV sockets
+    use the HMAC instead of CURVE. Secrets never show in a repr."""
 
     public: bytes
     secret: bytes = field(repr=False)
+    mac_key: bytes = field(default=b"", repr=False)
+    kv_curve: bool = True
 
     @staticmethod
-    def generate() -> ClusterKeys:
-        """A fresh pair; DopdError when this libzmq was built without CURVE (libsodium)."""
+    def generate(kv_curve: bool = True) -> ClusterKeys:
+        """Fresh keys; DopdError when this libzmq was built without CURVE (libsodium)."""
         if not zmq.has("curve"):
             raise DopdError("this libzmq has no CURVE support (libsodium): install a pyzmq "
                             "wheel with it, or set channel_auth = false on a trusted network")
         public, secret = zmq.curve_keypair()
-        return ClusterKeys(public, secret)
+        return ClusterKeys(public, secret, os.urandom(32), kv_curve)
+
+    def sign(self, *parts: bytes) -> bytes:
+        """HMAC-SHA256 of ``parts`` (each length-prefixed, so boundaries count)."""
+        mac = hmac.new(self.mac_key, digestmod=hashlib.sha256)
+        for part in parts:
+            mac.update(len(part).to_bytes(8, "little"))
+            mac.update(part)
+        return mac.digest()
+
+    def verify(self, mac: bytes, *parts: bytes) -> bool:
+        """Whether ``mac`` is :meth:`sign` of ``parts`` (constant time)."""
+        return hmac.compare_digest(mac, self.sign(*parts))
 
 
 class ChannelGuard:

@@ -159,16 +159,18 @@ class WorkerCluster:
     ``step_listener`` (when set) gets the steps each event reports (id, samples, samples lost
     to the worker's bound; see :mod:`dopd.serve.step_samples`); ``bad_step_reports`` counts
     reports that were not of the expected wire version or shape (ignored).
-    ``channel_auth`` draws the cluster's CURVE keys at :meth:`start`
-    (:mod:`dopd.serve.channel_auth`): only its workers can reach the control and KV sockets.
+    ``channel_auth`` draws the cluster's keys at :meth:`start` (:mod:`dopd.serve.channel_auth`):
+    only its workers can reach the control and KV sockets; ``kv_auth`` (``curve`` or ``hmac``)
+    picks how the KV sockets use them.
     ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
     """
 
     def __init__(self, engine: EngineSpec, roles: list[Role], launcher: Launcher, *,
                  restart: bool = True, start_timeout_s: float = 120.0,
-                 channel_auth: bool = True) -> None:
+                 channel_auth: bool = True, kv_auth: str = "curve") -> None:
         require(len(roles) >= 1, "a cluster needs at least one instance")
         self.channel_auth = channel_auth
+        self.kv_auth = kv_auth
         self.keys: ClusterKeys | None = None
         self.engine = engine
         self.initial_roles = list(roles)
@@ -190,7 +192,7 @@ class WorkerCluster:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Launch every worker and wait until all are ready (DopdError after the timeout)."""
-        self.keys = ClusterKeys.generate() if self.channel_auth else None
+        self.keys = ClusterKeys.generate(self.kv_auth == "curve") if self.channel_auth else None
         self.control = FrontControl(self.launcher.control_host(), self.keys)
         self._tasks.append(asyncio.create_task(self.control.run(self._on_event)))
         for iid, role in enumerate(self.initial_roles):
@@ -344,7 +346,8 @@ class LocalCluster(WorkerCluster):
 
     def __init__(self, engine: EngineSpec, roles: list[Role], *, restart: bool = True,
                  start_timeout_s: float = 120.0, host: str = "127.0.0.1",
-                 channel_auth: bool = True) -> None:
+                 channel_auth: bool = True, kv_auth: str = "curve") -> None:
         super().__init__(engine, roles, ProcessLauncher(host), restart=restart,
-                         start_timeout_s=start_timeout_s, channel_auth=channel_auth)
+                         start_timeout_s=start_timeout_s, channel_auth=channel_auth,
+                         kv_auth=kv_auth)
         self.host = host

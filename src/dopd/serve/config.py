@@ -19,6 +19,7 @@ from dopd.errors import require
 MODES = ("real", "emulated")
 BACKENDS = ("local", "ray")
 KV_TRANSPORTS = ("socket", "object_store")
+KV_AUTHS = ("curve", "hmac")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -37,8 +38,10 @@ class ServeConfig:
     ``/metrics`` and ``/debug/*`` behind the API key; ``trusted_hosts`` (None: the loopback names
     when ``host`` is loopback, else any) are the Host header values served (see
     :mod:`dopd.serve.access`). ``channel_auth`` authenticates and encrypts the worker channels
-    with ZMQ CURVE (:mod:`dopd.serve.channel_auth`). ``ray_insecure`` starts a local Ray
-    instance without Ray's token authentication (see :mod:`dopd.serve.ray_connect`).
+    with ZMQ CURVE (:mod:`dopd.serve.channel_auth`); ``kv_auth`` ``hmac`` authenticates the KV
+    sockets with an HMAC per message instead (no encryption, full bandwidth). ``ray_insecure``
+    starts a local Ray instance without Ray's token authentication (see
+    :mod:`dopd.serve.ray_connect`).
     ``backend`` ``local`` runs workers as processes here; ``ray`` runs each as a Ray actor
     asking for ``ray_cpus_per_instance`` CPUs and ``ray_gpus_per_instance`` GPUs, on the
     cluster at ``ray_address`` (``auto``, ``host:port`` or ``ray://host:port``; None starts a
@@ -80,6 +83,7 @@ class ServeConfig:
     protect_metrics: bool = False
     trusted_hosts: tuple[str, ...] | None = None
     channel_auth: bool = True
+    kv_auth: str = "curve"
     ray_insecure: bool = False
     slo_ttft_s: float = 1.0
     slo_tpot_s: float = 0.1
@@ -145,6 +149,8 @@ class ServeConfig:
                 f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         require(self.kv_transport in KV_TRANSPORTS, f"kv_transport must be one of "
                 f"{', '.join(KV_TRANSPORTS)}, got {self.kv_transport!r}")
+        require(self.kv_auth in KV_AUTHS,
+                f"kv_auth must be one of {', '.join(KV_AUTHS)}, got {self.kv_auth!r}")
         require(self.kv_transport == "socket" or self.backend == "ray",
                 "kv_transport object_store needs backend ray")
         require(self.ray_address is None or self.backend == "ray",

@@ -138,14 +138,15 @@ class RayCluster(WorkerCluster):
                  cpus_per_instance: float = 1.0, gpus_per_instance: float = 0.0,
                  kv_transport: str = "socket", restart: bool = True,
                  start_timeout_s: float = 120.0, budget: int | None = None,
-                 channel_auth: bool = True, loopback: bool = False,
+                 channel_auth: bool = True, kv_auth: str = "curve", loopback: bool = False,
                  insecure: bool = False) -> None:
         n = max(budget or 0, len(roles))
         self.ray = RayLauncher(address, cpus_per_instance, gpus_per_instance, kv_transport,
                                max(1, math.ceil(n * cpus_per_instance)), loopback=loopback,
                                insecure=insecure)
         super().__init__(engine, roles, self.ray, restart=restart,
-                         start_timeout_s=start_timeout_s, channel_auth=channel_auth)
+                         start_timeout_s=start_timeout_s, channel_auth=channel_auth,
+                         kv_auth=kv_auth)
 
     def connect(self) -> None:
         """Join (or start) the Ray cluster now rather than in :meth:`start`."""

@@ -52,7 +52,8 @@ def connect(address: str | None, *, num_cpus: int | None = None,
 
 
 def _local_auth(insecure: bool) -> None:
-    """Set ``RAY_AUTH_MODE`` for a local instance: ``token`` unless ``insecure``."""
+    """Set ``RAY_AUTH_MODE`` for a local instance: ``token`` (explicitly: Ray 2.52 leaves an
+    unset mode off) unless ``insecure``."""
     mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
     if insecure:
         os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -64,7 +65,4 @@ def _local_auth(insecure: bool) -> None:
     except ImportError:
         raise DopdError("this Ray has no token authentication (Ray >= 2.52 has): upgrade it, "
                         "or pass --ray-insecure") from None
-    if mode == "":
-        # Ray turns token auth on for a new local cluster when the mode is unset
-        logging.getLogger("ray._private.authentication.authentication_token_setup") \
-            .setLevel(logging.ERROR)
+    os.environ["RAY_AUTH_MODE"] = "token"

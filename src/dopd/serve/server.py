@@ -80,14 +80,14 @@ def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> W
                              gpus_per_instance=config.ray_gpus_per_instance,
                              kv_transport=config.kv_transport, restart=config.restart_workers,
                              start_timeout_s=config.worker_start_timeout_s, budget=n,
-                             channel_auth=config.channel_auth,
+                             channel_auth=config.channel_auth, kv_auth=config.kv_auth,
                              loopback=is_loopback(config.host), insecure=config.ray_insecure)
         cluster.connect()
         return cluster
     # local workers all run here: their sockets bind loopback whatever the HTTP host
     return LocalCluster(spec, roles, restart=config.restart_workers,
                         start_timeout_s=config.worker_start_timeout_s, host="127.0.0.1",
-                        channel_auth=config.channel_auth)
+                        channel_auth=config.channel_auth, kv_auth=config.kv_auth)
 
 
 class ServeRuntime:

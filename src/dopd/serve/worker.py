@@ -309,7 +309,8 @@ class Worker:
                 "kv_recomputes": st.kv_recomputes, "lease_expiries": st.lease_expiries,
                 "kv_bytes_sent": self.kv_bytes_sent, "kv_bytes_received": self.kv_bytes_received,
                 "kv_failures": self.kv_failures, "busy_s": st.busy_s,
-                "auth_denied": denied(self.control.context)}
+                "auth_denied": denied(self.control.context) + self.kv_server.rejected
+                + self.kv_client.rejected}
 
     def close(self) -> None:
         self.kv_client.close()
