@@ -137,3 +137,15 @@ def test_config_keys(tmp_path: Path) -> None:
     assert config.trusted_hosts == ("dopd.internal",) and config.protect_metrics
     assert not config.channel_auth and not config.ray_insecure
     assert load_serve_config(None, {}).channel_auth
+
+
+def test_kv_auth_auto_signs_on_loopback_and_encrypts_across_a_network() -> None:
+    from dopd.serve.config import ServeConfig
+    from dopd.serve.server import resolve_kv_auth
+
+    assert resolve_kv_auth(ServeConfig()) == "hmac"
+    assert resolve_kv_auth(ServeConfig(host="0.0.0.0")) == "hmac"  # local workers: loopback
+    assert resolve_kv_auth(ServeConfig(backend="ray")) == "hmac"
+    assert resolve_kv_auth(ServeConfig(backend="ray", host="0.0.0.0")) == "curve"
+    assert resolve_kv_auth(ServeConfig(backend="ray", ray_address="auto")) == "curve"
+    assert resolve_kv_auth(ServeConfig(kv_auth="curve")) == "curve"

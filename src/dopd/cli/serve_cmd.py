@@ -135,9 +135,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-channel-auth", dest="channel_auth", action="store_const",
                    const=False, default=None, help="plain worker channels, no ZMQ CURVE: "
                    "trusted networks and measurements only [CURVE on]")
-    p.add_argument("--kv-auth", choices=("curve", "hmac"), default=None,
-                   help="KV sockets: curve (authenticated and encrypted) or hmac (an HMAC on "
-                   f"every message, KV bytes unencrypted, full bandwidth) [{_D.kv_auth}]")
+    p.add_argument("--kv-auth", choices=("auto", "curve", "hmac"), default=None,
+                   help="KV sockets: curve (authenticated and encrypted), hmac (an HMAC on "
+                   "every message, KV bytes unencrypted, full bandwidth), auto (hmac when all "
+                   f"workers are on loopback, else curve) [{_D.kv_auth}]")
     p.add_argument("--slo-ttft", type=float, default=None, metavar="S",
                    help=f"TTFT SLO in seconds [{_D.slo_ttft_s:g}]")
     p.add_argument("--slo-tpot", type=float, default=None, metavar="S",

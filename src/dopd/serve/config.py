@@ -19,7 +19,7 @@ from dopd.errors import require
 MODES = ("real", "emulated")
 BACKENDS = ("local", "ray")
 KV_TRANSPORTS = ("socket", "object_store")
-KV_AUTHS = ("curve", "hmac")
+KV_AUTHS = ("auto", "curve", "hmac")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -39,7 +39,9 @@ class ServeConfig:
     when ``host`` is loopback, else any) are the Host header values served (see
     :mod:`dopd.serve.access`). ``channel_auth`` authenticates and encrypts the worker channels
     with ZMQ CURVE (:mod:`dopd.serve.channel_auth`); ``kv_auth`` ``hmac`` authenticates the KV
-    sockets with an HMAC per message instead (no encryption, full bandwidth). ``ray_insecure``
+    sockets with an HMAC per message instead (no encryption, full bandwidth), ``auto`` takes
+    ``hmac`` when every KV socket binds loopback and ``curve`` when KV crosses a network
+    (:func:`dopd.serve.server.resolve_kv_auth`). ``ray_insecure``
     starts a local Ray instance without Ray's token authentication (see
     :mod:`dopd.serve.ray_connect`).
     ``backend`` ``local`` runs workers as processes here; ``ray`` runs each as a Ray actor
@@ -83,7 +85,7 @@ class ServeConfig:
     protect_metrics: bool = False
     trusted_hosts: tuple[str, ...] | None = None
     channel_auth: bool = True
-    kv_auth: str = "curve"
+    kv_auth: str = "auto"
     ray_insecure: bool = False
     slo_ttft_s: float = 1.0
     slo_tpot_s: float = 0.1
