@@ -137,6 +137,8 @@ def test_config_keys(tmp_path: Path) -> None:
     assert config.trusted_hosts == ("dopd.internal",) and config.protect_metrics
     assert not config.channel_auth and not config.ray_insecure
     assert load_serve_config(None, {}).channel_auth
+    keyed = load_serve_config(None, {"api_key": "zq9secret", "admin_key": "zq9admin"})
+    assert "zq9" not in repr(keyed)
 
 
 def test_kv_auth_auto_signs_on_loopback_and_encrypts_across_a_network() -> None:

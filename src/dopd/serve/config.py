@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,8 @@ class ServeConfig:
     step_time_scale: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
-    admin_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
     protect_metrics: bool = False
     trusted_hosts: tuple[str, ...] | None = None
     channel_auth: bool = True
