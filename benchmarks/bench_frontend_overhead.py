@@ -13,6 +13,8 @@ interleaved rounds (the order rotates) so that machine noise hits all three alik
 * ``bare``: a bare ASGI app that streams one SSE token at once (the HTTP stack and the client).
 
 The two baselines live in ``frontend_baselines.py`` and run as their own processes.
+``--plain-channels`` adds ``dopd-plain``, the same server with ``--no-channel-auth`` (worker
+channels without ZMQ CURVE), so that what CURVE costs is measured side by side.
 
 "Added by the router" is dopd's client TTFT percentile minus the direct forwarder's, per round
 and pooled. dopd's own timestamps (``GET /debug/frontend``: the request at the app to the submit
@@ -146,6 +148,8 @@ def start_servers(names: list[str], instances: int,
         if name.startswith("dopd"):
             cmd = [sys.executable, "-m", "dopd.cli.main", "serve", "--port", str(port), "--mode",
                    "emulated", "--step-time-scale", "0", "--instances", str(instances)]
+            if name == "dopd-plain":
+                cmd.append("--no-channel-auth")
             if name == "dopd-ref":
                 assert reference is not None
                 env["PYTHONPATH"] = os.pathsep.join([reference, env.get("PYTHONPATH", "")])
@@ -182,13 +186,14 @@ def pct(ms: np.ndarray) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    names = [*SERVERS, *(["dopd-ref"] if args.reference_src else [])]
+    names = [*SERVERS, *(["dopd-ref"] if args.reference_src else []),
+             *(["dopd-plain"] if args.plain_channels else [])]
     servers = start_servers(names, args.instances, args.reference_src)
     try:
         dopd_url = f"http://127.0.0.1:{servers['dopd'][1]}"
         for name in names:  # warm-up: connections, code paths, the workers' first steps
             asyncio.run(drive(servers[name][1], args.rate, 1.0, 10**6))
-        httpx.post(dopd_url + "/debug/frontend/reset", timeout=10)
+        httpx.post(dopd_url + "/debug/frontend/reset", json={}, timeout=10)
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
@@ -227,7 +232,8 @@ def report(res: dict[str, Any]) -> None:
     for name, p in res["client_ttft_ms"].items():
         print(f"    {name:28s}{p['p50']:7.2f}  {p['p90']:7.2f}  {p['p99']:7.2f}")
     for name, a in res["added_over_direct_ms"].items():
-        label = "dopd's front end" if name == "dopd" else f"{name} ({res['reference_src']})"
+        label = {"dopd": "dopd's front end", "dopd-plain": "dopd-plain (no CURVE)"}.get(
+            name, f"{name} ({res['reference_src']})")
         print(f"  added by {label} ({name} - direct): P50 {a['pooled']['p50']:+.2f} ms, P99 "
               f"{a['pooled']['p99']:+.2f} ms" + ("   (target P50 <= 2, P99 <= 10)"
                                                  if name == "dopd" else ""))
@@ -255,6 +261,8 @@ def main() -> int:
     ap.add_argument("--reference-src", default=None, metavar="DIR",
                     help="also run the dopd package found in DIR (e.g. an older checkout's "
                          "src/) as server dopd-ref, for a before/after in the same run")
+    ap.add_argument("--plain-channels", action="store_true",
+                    help="also run dopd-plain: dopd serve --no-channel-auth (no ZMQ CURVE)")
     args = ap.parse_args()
     if args.rate <= 0 or args.seconds <= 0 or args.rounds < 1 or args.instances < 1:
         ap.error("--rate and --seconds must be > 0, --rounds and --instances >= 1")

@@ -7,7 +7,11 @@ asking the sender for KV that it already holds to holding the bytes in its own b
 in, as a KV import copies into the paged cache):
 
 * ``socket``: a fetch on the project's KV channel (``KVClient`` -> ``KVServer``), the reply's
-  data frame received without copies, then the copy;
+  data frame received without copies, then the copy; plain sockets (``channel_auth = false``);
+* ``socket_curve``: the same over ZMQ CURVE (authenticated and encrypted, as ``dopd serve``
+  runs it by default: :mod:`dopd.serve.channel_auth`);
+* ``socket_hmac``: the same with an HMAC on every message (``--kv-auth hmac``: authenticated,
+  not encrypted, still zero-copy);
 * ``object_store``: the sender copies the KV into the object store and answers with the
   serialized ``ObjectRef`` (``dopd.serve.ray_kv.put_payload``, as a prefill worker does); the
   receiver pulls it (``ray.wait`` with ``fetch_local``, ``get_payload``), then copies.
@@ -36,13 +40,15 @@ import torch
 import zmq
 
 from dopd.engine.model import KVPayload
+from dopd.serve.channel_auth import ClusterKeys
 from dopd.serve.channels import KVClient, KVServer
 from dopd.serve.wire import pack, unpack
 
 LAYERS, HEADS, HEAD_DIM = 32, 8, 128  # Llama-3-8B: 128 KiB of bfloat16 K and V per token
 BYTES_PER_TOKEN = LAYERS * 2 * HEADS * HEAD_DIM * 2
 MiB = 1 << 20
-TRANSPORTS = ("socket", "object_store")
+TRANSPORTS = ("socket", "socket_curve", "socket_hmac", "object_store")
+SOCKETS = TRANSPORTS[:3]
 TIMEOUT_MS = 120_000
 
 
@@ -56,20 +62,21 @@ def make_payload(nbytes: int) -> KVPayload:
 class Sender:
     """The prefill side: holds one payload and serves it over both transports until quit."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: ClusterKeys, hmac_keys: ClusterKeys) -> None:
         import ray
 
         torch.set_num_threads(1)
         host = ray.util.get_node_ip_address()
-        self.kv = KVServer(host)
+        self.kv = {"socket": KVServer(host), "socket_curve": KVServer(host, keys),
+                   "socket_hmac": KVServer(host, hmac_keys)}
         self.control = zmq.Context.instance().socket(zmq.REP)
         self.control.setsockopt(zmq.LINGER, 0)
         port = self.control.bind_to_random_port(f"tcp://{host}")
         self.control_address = f"tcp://{host}:{port}"
         self.held: Any = None  # the ObjectRef of the last object put
 
-    def addresses(self) -> tuple[str, str]:
-        return self.kv.address, self.control_address
+    def addresses(self) -> tuple[dict[str, str], str]:
+        return {t: kv.address for t, kv in self.kv.items()}, self.control_address
 
     def serve(self) -> int:
         """Answer KV fetches and control requests (prepare, put, quit); returns the requests
@@ -79,15 +86,17 @@ class Sender:
         payload: KVPayload | None = None
         served = 0
         poller = zmq.Poller()
-        poller.register(self.kv.socket, zmq.POLLIN)
+        for kv in self.kv.values():
+            poller.register(kv.socket, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         while True:
             if not poller.poll(TIMEOUT_MS):
                 return served  # the driver is gone
-            for ident, rid, _ in self.kv.receive_all():
-                assert payload is not None
-                self.kv.reply(ident, rid, payload)
-                served += 1
+            for kv in self.kv.values():
+                for ident, rid, _ in kv.receive_all():
+                    assert payload is not None
+                    kv.reply(ident, rid, payload)
+                    served += 1
             try:
                 msg = unpack(self.control.recv(zmq.NOBLOCK))
             except zmq.Again:
@@ -108,10 +117,12 @@ class Sender:
 class Receiver:
     """The decode side: times hand-offs from the sender."""
 
-    def __init__(self, kv_address: str, control_address: str) -> None:
+    def __init__(self, kv_addresses: dict[str, str], control_address: str,
+                 keys: ClusterKeys, hmac_keys: ClusterKeys) -> None:
         torch.set_num_threads(1)
-        self.kv_address = kv_address
-        self.client = KVClient()
+        self.kv_addresses = kv_addresses
+        self.clients = {"socket": KVClient(), "socket_curve": KVClient(keys),
+                        "socket_hmac": KVClient(hmac_keys)}
         self.control = zmq.Context.instance().socket(zmq.REQ)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.connect(control_address)
@@ -134,14 +145,15 @@ class Receiver:
         from dopd.serve.ray_kv import get_payload, load_ref
 
         start = time.perf_counter()
-        if transport == "socket":
+        if transport in SOCKETS:
             self.rid += 1
-            self.client.fetch(self.kv_address, self.rid, "bench")
+            client, address = self.clients[transport], self.kv_addresses[transport]
+            client.fetch(address, self.rid, "bench")
             replies: list[Any] = []
             while not replies:
-                if not self.client.sockets()[0].poll(TIMEOUT_MS):
+                if not client.sockets()[0].poll(TIMEOUT_MS):
                     raise TimeoutError("no KV reply")
-                replies = self.client.receive_all()
+                replies = client.receive_all()
             payload = replies[0][1]
             assert payload is not None, replies[0][2]
             self.dest.copy_(payload.data.reshape(-1).view(torch.uint8))
@@ -164,7 +176,7 @@ class Receiver:
             self.handoff(transport)
         times: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
         for i in range(repeats):
-            order = TRANSPORTS if i % 2 == 0 else TRANSPORTS[::-1]
+            order = TRANSPORTS[i % 4:] + TRANSPORTS[:i % 4]
             for transport in order:
                 times[transport].append(self.handoff(transport))
         return times
@@ -198,15 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     from dopd.serve.ray_connect import connect
 
     started = time.perf_counter()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     owns = connect(args.ray_address, num_cpus=2)
+    keys, hmac_keys = ClusterKeys.generate(), ClusterKeys.generate(kv_curve=False)
     options: dict[str, Any] = {"num_cpus": 0.5}
     if args.spread:
         options["scheduling_strategy"] = "SPREAD"
-    sender = ray.remote(Sender).options(**options).remote()
-    kv_address, control_address = ray.get(sender.addresses.remote())
+    sender = ray.remote(Sender).options(**options).remote(keys, hmac_keys)
+    kv_addresses, control_address = ray.get(sender.addresses.remote())
     serving = sender.serve.remote()
-    receiver = ray.remote(Receiver).options(**options).remote(kv_address, control_address)
+    receiver = ray.remote(Receiver).options(**options).remote(kv_addresses, control_address,
+                                                              keys, hmac_keys)
     rows = []
     for nbytes in sizes:
         times = ray.get(receiver.run.remote(nbytes, args.repeats))
@@ -222,13 +235,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"KV hand-off, Llama-3-8B layout (128 KiB/token, bf16), {args.repeats} repeats, "
           f"{nodes} Ray node(s){', actors spread' if args.spread else ''}")
-    print(f"{'MiB':>5} {'tokens':>6} | {'socket p50':>10} {'p90':>8} {'GB/s':>6} | "
-          f"{'obj.store p50':>13} {'p90':>8} {'GB/s':>6} | {'obj/socket':>10}")
+    names = {"socket": "socket", "socket_curve": "CURVE", "socket_hmac": "HMAC",
+             "object_store": "obj.store"}
+    print(f"{'MiB':>5} {'tokens':>6} | " + " | ".join(
+        f"{names[t] + ' p50':>13} {'p90':>8} {'GB/s':>5}" for t in TRANSPORTS)
+        + " | p50 / socket: " + " ".join(names[t] for t in TRANSPORTS[1:]))
     for r in rows:
-        s, o = r["socket"], r["object_store"]
-        print(f"{r['mib']:>5.0f} {r['tokens']:>6} | {s['p50_ms']:>8.2f}ms {s['p90_ms']:>6.2f}ms "
-              f"{s['gb_per_s']:>6.2f} | {o['p50_ms']:>11.2f}ms {o['p90_ms']:>6.2f}ms "
-              f"{o['gb_per_s']:>6.2f} | {o['p50_ms'] / s['p50_ms']:>9.2f}x")
+        cells = " | ".join(f"{r[t]['p50_ms']:>11.2f}ms {r[t]['p90_ms']:>6.2f}ms "
+                           f"{r[t]['gb_per_s']:>5.2f}" for t in TRANSPORTS)
+        ratios = " ".join(f"{r[t]['p50_ms'] / r['socket']['p50_ms']:.2f}x"
+                          for t in TRANSPORTS[1:])
+        print(f"{r['mib']:>5.0f} {r['tokens']:>6} | {cells} | {ratios}")
     print(f"(latency: receiver asks -> receiver holds the bytes in its buffer; GB/s = bytes / "
           f"median latency; {time.perf_counter() - started:.0f} s)")
     print("command: python3 " + " ".join([os.path.relpath(__file__), *(argv or sys.argv[1:])]))

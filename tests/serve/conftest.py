@@ -56,13 +56,17 @@ class Server:
             raise
 
 
-def start_server(*args: str, api_key: str | None = None) -> Server:
+def start_server(*args: str, api_key: str | None = None,
+                 env: dict[str, str] | None = None) -> Server:
+    """A ``dopd serve`` process with ``args``; ``api_key`` goes in ``DOPD_API_KEY`` (not argv),
+    ``env`` adds environment variables."""
     port = free_port()
     cmd = [sys.executable, "-m", "dopd.cli.main", "serve", "--port", str(port), *args]
+    environ = {**os.environ, **(env or {})}
     if api_key:
-        cmd += ["--api-key", api_key]
+        environ["DOPD_API_KEY"] = api_key
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=environ)
     server = Server(proc, port, api_key)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -84,8 +88,9 @@ def server_factory() -> Iterator[type]:
     """Start servers with ``factory(*args)``; every one is stopped (and killed if needed)."""
     started: list[Server] = []
 
-    def factory(*args: str, api_key: str | None = None) -> Server:
-        server = start_server(*args, api_key=api_key)
+    def factory(*args: str, api_key: str | None = None,
+                env: dict[str, str] | None = None) -> Server:
+        server = start_server(*args, api_key=api_key, env=env)
         started.append(server)
         return server
 

@@ -5,15 +5,24 @@ Options are parsed and the deployment checked (:mod:`dopd.serve.preflight`: host
 worker count) before torch, fastapi or ray load, so a wrong option fails in about a second.
 Help texts show :class:`~dopd.serve.config.ServeConfig`'s defaults, and the epilog lists every
 key of the ``[serve]`` table of ``--config``, both read from the dataclass so they never drift.
+
+Keys come from files (``--api-key-file``, ``--admin-key-file``) or the environment
+(``DOPD_API_KEY``, ``DOPD_ADMIN_KEY``), never from argv: ``--api-key`` still works but warns
+that every local user sees it in ``ps``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import stat
+import sys
+from pathlib import Path
 from typing import Any
 
 from dopd.cli.common import add_config_option
+from dopd.errors import DopdError, require
 from dopd.serve.config import ServeConfig
 
 _D = ServeConfig()
@@ -33,6 +42,9 @@ OPTION_KEYS: dict[str, str] = {
     "max_queued_tokens": "max_queued_tokens", "cluster_max_requests": "cluster_max_requests",
     "cluster_max_tokens": "cluster_max_tokens", "http_timeout": "http_timeout_s",
     "max_connections": "max_connections", "fault_injection": "fault_injection",
+    "protect_metrics": "protect_metrics",
+    "trusted_hosts": "trusted_hosts", "channel_auth": "channel_auth", "kv_auth": "kv_auth",
+    "ray_insecure": "ray_insecure",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
@@ -112,8 +124,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "and in emulated mode, else the cores divided among the workers, at most 4]")
     p.add_argument("--host", default=None, help=f"address to listen on [{_D.host}]")
     p.add_argument("--port", type=int, default=None, help=f"port, 0 for a free one [{_D.port}]")
+    p.add_argument("--api-key-file", default=None, metavar="PATH",
+                   help="require the bearer key in PATH on /v1/* (or set DOPD_API_KEY) [none]")
     p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require this bearer key on /v1/* [none]")
+                   help="deprecated: the key shows in ps; use --api-key-file or DOPD_API_KEY")
+    p.add_argument("--admin-key-file", default=None, metavar="PATH",
+                   help="require the bearer key in PATH on admin routes (or set "
+                   "DOPD_ADMIN_KEY) [none: admin routes serve loopback clients only]")
+    p.add_argument("--protect-metrics", dest="protect_metrics", action="store_const",
+                   const=True, default=None,
+                   help="require the API key on /metrics and /debug/* too [open]")
+    p.add_argument("--trusted-host", dest="trusted_hosts", action="append", default=None,
+                   metavar="NAME", help="a Host header value to serve (repeatable; * for any) "
+                   "[localhost names when --host is loopback, else any]")
+    p.add_argument("--no-channel-auth", dest="channel_auth", action="store_const",
+                   const=False, default=None, help="plain worker channels, no ZMQ CURVE: "
+                   "trusted networks and measurements only [CURVE on]")
+    p.add_argument("--kv-auth", choices=("auto", "curve", "hmac"), default=None,
+                   help="KV sockets: curve (authenticated and encrypted), hmac (an HMAC on "
+                   "every message, KV bytes unencrypted, full bandwidth), auto (hmac when all "
+                   f"workers are on loopback, else curve) [{_D.kv_auth}]")
     p.add_argument("--slo-ttft", type=float, default=None, metavar="S",
                    help=f"TTFT SLO in seconds [{_D.slo_ttft_s:g}]")
     p.add_argument("--slo-tpot", type=float, default=None, metavar="S",
@@ -175,6 +205,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                      help=f"CPUs each actor asks Ray for [{_D.ray_cpus_per_instance:g}]")
     ray.add_argument("--ray-gpus-per-instance", type=float, default=None, metavar="N",
                      help=f"GPUs each actor asks Ray for [{_D.ray_gpus_per_instance:g}]")
+    ray.add_argument("--ray-insecure", dest="ray_insecure", action="store_const", const=True,
+                     default=None, help="start the local Ray instance without Ray's token "
+                     "authentication (anyone who reaches its ports runs code as you) [auth on]")
     p.set_defaults(func=run)
     return p
 
@@ -183,8 +216,14 @@ def run(args: argparse.Namespace) -> int:
     from dopd.serve.config import load_serve_config
     from dopd.serve.preflight import bind_listener, check_devices, check_instances
 
-    config = load_serve_config(args.config, {
-        key: getattr(args, dest) for dest, key in OPTION_KEYS.items()})
+    overrides = {key: getattr(args, dest) for dest, key in OPTION_KEYS.items()}
+    if overrides["trusted_hosts"] is not None:
+        overrides["trusted_hosts"] = tuple(overrides["trusted_hosts"])
+    overrides["api_key"] = resolve_key(args.api_key_file, args.api_key, "DOPD_API_KEY",
+                                       "--api-key-file")
+    overrides["admin_key"] = resolve_key(args.admin_key_file, None, "DOPD_ADMIN_KEY",
+                                         "--admin-key-file")
+    config = load_serve_config(args.config, overrides)
     check_instances(config)
     listener = bind_listener(config.host, config.port)
     try:
@@ -194,3 +233,36 @@ def run(args: argparse.Namespace) -> int:
         return serve(config, listener)
     finally:
         listener.close()
+
+
+def read_key_file(path: str, option: str) -> str:
+    """The key in ``path`` (surrounding whitespace stripped); DopdError when it cannot be read
+    or is empty. Warns when other users may read the file."""
+    file = Path(path)
+    try:
+        key = file.read_text(encoding="utf-8").strip()
+        mode = file.stat().st_mode
+    except (OSError, UnicodeError) as exc:
+        raise DopdError(f"{option} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    require(key != "", f"{option} {path}: the file is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"dopd serve: warning: {option} {path} is readable by other users "
+              f"(chmod 600 it)", file=sys.stderr, flush=True)
+    return key
+
+
+def resolve_key(path: str | None, argv_key: str | None, env: str, option: str) -> str | None:
+    """A key from its file, else argv (with a warning), else the environment variable ``env``;
+    None leaves the config file's value (or none)."""
+    if path is not None:
+        return read_key_file(path, option)
+    if argv_key is not None:
+        print("dopd serve: warning: --api-key is visible to every local user (ps); use "
+              "--api-key-file or DOPD_API_KEY", file=sys.stderr, flush=True)
+        require(argv_key != "", "--api-key must not be empty")
+        return argv_key
+    value = os.environ.get(env)
+    if value is not None:
+        require(value.strip() != "", f"{env} is set but empty")
+        return value.strip()
+    return None

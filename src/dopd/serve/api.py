@@ -9,9 +9,10 @@ forecast, recent decisions with why, history; see :func:`cluster_state`), ``POST
 per-request front-end latencies of streamed requests; ``POST /debug/frontend/reset`` clears
 them). Every error is an OpenAI error object with a 4xx status for bad input (malformed JSON,
 unknown model, bad ``max_tokens``, prompt too long, wrong API key) or 503 when no instance can
-serve. ``/v1/*`` needs the API key (``Authorization: Bearer``) when one is configured.
+serve. Access rules (API key, admin key and JSON on admin routes, trusted Host names,
+``/metrics`` and ``/debug`` protection) are :mod:`dopd.serve.access`'s, checked before any route.
 
-:class:`FrontEnd` is the outermost app: it stamps each request's arrival, checks the key, counts
+:class:`FrontEnd` is the outermost app: it stamps each request's arrival, checks access, counts
 ``/v1`` requests by status, and serves the two completion endpoints itself
 (:mod:`dopd.serve.completions`, the hot path); everything else goes to a FastAPI app.
 """
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
+from dopd.serve.access import AccessPolicy
 from dopd.serve.completions import (
     CompletionsHandler,
     Receive,
@@ -58,21 +60,28 @@ class FrontEnd:
         self.state = app.state
         self.metrics = runtime.metrics
         self.completions = CompletionsHandler(runtime)
-        key = runtime.config.api_key
-        self.authorization = None if key is None else f"Bearer {key}"
+        self.access: AccessPolicy = runtime.access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t0 = time.perf_counter()
         path = scope["path"]
+        if not path.startswith("/v1/"):
+            refused = self.access.check(scope["method"], path, scope["headers"],
+                                        scope.get("client"))
+            if refused is not None:
+                await send_error(send, refused)
+            else:
+                await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
         status = 500
         try:
-            if self.authorization is not None and self._authorization(scope) != \
-                    self.authorization:
-                status = await send_error(send, ServeError(
-                    401, "incorrect or missing API key", code="invalid_api_key"))
+            refused = self.access.check(scope["method"], path, scope["headers"],
+                                        scope.get("client"))
+            if refused is not None:
+                status = await send_error(send, refused)
                 return
             chat = _HOT.get(path)
             if chat is None:
@@ -84,13 +93,6 @@ class FrontEnd:
                 status = await self.completions(receive, send, t0, chat, scope["headers"])
         finally:
             self.metrics.count_request(path, status)
-
-    @staticmethod
-    def _authorization(scope: Scope) -> str:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return value.decode("latin-1")  # type: ignore[no-any-return]
-        return ""
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> int:
         status = 500

@@ -8,12 +8,16 @@ KV: every worker binds a ROUTER (:class:`KVServer`) where decode workers (:class
 one DEALER per peer) send ``[b"fetch", {rid, source}]``; the answer is
 ``[b"ok", {rid}, header, data]`` with the data frame sent and received without copies, or
 ``[b"err", {rid, msg}]``. The caller owns timeouts (a fetch has a deadline in the worker).
-Sockets use LINGER 0 so closing never blocks.
+Sockets use LINGER 0 so closing never blocks. With cluster keys every socket is a ZMQ CURVE
+server or client of the cluster (:mod:`dopd.serve.channel_auth`): a peer without the cluster's
+secret key cannot connect, send or read; KV sockets may instead sign every message (HMAC mode:
+a fetch ``[b"fetch", {rid, source, nonce}, mac]``, an answer with its mac as a last frame).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +26,13 @@ import zmq
 
 from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
+from dopd.serve.channel_auth import (
+    ClusterKeys,
+    denied,
+    release_guard,
+    secure_client,
+    secure_server,
+)
 from dopd.serve.wire import pack, payload_frames, payload_from_frames, unpack
 
 
@@ -32,9 +43,10 @@ def _identity(instance_id: int) -> bytes:
 class WorkerControl:
     """Worker side of the control channel (blocking socket, polled by the worker loop)."""
 
-    def __init__(self, address: str, instance_id: int) -> None:
+    def __init__(self, address: str, instance_id: int, keys: ClusterKeys | None = None) -> None:
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
+        secure_client(self.socket, keys)
         self.socket.setsockopt(zmq.IDENTITY, _identity(instance_id))
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.connect(address)
@@ -43,61 +55,106 @@ class WorkerControl:
         self.socket.send(pack(msg))
 
     def receive_all(self) -> list[dict[str, Any]]:
-        """Every message waiting now (does not block)."""
+        """Every well-formed message waiting now (does not block); others are dropped."""
         out = []
         while True:
             try:
                 data = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            out.append(unpack(data))
+            try:
+                msg = unpack(data)
+            except DopdError:
+                continue
+            if isinstance(msg, dict):
+                out.append(msg)
 
     def close(self) -> None:
         self.socket.close(linger=1000)
 
 
-class KVServer:
-    """Serves this worker's leased KV to peers; binds a free port on ``host``."""
+_PENDING_BOUND = 4096  # nonces of unanswered fetches kept per socket (HMAC mode)
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+
+def _remember(table: dict[Any, bytes], key: Any, nonce: bytes) -> None:
+    if len(table) >= _PENDING_BOUND:
+        del table[next(iter(table))]  # the oldest: its fetch has long timed out
+    table[key] = nonce
+
+
+class KVServer:
+    """Serves this worker's leased KV to peers; binds a free port on ``host``. With cluster
+    keys the socket is a CURVE server, or (``keys.kv_curve`` False) checks the HMAC of every
+    fetch and signs every reply (see :mod:`dopd.serve.channel_auth`); ``rejected`` counts
+    fetches dropped for a missing or wrong HMAC."""
+
+    def __init__(self, host: str = "127.0.0.1", keys: ClusterKeys | None = None) -> None:
         self.socket = zmq.Context.instance().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self._mac = keys if keys is not None and not keys.kv_curve else None
+        if self._mac is None:
+            secure_server(self.socket, keys)
         port = self.socket.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
+        self.rejected = 0
+        self._nonces: dict[tuple[bytes, int], bytes] = {}
 
     def receive_all(self) -> list[tuple[bytes, int, str]]:
         """Waiting fetch requests as (peer identity, request id, source name)."""
         out = []
+        mac = self._mac
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            if len(frames) == 3 and frames[1] == b"fetch":
-                try:
-                    meta = unpack(frames[2])
-                    out.append((frames[0], int(meta["rid"]), str(meta["source"])))
-                except (DopdError, KeyError, TypeError, ValueError):
-                    continue  # not a well-formed fetch: nothing to answer to
+            if len(frames) != (3 if mac is None else 4) or frames[1] != b"fetch":
+                self.rejected += mac is not None
+                continue
+            if mac is not None and not mac.verify(frames[3], b"fetch", frames[2]):
+                self.rejected += 1
+                continue
+            try:
+                meta = unpack(frames[2])
+                rid = int(meta["rid"])
+                out.append((frames[0], rid, str(meta["source"])))
+                if mac is not None:
+                    _remember(self._nonces, (frames[0], rid), bytes(meta["nonce"]))
+            except (DopdError, KeyError, TypeError, ValueError):
+                continue  # not a well-formed fetch: nothing to answer to
 
     def reply(self, ident: bytes, rid: int, payload: KVPayload) -> int:
         """Send ``payload`` (zero-copy); returns its size in bytes."""
         header, body = payload_frames(payload)
-        self.socket.send_multipart([ident, b"ok", pack({"rid": rid}), header, body], copy=False)
+        meta = pack({"rid": rid})
+        frames: list[Any] = [ident, b"ok", meta, header, body]
+        if self._mac is not None:
+            nonce = self._nonces.pop((ident, rid), b"")
+            frames.append(self._mac.sign(b"ok", meta, nonce, header))
+        self.socket.send_multipart(frames, copy=False)
         return body.nbytes
 
     def reply_error(self, ident: bytes, rid: int, message: str) -> None:
-        self.socket.send_multipart([ident, b"err", pack({"rid": rid, "msg": message})])
+        meta = pack({"rid": rid, "msg": message})
+        frames = [ident, b"err", meta]
+        if self._mac is not None:
+            frames.append(self._mac.sign(b"err", meta, self._nonces.pop((ident, rid), b"")))
+        self.socket.send_multipart(frames)
 
     def close(self) -> None:
         self.socket.close(linger=0)
 
 
 class KVClient:
-    """Fetches KV from peers' :class:`KVServer` sockets (one DEALER per peer address)."""
+    """Fetches KV from peers' :class:`KVServer` sockets (one DEALER per peer address), with
+    the same security as theirs; ``rejected`` counts replies dropped for a wrong HMAC."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: ClusterKeys | None = None) -> None:
         self._peers: dict[str, zmq.Socket] = {}
+        self._keys = keys
+        self._mac = keys if keys is not None and not keys.kv_curve else None
+        self._nonces: dict[int, bytes] = {}
+        self.rejected = 0
 
     def sockets(self) -> list[zmq.Socket]:
         return list(self._peers.values())
@@ -107,13 +164,22 @@ class KVClient:
         if sock is None:
             sock = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self._mac is None:
+                secure_client(sock, self._keys)
             sock.connect(address)
             self._peers[address] = sock
-        sock.send_multipart([b"fetch", pack({"rid": rid, "source": source})])
+        if self._mac is None:
+            sock.send_multipart([b"fetch", pack({"rid": rid, "source": source})])
+            return
+        nonce = os.urandom(16)
+        meta = pack({"rid": rid, "source": source, "nonce": nonce})
+        _remember(self._nonces, rid, nonce)
+        sock.send_multipart([b"fetch", meta, self._mac.sign(b"fetch", meta)])
 
     def receive_all(self) -> list[tuple[int, KVPayload | None, str | None]]:
         """Waiting replies as (request id, payload or None, error message or None)."""
         out: list[tuple[int, KVPayload | None, str | None]] = []
+        mac = self._mac
         for sock in self._peers.values():
             while True:
                 try:
@@ -124,7 +190,15 @@ class KVClient:
                     kind = frames[0].bytes
                     meta = unpack(frames[1].bytes)
                     rid = int(meta["rid"])
-                    if kind == b"ok" and len(frames) == 4:
+                    ok = kind == b"ok" and len(frames) == (4 if mac is None else 5)
+                    if mac is not None:
+                        signed = (kind, frames[1].bytes, self._nonces.get(rid, b"-"),
+                                  *((frames[2].bytes,) if ok else ()))
+                        if not mac.verify(frames[-1].bytes, *signed):
+                            self.rejected += 1
+                            continue
+                        del self._nonces[rid]
+                    if ok:
                         out.append((rid, payload_from_frames(frames[2].bytes,
                                                              frames[3].buffer), None))
                     else:
@@ -157,11 +231,12 @@ class FrontControl:
     runs in the loop; an awaitable it returns is scheduled as a task.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", keys: ClusterKeys | None = None) -> None:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        secure_server(self.socket, keys)
         port = self.socket.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -256,7 +331,13 @@ class FrontControl:
         self._loop = None
         self._handler = None
 
+    @property
+    def auth_denied(self) -> int:
+        """Connections refused for want of the cluster's key (0 without keys)."""
+        return denied(self.context)
+
     def close(self) -> None:
         self._stop_reading()
         self.socket.close(linger=0)
+        release_guard(self.context)
         self.context.term()

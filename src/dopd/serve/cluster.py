@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from dopd.errors import DopdError, require
+from dopd.serve.channel_auth import ClusterKeys
 from dopd.serve.channels import FrontControl
 from dopd.serve.engines import EngineSpec
 from dopd.serve.faults import FaultPolicy, RestartBackoff
@@ -162,6 +163,9 @@ class WorkerCluster:
     ``step_listener`` (when set) gets the steps each event reports (id, samples, samples lost
     to the worker's bound; see :mod:`dopd.serve.step_samples`); ``bad_step_reports`` counts
     reports that were not of the expected wire version or shape (ignored).
+    ``channel_auth`` draws the cluster's keys at :meth:`start` (:mod:`dopd.serve.channel_auth`):
+    only its workers can reach the control and KV sockets; ``kv_auth`` (``curve`` or ``hmac``)
+    picks how the KV sockets use them.
     ``cold_starts`` lists the measured times from launching a worker to its ``ready``.
     ``faults`` sets the watchdog and the restart backoff; ``holding(iid)`` (set by the front
     end) counts the requests placed on an instance, ``on_tick`` runs on every turn of the
@@ -170,8 +174,12 @@ class WorkerCluster:
     """
 
     def __init__(self, engine: EngineSpec, roles: list[Role], launcher: Launcher, *,
-                 restart: bool = True, start_timeout_s: float = 120.0) -> None:
+                 restart: bool = True, start_timeout_s: float = 120.0,
+                 channel_auth: bool = True, kv_auth: str = "curve") -> None:
         require(len(roles) >= 1, "a cluster needs at least one instance")
+        self.channel_auth = channel_auth
+        self.kv_auth = kv_auth
+        self.keys: ClusterKeys | None = None
         self.engine = engine
         self.initial_roles = list(roles)
         self.launcher = launcher
@@ -198,7 +206,8 @@ class WorkerCluster:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Launch every worker and wait until all are ready (DopdError after the timeout)."""
-        self.control = FrontControl(self.launcher.control_host())
+        self.keys = ClusterKeys.generate(self.kv_auth == "curve") if self.channel_auth else None
+        self.control = FrontControl(self.launcher.control_host(), self.keys)
         self._tasks.append(asyncio.create_task(self.control.run(self._on_event)))
         for iid, role in enumerate(self.initial_roles):
             self.instances[iid] = WorkerInstance(iid, role, self.control)
@@ -211,7 +220,8 @@ class WorkerCluster:
         spec = WorkerSpec(inst.instance_id, self.control.address,
                           replace(self.engine, role=inst.role, name=f"worker-{inst.instance_id}",
                                   index=inst.instance_id),
-                          self.launcher.control_host(), self.faults.fault_injection)
+                          self.launcher.control_host(),
+                          fault_injection=self.faults.fault_injection, keys=self.keys)
         inst.state = InstanceState.STARTING
         inst.ready.clear()
         inst.cold_start_s = None
@@ -390,7 +400,9 @@ class LocalCluster(WorkerCluster):
     """Worker processes on this machine; the control and KV sockets bind ``host``."""
 
     def __init__(self, engine: EngineSpec, roles: list[Role], *, restart: bool = True,
-                 start_timeout_s: float = 120.0, host: str = "127.0.0.1") -> None:
+                 start_timeout_s: float = 120.0, host: str = "127.0.0.1",
+                 channel_auth: bool = True, kv_auth: str = "curve") -> None:
         super().__init__(engine, roles, ProcessLauncher(host), restart=restart,
-                         start_timeout_s=start_timeout_s)
+                         start_timeout_s=start_timeout_s, channel_auth=channel_auth,
+                         kv_auth=kv_auth)
         self.host = host

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from dopd.errors import require
 MODES = ("real", "emulated")
 BACKENDS = ("local", "ray")
 KV_TRANSPORTS = ("socket", "object_store")
+KV_AUTHS = ("auto", "curve", "hmac")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -32,7 +33,17 @@ class ServeConfig:
     ``emulated`` mode each step sleeps ``step_time_scale`` times the time that the latency model
     of ``perf_model`` on ``gpu`` predicts (0: steps take no time). ``kv_timeout_s`` bounds the
     wait of a decode worker for its KV before it recomputes the prompt; ``kv_lease_s`` how long
-    a prefill worker keeps handed-off KV. ``api_key`` None accepts any request.
+    a prefill worker keeps handed-off KV. ``api_key`` None accepts any request;
+    ``admin_key`` None serves admin routes to loopback clients only; ``protect_metrics`` puts
+    ``/metrics`` and ``/debug/*`` behind the API key; ``trusted_hosts`` (None: the loopback names
+    when ``host`` is loopback, else any) are the Host header values served (see
+    :mod:`dopd.serve.access`). ``channel_auth`` authenticates and encrypts the worker channels
+    with ZMQ CURVE (:mod:`dopd.serve.channel_auth`); ``kv_auth`` ``hmac`` authenticates the KV
+    sockets with an HMAC per message instead (no encryption, full bandwidth), ``auto`` takes
+    ``hmac`` when every KV socket binds loopback and ``curve`` when KV crosses a network
+    (:func:`dopd.serve.server.resolve_kv_auth`). ``ray_insecure``
+    starts a local Ray instance without Ray's token authentication (see
+    :mod:`dopd.serve.ray_connect`).
     ``backend`` ``local`` runs workers as processes here; ``ray`` runs each as a Ray actor
     asking for ``ray_cpus_per_instance`` CPUs and ``ray_gpus_per_instance`` GPUs, on the
     cluster at ``ray_address`` (``auto``, ``host:port`` or ``ray://host:port``; None starts a
@@ -84,7 +95,13 @@ class ServeConfig:
     step_time_scale: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    protect_metrics: bool = False
+    trusted_hosts: tuple[str, ...] | None = None
+    channel_auth: bool = True
+    kv_auth: str = "auto"
+    ray_insecure: bool = False
     slo_ttft_s: float = 1.0
     slo_tpot_s: float = 0.1
     attainment: float = 0.9
@@ -159,6 +176,10 @@ class ServeConfig:
         require(self.threads is None or self.threads >= 1,
                 f"threads must be >= 1, got {self.threads}")
         require(self.api_key is None or self.api_key != "", "api_key must not be empty")
+        require(self.admin_key is None or self.admin_key != "", "admin_key must not be empty")
+        require(self.trusted_hosts is None or (len(self.trusted_hosts) > 0 and all(
+            isinstance(h, str) and h.strip() != "" for h in self.trusted_hosts)),
+            "trusted_hosts must be a non-empty list of host names (or * for any)")
         require(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)),
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         require(self.dtype is None or self.dtype in DTYPES,
@@ -167,6 +188,8 @@ class ServeConfig:
                 f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         require(self.kv_transport in KV_TRANSPORTS, f"kv_transport must be one of "
                 f"{', '.join(KV_TRANSPORTS)}, got {self.kv_transport!r}")
+        require(self.kv_auth in KV_AUTHS,
+                f"kv_auth must be one of {', '.join(KV_AUTHS)}, got {self.kv_auth!r}")
         require(self.kv_transport == "socket" or self.backend == "ray",
                 "kv_transport object_store needs backend ray")
         require(self.ray_address is None or self.backend == "ray",

@@ -40,11 +40,13 @@ class InstanceActor:
 
     def run(self, spec: WorkerSpec, kv_transport: str) -> str:
         """Build the engine and run the worker loop until it is told to stop; the worker's
-        KV socket binds this actor's node address."""
+        KV socket binds this actor's node address, or loopback when ``spec.host`` is (a local
+        Ray instance serving a loopback front end)."""
         import torch
 
         torch.set_num_threads(1)
-        spec = replace(spec, host=ray.util.get_node_ip_address())
+        if spec.host != "127.0.0.1":
+            spec = replace(spec, host=ray.util.get_node_ip_address())
         worker: type[Worker] = Worker
         if kv_transport == "object_store":
             from dopd.serve.ray_kv import ObjectStoreWorker
@@ -64,11 +66,16 @@ class ActorWorker:
 
 class RayLauncher:
     """Starts instances as Ray actors asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs each,
-    on the cluster at ``address`` (None: a local Ray instance with ``local_cpus`` CPUs)."""
+    on the cluster at ``address`` (None: a local Ray instance with ``local_cpus`` CPUs, with
+    Ray's token authentication unless ``insecure``). With a local instance and ``loopback``
+    (the front end listens on loopback), dopd's control and KV sockets bind 127.0.0.1."""
 
     def __init__(self, address: str | None, num_cpus: float, num_gpus: float,
-                 kv_transport: str, local_cpus: int | None = None) -> None:
+                 kv_transport: str, local_cpus: int | None = None, *,
+                 loopback: bool = False, insecure: bool = False) -> None:
         self.address = address
+        self.loopback = loopback and address is None
+        self.insecure = insecure
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.kv_transport = kv_transport
@@ -81,9 +88,10 @@ class RayLauncher:
     def connect(self) -> None:
         """Join (or start) the Ray cluster; DopdError when it cannot be reached."""
         if not self.connected:
-            self._owns = connect(self.address, num_cpus=self.local_cpus)
+            self._owns = connect(self.address, num_cpus=self.local_cpus,
+                                 insecure=self.insecure)
             self.connected = True
-            self._host = ray.util.get_node_ip_address()
+            self._host = "127.0.0.1" if self.loopback else ray.util.get_node_ip_address()
             self._actor = ray.remote(InstanceActor)
 
     def control_host(self) -> str:
@@ -129,12 +137,16 @@ class RayCluster(WorkerCluster):
     def __init__(self, engine: EngineSpec, roles: list[Role], *, address: str | None = None,
                  cpus_per_instance: float = 1.0, gpus_per_instance: float = 0.0,
                  kv_transport: str = "socket", restart: bool = True,
-                 start_timeout_s: float = 120.0, budget: int | None = None) -> None:
+                 start_timeout_s: float = 120.0, budget: int | None = None,
+                 channel_auth: bool = True, kv_auth: str = "curve", loopback: bool = False,
+                 insecure: bool = False) -> None:
         n = max(budget or 0, len(roles))
         self.ray = RayLauncher(address, cpus_per_instance, gpus_per_instance, kv_transport,
-                               max(1, math.ceil(n * cpus_per_instance)))
+                               max(1, math.ceil(n * cpus_per_instance)), loopback=loopback,
+                               insecure=insecure)
         super().__init__(engine, roles, self.ray, restart=restart,
-                         start_timeout_s=start_timeout_s)
+                         start_timeout_s=start_timeout_s, channel_auth=channel_auth,
+                         kv_auth=kv_auth)
 
     def connect(self) -> None:
         """Join (or start) the Ray cluster now rather than in :meth:`start`."""

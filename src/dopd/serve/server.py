@@ -25,6 +25,7 @@ from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
 from dopd.perf.base import LatencyModel
 from dopd.perf.factory import build_latency_model
+from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
 from dopd.serve.admission import AdmissionLimits
 from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.config import ServeConfig
@@ -71,6 +72,17 @@ def build_policy(config: ServeConfig, latency: LatencyModel | None = None) -> Cl
     return policy
 
 
+def resolve_kv_auth(config: ServeConfig) -> str:
+    """``config.kv_auth``, with ``auto`` resolved: ``hmac`` when every KV socket binds loopback
+    (the local backend; a local Ray instance behind a loopback host), where encryption would
+    cost bandwidth and hide nothing from an unprivileged user; ``curve`` when KV crosses a
+    network."""
+    if config.kv_auth != "auto":
+        return config.kv_auth
+    local = config.backend == "local" or (config.ray_address is None and is_loopback(config.host))
+    return "hmac" if local else "curve"
+
+
 def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> WorkerCluster:
     """The workers of ``config.backend``: local processes or Ray actors. ``instances`` is the
     budget: an elastic policy may start fewer and add or remove instances up to it. With Ray
@@ -85,12 +97,15 @@ def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> W
                              cpus_per_instance=config.ray_cpus_per_instance,
                              gpus_per_instance=config.ray_gpus_per_instance,
                              kv_transport=config.kv_transport, restart=config.restart_workers,
-                             start_timeout_s=config.worker_start_timeout_s, budget=n)
+                             start_timeout_s=config.worker_start_timeout_s, budget=n,
+                             channel_auth=config.channel_auth, kv_auth=resolve_kv_auth(config),
+                             loopback=is_loopback(config.host), insecure=config.ray_insecure)
         cluster.connect()
         return cluster
+    # local workers all run here: their sockets bind loopback whatever the HTTP host
     return LocalCluster(spec, roles, restart=config.restart_workers,
-                        start_timeout_s=config.worker_start_timeout_s,
-                        host=config.host if config.host != "0.0.0.0" else "127.0.0.1")
+                        start_timeout_s=config.worker_start_timeout_s, host="127.0.0.1",
+                        channel_auth=config.channel_auth, kv_auth=resolve_kv_auth(config))
 
 
 class ServeRuntime:
@@ -121,6 +136,9 @@ class ServeRuntime:
                           sharers=config.instances)
         self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
+        self.access = AccessPolicy(
+            config.api_key, config.admin_key, config.protect_metrics,
+            config.trusted_hosts or default_trusted_hosts(config.host))
         instances = self.cluster.instances
         self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr,  # type: ignore[arg-type]
                                      self.router)

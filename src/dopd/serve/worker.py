@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -28,6 +28,7 @@ from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
+from dopd.serve.channel_auth import ClusterKeys, denied
 from dopd.serve.channels import KVClient, KVServer, WorkerControl
 from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
 from dopd.serve.faults import CRASH_EXIT_CODE, CRASH_MARKER
@@ -41,7 +42,9 @@ _EWMA = 0.2
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """What a worker process needs: its id, the front end's control address, its engine;
+    """What a worker process needs: its id, the front end's control address, its engine, the
+    address its KV socket binds, and the cluster's channel keys (None: plain sockets; they
+    travel in the spec, never in argv or the environment, and never show in its repr);
     ``fault_injection``: the test-only crash hook of :mod:`dopd.serve.faults` is on."""
 
     instance_id: int
@@ -49,6 +52,7 @@ class WorkerSpec:
     engine: EngineSpec
     host: str = "127.0.0.1"
     fault_injection: bool = False
+    keys: ClusterKeys | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -63,9 +67,9 @@ class Worker:
                  link: ModeledLink | None = None) -> None:
         self.spec = spec
         self.engine = engine
-        self.control = WorkerControl(spec.control_addr, spec.instance_id)
-        self.kv_server = KVServer(spec.host)
-        self.kv_client = KVClient()
+        self.control = WorkerControl(spec.control_addr, spec.instance_id, spec.keys)
+        self.kv_server = KVServer(spec.host, spec.keys)
+        self.kv_client = KVClient(spec.keys)
         self.handles: dict[int, KVHandle] = {}
         self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
         self.step_s = 0.0
@@ -317,7 +321,9 @@ class Worker:
                 "kv_exports": st.kv_exports, "kv_imports": st.kv_imports,
                 "kv_recomputes": st.kv_recomputes, "lease_expiries": st.lease_expiries,
                 "kv_bytes_sent": self.kv_bytes_sent, "kv_bytes_received": self.kv_bytes_received,
-                "kv_failures": self.kv_failures, "busy_s": st.busy_s}
+                "kv_failures": self.kv_failures, "busy_s": st.busy_s,
+                "auth_denied": denied(self.control.context) + self.kv_server.rejected
+                + self.kv_client.rejected}
 
     def close(self) -> None:
         self.kv_client.close()
