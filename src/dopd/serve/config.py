@@ -20,6 +20,7 @@ MODES = ("real", "emulated")
 BACKENDS = ("local", "ray")
 KV_TRANSPORTS = ("socket", "object_store")
 DTYPES = ("float32", "float16", "bfloat16")
+SELF_CALIBRATION_MODES = ("start", "background", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,15 @@ class ServeConfig:
     (:mod:`dopd.serve.live_calibration`); ``model_bias`` makes that model predict ``1 +
     model_bias`` times the configured model's step times, as ``dopd simulate --model-bias``
     (the workers' emulated steps are unchanged: the belief is wrong, not the hardware).
+    ``calibration_file`` (a fit: the JSON of ``dopd profile``, a built-in name or a CSV of
+    measured steps, as ``dopd simulate --calibration``) or ``profile`` (an operator profile,
+    as ``--profile``) replaces the roofline ``preset`` as the configured latency model: of the
+    emulated steps and of the control plane's belief. ``self_calibration`` (real mode, when
+    neither is given): ``start`` measures the engine's step times before the workers start
+    and predicts with a fit of them (:mod:`dopd.serve.self_calibration`), ``background``
+    measures once the workers are ready while the server already listens, ``off`` keeps the
+    configured model; the measurement is killed after ``calibration_timeout_s``.
+    ``save_calibration`` writes the fit to that JSON file (``calibration_file`` reads it).
     """
 
     model: str = "dopd-tiny"
@@ -96,6 +106,11 @@ class ServeConfig:
     threads: int | None = None
     calibration: bool = True
     model_bias: float = 0.0
+    calibration_file: str | None = None
+    profile: str | None = None
+    self_calibration: str = "start"
+    save_calibration: str | None = None
+    calibration_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -137,10 +152,27 @@ class ServeConfig:
         require(math.isfinite(self.ray_cpus_per_instance) and self.ray_cpus_per_instance >= 0
                 and math.isfinite(self.ray_gpus_per_instance) and self.ray_gpus_per_instance >= 0,
                 "ray_cpus_per_instance and ray_gpus_per_instance must be >= 0")
+        require(self.self_calibration in SELF_CALIBRATION_MODES, f"self_calibration must be "
+                f"one of {', '.join(SELF_CALIBRATION_MODES)}, got {self.self_calibration!r}")
+        require(self.calibration_file is None or self.profile is None,
+                "give a calibration file or a latency profile, not both")
+        require(math.isfinite(self.calibration_timeout_s) and self.calibration_timeout_s > 0,
+                f"calibration_timeout_s must be > 0, got {self.calibration_timeout_s}")
+        if self.save_calibration is not None:
+            p = Path(self.save_calibration)
+            require(p.suffix.lower() == ".json" and not p.is_dir(),
+                    f"save_calibration must be a .json file, got {self.save_calibration!r}")
         if self.ray_address is not None:
             from dopd.serve.ray_connect import check_address
 
             check_address(self.ray_address)
+
+    @property
+    def measures_calibration(self) -> bool:
+        """Real mode with ``self_calibration`` on and no ``calibration_file`` or ``profile``:
+        the deployment measures its engine's step times (see the class docstring)."""
+        return (self.mode == "real" and self.self_calibration != "off"
+                and self.calibration_file is None and self.profile is None)
 
 
 def load_serve_config(path: str | Path | None, overrides: Mapping[str, Any]) -> ServeConfig:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ class Event:
 class Tracked:
     """A request in flight (mutable, front end only). ``t_http``, ``t_submit`` and ``t_event``
     (``time.perf_counter``, 0 when unknown) are when the request reached the app, when its
-    submit was sent, and when its first token's event arrived from the worker."""
+    submit was sent, and when its first token's event arrived from the worker.
+    ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none)."""
 
     rid: int
     prompt_ids: list[int]
@@ -82,6 +84,7 @@ class Tracked:
     t_http: float = 0.0
     t_submit: float = 0.0
     t_event: float = 0.0
+    predicted_ttft_s: float | None = None
 
 
 class Observer:
@@ -173,6 +176,8 @@ class Dispatcher:
         placement = self.router.place(now, p, m, routables(prefill), routables(decode), admit)
         if placement.reject:
             raise Rejected(placement.reject)
+        predicted = placement.predicted_ttft_s
+        t.predicted_ttft_s = predicted if math.isfinite(predicted) else None
         inst = placement.instance
         assert isinstance(inst, InstanceBook)
         phase = "prefill" if inst.role == Role.PREFILL else "colocated"
@@ -311,7 +316,8 @@ class Dispatcher:
         self._handed_over(t)
         outcome = RequestOutcome(t.rid, t.arrival, len(t.prompt_ids), t.n_out, state,
                                  t.first_token_t, t.finish_t, reason, t.prefill_iid,
-                                 t.decode_iid if t.phase == "decode" else t.where)
+                                 t.decode_iid if t.phase == "decode" else t.where,
+                                 t.predicted_ttft_s)
         for obs in self.observers:
             obs.on_done(t, outcome)
 
