@@ -151,7 +151,7 @@ class _Driver:
     def decode(self, b: int, ctx: int, steps: int) -> list[StepMeasurement]:
         ids = [self.add(ctx, steps + 3) for _ in range(b)]
         out: list[StepMeasurement] = []
-        for _ in range(steps + 9):
+        for _ in range(steps + 9 + b * ctx // 64):  # prefill chunks first, then decodes
             step = self.step()
             if step is not None and step.kind == "decode" and step.decode_count == b:
                 out.append(step)

@@ -12,9 +12,13 @@ admission), so all of them predict through what it has learned.
 :meth:`~dopd.control.calibration.CalibratedLatency.observe_step` in GPU seconds (the wall time
 divided by ``step_time_scale`` in emulated mode), the same code that the simulator feeds. In
 emulated mode with ``step_time_scale`` 0 steps take no modeled time, so nothing is learned
-(the errors are still measured). :meth:`LiveCalibration.view` is the ``calibration`` field of
-``/v1/cluster``: the factors per step kind, pooled and per instance, and the recent prediction
-error.
+(the errors are still measured). In real mode the server first rebases the belief on a fit
+of the machine's own step times (:meth:`LiveCalibration.use_fit`, see
+:mod:`dopd.serve.self_calibration`). As a dispatcher observer it also keeps each request's
+TTFT as the router predicted it against the observed (:class:`TTFTPrediction`).
+:meth:`LiveCalibration.view` is the ``calibration`` field of ``/v1/cluster``: the factors per
+step kind, pooled and per instance, the recent prediction error, the self-calibration and the
+TTFT error.
 """
 
 from __future__ import annotations
