@@ -9,6 +9,7 @@ workers are stopped, and it returns 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import signal
@@ -100,10 +101,9 @@ class ServeRuntime:
         self.calibration = LiveCalibration.of(config, self.belief)
         if config.calibration_file is not None:
             self.calibration.self_calibration.status = "loaded"
-            try:
+            # another form (a DistServe fit, a CSV) has nothing more to show
+            with contextlib.suppress(DopdError):
                 self.calibration.self_calibration.fit = load_fit(config.calibration_file)
-            except DopdError:  # another form (a DistServe fit, a CSV): nothing more to show
-                pass
         self.policy = build_policy(config, self.belief)
         self.slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
         self.router = live_router(config, self.policy.router, belief=self.belief)
