@@ -88,6 +88,8 @@ class RequestOutcome:
 
     ``first_token_s`` and ``finish_s`` are None when the request never got that far
     (rejected or aborted). ``reason`` says why a request was rejected or aborted.
+    ``predicted_ttft_s`` is the TTFT the router predicted when it placed the request (None when
+    it predicted none).
     """
 
     request_id: int
@@ -100,6 +102,7 @@ class RequestOutcome:
     reason: str = ""
     prefill_instance: int | None = None
     decode_instance: int | None = None
+    predicted_ttft_s: float | None = None
 
     @property
     def ttft_s(self) -> float | None:

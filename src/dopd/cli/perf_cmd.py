@@ -256,6 +256,8 @@ def _list(json_target: str | None) -> int:
 def _fidelity(preset: str | None, json_target: str | None) -> int:
     """Every shipped reference against every model that applies to it (``preset`` None: all
     presets)."""
+    from dopd.sim.api import SimConfig
+
     presets = [preset] if preset else list(PRESETS.names())
     distserve = [fidelity_report(p) for p in presets]
     profiles = [preset_profile_fidelity(p) for p in presets] + [profile_model_fidelity()]
@@ -267,6 +269,7 @@ def _fidelity(preset: str | None, json_target: str | None) -> int:
             "profiles": [{"model": r.model, "reference": r.reference, "median": r.median,
                           "worst": r.worst, "tp": [dataclasses.asdict(row) for row in r.rows]}
                          for r in profiles],
+            "default_preset": SimConfig().preset,
         })
         if json_to_stdout(json_target):
             return 0
@@ -298,4 +301,27 @@ def _fidelity(preset: str | None, json_target: str | None) -> int:
     console.print(table)
     console.print("The profile model applies only to the profiled model (Llama-3-8B), so it is "
                   "not compared with the OPT fits.")
+    for line in _preset_summary(distserve, profiles):
+        console.print(line)
     return 0
+
+
+def _preset_summary(distserve: list[Any], profiles: list[Any]) -> list[str]:
+    """Lines naming the default preset and how far off the measured references it is."""
+    from dopd.sim.api import SimConfig
+
+    default = SimConfig().preset
+    lines = []
+    by_preset = {r.preset: r for r in distserve}
+    for report in profiles:
+        name = report.model.removeprefix("roofline ")
+        ds = by_preset.get(name)
+        tail = "" if ds is None else (f"; DistServe fits median {100 * ds.median:.1f} %, "
+                                      f"worst {100 * ds.worst:.1f} %")
+        mark = " (the default)" if name == default else ""
+        lines.append(f"{report.model}{mark}: Vidur A100 profiles median "
+                     f"{100 * report.median:.1f} %, worst {100 * report.worst:.1f} %{tail}")
+    lines.append(f"The default preset is {default} (every command without --preset); "
+                 "modern-fit is the one fitted to the profiles, --profile vidur-a100 the "
+                 "profile model.")
+    return lines

@@ -23,7 +23,7 @@ from typing import Any
 from dopd.cli.checks import check_output_dir
 from dopd.errors import require
 
-GRID_NAMES = ("small", "tiny")
+GRID_NAMES = ("small", "tiny", "serve")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,7 +42,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps-csv", default=None, metavar="FILE.csv",
                    help="also write the measured steps")
     p.add_argument("--grid", default="small", choices=GRID_NAMES,
-                   help="shape grid: small (default) or tiny (quick)")
+                   help="shape grid: small (default), tiny (quick) or serve (what dopd serve "
+                   "measures at start)")
     p.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="runs per shape, median taken (default: the grid's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt token ids")
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     from dopd.engine.engine_options import EngineOptions
     from dopd.engine.llm_engine import LLMEngine
-    from dopd.engine.profiler import GRIDS, profile_engine
-    from dopd.perf.chunked_calibration import chunked_to_dict, write_measurements
+    from dopd.engine.profiler import GRIDS, profile_document, profile_engine
+    from dopd.perf.chunked_calibration import write_measurements
 
     grid = GRIDS[args.grid]
     if args.repeats is not None:
@@ -78,16 +79,10 @@ def run(args: argparse.Namespace) -> int:
     options = EngineOptions(threads=args.threads, detokenize=False, seed=args.seed)
     engine = LLMEngine.from_pretrained(args.model, options, device=args.device, dtype=args.dtype)
     result = profile_engine(engine, grid, seed=args.seed)
-    content: dict[str, Any] = chunked_to_dict(result.fit.coefficients)
-    content["fit"] = {"steps": result.fit.samples, "median_rel_error": result.fit.median_rel_error,
-                      "max_rel_error": result.fit.max_rel_error}
-    content["held_back"] = {"steps": len(result.held_back_steps),
-                            "median_rel_error": result.held_back_median,
-                            "max_rel_error": result.held_back_worst}
-    content["measured_on"] = {"model": args.model, "device": args.device,
-                              "threads": args.threads, "torch": torch.__version__,
-                              "machine": platform.machine(), "grid": args.grid,
-                              "repeats": grid.repeats}
+    content = profile_document(result, {
+        "model": args.model, "device": args.device, "threads": args.threads,
+        "torch": torch.__version__, "machine": platform.machine(), "grid": args.grid,
+        "repeats": grid.repeats})
     out.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
     if args.steps_csv is not None:
         write_measurements([*result.fit_steps, *result.held_back_steps], args.steps_csv)

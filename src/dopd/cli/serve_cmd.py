@@ -45,6 +45,8 @@ OPTION_KEYS: dict[str, str] = {
     "protect_metrics": "protect_metrics",
     "trusted_hosts": "trusted_hosts", "channel_auth": "channel_auth", "kv_auth": "kv_auth",
     "ray_insecure": "ray_insecure",
+    "calibration_file": "calibration_file", "profile": "profile",
+    "self_calibration": "self_calibration", "save_calibration": "save_calibration",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
@@ -77,7 +79,9 @@ def config_keys_epilog() -> str:
               "  dopd serve --instances 2 --policy static:1:1",
               "  dopd serve --mode emulated --perf-model llama-3-8b --gpu a100-80gb "
               "--instances 4 --policy dopd",
-              "  dopd serve --config serve.toml --port 8080"]
+              "  dopd serve --config serve.toml --port 8080",
+              "  dopd serve --save-calibration out/tiny-cpu.json   # then --calibration "
+              "out/tiny-cpu.json skips the measurement"]
     return "\n".join(lines)
 
 
@@ -191,6 +195,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     rel.add_argument("--fault-injection", action="store_const", const=True, default=None,
                      help="TESTS ONLY: a prompt starting with the token ids of "
                      "dopd.serve.faults.CRASH_MARKER crashes its worker [off]")
+    cal = p.add_argument_group("latency model (the control plane's belief)")
+    cal.add_argument("--calibration", dest="calibration_file", default=None,
+                     metavar="FILE|NAME", help="configured latency model from a fit, as in "
+                     "dopd simulate: the JSON of dopd profile or --save-calibration, a "
+                     "built-in name or a CSV of measured steps; real mode then measures "
+                     "nothing at start [none]")
+    cal.add_argument("--profile", default=None, metavar="NAME|DIR",
+                     help="configured latency model from a measured operator profile "
+                     "(vidur-a100 or a folder), as in dopd simulate [none]")
+    cal.add_argument("--self-calibration", choices=("start", "background", "off"),
+                     default=None, help="real mode: measure this engine's step times over a "
+                     "small grid of shapes and predict with a fit of them; start: before the "
+                     "workers (a few seconds on dopd-tiny), background: once they are ready "
+                     f"[{_D.self_calibration}]")
+    cal.add_argument("--no-self-calibration", dest="self_calibration", action="store_const",
+                     const="off", help="same as --self-calibration off")
+    cal.add_argument("--save-calibration", default=None, metavar="FILE.json",
+                     help="write the self-calibration's fit to FILE.json (for --calibration)")
     ray = p.add_argument_group("cluster backend")
     ray.add_argument("--backend", choices=("local", "ray"), default=None,
                      help="local: worker processes here; ray: one Ray actor per instance "

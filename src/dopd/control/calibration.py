@@ -135,6 +135,18 @@ class CalibratedLatency(LatencyModel):
         f = self.factor("prefill" if batch.prefill else "decode")
         return dataclasses.replace(parts, step_ms=parts.step_ms * f)
 
+    def rebase(self, base: LatencyModel) -> None:
+        """Predict from ``base`` from now on (a fit of the machine's own step times replacing
+        the configured model): the learned factors restart at 1 (they corrected the old base),
+        the prior stays, and :attr:`version` grows so tabulated copies are rebuilt."""
+        self.base = base
+        self.name = base.name if self.prior == 1.0 else f"{base.name} x{self.prior:g}"
+        self._coeffs.clear()
+        self._log = {kind: 0.0 for kind in KINDS}
+        self._version_log = dict(self._log)
+        self.instance_log.clear()
+        self.version += 1
+
     # ------------------------------------------------------------------ learning
     def observe_step(self, now: float, instance_id: int, prefill_new_tokens: int,
                      prefill_attn_sum: int, prefill_count: int, decode_count: int,

@@ -6,27 +6,41 @@ come from ``engine.last_plan``. Three kinds of shapes (see :class:`ProfileGrid`)
 
 - prefill ``(n, k)``: ``k`` prompts of ``n`` tokens in one step;
 - decode ``(b, ctx)``: ``b`` sequences decoding from a ``ctx``-token prompt (``decode_steps``
-  consecutive decode steps are recorded, their contexts growing by one each; the first decode
-  step of the batch, which also stages the batch's KV, is skipped);
+  consecutive decode steps are timed, their contexts growing by one each, and recorded as one
+  step at their mean context with their mean time; the first decode step of the batch, which
+  also stages the batch's KV, is skipped);
 - mixed ``(n, b, ctx)``: a prompt chunk of ``n`` tokens joins ``b`` decoding sequences.
 
-Each shape runs ``repeats`` times after one warm-up run (not recorded); each of its steps is
-recorded once, with the median time over the repeats, as a
+A step's time is the runner's (``EngineStats.busy_s``: the forward pass and sampling) or, with
+``wall=True``, the wall time of the whole :meth:`LLMEngine.step` (scheduling and output handling
+too), which is what a serving worker reports for its steps.
+
+Each shape runs once as a warm-up (not recorded), then ``repeats`` rounds run every shape once
+(fit and held-back shapes interleaved, so a spell of load from other processes falls on all of
+them alike); each of its steps is recorded once, with the median time over the rounds, as a
 :class:`~dopd.perf.chunked_calibration.StepMeasurement`; :func:`profile_engine` fits the chunked
 form (``dopd.perf.chunked``) on the *fit* shapes and reports its error on the *held-back* ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import SamplingParams
 from dopd.errors import require
-from dopd.perf.chunked_calibration import ChunkedFit, StepMeasurement, fit_chunked, relative_errors
+from dopd.perf.chunked_calibration import (
+    ChunkedFit,
+    StepMeasurement,
+    chunked_to_dict,
+    fit_chunked,
+    relative_errors,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +85,19 @@ TINY_GRID = ProfileGrid(
 )
 """A quick grid (tests, smoke runs)."""
 
-GRIDS = {"small": SMALL_GRID, "tiny": TINY_GRID}
+SERVE_GRID = ProfileGrid(
+    prefill=((16, 1), (64, 1), (128, 1), (256, 1), (512, 1), (64, 4)),
+    decode=((1, 64), (4, 128), (8, 256), (16, 96), (2, 768), (24, 48)),
+    mixed=((64, 4, 128), (128, 8, 192), (32, 12, 64)),
+    held_back_prefill=((96, 1), (384, 1), (48, 2)),
+    held_back_decode=((6, 192), (12, 64), (3, 384)),
+    held_back_mixed=((96, 2, 256), (48, 6, 160)),
+    repeats=3, decode_steps=4,
+)
+"""The start-up grid of ``dopd serve --mode real`` (self-calibration): short prompts and
+batches up to the real engine's default budget, a few seconds on dopd-tiny on one CPU core."""
+
+GRIDS = {"small": SMALL_GRID, "tiny": TINY_GRID, "serve": SERVE_GRID}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +112,11 @@ class EngineProfile:
 
 
 class _Driver:
-    def __init__(self, engine: LLMEngine, seed: int) -> None:
+    def __init__(self, engine: LLMEngine, seed: int, wall: bool = False) -> None:
         self.engine = engine
         self.rng = np.random.default_rng(seed)
         self.vocab = int(engine.model.config.vocab_size)
+        self.wall = wall
 
     def add(self, tokens: int, max_tokens: int) -> int:
         ids = self.rng.integers(4, self.vocab, tokens).tolist()
@@ -98,13 +125,16 @@ class _Driver:
 
     def step(self) -> StepMeasurement | None:
         before = self.engine.stats.busy_s
+        start = time.perf_counter()
         self.engine.step()
+        seconds = (time.perf_counter() - start if self.wall
+                   else self.engine.stats.busy_s - before)
         plan = self.engine.last_plan
         if plan is None:
             return None
         return StepMeasurement(plan.prefill_new_tokens, plan.prefill_attn_sum,
                                plan.prefill_count, plan.decode_count, plan.decode_ctx_sum,
-                               (self.engine.stats.busy_s - before) * 1e3)
+                               seconds * 1e3)
 
     def drain(self, ids: Sequence[int]) -> None:
         for rid in ids:
@@ -121,7 +151,7 @@ class _Driver:
     def decode(self, b: int, ctx: int, steps: int) -> list[StepMeasurement]:
         ids = [self.add(ctx, steps + 3) for _ in range(b)]
         out: list[StepMeasurement] = []
-        for _ in range(steps + 9):
+        for _ in range(steps + 9 + b * ctx // 64):  # prefill chunks first, then decodes
             step = self.step()
             if step is not None and step.kind == "decode" and step.decode_count == b:
                 out.append(step)
@@ -129,7 +159,13 @@ class _Driver:
                 break
         out = out[1:]  # the first decode step of a new batch also stages its KV
         self.drain(ids)
-        return out
+        if not out:
+            return []
+        # one step at the run's mean context: single decode steps of one batch differ by up to
+        # 2x (a staging rebuild when a block table changes), their mean is stable, and the
+        # form is affine in the context sum at a fixed batch
+        return [StepMeasurement(0, 0, 0, b, round(sum(s.decode_ctx_sum for s in out) / len(out)),
+                                sum(s.step_ms for s in out) / len(out))]
 
     def mixed(self, n: int, b: int, ctx: int) -> list[StepMeasurement]:
         ids = [self.add(ctx, 64) for _ in range(b)]
@@ -143,22 +179,41 @@ class _Driver:
         return [step] if step is not None and step.kind == "mixed" else []
 
 
-def measure(engine: LLMEngine, prefill: Sequence[tuple[int, int]],
-            decode: Sequence[tuple[int, int]], mixed: Sequence[tuple[int, int, int]],
-            repeats: int = 5, decode_steps: int = 3, seed: int = 0) -> list[StepMeasurement]:
-    """Measured steps of ``engine`` at the shapes given (module docstring); the engine must be
-    idle and is left idle."""
-    require(not engine.has_unfinished(), "the engine must be idle to be profiled")
-    driver = _Driver(engine, seed)
-    out: list[StepMeasurement] = []
-    runs = [lambda s=s: driver.prefill(*s) for s in prefill]
+Run = Callable[[], list[StepMeasurement]]
+
+
+def _runs(driver: _Driver, prefill: Sequence[tuple[int, int]],
+          decode: Sequence[tuple[int, int]], mixed: Sequence[tuple[int, int, int]],
+          decode_steps: int) -> list[Run]:
+    runs: list[Run] = [lambda s=s: driver.prefill(*s) for s in prefill]
     runs += [lambda s=s: driver.decode(*s, decode_steps) for s in decode]
     runs += [lambda s=s: driver.mixed(*s) for s in mixed]
+    return runs
+
+
+def _measure_rounds(runs: Sequence[Run], repeats: int) -> list[list[StepMeasurement]]:
+    """Each run once as a warm-up (allocator, thread pools, first touch of KV blocks), then
+    ``repeats`` rounds over all of them, so a spell of load from other processes falls on every
+    shape alike; per run, its steps with the median time over the rounds."""
     for run in runs:
-        run()  # warm-up: allocator, thread pools, first-touch of KV blocks
-        trials = [run() for _ in range(repeats)]
-        out.extend(_median_steps(trials))
-    return out
+        run()
+    trials: list[list[list[StepMeasurement]]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            trials[i].append(run())
+    return [_median_steps(t) for t in trials]
+
+
+def measure(engine: LLMEngine, prefill: Sequence[tuple[int, int]],
+            decode: Sequence[tuple[int, int]], mixed: Sequence[tuple[int, int, int]],
+            repeats: int = 5, decode_steps: int = 3, seed: int = 0,
+            wall: bool = False) -> list[StepMeasurement]:
+    """Measured steps of ``engine`` at the shapes given (module docstring; ``wall``: time the
+    whole engine step); the engine must be idle and is left idle."""
+    require(not engine.has_unfinished(), "the engine must be idle to be profiled")
+    driver = _Driver(engine, seed, wall)
+    per_run = _measure_rounds(_runs(driver, prefill, decode, mixed, decode_steps), repeats)
+    return [step for steps in per_run for step in steps]
 
 
 def _median_steps(trials: list[list[StepMeasurement]]) -> list[StepMeasurement]:
@@ -174,13 +229,32 @@ def _median_steps(trials: list[list[StepMeasurement]]) -> list[StepMeasurement]:
 
 
 def profile_engine(engine: LLMEngine, grid: ProfileGrid = SMALL_GRID,
-                   seed: int = 0) -> EngineProfile:
-    """Measure ``grid`` on ``engine``, fit the chunked form, check it on the held-back shapes."""
-    fit_steps = measure(engine, grid.prefill, grid.decode, grid.mixed, grid.repeats,
-                        grid.decode_steps, seed)
-    held = measure(engine, grid.held_back_prefill, grid.held_back_decode, grid.held_back_mixed,
-                   grid.repeats, grid.decode_steps, seed + 1)
+                   seed: int = 0, wall: bool = False) -> EngineProfile:
+    """Measure ``grid`` on ``engine`` (fit and held-back shapes in the same rounds), fit the
+    chunked form, check it on the held-back shapes (``wall``: see :func:`measure`)."""
+    require(not engine.has_unfinished(), "the engine must be idle to be profiled")
+    driver = _Driver(engine, seed, wall)
+    fit_runs = _runs(driver, grid.prefill, grid.decode, grid.mixed, grid.decode_steps)
+    held_runs = _runs(driver, grid.held_back_prefill, grid.held_back_decode,
+                      grid.held_back_mixed, grid.decode_steps)
+    per_run = _measure_rounds([*fit_runs, *held_runs], grid.repeats)
+    fit_steps = [step for steps in per_run[:len(fit_runs)] for step in steps]
+    held = [step for steps in per_run[len(fit_runs):] for step in steps]
     fit = fit_chunked(fit_steps)
     errors = np.abs(relative_errors(fit.coefficients, held)) if held else np.zeros(1)
     return EngineProfile(tuple(fit_steps), tuple(held), fit, float(np.median(errors)),
                          float(errors.max()))
+
+
+def profile_document(result: EngineProfile, measured_on: dict[str, Any]) -> dict[str, Any]:
+    """The JSON file of a profile (``dopd profile --out``, ``dopd serve --save-calibration``):
+    the chunked form's coefficients (what ``--calibration`` reads), the fit's and the held-back
+    shapes' errors, and ``measured_on`` (where and how it was measured)."""
+    content: dict[str, Any] = chunked_to_dict(result.fit.coefficients)
+    content["fit"] = {"steps": result.fit.samples, "median_rel_error": result.fit.median_rel_error,
+                      "max_rel_error": result.fit.max_rel_error}
+    content["held_back"] = {"steps": len(result.held_back_steps),
+                            "median_rel_error": result.held_back_median,
+                            "max_rel_error": result.held_back_worst}
+    content["measured_on"] = dict(measured_on)
+    return content

@@ -21,6 +21,7 @@ BACKENDS = ("local", "ray")
 KV_TRANSPORTS = ("socket", "object_store")
 KV_AUTHS = ("auto", "curve", "hmac")
 DTYPES = ("float32", "float16", "bfloat16")
+SELF_CALIBRATION_MODES = ("start", "background", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,15 @@ class ServeConfig:
     its end get an error (an SSE error event and ``[DONE]`` on a stream).
     ``fault_injection`` turns on the test-only crash hook (a prompt starting with
     :data:`dopd.serve.faults.CRASH_MARKER` crashes its worker); never in production.
+    ``calibration_file`` (a fit: the JSON of ``dopd profile``, a built-in name or a CSV of
+    measured steps, as ``dopd simulate --calibration``) or ``profile`` (an operator profile,
+    as ``--profile``) replaces the roofline ``preset`` as the configured latency model: of the
+    emulated steps and of the control plane's belief. ``self_calibration`` (real mode, when
+    neither is given): ``start`` measures the engine's step times before the workers start
+    and predicts with a fit of them (:mod:`dopd.serve.self_calibration`), ``background``
+    measures once the workers are ready while the server already listens, ``off`` keeps the
+    configured model; the measurement is killed after ``calibration_timeout_s``.
+    ``save_calibration`` writes the fit to that JSON file (``calibration_file`` reads it).
     """
 
     model: str = "dopd-tiny"
@@ -140,6 +150,11 @@ class ServeConfig:
     http_timeout_s: float = 10.0
     max_connections: int = 1024
     fault_injection: bool = False
+    calibration_file: str | None = None
+    profile: str | None = None
+    self_calibration: str = "start"
+    save_calibration: str | None = None
+    calibration_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -197,10 +212,27 @@ class ServeConfig:
         require(math.isfinite(self.ray_cpus_per_instance) and self.ray_cpus_per_instance >= 0
                 and math.isfinite(self.ray_gpus_per_instance) and self.ray_gpus_per_instance >= 0,
                 "ray_cpus_per_instance and ray_gpus_per_instance must be >= 0")
+        require(self.self_calibration in SELF_CALIBRATION_MODES, f"self_calibration must be "
+                f"one of {', '.join(SELF_CALIBRATION_MODES)}, got {self.self_calibration!r}")
+        require(self.calibration_file is None or self.profile is None,
+                "give a calibration file or a latency profile, not both")
+        require(math.isfinite(self.calibration_timeout_s) and self.calibration_timeout_s > 0,
+                f"calibration_timeout_s must be > 0, got {self.calibration_timeout_s}")
+        if self.save_calibration is not None:
+            p = Path(self.save_calibration)
+            require(p.suffix.lower() == ".json" and not p.is_dir(),
+                    f"save_calibration must be a .json file, got {self.save_calibration!r}")
         if self.ray_address is not None:
             from dopd.serve.ray_connect import check_address
 
             check_address(self.ray_address)
+
+    @property
+    def measures_calibration(self) -> bool:
+        """Real mode with ``self_calibration`` on and no ``calibration_file`` or ``profile``:
+        the deployment measures its engine's step times (see the class docstring)."""
+        return (self.mode == "real" and self.self_calibration != "off"
+                and self.calibration_file is None and self.profile is None)
 
 
 def load_serve_config(path: str | Path | None, overrides: Mapping[str, Any]) -> ServeConfig:

@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import functools
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -90,7 +91,8 @@ class Tracked:
     submit was sent, and when its first token's event arrived from the worker. ``out_ids``
     are the tokens streamed so far, ``n_base`` how many of them its current instance did not
     produce (it resumed after a loss), ``losses`` the worker losses it was in, ``cost`` the
-    prompt tokens charged to its instance."""
+    prompt tokens charged to its instance.
+    ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none)."""
 
     rid: int
     prompt_ids: list[int]
@@ -115,6 +117,7 @@ class Tracked:
     t_http: float = 0.0
     t_submit: float = 0.0
     t_event: float = 0.0
+    predicted_ttft_s: float | None = None
 
 
 class Observer:
@@ -242,6 +245,8 @@ class Dispatcher:
         placement = self.router.place(now, p, m, routables(prefill), routables(decode), admit)
         if placement.reject:
             raise Rejected(placement.reject, clamp_retry_after(placement.predicted_ttft_s))
+        predicted = placement.predicted_ttft_s
+        t.predicted_ttft_s = predicted if math.isfinite(predicted) else None
         inst = placement.instance
         assert isinstance(inst, InstanceBook)
         phase = "prefill" if inst.role == Role.PREFILL else "colocated"
@@ -410,7 +415,8 @@ class Dispatcher:
         self._handed_over(t)
         outcome = RequestOutcome(t.rid, t.arrival, len(t.prompt_ids), t.n_out, state,
                                  t.first_token_t, t.finish_t, reason, t.prefill_iid,
-                                 t.decode_iid if t.phase == "decode" else t.where)
+                                 t.decode_iid if t.phase == "decode" else t.where,
+                                 t.predicted_ttft_s)
         for obs in self.observers:
             obs.on_done(t, outcome)
 

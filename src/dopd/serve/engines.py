@@ -120,7 +120,8 @@ class EmulatedRunner:
 class EngineSpec:
     """How a worker builds its engine (plain data: it crosses the process boundary).
 
-    ``perf_model``/``gpu``/``preset`` select the latency model of emulated mode, and with
+    ``perf_model``/``gpu``/``preset`` (or ``calibration`` / ``profile``, as in
+    :class:`~dopd.sim.api.SimConfig`) select the latency model of emulated mode, and with
     ``kv_mem_util`` and ``kv_link`` its sizing and KV link (see :func:`engine_limits`).
     ``kv_cache_mb``, ``max_num_seqs`` and ``max_batched_tokens`` left None take the real
     defaults (64 MiB, 64, 2048) in real mode and the simulator's figures in emulated mode.
@@ -158,6 +159,8 @@ class EngineSpec:
     index: int = 0
     threads: int | None = None
     sharers: int = 1
+    calibration: str | None = None
+    profile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,7 @@ def sim_config_of(spec: EngineSpec) -> SimConfig:
     base = SimConfig()
     return SimConfig(
         model=spec.perf_model, gpu=spec.gpu, preset=spec.preset, instances=1,
+        calibration=spec.calibration, profile=spec.profile,
         kv_mem_util=spec.kv_mem_util, kv_link=spec.kv_link,
         max_num_seqs=spec.max_num_seqs if spec.max_num_seqs is not None else base.max_num_seqs,
         max_batched_tokens=spec.max_batched_tokens if spec.max_batched_tokens is not None

@@ -12,9 +12,13 @@ admission), so all of them predict through what it has learned.
 :meth:`~dopd.control.calibration.CalibratedLatency.observe_step` in GPU seconds (the wall time
 divided by ``step_time_scale`` in emulated mode), the same code that the simulator feeds. In
 emulated mode with ``step_time_scale`` 0 steps take no modeled time, so nothing is learned
-(the errors are still measured). :meth:`LiveCalibration.view` is the ``calibration`` field of
-``/v1/cluster``: the factors per step kind, pooled and per instance, and the recent prediction
-error.
+(the errors are still measured). In real mode the server first rebases the belief on a fit
+of the machine's own step times (:meth:`LiveCalibration.use_fit`, see
+:mod:`dopd.serve.self_calibration`). As a dispatcher observer it also keeps each request's
+TTFT as the router predicted it against the observed (:class:`TTFTPrediction`).
+:meth:`LiveCalibration.view` is the ``calibration`` field of ``/v1/cluster``: the factors per
+step kind, pooled and per instance, the recent prediction error, the self-calibration and the
+TTFT error.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +34,12 @@ from typing import Any
 from dopd.control.calibration import KINDS, CalibratedLatency, CalibrationConfig
 from dopd.perf.base import LatencyModel
 from dopd.serve.config import ServeConfig
+from dopd.serve.dispatch import Observer
+from dopd.serve.self_calibration import CalibrationFit, SelfCalibration
 from dopd.serve.step_samples import StepSample
 from dopd.sim.api import SimConfig
 from dopd.sim.models import build_models
+from dopd.types import RequestOutcome
 
 ERROR_ALPHA = 0.05
 """EWMA weight of one step in the recent prediction error."""
@@ -39,12 +47,16 @@ ERROR_ALPHA = 0.05
 RECORDS_KEPT = 12
 """Decision-log records of the calibrator kept (and shown) by a live deployment."""
 
+TTFT_KEPT = 1024
+"""Requests whose predicted and observed TTFT are kept (the ``ttft`` summary's window)."""
+
 
 def base_latency(config: ServeConfig) -> LatencyModel:
     """The configured latency model of ``config`` (GPU seconds), as ``dopd simulate`` builds
     it."""
     sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                    instances=config.instances, kv_mem_util=config.kv_mem_util)
+                    instances=config.instances, kv_mem_util=config.kv_mem_util,
+                    calibration=config.calibration_file, profile=config.profile)
     return build_models(sim).latency
 
 
@@ -80,7 +92,11 @@ class CalibrationView:
     ``model``: the configured latency model; ``prior``: ``1 + model_bias``; ``version``: the
     belief's version (grows as factors move); ``dropped``: samples the workers' bounded buffers
     lost; ``kinds``: per kind of step; ``records``: the calibrator's latest decision-log
-    records (predicted versus observed step times per interval)."""
+    records (predicted versus observed step times per interval); ``self_calibration``: the
+    fit of this machine's step times the belief started from
+    (:meth:`dopd.serve.self_calibration.SelfCalibration.view`); ``ttft``: the router's
+    predicted against the observed TTFT of the last :data:`TTFT_KEPT` requests
+    (:func:`ttft_summary`; ``requests``: all so far)."""
 
     enabled: bool
     learning: bool
@@ -90,15 +106,54 @@ class CalibrationView:
     dropped: int
     kinds: dict[str, KindCalibration]
     records: list[dict[str, Any]]
+    self_calibration: dict[str, Any]
+    ttft: dict[str, Any]
 
 
-class LiveCalibration:
+@dataclass(frozen=True, slots=True)
+class TTFTPrediction:
+    """One request's TTFT as the router predicted it at placement and as it was observed
+    (front-end clock: arrival to the first token's event), in seconds."""
+
+    request_id: int
+    prompt_tokens: int
+    predicted_s: float
+    observed_s: float
+
+    @property
+    def rel_error(self) -> float:
+        """``predicted / observed - 1``."""
+        return self.predicted_s / self.observed_s - 1.0
+
+
+def ttft_summary(pairs: Sequence[TTFTPrediction]) -> dict[str, Any]:
+    """``n``, ``median_abs_rel_err``, ``p90_abs_rel_err`` and ``mean_rel_err`` (signed: > 0
+    means the router predicted too long) of ``pairs`` (None values when there are none)."""
+    errors = sorted(abs(p.rel_error) for p in pairs)
+    if not errors:
+        return {"n": 0, "median_abs_rel_err": None, "p90_abs_rel_err": None,
+                "mean_rel_err": None}
+    return {"n": len(errors), "median_abs_rel_err": _quantile(errors, 0.5),
+            "p90_abs_rel_err": _quantile(errors, 0.9),
+            "mean_rel_err": sum(p.rel_error for p in pairs) / len(pairs)}
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of an ascending sequence."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+class LiveCalibration(Observer):
     """Feeds a deployment's belief from its workers' step samples (see the module docstring).
 
     ``scale``: wall seconds per modeled GPU second of a step (``step_time_scale`` in emulated
     mode, 1 in real mode)."""
 
-    def __init__(self, belief: CalibratedLatency, scale: float, enabled: bool) -> None:
+    def __init__(self, belief: CalibratedLatency, scale: float, enabled: bool,
+                 self_calibration: SelfCalibration | None = None) -> None:
         self.belief = belief
         self.scale = scale
         self.enabled = enabled
@@ -107,11 +162,35 @@ class LiveCalibration:
         self.observations = dict.fromkeys(KINDS, 0)
         self._err: dict[str, tuple[float, float] | None] = dict.fromkeys(KINDS)
         self._t0 = time.monotonic()
+        self.self_calibration = self_calibration or SelfCalibration()
+        self.ttft: deque[TTFTPrediction] = deque(maxlen=TTFT_KEPT)
+        self.ttft_count = 0
 
     @classmethod
     def of(cls, config: ServeConfig, belief: CalibratedLatency) -> LiveCalibration:
         scale = config.step_time_scale if config.mode == "emulated" else 1.0
-        return cls(belief, scale, config.calibration)
+        state = SelfCalibration("pending" if config.measures_calibration else "off")
+        return cls(belief, scale, config.calibration, state)
+
+    def use_fit(self, fit: CalibrationFit, status: str, name: str) -> None:
+        """Predict from ``fit`` from now on (``status``: ``fitted`` or ``loaded``): the belief
+        is rebased on it (:meth:`~dopd.control.calibration.CalibratedLatency.rebase`) and the
+        recent errors, which were the old base's, restart."""
+        self.belief.rebase(fit.latency_model(self.belief.kv_capacity_tokens, name))
+        self._err = dict.fromkeys(KINDS)
+        self.self_calibration.fit = fit
+        self.self_calibration.status = status
+
+    def on_done(self, t: Any, outcome: RequestOutcome) -> None:
+        """A request ended: its predicted and observed TTFT, when it has both, are kept
+        (the last :data:`TTFT_KEPT`) and logged by the belief."""
+        predicted, observed = outcome.predicted_ttft_s, outcome.ttft_s
+        if predicted is None or observed is None or not observed > 0:
+            return
+        self.ttft_count += 1
+        self.ttft.append(TTFTPrediction(outcome.request_id, outcome.prompt_tokens, predicted,
+                                        observed))
+        self.belief.observe_ttft(time.monotonic() - self._t0, predicted, observed)
 
     def observe(self, instance_id: int, samples: Sequence[StepSample], dropped: int = 0) -> None:
         """The steps ``instance_id`` reported, in the order it ran them."""
@@ -158,9 +237,12 @@ class LiveCalibration:
                 observations=self.observations[kind],
                 mean_rel_err=None if err is None else err[0],
                 mean_abs_rel_err=None if err is None else err[1])
+        ttft = ttft_summary(self.ttft)
+        ttft["requests"] = self.ttft_count
         return CalibrationView(enabled=self.enabled, learning=self.learning, model=b.base.name,
                                prior=b.prior, version=b.version, dropped=self.dropped,
-                               kinds=kinds, records=list(b.records[-RECORDS_KEPT:]))
+                               kinds=kinds, records=list(b.records[-RECORDS_KEPT:]),
+                               self_calibration=self.self_calibration.view(), ttft=ttft)
 
     def snapshot(self) -> dict[str, Any]:
         """:meth:`view` as plain JSON data."""

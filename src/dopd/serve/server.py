@@ -11,10 +11,13 @@ or idle clients (:mod:`dopd.serve.http_guard`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +25,7 @@ from types import FrameType
 
 from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
 from dopd.engine.sequence import SchedulerConfig
-from dopd.errors import require
+from dopd.errors import DopdError, require
 from dopd.perf.base import LatencyModel
 from dopd.perf.factory import build_latency_model
 from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
@@ -37,6 +40,7 @@ from dopd.serve.live_calibration import LiveCalibration, build_belief
 from dopd.serve.live_routing import live_router, router_label
 from dopd.serve.metrics import ServeMetrics
 from dopd.serve.preflight import bind_listener
+from dopd.serve.self_calibration import describe_fit, load_fit, measure_fit, save_fit
 from dopd.sim.api import SimConfig
 from dopd.sim.policy import ClusterPolicy, PolicyContext, make_policy
 from dopd.types import SLO, Role
@@ -117,6 +121,11 @@ class ServeRuntime:
         self.model_name, self.tokenizer = load_tokenizer(config.model)
         self.belief = build_belief(config)
         self.calibration = LiveCalibration.of(config, self.belief)
+        if config.calibration_file is not None:
+            self.calibration.self_calibration.status = "loaded"
+            # another form (a DistServe fit, a CSV) has nothing more to show
+            with contextlib.suppress(DopdError):
+                self.calibration.self_calibration.fit = load_fit(config.calibration_file)
         self.policy = build_policy(config, self.belief)
         self.slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
         self.router = live_router(config, self.policy.router, belief=self.belief)
@@ -133,7 +142,9 @@ class ServeRuntime:
                           device=config.device, dtype=config.dtype,
                           queue_order=order.queue_order, aging_s=order.aging_s,
                           max_passes=order.max_passes, threads=worker_threads(config),
-                          sharers=config.instances)
+                          sharers=config.instances, calibration=config.calibration_file,
+                          profile=config.profile)
+        self.spec = spec
         self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
         self.access = AccessPolicy(
@@ -145,7 +156,7 @@ class ServeRuntime:
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
                                      self.metrics, tick_s=config.tick_s, scaler=self.cluster,
                                      budget=config.instances, slo=self.slo)
-        self.dispatcher.observers = [self.metrics, self.controller]
+        self.dispatcher.observers = [self.metrics, self.controller, self.calibration]
         self.cluster.listener = self.dispatcher.on_event
         self.cluster.on_crash = self.dispatcher.on_crash
         self.cluster.holding = self.dispatcher.holding
@@ -158,6 +169,7 @@ class ServeRuntime:
             config.cluster_max_tokens, config.instances)
         self.cluster.step_listener = self.calibration.observe
         self._loop_task: asyncio.Task[None] | None = None
+        self._calibration_task: asyncio.Task[None] | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -166,6 +178,9 @@ class ServeRuntime:
     async def start(self, log: Callable[[str], None] | None = None) -> None:
         """Start the workers (``log`` gets a line as each becomes ready) and the controller."""
         total = len(self.cluster.initial_roles)
+        measure = self.config.measures_calibration
+        if measure and self.config.self_calibration == "start":
+            await self.self_calibrate(log)
         if log is not None:
             log(f"starting {total} {self.config.mode} worker(s) ...")
             ready = [0]
@@ -190,11 +205,48 @@ class ServeRuntime:
                 self.controller.feed_cold_start(seconds)
         self.controller.t0 = time.monotonic()
         self._loop_task = asyncio.create_task(self.controller.run())
+        if measure and self.config.self_calibration == "background":
+            self._calibration_task = asyncio.create_task(self.self_calibrate(log))
+
+    async def self_calibrate(self, log: Callable[[str], None] | None = None) -> None:
+        """Measure the engine's step times and predict with their fit from now on
+        (:mod:`dopd.serve.self_calibration`); on failure the belief stays the configured model
+        and the status says why. ``log`` gets a line when it starts and ends."""
+        say = log or (lambda line: None)
+        state = self.calibration.self_calibration
+        state.status = "measuring"
+        say("self-calibration: measuring the engine's step times ...")
+        stop = threading.Event()
+        spec = dataclasses.replace(self.spec, role=Role.MIXED, index=0, name="self-calibration")
+        try:
+            fit = await asyncio.to_thread(measure_fit, spec, None,
+                                          self.config.calibration_timeout_s, stop)
+        except DopdError as exc:
+            state.status, state.error = "failed", str(exc)
+            say(f"self-calibration failed, predicting with {self.belief.base.name}: {exc}")
+            return
+        finally:
+            stop.set()
+        device = (fit.document.get("measured_on") or {}).get("device", "?")
+        self.calibration.use_fit(fit, "fitted",
+                                 f"self-calibration of {self.model_name} on {device}")
+        say(f"self-calibration: {describe_fit(fit)}")
+        if self.config.save_calibration is not None:
+            try:
+                save_fit(fit, self.config.save_calibration)
+                state.saved_to = self.config.save_calibration
+                say(f"self-calibration saved to {self.config.save_calibration}")
+            except OSError as exc:
+                state.error = f"could not save to {self.config.save_calibration}: {exc}"
+                say(state.error)
 
     async def drain(self, grace_s: float) -> None:
         """Stop admitting, let in-flight requests finish for up to ``grace_s``, then end every
         one still open with a 503 error event (its handler writes it and returns)."""
         self.dispatcher.admitting = False
+        if self._calibration_task is not None:
+            self._calibration_task.cancel()
+            await asyncio.gather(self._calibration_task, return_exceptions=True)
         deadline = time.monotonic() + grace_s
         while self.dispatcher.tracked and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
