@@ -3,8 +3,8 @@ out-of-sample cases, side by side in one run.
 
 - ``long-context``: lognormal prompts (mean 15k, tail past the 128k window, truncated),
   Llama-3.1-8B on 8 x A100-80GB, TTFT 5 s / TPOT 100 ms;
-- ``summarize-{8b,30b,70b}-x{4,8}``: prompts ~2k (CV 0.8), outputs ~60, Gamma CV 3 arrivals, TTFT 0.5 s /
-  TPOT 100 ms, Llama-3-8B, Qwen2.5-32B TP2, Llama-2-70B TP4, 4 and 8 instances.
+- ``summarize-{8b,30b,70b}-x{4,8}``: prompts ~2k (CV 0.8), outputs ~60, Gamma CV 3 arrivals,
+  TTFT 0.5 s / TPOT 100 ms, Llama-3-8B, Qwen2.5-32B TP2, Llama-2-70B TP4, 4 and 8 instances.
 
 For each scenario and policy (dopd; plain colocated and static:best; colocated and static with
 dopd's router and a hindsight-tuned token budget (and split); a DistServe-style split planned on

@@ -135,7 +135,7 @@ def split_counts(instances: int, limit: int = MAX_SPLITS) -> tuple[int, ...]:
     if instances - 1 <= limit:
         return tuple(range(1, instances))
     points = np.linspace(1, instances - 1, limit)
-    return tuple(sorted({int(round(p)) for p in points}))
+    return tuple(sorted({round(float(p)) for p in points}))
 
 
 def _splits(instances: int, limit: int, router: str | None,

@@ -289,8 +289,9 @@ def draw_scenario(seed: int, index: int, requests: int = 400) -> GenScenario:
         return SyntheticSource(arrival=_arrival(arng, kind, rate, duration), lengths=lengths,
                                shift=_shifted(lengths, heavy) if shift == "mix" else "none")
 
-    return build(name, f"{family} {kind} arrivals{'' if shift == 'none' else ', ' + shift + ' shift'}"
-                 f", {cluster.model} x{cluster.instances}", source_of, cluster, regime, factor,
+    shifted = "" if shift == "none" else f", {shift} shift"
+    return build(name, f"{family} {kind} arrivals{shifted}, {cluster.model} "
+                 f"x{cluster.instances}", source_of, cluster, regime, factor,
                  requests, family=family, arrival=kind, shift=shift, size=size)
 
 
