@@ -144,8 +144,8 @@ class ScanResult:
     ``rate_scale`` is the highest scale known to meet the target, refined by bisection above the
     highest scan point that meets it; 0.0 when the lowest scale misses (``light_load_failure``:
     the policy fails at light load, whatever it does at heavier loads). ``capped`` when even the
-    highest scan point meets the target (the answer is a lower bound). ``scan`` holds the scan
-    points run, ascending (the scan stops after ``stop_after`` consecutive misses);
+    highest scan point (extensions included) meets the target (the answer is a lower bound).
+    ``scan`` holds the scan points run, ascending (the scan stops after ``stop_after`` consecutive misses);
     ``history`` every ``(scale, attainment)`` run, ascending by scale; ``crossings`` every
     crossing of the target between adjacent scan points; ``monotone`` whether attainment never
     rose with load by more than :data:`MONOTONE_SLACK` over the whole history.
@@ -192,6 +192,7 @@ def scan_max_goodput(
     rel_tol: float = 0.05,
     max_bisect: int = 6,
     stop_after: int = 2,
+    extend: int = 4,
 ) -> ScanResult:
     """Max goodput by a coarse scan of ``scales`` (ascending), then a geometric bisection
     between the highest scan point that meets ``target`` and the next one up, until the bracket
@@ -200,7 +201,9 @@ def scan_max_goodput(
     Unlike :func:`max_goodput`, a miss at the lowest scale is never hidden by a success higher
     up: the result is 0 and ``light_load_failure`` is set; a non-monotone curve is reported with
     every crossing. The scan stops after ``stop_after`` consecutive misses (attainment that
-    recovers at several times the load where it collapsed is not looked for). ``run`` returns
+    recovers at several times the load where it collapsed is not looked for); when the highest
+    scale still meets the target, up to ``extend`` more scales continue the geometric grid until
+    one misses (``capped`` when none does). ``run`` returns
     an attainment in [0, 1]; DopdError on invalid arguments or a bad attainment.
     """
     require(0 < target <= 1, f"attainment target must be in (0, 1], got {target}")
@@ -208,7 +211,8 @@ def scan_max_goodput(
     require(all(math.isfinite(s) and s > 0 for s in scales), "scan scales must be > 0")
     require(all(a < b for a, b in pairwise(scales)), "scan scales must ascend")
     require(rel_tol > 0, f"rel_tol must be > 0, got {rel_tol}")
-    require(max_bisect >= 0 and stop_after >= 1, "max_bisect must be >= 0, stop_after >= 1")
+    require(max_bisect >= 0 and stop_after >= 1 and extend >= 0,
+            "max_bisect and extend must be >= 0, stop_after >= 1")
     seen: dict[float, float] = {}
 
     def attainment(scale: float) -> float:
@@ -221,7 +225,11 @@ def scan_max_goodput(
 
     scanned: list[float] = []
     misses = 0
-    for scale in scales:
+    step = scales[-1] / scales[-2]
+    grid = list(scales) + [scales[-1] * step ** (k + 1) for k in range(extend)]
+    for index, scale in enumerate(grid):
+        if index >= len(scales) and misses > 0:
+            break  # past the given scales only while the target is still met
         scanned.append(scale)
         misses = misses + 1 if attainment(scale) < target else 0
         if misses >= stop_after:

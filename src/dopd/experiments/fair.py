@@ -31,8 +31,9 @@ from dopd.bench.metrics import summarize_result
 from dopd.errors import require
 from dopd.experiments.tasks import Misses
 from dopd.sim.api import SimConfig, SimResult
+from dopd.sim.models import build_models
 from dopd.sim.runner import run_simulation
-from dopd.types import SLO
+from dopd.types import SLO, RequestState
 from dopd.workload import Workload
 
 ROUTER = "length-aware"
@@ -108,7 +109,11 @@ class Contender:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """One contender at one load: attainment and what explains it, as chosen (``resolved``)."""
+    """One contender at one load: attainment and what explains it, as chosen (``resolved``).
+
+    ``rejected_feasible_share``: share of all requests that were rejected although they would
+    have met the SLO on an idle instance (their prefill alone within the TTFT target); admission
+    control should reject none of those at light load."""
 
     load: float
     rate_rps: float
@@ -121,6 +126,7 @@ class Probe:
     misses: Misses
     resolved: str
     candidates_run: int
+    rejected_feasible_share: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
@@ -194,7 +200,8 @@ class ContenderRunner:
                      goodput_rps=summary.goodput_rps, rejected_share=summary.rejected_share,
                      switches=result.switches, gpu_seconds=result.gpu_seconds,
                      sim_s=result.sim_end_s, misses=Misses.of(result, self.slo),
-                     resolved=resolved, candidates_run=runs)
+                     resolved=resolved, candidates_run=runs,
+                     rejected_feasible_share=self._rejected_feasible(result))
 
     def _pruned(self, label: str, load: float) -> bool:
         below = sorted((s, a) for s, a in self.history.get(label, {}).items() if s < load)
@@ -238,3 +245,19 @@ class ContenderRunner:
         split = chosen.policy.partition(":")[2]
         return self._probe(load, rate_rps, self._run(chosen, workload),
                            f"{self.contender.name}({split})", len(self.contender.candidates) + 1)
+
+    def _rejected_feasible(self, result: SimResult) -> float:
+        rejected = np.flatnonzero(np.asarray(result.state) == int(RequestState.REJECTED))
+        if rejected.size == 0:
+            return 0.0
+        latency = build_models(self.cluster).latency
+        budget = self.cluster.max_batched_tokens
+        ok = 0
+        for prompt in np.asarray(result.prompt_tokens)[rejected].tolist():
+            total, done = 0.0, 0
+            while done < prompt and total <= self.slo.ttft_s:
+                chunk = min(budget, prompt - done)
+                total += latency.step_time(chunk, chunk * (done + chunk), 1, 0, 0)
+                done += chunk
+            ok += total <= self.slo.ttft_s
+        return ok / max(len(result), 1)

@@ -25,13 +25,14 @@
 - **SLO regime**, uniform: ``ttft-tight`` (TTFT 1.5 x / TPOT 4 x), ``balanced`` (3 x / 2.5 x),
   ``tpot-tight`` (6 x / 1.5 x), in units of the scenario's own unloaded times: the prefill of
   its P95 prompt alone on one instance, and a decode step of a batch of 16 at the mean
-  context. On an idle instance at least 95 % of the requests meet the TTFT target, so the 90 %
+  context (floors: TTFT 0.1 s, TPOT 10 ms). On an idle instance at least 95 % of the requests meet the TTFT target, so the 90 %
   attainment target is always attainable at light load.
 
 **Load axis.** Load 1 is the scenario's nominal rate: an estimate of the pool's capacity
 (:func:`nominal_rate`: every instance serving the mean request alone, prefill then decode in a
-batch of 32) times a drawn factor in 0.5-2, so a search's scan (0.125-4x) brackets every
-policy's max goodput. The window lasts ``requests / nominal rate`` seconds (10-900 s), so load 1
+batch of 64) times a drawn factor in 0.5-2, so a search's scan (0.125-4x, extended up to
+29x while the target is still met) brackets every policy's max goodput. The window lasts
+``requests / nominal rate`` seconds (10-900 s), so load 1
 holds about ``requests`` requests (default 400; the experiment's run time scales with it).
 
 :data:`NAMED` holds fixed scenarios selectable by name, among them the two cases of the honest
@@ -67,6 +68,9 @@ SIZE_WEIGHTS = (0.5, 0.25, 0.25)
 BUDGETS = (4, 6, 8, 12, 16, 24, 32)
 BUDGET_WEIGHTS = (0.2, 0.15, 0.25, 0.15, 0.13, 0.07, 0.05)
 ATTAINMENT = 0.9
+MIN_TTFT_S = 0.1
+"""Floor of a drawn TTFT target (a front end and network add tens of ms to any first token)."""
+MIN_TPOT_S = 0.01
 _SALT = 0x6E4E
 
 
@@ -114,10 +118,10 @@ def decode_step_s(cluster: SimConfig, batch: int, ctx: float) -> float:
 
 def nominal_rate(cluster: SimConfig, prompt_mean: float, output_mean: float) -> float:
     """A capacity estimate of the pool (requests/s): every instance prefills the mean prompt
-    alone, then decodes the mean output in a batch of 32 (fewer where KV is short)."""
+    alone, then decodes the mean output in a batch of 64 (fewer where KV is short)."""
     models = build_models(cluster)
     ctx = prompt_mean + output_mean / 2
-    batch = int(max(1, min(32, models.kv_blocks * cluster.block_size // max(ctx, 1))))
+    batch = int(max(1, min(64, models.kv_blocks * cluster.block_size // max(ctx, 1))))
     per_request = (prefill_s(cluster, prompt_mean)
                    + output_mean * decode_step_s(cluster, batch, ctx) / batch)
     return cluster.instances / per_request
@@ -131,7 +135,7 @@ def slo_for(cluster: SimConfig, prompts: np.ndarray, outputs: np.ndarray, regime
     ctx = float(np.mean(prompts) + np.mean(outputs) / 2)
     ttft = ttft_k * prefill_s(cluster, p95)
     tpot = tpot_k * decode_step_s(cluster, 16, ctx)
-    return SLO(ttft_s=round(max(ttft, 0.02), 4), tpot_s=round(max(tpot, 0.005), 4),
+    return SLO(ttft_s=round(max(ttft, MIN_TTFT_S), 4), tpot_s=round(max(tpot, MIN_TPOT_S), 4),
                attainment=ATTAINMENT)
 
 

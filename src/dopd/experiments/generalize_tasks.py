@@ -32,6 +32,7 @@ class ScanSettings:
     rel_tol: float = 0.08
     max_bisect: int = 4
     stop_after: int = 2
+    extend: int = 4
 
 
 def _runner(scenario: Scenario, contender: Contender, seed: int,
@@ -112,7 +113,7 @@ class ScanTask:
 
         s = self.settings
         result = scan_max_goodput(attainment, self.scenario.slo.attainment, s.scales,
-                                  s.rel_tol, s.max_bisect, s.stop_after)
+                                  s.rel_tol, s.max_bisect, s.stop_after, s.extend)
         return ScanOutcome(self.scenario.name, self.contender.name, result,
                            tuple(probes[k] for k in sorted(probes)), _frozen_history(runner),
                            time.perf_counter() - started)
