@@ -145,7 +145,8 @@ class ScanResult:
     highest scan point that meets it; 0.0 when the lowest scale misses (``light_load_failure``:
     the policy fails at light load, whatever it does at heavier loads). ``capped`` when even the
     highest scan point (extensions included) meets the target (the answer is a lower bound).
-    ``scan`` holds the scan points run, ascending (the scan stops after ``stop_after`` consecutive misses);
+    ``scan`` holds the scan points run, ascending (the scan stops after ``stop_after``
+    consecutive misses);
     ``history`` every ``(scale, attainment)`` run, ascending by scale; ``crossings`` every
     crossing of the target between adjacent scan points; ``monotone`` whether attainment never
     rose with load by more than :data:`MONOTONE_SLACK` over the whole history.

@@ -25,15 +25,15 @@
 - **SLO regime**, uniform: ``ttft-tight`` (TTFT 1.5 x / TPOT 4 x), ``balanced`` (3 x / 2.5 x),
   ``tpot-tight`` (6 x / 1.5 x), in units of the scenario's own unloaded times: the prefill of
   its P95 prompt alone on one instance, and a decode step of a batch of 16 at the mean
-  context (floors: TTFT 0.1 s, TPOT 10 ms). On an idle instance at least 95 % of the requests meet the TTFT target, so the 90 %
-  attainment target is always attainable at light load.
+  context (floors: TTFT 0.1 s, TPOT 10 ms). On an idle instance at least 95 % of the
+  requests meet the TTFT target, so the 90 % attainment target is attainable at light load.
 
 **Load axis.** Load 1 is the scenario's nominal rate: an estimate of the pool's capacity
 (:func:`nominal_rate`: every instance serving the mean request alone, prefill then decode in a
 batch of 64) times a drawn factor in 0.5-2, so a search's scan (0.125-4x, extended up to
 29x while the target is still met) brackets every policy's max goodput. The window lasts
-``requests / nominal rate`` seconds (10-900 s), so load 1
-holds about ``requests`` requests (default 400; the experiment's run time scales with it).
+``requests / nominal rate`` seconds (10-900 s), so load 1 holds about ``requests`` requests
+(default 400; the experiment's run time scales with it).
 
 :data:`NAMED` holds fixed scenarios selectable by name, among them the two cases of the honest
 claim (issue 11): ``long-context`` and the ``summarize-*`` family.
