@@ -12,7 +12,8 @@ A :class:`Contender` is what a comparison runs at a load of a scenario:
   run below (or by more than :data:`PRUNE_GAP` at the highest) are not run again (attainment is
   assumed not to recover at a higher load; the cost of a tuned baseline stays a few runs);
 - ``planned``: DistServe's practice without hindsight: every split candidate is simulated on the
-  first :attr:`Contender.plan_share` of the requests at this load (the "profiling window"), the
+  first :attr:`Contender.plan_share` of the requests at this load (the "profiling window", at
+  least :data:`PLAN_MIN` requests), the
   best split is kept and the whole workload runs with it.
 
 :func:`baseline_contenders` lists the contenders of one scenario; "strongest baseline" is the best
@@ -51,6 +52,9 @@ more instances); plain ``static:best`` tries every split."""
 
 PLAN_SHARE = 0.15
 """Share of the requests (the first ones) the DistServe-style planner sees."""
+
+PLAN_MIN = 20
+"""The planner sees at least this many requests (all of them in a smaller workload)."""
 
 PRUNE_GAP = 0.2
 """A hindsight candidate that missed the target by more than this at the highest load run
@@ -232,7 +236,7 @@ class ContenderRunner:
         return self._probe(load, rate_rps, best[1], best[2], runs)
 
     def _planned(self, workload: Workload, load: float, rate_rps: float) -> Probe:
-        count = max(2, math.ceil(self.contender.plan_share * len(workload)))
+        count = max(PLAN_MIN, math.ceil(self.contender.plan_share * len(workload)))
         window = workload.cut(max_requests=min(count, len(workload)))
         best: tuple[tuple[float, float], Variant] | None = None
         for variant in self.contender.candidates:

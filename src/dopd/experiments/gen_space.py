@@ -32,7 +32,7 @@
 (:func:`nominal_rate`: every instance serving the mean request alone, prefill then decode in a
 batch of 64) times a drawn factor in 0.5-2, so a search's scan (0.125-4x, extended up to
 29x while the target is still met) brackets every policy's max goodput. The window lasts
-``requests / nominal rate`` seconds (10-900 s), so load 1 holds about ``requests`` requests
+``requests / nominal rate`` seconds (5-900 s), so load 1 holds about ``requests`` requests
 (default 400; the experiment's run time scales with it).
 
 :data:`NAMED` holds fixed scenarios selectable by name, among them the two cases of the honest
@@ -71,6 +71,8 @@ ATTAINMENT = 0.9
 MIN_TTFT_S = 0.1
 """Floor of a drawn TTFT target (a front end and network add tens of ms to any first token)."""
 MIN_TPOT_S = 0.01
+MIN_WINDOW_S = 5.0
+"""Shortest window of arrivals (scenarios of hundreds of requests/s have more requests)."""
 _SALT = 0x6E4E
 
 
@@ -243,7 +245,7 @@ def build(name: str, title: str, source_of: Callable[[float, float], Source],
     clipped_out = np.minimum(outputs, context - 1)
     clipped = np.minimum(prompts, context - clipped_out)
     nominal = factor * nominal_rate(cluster, float(clipped.mean()), float(clipped_out.mean()))
-    duration = duration_s or float(np.clip(requests / nominal, 10, 900))
+    duration = duration_s or float(np.clip(requests / nominal, MIN_WINDOW_S, 900))
     slo = slo_for(cluster, clipped, clipped_out, regime)
     if trace_rate is None:
         source, scale = source_of(nominal, duration), 1.0
