@@ -91,13 +91,17 @@ def _markdown(result: GeneralizeResult, analyses: tuple[ScenarioAnalysis, ...], 
             f"{_fmt_ratio(a.vs_strongest)} | {a.best_plain} ({a.goodput[a.best_plain]:.2f}) | "
             f"{_fmt_ratio(a.vs_plain)} | {a.verdict} | {a.switches_ph:.1f} | "
             f"{100 * a.rejected_light:.1f}% | {', '.join(flags) or '-'} |")
-    lines += ["", "## Max goodput per policy (req/s; * = light-load failure, ~ = non-monotone)",
-              ""]
+    lines += ["", "## Max goodput per policy",
+              "", "req/s; `*` light-load failure (0 although higher loads may meet the target), "
+              "`~` non-monotone attainment; every crossing of the target between scan loads "
+              "follows in brackets (`v` down, `^` up, in loads of the nominal rate) where there "
+              "is more than one.", ""]
     names = [c.name for c in result.contenders[analyses[0].name]]
     lines += ["| scenario | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for a in analyses:
         cells = [f"{a.goodput.get(n, math.nan):.2f}{'*' if a.light_failure.get(n) else ''}"
-                 f"{'~' if not a.monotone.get(n, True) else ''}" for n in names]
+                 f"{'~' if not a.monotone.get(n, True) else ''}"
+                 f"{_crossings(result, a.name, n)}" for n in names]
         lines.append(f"| {a.name} | " + " | ".join(cells) + " |")
     lines += ["", "## The five worst scenarios (vs the strongest baseline)", ""]
     by_name = {a.name: a for a in analyses}
@@ -109,6 +113,14 @@ def _markdown(result: GeneralizeResult, analyses: tuple[ScenarioAnalysis, ...], 
               "`curves.png` (attainment vs load, multiples of the strongest baseline's max "
               "goodput).", ""]
     return "\n".join(lines)
+
+
+def _crossings(result: GeneralizeResult, scenario: str, policy: str) -> str:
+    scan = result.scans.get((scenario, policy))
+    if scan is None or len(scan.result.crossings) <= 1:
+        return ""
+    return " [" + " ".join(f"{'v' if c.down else '^'}{c.lo:.3g}-{c.hi:.3g}"
+                           for c in scan.result.crossings) + "]"
 
 
 def _ratio_figure(s: Summary, proposed: str) -> plt.Figure:
