@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dopd.bench.plot_style import draw_order, is_proposed, policy_styles
+from dopd.bench.plot_style import draw_order, is_proposed, log_seconds_axis, policy_styles
 from dopd.bench.plots import save_figure
 from dopd.bench.report import write_json
 from dopd.experiments.generalize_analysis import (
@@ -130,11 +130,15 @@ def _ratio_figure(s: Summary, proposed: str) -> plt.Figure:
         v = np.clip(np.sort(np.asarray(values)), 1e-2, 1e2)
         colors = [_VERDICT_COLORS["tie" if abs(r - 1) <= TIE else "win" if r > 1 else "loss"]
                   for r in v]
-        ax.bar(np.arange(v.size), v, color=colors)
+        ax.bar(np.arange(v.size), v - 1.0, bottom=1.0, color=colors)  # bars from 1x
         ax.axhline(1.0, color="black", linewidth=1)
         ax.axhline(TARGETS["min_vs_strongest"], color="black", linestyle=":", linewidth=1)
         ax.set_yscale("log")
-        ax.set_xlabel("scenarios, sorted")
+        lo, hi = float(min(v.min(), 0.9)), float(max(v.max(), 1.1))
+        ax.set_ylim(lo / 1.1, hi * 1.1)
+        log_seconds_axis(ax, "y")
+        ax.set_xticks([])
+        ax.set_xlabel("scenarios, sorted by ratio")
         ax.set_title(f"{proposed} / {label}")
     axes[0].set_ylabel("max-goodput ratio")
     fig.tight_layout()
@@ -179,11 +183,11 @@ def _curve_figure(analyses: tuple[ScenarioAnalysis, ...], proposed: str) -> plt.
     for ax in axes.flat[:n]:
         for h, lbl in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lbl.replace(" (strongest)", ""), h)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6),
-               fontsize=8)
     fig.supxlabel("load / strongest baseline's max-goodput load", fontsize=9)
     fig.supylabel("SLO attainment (%)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * rows)))
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(len(handles), 6),
+               fontsize=8, frameon=False)
     return fig
 
 
