@@ -72,8 +72,8 @@ def _markdown(result: GeneralizeResult, analyses: tuple[ScenarioAnalysis, ...], 
     lines += ["", "## Scenarios", "",
               f"| scenario | family / arrivals / shift | model x n | SLO regime | {p} req/s | "
               "strongest (req/s) | vs strongest | best plain (req/s) | vs plain | verdict | "
-              "switches/inst-h | rejected @0.25x | flags |",
-              "|---|---|---|---|---:|---|---:|---|---:|---|---:|---:|---|"]
+              "switches/inst-h | rejected @0.25x | GPU-s @1x (strongest) | flags |",
+              "|---|---|---|---|---:|---|---:|---|---:|---|---:|---:|---|---|"]
     for a in analyses:
         t = a.tags
         flags = []
@@ -90,7 +90,8 @@ def _markdown(result: GeneralizeResult, analyses: tuple[ScenarioAnalysis, ...], 
             f"{a.goodput[p]:.2f} | {a.strongest} ({a.goodput[a.strongest]:.2f}) | "
             f"{_fmt_ratio(a.vs_strongest)} | {a.best_plain} ({a.goodput[a.best_plain]:.2f}) | "
             f"{_fmt_ratio(a.vs_plain)} | {a.verdict} | {a.switches_ph:.1f} | "
-            f"{100 * a.rejected_light:.1f}% | {', '.join(flags) or '-'} |")
+            f"{100 * a.rejected_light:.1f}% | {_gpu_seconds(a, p)} | "
+            f"{', '.join(flags) or '-'} |")
     lines += ["", "## Max goodput per policy",
               "", "req/s; `*` light-load failure (0 although higher loads may meet the target), "
               "`~` non-monotone attainment; every crossing of the target between scan loads "
@@ -113,6 +114,16 @@ def _markdown(result: GeneralizeResult, analyses: tuple[ScenarioAnalysis, ...], 
               "`curves.png` (attainment vs load, multiples of the strongest baseline's max "
               "goodput).", ""]
     return "\n".join(lines)
+
+
+def _gpu_seconds(a: ScenarioAnalysis, proposed: str) -> str:
+    """GPU-seconds of the proposed policy and the strongest baseline at the curve's 1x load."""
+    k = CURVE.index(1.0)
+    values = []
+    for policy in (proposed, a.strongest):
+        probes = a.curve.get(policy, ())
+        values.append(f"{probes[k].gpu_seconds:.0f}" if k < len(probes) else "-")
+    return f"{values[0]} ({values[1]})"
 
 
 def _crossings(result: GeneralizeResult, scenario: str, policy: str) -> str:
