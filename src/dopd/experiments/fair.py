@@ -47,8 +47,11 @@ STATIC_BUDGETS = (512, 2048, 8192)
 """Token budgets a fair static split is tuned over (with its split)."""
 
 MAX_SPLITS = 7
-"""At most this many prefill counts are tried for a split (evenly spaced when the budget has
-more instances); plain ``static:best`` tries every split."""
+"""At most this many prefill counts are tried for a fair or planned split (evenly spaced when
+the budget has more instances)."""
+
+MAX_PLAIN_SPLITS = 15
+"""Plain ``static:best`` tries every split up to 16 instances, and 15 evenly spaced ones above."""
 
 PLAN_SHARE = 0.15
 """Share of the requests (the first ones) the DistServe-style planner sees."""
@@ -156,12 +159,13 @@ def _splits(instances: int, limit: int, router: str | None,
 
 def baseline_contenders(instances: int, proposed: str = "dopd") -> tuple[Contender, ...]:
     """The contenders of a scenario with ``instances`` instances: plain colocated, plain
-    static:best (every split), their fair versions (dopd's router; budget, and split, chosen in
-    hindsight), the DistServe-style planned split, and ``proposed`` (not a baseline)."""
+    static:best (every split, see :data:`MAX_PLAIN_SPLITS`), their fair versions (dopd's
+    router; budget, and split, chosen in hindsight), the DistServe-style planned split, and
+    ``proposed`` (not a baseline)."""
     out = [Contender("colocated", "fixed", (Variant("colocated"),), plain=True)]
     if instances >= 2:
         out.append(Contender("static:best", "hindsight",
-                             _splits(instances, instances, None, (None,)), plain=True))
+                             _splits(instances, MAX_PLAIN_SPLITS, None, (None,)), plain=True))
     out.append(Contender("colocated+fair", "hindsight",
                          tuple(Variant("colocated", ROUTER, b) for b in COLOCATED_BUDGETS)))
     if instances >= 2:
