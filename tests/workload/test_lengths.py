@@ -16,6 +16,7 @@ from dopd.workload import (
     Uniform,
     Workload,
     load_lengths,
+    parse_lengths,
 )
 
 SHAREGPT = "sharegpt"
@@ -105,3 +106,16 @@ def test_same_seed_same_draws() -> None:
     b = sampler.sample(rng(9), 500, times)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_bimodal_mixes_chat_and_documents() -> None:
+    sampler = parse_lengths("bimodal:chat_prompt=500,chat_output=200,doc_prompt=10000,"
+                            "doc_output=50,doc_share=0.25,cv=0.3")
+    prompt, output = sampler.sample(np.random.default_rng(0), 20_000)
+    docs = prompt > 3000
+    assert abs(docs.mean() - 0.25) < 0.02
+    assert abs(prompt[docs].mean() / 10_000 - 1) < 0.05
+    assert abs(output[~docs].mean() / 200 - 1) < 0.05
+    with pytest.raises(DopdError):
+        parse_lengths("bimodal:chat_prompt=500,chat_output=200,doc_prompt=10000,"
+                      "doc_output=50,doc_share=1.5")

@@ -40,6 +40,12 @@ mismatch.
 Suites: paper (the full comparison, under 30 minutes on 2 cores), quick (a couple of minutes),
 smoke (seconds). Policies not registered yet are skipped (and listed in the report) unless named
 with --policies.
+
+generalize: N scenarios drawn (seeded) from a documented space of workloads, clusters and SLOs
+that dopd was not tuned on; dopd's max goodput against plain baselines, fair baselines (dopd's
+router, token budget and split chosen in hindsight) and a DistServe-style planned split, with
+ratio distributions, win/tie/loss, attainment-vs-load curves and the five worst scenarios
+diagnosed (--scenarios N --seed S, or --names for fixed scenarios).
 """
 
 EPILOG = """\
@@ -48,7 +54,11 @@ examples:
   dopd experiment paper --out results/paper --workers 2
   dopd experiment quick --scenarios conv-8b --policies colocated,static:best,dopd
   dopd experiment paper --backend ray --ray-address auto   # jobs as Ray tasks on a cluster
+  dopd experiment generalize --scenarios 24 --seed 1 --out results/generalize
+  dopd experiment generalize --names long-context,summarize-8b-x4 --out /tmp/honest
 """
+
+GENERALIZE = "generalize"
 
 
 class RichReporter(Reporter):
@@ -112,6 +122,11 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dopd experiment``."""
+    if args.suite == GENERALIZE:
+        return _generalize(args)
+    require(args.seed is None and args.names is None and args.requests is None
+            and args.proposed is None,
+            "--seed, --names, --requests and --proposed apply to generalize only")
     suite = get_suite(args.suite)
     cpus = max_workers()
     workers = args.workers if args.workers is not None else min(2, cpus)
@@ -157,6 +172,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generalize(args: argparse.Namespace) -> int:
+    from dopd.cli.generalize_cmd import run_generalize_cmd
+
+    cpus = max_workers()
+    workers = args.workers if args.workers is not None else min(2, cpus)
+    require(1 <= workers <= cpus, f"--workers must be between 1 and {cpus} (CPUs), got {workers}")
+    require(args.ray_address is None or args.backend == "ray", "--ray-address needs --backend ray")
+    require(not args.oracle or (args.model_bias is None and args.step_noise is None),
+            "--oracle takes no --model-bias or --step-noise")
+    args.seed = 1 if args.seed is None else args.seed
+    require(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    args.requests = 400 if args.requests is None else args.requests
+    args.proposed = args.proposed or "dopd"
+    realism = Realism(oracle=args.oracle, bias=args.model_bias, noise=args.step_noise,
+                      calibration=not args.no_calibration)
+    return run_generalize_cmd(args, workers, realism, RichReporter)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``dopd experiment``."""
     p = subparsers.add_parser(
@@ -164,7 +197,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("suite", choices=SUITES.names(), help="which suite")
+    p.add_argument("suite", choices=[*SUITES.names(), GENERALIZE],
+                   help="which suite, or generalize (scenarios drawn from a space)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory, created and checked writable before the work "
                    "(default experiment-SUITE)")
@@ -174,7 +208,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="comma-separated subset of the suite's policies (the baselines are "
                    "always run)")
     p.add_argument("--scenarios", type=parse_list, default=None, metavar="LIST",
-                   help="comma-separated subset of the suite's scenarios")
+                   help="comma-separated subset of the suite's scenarios; for generalize: how "
+                   "many scenarios to draw (default 24)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="generalize: the seed of the scenario draw and the runs (default 1)")
+    p.add_argument("--names", type=parse_list, default=None, metavar="LIST",
+                   help="generalize: fixed scenarios by name instead of drawn ones "
+                   "(long-context, summarize-8b-x4, summarize-8b-x8, summarize-30b-x4, ...)")
+    p.add_argument("--requests", type=int, default=None, metavar="N",
+                   help="generalize: about how many requests a scenario has at load 1 "
+                   "(default 400; the run time scales with it)")
+    p.add_argument("--proposed", default=None, metavar="SPEC",
+                   help="generalize: the policy compared with the baselines (default dopd)")
     p.add_argument("--traces-dir", default=None, metavar="PATH",
                    help="directory that the suite's relative trace paths resolve against "
                    "(default: the data shipped with dopd; the built-in suites name shipped "

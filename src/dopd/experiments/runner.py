@@ -143,7 +143,7 @@ def run_suite(suite: Suite, traces_dir: Path, workers: int = 1,
     comparisons: dict[Key, CompareOutcome] = {}
     loads: dict[str, float] = {}
     done = 0
-    with _executor(workers, backend, ray_address) as pool:
+    with executor(workers, backend, ray_address) as pool:
         pending = {pool.submit(t) for t in searches_todo}
         while pending:
             finished, pending = pool.wait(pending, reporter)
@@ -270,7 +270,7 @@ def stable_order(outcomes: Iterable[Outcome]) -> list[Outcome]:
 
 
 @contextlib.contextmanager
-def _executor(workers: int, backend: str = "local",
+def executor(workers: int, backend: str = "local",
               ray_address: str | None = None) -> Iterator[Any]:
     impl: Any
     if backend == "ray":

@@ -197,7 +197,10 @@ def run_compare(task: CompareTask, on_probe: ProbeFn | None = None) -> CompareOu
 
 
 def run_task(task: Task, on_probe: ProbeFn | None = None) -> Outcome:
-    """Dispatch to :func:`run_search` or :func:`run_compare`."""
+    """Dispatch to :func:`run_search` or :func:`run_compare`, or to the task's own
+    ``execute(on_probe)`` (the tasks of :mod:`dopd.experiments.generalize_tasks`)."""
     if isinstance(task, SearchTask):
         return run_search(task, on_probe)
-    return run_compare(task, on_probe)
+    if isinstance(task, CompareTask):
+        return run_compare(task, on_probe)
+    return task.execute(on_probe)  # type: ignore[no-any-return]

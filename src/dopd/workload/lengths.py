@@ -132,6 +132,36 @@ class LogNormal(LengthSampler):
         return out[0], out[1]
 
 
+@dataclass(frozen=True)
+class Bimodal(LengthSampler):
+    """A mix of chat requests (short prompts) and document requests (long prompts): each
+    request is a document with probability ``doc_share``; both kinds draw lognormal lengths
+    with the given means and one coefficient of variation ``cv``."""
+
+    chat_prompt: float
+    chat_output: float
+    doc_prompt: float
+    doc_output: float
+    doc_share: float
+    cv: float = 0.6
+
+    def __post_init__(self) -> None:
+        require(0 <= self.doc_share <= 1, f"doc share must be in [0, 1], got {self.doc_share}")
+        LogNormal(self.chat_prompt, self.cv, self.chat_output, self.cv)  # validates
+        LogNormal(self.doc_prompt, self.cv, self.doc_output, self.cv)
+
+    def _draw(self, rng: np.random.Generator, n: int, times_s: np.ndarray | None) -> Pairs:
+        doc = rng.random(n) < self.doc_share
+        chat = LogNormal(self.chat_prompt, self.cv, self.chat_output, self.cv)
+        docs = LogNormal(self.doc_prompt, self.cv, self.doc_output, self.cv)
+        prompt = np.empty(n, dtype=np.int64)
+        output = np.empty(n, dtype=np.int64)
+        k = int(doc.sum())
+        prompt[~doc], output[~doc] = chat.sample(rng, n - k)
+        prompt[doc], output[doc] = docs.sample(rng, k)
+        return prompt, output
+
+
 @dataclass(frozen=True, eq=False)
 class Empirical(LengthSampler):
     """Resamples observed (prompt, output) pairs jointly, uniformly with replacement."""
@@ -228,4 +258,5 @@ LENGTHS: Registry[Any] = Registry("length sampler")
 LENGTHS.register("fixed", Fixed)
 LENGTHS.register("uniform", Uniform)
 LENGTHS.register("lognormal", LogNormal)
+LENGTHS.register("bimodal", Bimodal)
 LENGTHS.register("empirical", _empirical_from_path)
