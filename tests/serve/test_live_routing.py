@@ -177,7 +177,11 @@ def test_short_prompts_bypass_a_busy_prefill_instance() -> None:
         short = d.submit([1] * 30, SamplingParams(max_tokens=8))
         assert short.where == 1 and short.phase == "colocated" and short.prefill_iid is None
         assert inst[1].sent[-1]["op"] == "submit"
-        inst[1].state = InstanceState.DRAINING  # nothing can decode: 503
+        inst[1].state = InstanceState.DRAINING  # nothing can decode: the prefill serves whole
+        alone = d.submit([1] * 30, SamplingParams(max_tokens=8))
+        assert alone.where == 0 and alone.phase in ("local", "colocated")
+        assert inst[0].sent[-1]["op"] == "submit"
+        inst[0].state = InstanceState.DRAINING  # nothing at all: 503
         with pytest.raises(ServeError, match="no instance"):
             d.submit([1] * 30, SamplingParams(max_tokens=8))
 

@@ -140,8 +140,9 @@ class CompletionsHandler:
             params = req.sampling(len(ids), self.runtime.max_model_len, self.default_max)
             tracked = self.dispatcher.submit(ids, params)
         except ServeError as exc:
-            return await send_error(send, exc, [(b"retry-after", b"1")]
-                                    if exc.status == 429 else None)
+            if exc.status == 429 and exc.retry_after is None:
+                exc.retry_after = 1
+            return await send_error(send, exc)
         except Exception as exc:
             return await send_error(send, ServeError(
                 500, f"internal error: {type(exc).__name__}: {exc}"))

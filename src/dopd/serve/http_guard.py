@@ -27,7 +27,7 @@ def guarded_protocol(timeout_s: float, max_connections: int,
     class GuardedProtocol(HttpToolsProtocol):
         _read_timer: asyncio.TimerHandle | None = None
         _header_bytes = 0
-        _in_body = False
+        _in_message = False
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -41,27 +41,32 @@ def guarded_protocol(timeout_s: float, max_connections: int,
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if not self._in_body:
-                self._header_bytes += len(data)
-                if self._header_bytes > max_header_bytes:
-                    self.transport.close()
-                    return
-                if self._read_timer is None:
-                    self._arm()  # a request starts on a kept-alive connection
+            if self._read_timer is None and not self._in_message:
+                self._arm()  # a request starts on a kept-alive connection
             super().data_received(data)
 
-        def on_headers_complete(self) -> None:
-            self._in_body = True
-            super().on_headers_complete()
+        def on_message_begin(self) -> None:
+            self._in_message = True
+            self._header_bytes = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count_header(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_header(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _count_header(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > max_header_bytes and not self.transport.is_closing():
+                self.transport.close()
 
         def on_message_complete(self) -> None:
             self._disarm()
+            self._in_message = False
             super().on_message_complete()
-
-        def on_response_complete(self) -> None:
-            self._in_body = False
-            self._header_bytes = 0
-            super().on_response_complete()
 
         def _arm(self) -> None:
             self._disarm()
