@@ -14,9 +14,16 @@ every plan:
   the colocated attainment at the forecast rate (minus ``gain``): a peak that the model says
   overloads every split but not all-MIXED is not worth a mode change (a mode change under load
   costs a drain); when every mode is overloaded the split is taken, as it degrades better;
-- SPLIT -> MIXED only when the prediction at the upper rate stays below ``enter`` x the SLO
-  (``enter`` < ``exit``: the hysteresis band) for ``hold`` consecutive plans and at least
-  ``cooldown_s`` after the last exit, so the mode does not flap.
+- SPLIT -> MIXED only when the prediction at the rate stays below ``enter`` x the SLO
+  (``enter`` < ``exit``: the hysteresis band) and colocation's attainment on both SLOs is
+  predicted no worse than the split's (minus ``gain``) for ``hold`` consecutive plans, and at
+  least ``cooldown_s`` after the last exit, so the mode does not flap.
+
+Colocation's attainment is P(TPOT ok) from the colocated predictor times P(TTFT ok) of the
+prefill side pooled over all N instances (:func:`~dopd.control.ratio.colocated.
+colocated_ttft_attainment`): with long prompts and short outputs (summarization) N pooled
+instances beat any split's N - 1 prefill instances, so the mode stays all-MIXED even at
+loads that overload it (prompts beyond N instances overload every split too).
 
 The correction factor is the EWMA (in log space) of observed over raw predicted TPOT P90, folded
 in only while the cluster ran all-MIXED with no instance in transition and enough requests
@@ -31,7 +38,11 @@ from dataclasses import dataclass
 from dopd.control.manager import Split, active_split, in_transition
 from dopd.control.policies.signals import Observed
 from dopd.control.ratio import CorrectionFactors, InstanceModel, WorkloadStats
-from dopd.control.ratio.colocated import ColocatedPrediction, predict_colocated
+from dopd.control.ratio.colocated import (
+    ColocatedPrediction,
+    colocated_ttft_attainment,
+    predict_colocated,
+)
 from dopd.errors import require
 from dopd.sim.policy import ClusterView
 from dopd.types import SLO
@@ -113,14 +124,20 @@ class HybridMode:
         upper = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment,
                                   scale=scale, rate=max(stats.peak_rate, stats.rate))
         mean_p90 = raw.tpot_q * scale
+        # Colocation's attainment on both SLOs: the prompts pool over every instance.
+        both = at_rate.attainment * colocated_ttft_attainment(self.inst, stats, self.slo,
+                                                               at_rate)
         seen = observed.tpot_p90 if observed.finished >= _MIN_SAMPLES else None
         if self.mixed:
             why = ""
             self._above = self._above + 1 if mean_p90 > cfg.exit * slo else 0
             # A split predicted worse than colocation (a peak that overloads every split) is
             # not worth a mode change, whatever the colocated TPOT.
+            # On a tie (every mode overloaded) the split degrades better only when decode is
+            # what overloads colocation: prompts alone beyond N instances overload any split.
             split_wins = split_attainment is None \
-                or split_attainment + cfg.gain >= at_rate.attainment
+                or split_attainment + cfg.gain > both \
+                or (split_attainment + cfg.gain >= both and at_rate.prefill_share < 1.0)
             if split_wins and self._above >= cfg.exit_confirm:
                 why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans"
             elif split_wins and seen is not None and seen > slo:
@@ -131,16 +148,17 @@ class HybridMode:
             else:
                 reason = f"hybrid: all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms at upper rate)"
         else:
-            ok = upper.tpot_q <= cfg.enter * slo
+            ok = at_rate.tpot_q <= cfg.enter * slo and (
+                split_attainment is None or both >= split_attainment - cfg.gain)
             self._below = self._below + 1 if ok else 0
             if self._below >= cfg.hold and now - self._left_at >= cfg.cooldown_s:
                 self.mixed = True
-                reason = f"hybrid: enter all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms)"
+                reason = f"hybrid: enter all-mixed (TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms)"
             else:
-                reason = f"hybrid: split (colocated TPOT p90 {upper.tpot_q * 1e3:.0f}ms, " \
+                reason = f"hybrid: split (colocated TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms, " \
                          f"{self._below}/{cfg.hold} below {cfg.enter:g} x SLO)"
         reason += f" [p90 {mean_p90 * 1e3:.0f}ms at rate, x{scale:.2f}, attainment " \
-                  f"{at_rate.attainment:.2f} colocated" + ("]" if split_attainment is None
+                  f"{both:.2f} colocated" + ("]" if split_attainment is None
                                                           else f" vs {split_attainment:.2f} split]")
         return HybridVerdict(self.mixed, reason, at_rate, upper, scale)
 
