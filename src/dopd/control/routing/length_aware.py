@@ -183,8 +183,9 @@ class LengthAwareRouter(PDPair):
         idle instance while no instance of the pool (prefill, decode or mixed) is idle and
         even the prefill instances' whole backlog shared evenly over them would make it later
         than that limit (``pool_k`` x it while the pool is lightly loaded, see
-        :data:`LIGHT_BACKLOG`): the cluster is congested, and serving them would delay the others. While an
-        instance is idle, such a request goes there (a decode instance prefills it in place);
+        :data:`LIGHT_BACKLOG`): the cluster is congested, and serving them would delay the
+        others. While an instance is idle, such a request goes there (a decode instance
+        prefills it in place);
         while only the placement is congested, not the pool, it is admitted where placed
         (None)."""
         opts = self.options

@@ -58,8 +58,8 @@ class LengthAwareOptions:
       only requests predicted to miss ``admit_k`` x the SLO by ``idle_margin`` even on an
       idle instance (they cannot make it), and the others only while no instance of the pool
       is idle and the prefill backlog, shared evenly, would still delay it past the limit
-      (``pool_k`` x the limit while the smoothed backlog is light); while one is idle, the request goes there (a decode instance
-      prefills it in place).
+      (``pool_k`` x the limit while the smoothed backlog is light); while one is idle, the
+      request goes there (a decode instance prefills it in place).
     """
 
     ttft: bool = True
