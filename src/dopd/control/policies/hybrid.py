@@ -134,10 +134,12 @@ class HybridMode:
             # A split predicted worse than colocation (a peak that overloads every split) is
             # not worth a mode change, whatever the colocated TPOT.
             # On a tie (every mode overloaded) the split degrades better only when decode is
-            # what overloads colocation: prompts alone beyond N instances overload any split.
+            # what overloads colocation: prompts alone beyond N - 1 instances overload any split.
+            n = self.instances
             split_wins = split_attainment is None \
                 or split_attainment + cfg.gain > both \
-                or (split_attainment + cfg.gain >= both and at_rate.prefill_share < 1.0)
+                or (split_attainment + cfg.gain >= both
+                    and at_rate.prefill_share * n < n - 1)
             if split_wins and self._above >= cfg.exit_confirm:
                 why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans"
             elif split_wins and seen is not None and seen > slo:
