@@ -46,10 +46,13 @@ def test_a_congested_placement_goes_to_an_idle_decode_instance_not_away() -> Non
     assert not placement.reject and placement.instance is idle and placement.bypass
     assert placement.predicted_ttft_s <= SLO_.ttft_s
     assert r.rescued == 1 and r.rejected == 0
-    # The same pool with no idle instance, its backlog far past the SLO: rejected.
+    # The same pool with no idle instance: rejected (with ``pool_k``, only as the prefill
+    # backlog shared evenly is still far past the SLO).
     idle.sched.add_request(99, 8000, 2)
     late = r.place(0.0, 1000, 10, [a, b], [idle], admit=True)
-    assert late.instance is None and "backlog shared" in late.reject
+    assert late.instance is None and "no idle instance" in late.reject
+    pooled = router("bypass=off,pool_k=2").place(0.0, 1000, 10, [a, b], [idle], admit=True)
+    assert pooled.instance is None and "backlog shared" in pooled.reject
 
 
 def test_a_request_that_misses_even_on_an_idle_instance_is_rejected_as_such() -> None:
@@ -64,6 +67,7 @@ def test_a_request_that_misses_even_on_an_idle_instance_is_rejected_as_such() ->
 
 
 def test_light_load_rejects_nothing_an_idle_instance_would_serve_in_time() -> None:
+    """With ``pool_k`` (off by default: it costs max goodput near capacity)."""
     rng = np.random.default_rng(0)
     n = 300
     arrivals = np.cumsum(rng.exponential(1.0 / 2.0, n))  # 2 req/s: light for 4 instances
@@ -71,7 +75,7 @@ def test_light_load_rejects_nothing_an_idle_instance_would_serve_in_time() -> No
     outputs = rng.integers(16, 200, n)
     workload = Workload.from_arrays("light", arrivals, prompts, outputs)
     slo = SLO(ttft_s=1.0, tpot_s=0.1)
-    config = SimConfig(instances=4, router="length-aware")
+    config = SimConfig(instances=4, router="length-aware:pool_k=2")
     for policy in ("colocated", "dopd"):
         result = run_simulation(workload, config, policy, slo, seed=0)
         rejected = np.flatnonzero(result.state == int(RequestState.REJECTED))

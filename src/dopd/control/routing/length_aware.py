@@ -123,7 +123,7 @@ class LengthAwareRouter(PDPair):
             else:
                 self._mean_prompt = float(p)
             self._seen += 1
-            if opts.admit:
+            if opts.admit and opts.pool_k is not None:
                 self._backlog += _EWMA_BACKLOG * (self._backlog_s(now, prefill) - self._backlog)
             if opts.lane:
                 self.window.observe(p, request_cost_s(self.context, p))
@@ -204,6 +204,9 @@ class LengthAwareRouter(PDPair):
                 spare = (inst, t)
         if spare is not None:
             return spare
+        if opts.pool_k is None:
+            return (f"admission control: predicted TTFT {best_t:.2f} s > {opts.admit_k:g} x "
+                    f"TTFT SLO {slo.ttft_s:g} s and no idle instance")
         pooled = self._backlog_s(now, prefill) + idle_t
         light = self._backlog < LIGHT_BACKLOG * slo.ttft_s
         if pooled <= self._ttft_limit * (opts.pool_k if light else 1.0):
