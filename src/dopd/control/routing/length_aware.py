@@ -180,10 +180,10 @@ class LengthAwareRouter(PDPair):
 
         Rejected are only (a) requests that miss ``admit_k`` x the SLO by ``idle_margin`` even
         on an idle instance (they cannot make it) and (b) requests that could make it on an
-        idle instance while no instance of the pool (prefill, decode or mixed) is idle and
-        even the prefill instances' whole backlog shared evenly over them would make it later
-        than that limit (``pool_k`` x it while the pool is lightly loaded, see
-        :data:`LIGHT_BACKLOG`): the cluster is congested, and serving them would delay the
+        idle instance while no instance of the pool (prefill, decode or mixed) is idle (and,
+        with ``pool_k`` set, the prefill instances' whole backlog shared evenly over them would
+        still make it later than that limit, ``pool_k`` x it while the pool is lightly loaded,
+        see :data:`LIGHT_BACKLOG`): the cluster is congested, and serving them would delay the
         others. While an instance is idle, such a request goes there (a decode instance
         prefills it in place);
         while only the placement is congested, not the pool, it is admitted where placed
