@@ -30,7 +30,7 @@ def test_parse_hybrid_options() -> None:
     assert opts.manager.mode_changes == 6 and opts.manager.migrate_mixed
     assert opts.spec == "dopd:hybrid:enter=0.5:exit=0.9:hold=3:modechanges=6"
     assert DopdOptions.parse("nohybrid").hybrid is None
-    assert DopdOptions.parse("hybrid:gain=0.2").hybrid == HybridConfig(gain=0.2)
+    assert DopdOptions.parse("hybrid:gain=0.2").hybrid == HybridConfig(gain=0.2, exit_confirm=3)
 
 
 @pytest.mark.parametrize("spec", ["hybrid:nohybrid", "enter=0.5", "hybrid:enter=0.9:exit=0.5",
@@ -63,7 +63,9 @@ def test_colocated_prediction_rises_with_rate_and_overloads() -> None:
     (40.0, 0.95, 0.0, False),  # colocated TPOT p90 over exit x SLO, the split predicted better
     (40.0, 0.5, 0.0, True),    # ... but a split predicted worse than colocation is no way out
     (40.0, 0.5, 0.4, False),   # unless within ``gain`` of it
-    (55.0, 0.0, 0.0, False),   # every mode overloaded: leave (the P/D split degrades better)
+    (50.0, 0.0, 0.0, False),   # every mode overloaded by decode: leave (the split degrades
+                               # better)
+    (55.0, 0.0, 0.0, True),    # ... but prompts alone need N - 1 instances: no split helps
     (40.0, None, 0.0, False),  # no split prediction: the TPOT threshold alone decides
 ])
 def test_hybrid_leaves_all_mixed_only_for_a_split_predicted_no_worse(

@@ -19,6 +19,12 @@ Rules, in the order :meth:`PDManager.step` applies them:
   and instances in flight; ``migrate_mixed``: MIXED instances become DECODE in place (no
   drain, not counted in the bound) before others become PREFILL, moving their decodes' KV
   instead of finishing them.
+- Switch budget (``switch_rate_h`` finite): role switches spend tokens of a bucket that holds
+  ``switch_burst`` moves (default: one per instance of the pool) and refills at
+  ``switch_rate_h`` moves per instance-hour; with the bucket empty nothing moves, alarms and
+  mode changes included. Whatever the solver and the signals do, a pool of N instances makes
+  at most ``burst + switch_rate_h x N x hours`` switches: after the first settling, a steady
+  load costs at most ``switch_rate_h`` switches per instance-hour.
 - The instance moved is the cheapest to drain (:func:`~.split.cheapest`).
 - Every switch and removal drains through the cluster (SwitchRole / RemoveInstance): in-flight
   work finishes first, or (``migrate=True``, switches of decode-capable instances) decodes move
@@ -72,6 +78,8 @@ class ManagerConfig:
     migrate: bool = False
     mode_changes: int = 0
     migrate_mixed: bool = False
+    switch_rate_h: float = math.inf
+    switch_burst: float | None = None
 
     def __post_init__(self) -> None:
         require(self.confirm >= 1 and self.reverse_confirm >= 1 and self.scale_in_confirm >= 1,
@@ -84,6 +92,10 @@ class ManagerConfig:
         require(self.max_in_flight >= 1, f"max in flight must be >= 1, got {self.max_in_flight}")
         require(self.switch or self.elastic, "a manager must switch roles or scale (or both)")
         require(self.mode_changes >= 0, f"mode changes must be >= 0, got {self.mode_changes}")
+        require(self.switch_rate_h > 0, f"switch rate must be > 0 per instance-hour, got "
+                f"{self.switch_rate_h}")
+        require(self.switch_burst is None or self.switch_burst >= 1,
+                f"switch burst must be >= 1 move, got {self.switch_burst}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,8 @@ class _State:
     last_move: tuple[int, ...] | None = None
     last_move_s: float = -math.inf
     settled_at: dict[int, float] = field(default_factory=dict)
+    tokens: float | None = None
+    tokens_at: float = 0.0
 
 
 class PDManager:
@@ -220,14 +234,35 @@ class PDManager:
             return hold(f"{moving} instance(s) in transition (max {cfg.max_in_flight})")
         limit = min(cfg.mode_changes if mode else cfg.alarm_changes if fast
                     else cfg.max_changes, room)
-        actions = self._plan(now, view, delta, limit, can_remove)
+        tokens = self._refill(now, view)
+        if tokens < 1.0:
+            return hold(f"{current} -> {target}: switch budget spent ({cfg.switch_rate_h:g} "
+                        f"moves per instance-hour)")
+        actions = self._plan(now, view, delta,
+                             limit if math.isinf(tokens) else min(limit, int(tokens)),
+                             can_remove)
         if not actions:
             return hold(f"{current} -> {target}: no instance may move now (dwell or last of a "
                         f"phase)")
+        if not math.isinf(tokens):
+            s.tokens = tokens - sum(1 for a in actions if isinstance(a, SwitchRole))
         s.last_move, s.last_move_s = direction, now
         s.streak = 0
         why = f"{current} -> {target}" + (f" fast path: {alarm.detail}" if fast and alarm else "")
         return Decision(tuple(actions), why, current, target, fast)
+
+    def _refill(self, now: float, view: ClusterView) -> float:
+        """Tokens of the switch budget at ``now`` (inf without a budget)."""
+        cfg, s = self.config, self._s
+        if math.isinf(cfg.switch_rate_h):
+            return math.inf
+        size = max(view.budget, len(view.instances), 1)
+        burst = float(size) if cfg.switch_burst is None else cfg.switch_burst
+        if s.tokens is None:
+            s.tokens, s.tokens_at = burst, now
+        s.tokens = min(burst, s.tokens + (now - s.tokens_at) * cfg.switch_rate_h * size / 3600.0)
+        s.tokens_at = now
+        return s.tokens
 
     def _plan(self, now: float, view: ClusterView, delta: dict[Role, int], limit: int,
               can_remove: Callable[[Role], bool] | None) -> list[Action]:

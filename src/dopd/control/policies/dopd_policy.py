@@ -112,6 +112,7 @@ class DopdPolicy(ClusterPolicy):
             self.forecaster = MultiForecaster(specs, defaults=PRIOR)
         self.outcomes = OutcomeWindow(options.interval_s, self.slo)
         self.recent = OutcomeWindow(max(2.0 * options.interval_s, 10.0), self.slo)
+        self.attained = OutcomeWindow(max(10.0 * options.interval_s, 20.0), self.slo)
         self.manager = PDManager(options.manager)
         self.log = DecisionLog(self.name)
         self.decisions = self.log.records
@@ -178,6 +179,7 @@ class DopdPolicy(ClusterPolicy):
             self.monitor.observe_output(now, outcome.output_tokens)
         self.outcomes.observe(now, outcome)
         self.recent.observe(now, outcome)
+        self.attained.observe(now, outcome)
 
     # ------------------------------------------------------------------ control
     def on_tick(self, now: float, view: ClusterView) -> Sequence[Action]:
@@ -350,8 +352,13 @@ class DopdPolicy(ClusterPolicy):
             f"decode side short at {self._short[1]} plans in a row ({alarm.detail}): nudge"
         verdict = None
         if self.hybrid is not None:
-            served = plan.goodput / max(plan.rate, 1e-9)  # the split's share within SLO
-            target, verdict = self.hybrid.step(now, view, stats, observed, target, served)
+            # The mode is chosen at the forecast's mean rate, the split's ratio at its upper
+            # one: a burst of a few seconds must not flip the operating mode.
+            mean = stats.with_rate(max(min(fc.rate, stats.rate), MIN_RATE), stats.rate_upper)
+            served = solve(mean, self.inst, self.slo, self.budget, config=self.solver_config,
+                           correction=self.correction).attainment
+            target, verdict = self.hybrid.step(now, view, mean, observed, target, served,
+                                               self.attained.summary(now))
         self._target = target
         decision = self.manager.step(now, view, target, alarm, self._can_remove(stats))
         running = active_split(view)

@@ -6,7 +6,11 @@ which beats any P/D split. Past that, colocated decode steps blow the TPOT SLO a
 disaggregation wins. :class:`HybridMode` is the two-state switch the ``dopd`` policy consults at
 every plan:
 
-- MIXED -> SPLIT when the colocated predictor (:func:`~dopd.control.ratio.colocated.
+- MIXED -> SPLIT when the requests that ended over the last ``attained`` window (all-MIXED
+  running) missed the attainment target at ``exit_confirm`` plans in a row while the solver's
+  split is predicted to meet it (the colocated predictor does not model every interference;
+  the cooldown before re-entering then doubles, up to :data:`MAX_COOLDOWN_S`); or when the
+  colocated predictor (:func:`~dopd.control.ratio.colocated.
   predict_colocated`, corrected online) puts TPOT P90 at the forecast rate above ``exit`` x
   the SLO at ``exit_confirm`` plans in a row (a burst of a few seconds only grows the batch
   for a while; a mode change costs more), or the requests that just finished show TPOT P90
@@ -14,9 +18,16 @@ every plan:
   the colocated attainment at the forecast rate (minus ``gain``): a peak that the model says
   overloads every split but not all-MIXED is not worth a mode change (a mode change under load
   costs a drain); when every mode is overloaded the split is taken, as it degrades better;
-- SPLIT -> MIXED only when the prediction at the upper rate stays below ``enter`` x the SLO
-  (``enter`` < ``exit``: the hysteresis band) for ``hold`` consecutive plans and at least
-  ``cooldown_s`` after the last exit, so the mode does not flap.
+- SPLIT -> MIXED only when the prediction at the rate stays below ``enter`` x the SLO
+  (``enter`` < ``exit``: the hysteresis band) and colocation's attainment on both SLOs is
+  predicted no worse than the split's (minus ``gain``) for ``hold`` consecutive plans, and at
+  least ``cooldown_s`` after the last exit, so the mode does not flap.
+
+Colocation's attainment is P(TPOT ok) from the colocated predictor times P(TTFT ok) of the
+prefill side pooled over all N instances (:func:`~dopd.control.ratio.colocated.
+colocated_ttft_attainment`): with long prompts and short outputs (summarization) N pooled
+instances beat any split's N - 1 prefill instances, so the mode stays all-MIXED even at
+loads that overload it (prompts beyond N instances overload every split too).
 
 The correction factor is the EWMA (in log space) of observed over raw predicted TPOT P90, folded
 in only while the cluster ran all-MIXED with no instance in transition and enough requests
@@ -31,12 +42,19 @@ from dataclasses import dataclass
 from dopd.control.manager import Split, active_split, in_transition
 from dopd.control.policies.signals import Observed
 from dopd.control.ratio import CorrectionFactors, InstanceModel, WorkloadStats
-from dopd.control.ratio.colocated import ColocatedPrediction, predict_colocated
+from dopd.control.ratio.colocated import (
+    ColocatedPrediction,
+    colocated_ttft_attainment,
+    predict_colocated,
+)
 from dopd.errors import require
 from dopd.sim.policy import ClusterView
 from dopd.types import SLO
 
 _MIN_SAMPLES = 20
+MAX_COOLDOWN_S = 600.0
+"""The cooldown before re-entering all-MIXED doubles after every exit on observed attainment
+(the model was wrong there), up to this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +104,15 @@ class HybridMode:
         self.correction = CorrectionFactors(hi=3.0)
         self._below = 0
         self._above = 0
+        self._short = 0
+        self._cooldown = config.cooldown_s
         self._left_at = -math.inf
         self._last: ColocatedPrediction | None = None
+
+    @staticmethod
+    def _short_exit(why: str) -> bool:
+        """Whether an exit was on observed attainment (the model said all-MIXED holds)."""
+        return why.startswith("observed attainment")
 
     def calibrate(self, observed: Observed, ran_mixed: bool) -> None:
         """Fold the last interval's observed TPOT P90 into the correction, when all instances
@@ -100,10 +125,13 @@ class HybridMode:
                                                  predicted_tpot=last.tpot_q)
 
     def decide(self, now: float, stats: WorkloadStats, observed: Observed,
-               split_attainment: float | None = None) -> HybridVerdict:
+               split_attainment: float | None = None,
+               attained: Observed | None = None) -> HybridVerdict:
         """Whether the next target is all-MIXED (``stats``: the plan's load; ``observed``:
         requests that finished recently; ``split_attainment``: the solver's predicted
-        attainment of its best P/D split, None when unknown)."""
+        attainment of its best P/D split, None when unknown; ``attained``: the requests that
+        ended over a longer window, whose attainment is the ground truth of the mode running).
+        """
         cfg, slo = self.config, self.slo.tpot_s
         scale = self.correction.tpot
         raw = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment)
@@ -113,43 +141,67 @@ class HybridMode:
         upper = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment,
                                   scale=scale, rate=max(stats.peak_rate, stats.rate))
         mean_p90 = raw.tpot_q * scale
+        # Colocation's attainment on both SLOs: the prompts pool over every instance.
+        both = at_rate.attainment * colocated_ttft_attainment(self.inst, stats, self.slo,
+                                                               at_rate)
         seen = observed.tpot_p90 if observed.finished >= _MIN_SAMPLES else None
         if self.mixed:
             why = ""
             self._above = self._above + 1 if mean_p90 > cfg.exit * slo else 0
             # A split predicted worse than colocation (a peak that overloads every split) is
             # not worth a mode change, whatever the colocated TPOT.
+            # On a tie (every mode overloaded) the split degrades better only when decode is
+            # what overloads colocation: prompts alone beyond N - 1 instances overload any split.
+            n = self.instances
             split_wins = split_attainment is None \
-                or split_attainment + cfg.gain >= at_rate.attainment
+                or split_attainment + cfg.gain > both \
+                or (split_attainment + cfg.gain >= both
+                    and at_rate.prefill_share * n < n - 1)
+            # The colocated predictor misses interference it does not model (a burst of long
+            # prompts in budget-sized chunks stalls every decode of an instance): all-MIXED
+            # observed below the target, for a split predicted to meet it, is a reason too.
+            got = attained.attainment if attained is not None \
+                and attained.finished >= _MIN_SAMPLES else None
+            short = got is not None and got < self.slo.attainment and (
+                split_attainment is None or split_attainment >= self.slo.attainment)
+            self._short = self._short + 1 if short else 0
             if split_wins and self._above >= cfg.exit_confirm:
-                why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans"
+                why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans " \
+                      f"> {cfg.exit:g} x SLO"
             elif split_wins and seen is not None and seen > slo:
                 why = f"observed TPOT p90 {seen * 1e3:.0f}ms > SLO"
+            elif split_wins and self._short >= cfg.exit_confirm:
+                why = f"observed attainment {got:.2f} < target at {self._short} plans, split " \
+                      f"predicted to meet it"
             if why:
-                self.mixed, self._below, self._left_at = False, 0, now
-                reason = f"hybrid: leave all-mixed ({why} > {cfg.exit:g} x SLO)"
+                self.mixed, self._below, self._short, self._left_at = False, 0, 0, now
+                if self._short_exit(why):
+                    self._cooldown = min(2.0 * self._cooldown, MAX_COOLDOWN_S)
+                reason = f"hybrid: leave all-mixed ({why})"
             else:
                 reason = f"hybrid: all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms at upper rate)"
         else:
-            ok = upper.tpot_q <= cfg.enter * slo
+            ok = at_rate.tpot_q <= cfg.enter * slo and (
+                split_attainment is None or both >= split_attainment - cfg.gain)
             self._below = self._below + 1 if ok else 0
-            if self._below >= cfg.hold and now - self._left_at >= cfg.cooldown_s:
+            if self._below >= cfg.hold and now - self._left_at >= self._cooldown:
                 self.mixed = True
-                reason = f"hybrid: enter all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms)"
+                reason = f"hybrid: enter all-mixed (TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms)"
             else:
-                reason = f"hybrid: split (colocated TPOT p90 {upper.tpot_q * 1e3:.0f}ms, " \
+                reason = f"hybrid: split (colocated TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms, " \
                          f"{self._below}/{cfg.hold} below {cfg.enter:g} x SLO)"
         reason += f" [p90 {mean_p90 * 1e3:.0f}ms at rate, x{scale:.2f}, attainment " \
-                  f"{at_rate.attainment:.2f} colocated" + ("]" if split_attainment is None
+                  f"{both:.2f} colocated" + ("]" if split_attainment is None
                                                           else f" vs {split_attainment:.2f} split]")
         return HybridVerdict(self.mixed, reason, at_rate, upper, scale)
 
     def step(self, now: float, view: ClusterView, stats: WorkloadStats, observed: Observed,
-             target: Split, split_attainment: float | None = None
-             ) -> tuple[Split, HybridVerdict]:
+             target: Split, split_attainment: float | None = None,
+             attained: Observed | None = None) -> tuple[Split, HybridVerdict]:
         """One plan: calibrate on the interval that ended (when all of ``view`` ran MIXED),
         decide, and return the target (all-MIXED, or the solver's ``target``) and verdict."""
         running = active_split(view)
         self.calibrate(observed, running.mixed == running.total and in_transition(view) == 0)
-        verdict = self.decide(now, stats, observed, split_attainment)
+        verdict = self.decide(now, stats, observed, split_attainment,
+                              attained if running.mixed == running.total else None)
         return (Split(0, 0, self.instances) if verdict.mixed else target), verdict

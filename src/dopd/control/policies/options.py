@@ -31,14 +31,20 @@ the feedback off), ``drain=finish|migrate`` (a decode instance that switches rol
 decodes finish in place, or moves their KV to the other decode instances; default finish),
 the hybrid's ``enter=`` / ``exit=`` (colocated TPOT P90 over the SLO that enters / leaves
 all-mixed, defaults 0.6 / 0.85), ``hold=`` (plans in a row below ``enter`` before entering,
-default 4), ``gain=`` (leave all-mixed only for a split predicted within this attainment of
+default 4), ``exitconfirm=`` (plans in a row above ``exit`` before leaving, default 3: the
+mode is chosen at the forecast's mean rate, and one plan of a burst is no reason to drain the
+pool), ``gain=`` (leave all-mixed only for a split predicted within this attainment of
 colocation, default 0; > -1) and ``modechanges=`` (instances moved at once on a mode
 change, default 4),
-and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``.
+and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``, ``switchrate=`` (the
+switch budget's refill, moves per instance-hour, default 2: a steady load settles, then costs at
+most 2 switches per instance-hour whatever the forecast's noise; ``inf`` turns the budget off)
+and ``switchburst=`` (moves the budget holds, default one per instance).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from dopd.control.forecast import make_forecaster
@@ -51,12 +57,13 @@ FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixe
          "hybrid", "nohybrid"}
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
         "changes", "stick", "outwin", "nudge", "lengths", "drain", "enter", "exit", "hold",
-        "modechanges", "gain"}
+        "modechanges", "gain", "switchrate", "switchburst", "exitconfirm"}
 HYBRID_DEFAULT = False
 """Whether ``dopd`` runs the hybrid without the ``hybrid`` flag."""
 
 DEFAULT_MANAGER = ManagerConfig(confirm=2, margin=2, reverse_confirm=4, reverse_window_s=60.0,
-                                dwell_s=20.0, max_changes=1, alarm_changes=2, max_in_flight=2)
+                                dwell_s=20.0, max_changes=1, alarm_changes=2, max_in_flight=2,
+                                switch_rate_h=2.0)
 
 
 @dataclass(frozen=True)
@@ -118,10 +125,15 @@ class DopdOptions:
             switch=True,
             elastic="elastic" in flags,
             migrate=drain == "migrate",
+            switch_rate_h=math.inf if values.get("switchrate", "").lower() == "inf"
+            else option_float("dopd", values, "switchrate", base.switch_rate_h),
+            switch_burst=option_float("dopd", values, "switchburst", 0.0, low=0.999)
+            if "switchburst" in values else None,
         )
         require(not {"hybrid", "nohybrid"} <= flags, "policy dopd: hybrid and nohybrid conflict")
         hybrid_on = "hybrid" in flags or (HYBRID_DEFAULT and "nohybrid" not in flags)
-        hybrid_keys = {"enter", "exit", "hold", "modechanges", "gain"} & set(values)
+        hybrid_keys = {"enter", "exit", "hold", "modechanges", "gain", "exitconfirm"} \
+            & set(values)
         require(hybrid_on or not hybrid_keys, f"policy dopd: {', '.join(sorted(hybrid_keys))} "
                 "apply only with hybrid")
         require(not (hybrid_on and ("mixed" in flags or "elastic" in flags)),
@@ -131,6 +143,7 @@ class DopdOptions:
             hybrid = HybridConfig(enter=option_float("dopd", values, "enter", 0.6),
                                   exit=option_float("dopd", values, "exit", 0.85),
                                   hold=option_int("dopd", values, "hold", 4),
+                                  exit_confirm=option_int("dopd", values, "exitconfirm", 3),
                                   gain=option_float("dopd", values, "gain", 0.0, low=-1.0))
             manager = replace(manager, migrate_mixed=True,
                               mode_changes=option_int("dopd", values, "modechanges", 4))

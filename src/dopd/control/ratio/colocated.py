@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dopd.control.ratio.decode import _phi, decode_shape
+from dopd.control.ratio.evaluate import side_tables
 from dopd.control.ratio.instance import InstanceModel
 from dopd.control.ratio.stats import WorkloadStats
 from dopd.errors import require
+from dopd.types import SLO
 
 _BATCH_POINTS = 512
 
@@ -123,3 +125,25 @@ def predict_colocated(inst: InstanceModel, stats: WorkloadStats, instances: int,
     met = cdf(tpot_slo) * shape.decode_share + (1.0 - shape.decode_share)
     return ColocatedPrediction(instances, lam, u_p, b, t, scale * float(base @ pd), hi, q,
                                float(min(met, 1.0)), True)
+
+
+def colocated_ttft_attainment(inst: InstanceModel, stats: WorkloadStats, slo: SLO,
+                              pred: ColocatedPrediction) -> float:
+    """P(TTFT <= SLO) of the ``pred.instances`` MIXED instances of ``pred``: the solver's prefill
+    side (M/G/k over the prompt-length mix, burstiness included) with every instance serving
+    prompts, at the rate raised by the decode work each step carries (``u_d``, the GPU share
+    of the marginal decode cost ``T(b) - T(0)`` of the running batch: a prompt shares its steps
+    with the decodes). 0 when the prediction is unstable."""
+    if not pred.stable:
+        return 0.0
+    shape = decode_shape(inst, stats)
+    t0 = float(inst.decode_step(np.array([0.0]), shape.ctx_mean)[0])
+    t_dec = float(inst.decode_step(np.array([pred.batch]), shape.ctx_mean)[0])
+    r = pred.rate / pred.instances
+    u_d = r * shape.steps_mean * max(t_dec - t0, 0.0) / max(pred.batch, 1e-9) \
+        if pred.batch > 0 else 0.0
+    if u_d >= 0.95:
+        return 0.0
+    tab = side_tables(inst, stats, slo, pred.instances, pred.instances,
+                      pred.rate / (1.0 - u_d))
+    return float(tab.prefill_attainment[0])
