@@ -139,13 +139,13 @@ def check_overload(args: argparse.Namespace) -> None:
         with server("--instances", "2", "--policy", policy, *EMULATED,
                     "--max-queued-requests", str(per_instance)) as s:
             pid = s.proc.pid
-            asyncio.run(_blast(s.url, 40, 20))
+            asyncio.run(blast(s.url, 40, 20))
             rss0, peak_rss, peak = rss_mb(pid), [0.0], [0]
             done = threading.Event()
             t = threading.Thread(target=_watch, args=(s, done, peak, peak_rss), daemon=True)
             t.start()
             t0 = time.monotonic()
-            responses = asyncio.run(_blast(s.url, args.requests, 10 * bound))
+            responses = asyncio.run(blast(s.url, args.requests, 10 * bound))
             took = time.monotonic() - t0
             done.set()
             t.join(5)
@@ -167,7 +167,8 @@ def _watch(s: Server, done: threading.Event, peak: list[int], peak_rss: list[flo
         time.sleep(0.1)
 
 
-async def _blast(url: str, n: int, concurrency: int) -> list[httpx.Response]:
+async def blast(url: str, n: int, concurrency: int) -> list[httpx.Response]:
+    """``n`` short completions at most ``concurrency`` at a time; every response."""
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:

@@ -9,37 +9,20 @@ import asyncio
 import json
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from bench_reliability import EMULATED, blast, rss_mb
+
 pytestmark = pytest.mark.slow
-
-EMULATED = ("--mode", "emulated", "--step-time-scale", "4")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-async def blast(url: str, n: int, concurrency: int) -> list[httpx.Response]:
-    sem = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        async def one(i: int) -> httpx.Response:
-            async with sem:
-                return await client.post(url + "/v1/completions", json={
-                    "model": "dopd-tiny", "prompt": f"overload {i} " + "x" * (i % 50),
-                    "max_tokens": 30, "ignore_eos": True})
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
 
 @pytest.mark.parametrize("policy", ["colocated", "static:1:1", "dopd"])
 def test_overload_answers_429_with_retry_after_and_bounded_memory(server_factory, policy: str

@@ -362,3 +362,22 @@ def build_workload(cfg: WorkloadConfig, seed: int, model: str) -> Workload:
     if cfg.duration_s is None and cfg.requests is None:
         return scaled
     return scaled.cut(duration_s=cfg.duration_s, max_requests=cfg.requests)
+
+
+def experiment_repeat_flags(args: argparse.Namespace) -> list[str]:
+    """The realism and backend options of a ``dopd experiment`` run, as the command line that
+    repeats it spells them (nothing for a default)."""
+    parts: list[str] = []
+    if args.oracle:
+        parts += ["--oracle"]
+    if args.model_bias is not None:
+        parts += ["--model-bias", f"{args.model_bias:g}"]
+    if args.step_noise is not None:
+        parts += ["--step-noise", f"{args.step_noise:g}"]
+    if args.no_calibration:
+        parts += ["--no-calibration"]
+    if args.backend == "ray":
+        parts += ["--backend", "ray"]
+        if args.ray_address:
+            parts += ["--ray-address", args.ray_address]
+    return parts

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dopd.cli.checks import check_output_dir
-from dopd.cli.common import parse_list
+from dopd.cli.common import experiment_repeat_flags, parse_list
 from dopd.data import TRACES_DIR
 from dopd.errors import DopdError, require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
@@ -105,19 +105,7 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
         parts += ["--scenarios", ",".join(args.scenarios)]
     if args.traces_dir:
         parts += ["--traces-dir", args.traces_dir]
-    if args.oracle:
-        parts += ["--oracle"]
-    if args.model_bias is not None:
-        parts += ["--model-bias", f"{args.model_bias:g}"]
-    if args.step_noise is not None:
-        parts += ["--step-noise", f"{args.step_noise:g}"]
-    if args.no_calibration:
-        parts += ["--no-calibration"]
-    if args.backend == "ray":
-        parts += ["--backend", "ray"]
-        if args.ray_address:
-            parts += ["--ray-address", args.ray_address]
-    return shlex.join(parts)
+    return shlex.join(parts + experiment_repeat_flags(args))
 
 
 def run(args: argparse.Namespace) -> int:

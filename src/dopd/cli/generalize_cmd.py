@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dopd.cli.checks import check_output_dir
+from dopd.cli.common import experiment_repeat_flags
 from dopd.data import TRACES_DIR
 from dopd.errors import DopdError, require
 from dopd.experiments.gen_space import GenScenario, draw_scenarios, named_scenario
@@ -48,19 +49,7 @@ def command_line(args: argparse.Namespace, out: Path, workers: int) -> str:
         parts += ["--scenarios", (args.scenarios or ["24"])[0]]
     if args.proposed != "dopd":
         parts += ["--proposed", args.proposed]
-    if args.oracle:
-        parts += ["--oracle"]
-    if args.model_bias is not None:
-        parts += ["--model-bias", f"{args.model_bias:g}"]
-    if args.step_noise is not None:
-        parts += ["--step-noise", f"{args.step_noise:g}"]
-    if args.no_calibration:
-        parts += ["--no-calibration"]
-    if args.backend == "ray":
-        parts += ["--backend", "ray"]
-        if args.ray_address:
-            parts += ["--ray-address", args.ray_address]
-    return shlex.join(parts)
+    return shlex.join(parts + experiment_repeat_flags(args))
 
 
 def run_generalize_cmd(args: argparse.Namespace, workers: int, realism: Realism,
