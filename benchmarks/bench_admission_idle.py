@@ -16,11 +16,11 @@ import argparse
 
 import numpy as np
 
-from dopd.bench.metrics import summarize_result
+from dopd.control.cluster_models import build_models
 from dopd.control.routing.predict import request_cost_s
+from dopd.control.routing.router import RouterContext
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
-from dopd.sim.routing import RouterContext
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO, RequestState
 from dopd.workload.traces import load_trace

@@ -22,10 +22,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from dopd.bench.metrics import MetricsSummary, summarize_result
 from dopd.errors import DopdError
 from dopd.experiments.suites import get_suite
 from dopd.experiments.tasks import CompareTask, run_compare
+from dopd.metrics.summary import MetricsSummary, summarize_result
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces"

@@ -48,7 +48,7 @@ VARIANTS: tuple[tuple[str, str], ...] = (
 def run_case(name: str) -> list[dict[str, object]]:
     import numpy as np
 
-    from dopd.bench.metrics import summarize_result
+    from dopd.metrics.summary import summarize_result
     from dopd.sim.api import SimConfig
     from dopd.sim.runner import build_cluster, collect_result
     from dopd.types import SLO, RequestState

@@ -22,11 +22,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from dopd.bench.metrics import summarize_result
 from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suites import get_suite
+from dopd.metrics.summary import summarize_result
 from dopd.sim.runner import run_simulation
 
 ROOT = Path(__file__).resolve().parents[1]

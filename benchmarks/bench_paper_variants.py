@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from dopd.bench.metrics import summarize_result
 from dopd.bench.report import write_json
 from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suites import get_suite
+from dopd.metrics.summary import summarize_result
 from dopd.sim.runner import run_simulation
 
 

@@ -85,7 +85,7 @@ def workload(name: str):  # -> Workload
 
 
 def _summary(name: str, tpot: float, policy: str, scale: float) -> dict[str, Any]:
-    from dopd.bench.metrics import summarize_result
+    from dopd.metrics.summary import summarize_result
     from dopd.sim.api import SimConfig
     from dopd.sim.runner import run_simulation
     from dopd.types import SLO

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dopd.bench.metrics import summarize_result
 from dopd.control.forecast.multi import LoadForecast
 from dopd.control.ratio import InstanceModel, WorkloadStats, solve
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO
@@ -36,7 +36,7 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 def speed() -> None:
-    inst = InstanceModel.from_sim_config(SimConfig())
+    inst = InstanceModel.from_cluster_config(SimConfig())
     forecast = LoadForecast(rate=12.0, rate_upper=15.0, mean_in=1155.0, m2_in=2.6e6,
                             mean_out=211.0, m2_out=7.1e4)
     trace = WorkloadStats.from_workload(load_trace("azure-conv"))
@@ -66,7 +66,7 @@ def versus_simulator() -> None:
     for label, workload, n, slo in cases:
         config = SimConfig(instances=n)
         plan = solve(WorkloadStats.from_workload(workload),
-                     InstanceModel.from_sim_config(config), slo, n)
+                     InstanceModel.from_cluster_config(config), slo, n)
         sim = np.array([summarize_result(run_simulation(workload, config, f"static:{p}:{n - p}",
                                                         slo=slo), slo).attainment
                         for p in range(1, n)])

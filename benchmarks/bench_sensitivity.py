@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 
 from dopd.bench.goodput import max_goodput
-from dopd.bench.metrics import summarize_result
 from dopd.cli.common import build_workload
-from dopd.config import WorkloadConfig
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, TruthSpec
+from dopd.sim.run_config import WorkloadConfig
 from dopd.sim.runner import build_cluster, collect_result, run_simulation
 from dopd.types import SLO
 from dopd.workload import Workload

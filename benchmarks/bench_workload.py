@@ -1,4 +1,4 @@
-"""Measured costs of dopd.workload and dopd.bench.metrics (prints figures; no assertions).
+"""Measured costs of dopd.workload and dopd.metrics.summary (prints figures; no assertions).
 
 Run: python3 benchmarks/bench_workload.py
 """

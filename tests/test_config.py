@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dopd.config import (
-    GoodputSearch,
-    RunConfig,
-    WorkloadConfig,
-    apply_overrides,
-    dumps_toml,
-    from_mapping,
-    load_run_config,
-    to_dict,
-    write_resolved,
-)
+from dopd.config import apply_overrides, dumps_toml, from_mapping, to_dict, write_resolved
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
+from dopd.sim.run_config import GoodputSearch, RunConfig, WorkloadConfig, load_run_config
 from dopd.types import SLO
 
 

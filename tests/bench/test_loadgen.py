@@ -51,10 +51,10 @@ from dopd.bench.loadgen_prompts import (
     synthesize_prompts,
 )
 from dopd.bench.loadgen_report import bench_columns, bench_record, write_bench_outputs
-from dopd.bench.metrics import summarize_result
 from dopd.bench.report import write_json
-from dopd.config import RunConfig
 from dopd.errors import DopdError
+from dopd.metrics.summary import summarize_result
+from dopd.sim.run_config import RunConfig
 from dopd.types import SLO, RequestState
 from dopd.workload import Workload
 

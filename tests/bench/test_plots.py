@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from dopd.bench.metrics import summarize_result
 from dopd.bench.plots import (
     attainment_figure,
     ecdf,
@@ -22,6 +21,7 @@ from dopd.bench.plots import (
     plot_timelines,
     timelines_figure,
 )
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimResult, Timeline
 from dopd.types import SLO, RequestState
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from dopd.bench.metrics import summarize_result
 from dopd.bench.report import (
     REQUEST_COLUMNS,
     comparison_table,
@@ -27,6 +26,7 @@ from dopd.bench.report import (
     write_requests_csv,
     write_timeline_csv,
 )
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimResult, Timeline
 from dopd.types import SLO, RequestState, Role
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dopd.cli.main import main
-from dopd.config import load_run_config
+from dopd.sim.run_config import load_run_config
 
 SMALL = ["--requests", "100", "--rate", "8", "--instances", "2", "--policy", "colocated"]
 

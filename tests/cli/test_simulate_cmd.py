@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from dopd.bench.metrics import summarize_result
 from dopd.cli.common import build_workload, progress_bar
 from dopd.cli.main import main
 from dopd.cli.simulate_cmd import search_max_goodput, simulate
-from dopd.config import RunConfig, WorkloadConfig, apply_overrides, load_run_config
+from dopd.config import apply_overrides
+from dopd.metrics.summary import summarize_result
+from dopd.sim.run_config import RunConfig, WorkloadConfig, load_run_config
 from dopd.sim.runner import run_simulation
 
 SMALL = ["--requests", "150", "--rate", "30"]

@@ -19,7 +19,7 @@ from dopd.cli.simulate_demo import (
     is_demo,
     simulate_overrides,
 )
-from dopd.config import load_run_config
+from dopd.sim.run_config import load_run_config
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-import dopd.bench.metrics as metrics
-from dopd.bench.percentiles import served_percentiles
+import dopd.metrics.summary as metrics
 from dopd.cli.common import build_workload
 from dopd.cli.main import main
 from dopd.cli.simulate_cmd import records_of, simulate
-from dopd.config import RunConfig, apply_overrides
+from dopd.config import apply_overrides
 from dopd.experiments.suites import get_suite
 from dopd.experiments.tasks import SearchTask, run_search
+from dopd.metrics.percentiles import served_percentiles
+from dopd.sim.run_config import RunConfig
 from dopd.types import RequestState
 
 

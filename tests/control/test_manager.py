@@ -17,8 +17,14 @@ from dopd.control.manager import (
     committed_split,
     to_jsonl,
 )
+from dopd.control.policies.base import (
+    AddInstance,
+    ClusterView,
+    InstanceView,
+    RemoveInstance,
+    SwitchRole,
+)
 from dopd.errors import DopdError
-from dopd.sim.policy import AddInstance, ClusterView, InstanceView, RemoveInstance, SwitchRole
 from dopd.types import InstanceState, Role
 
 A = InstanceState.ACTIVE

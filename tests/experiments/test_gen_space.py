@@ -9,7 +9,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dopd.bench.metrics import summarize_result
 from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments import gen_space
@@ -22,6 +21,7 @@ from dopd.experiments.gen_space import (
     prefill_s,
 )
 from dopd.experiments.sources import clipped_share, raw_workload, scenario_workload
+from dopd.metrics.summary import summarize_result
 from dopd.perf.models import get_model
 from dopd.sim.runner import run_simulation
 

@@ -143,7 +143,7 @@ def test_config_keys(tmp_path: Path) -> None:
 
 def test_kv_auth_auto_signs_on_loopback_and_encrypts_across_a_network() -> None:
     from dopd.serve.config import ServeConfig
-    from dopd.serve.server import resolve_kv_auth
+    from dopd.serve.runtime import resolve_kv_auth
 
     assert resolve_kv_auth(ServeConfig()) == "hmac"
     assert resolve_kv_auth(ServeConfig(host="0.0.0.0")) == "hmac"  # local workers: loopback

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from dopd.control.cluster_models import build_models
 from dopd.engine.model import SamplingParams
 from dopd.errors import DopdError
 from dopd.perf import KVTransferModel
@@ -20,7 +21,6 @@ from dopd.serve.engines import (
     engine_limits,
 )
 from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
 from dopd.types import Role
 
 TINY_BLOCK_BYTES = 2 * 4 * 16 * 4 * 32 * 4  # layers, tokens/block, KV heads, head dim, float32

@@ -174,7 +174,7 @@ def test_queue_limits_answer_429_with_retry_after() -> None:
 
 
 def test_admission_control_429_carries_retry_after_from_the_predicted_wait() -> None:
-    from dopd.sim.routing import Placement
+    from dopd.control.routing.router import Placement
 
     d, _ = _dispatcher(Role.PREFILL, Role.DECODE)
 

@@ -11,7 +11,7 @@ import pytest
 
 from dopd.errors import DopdError
 from dopd.serve.config import ServeConfig, load_serve_config
-from dopd.serve.live_calibration import LiveCalibration, build_belief
+from dopd.serve.live_calibration import LiveCalibration, build_live_belief
 from dopd.serve.live_routing import live_router
 from dopd.serve.step_samples import StepSample
 
@@ -27,7 +27,7 @@ def _decode(calib: LiveCalibration, ratio: float, n: int) -> None:
 
 def test_belief_learns_the_true_ratio_and_the_router_predicts_through_it() -> None:
     config = ServeConfig(mode="emulated", step_time_scale=2.0, model_bias=-0.5)
-    belief = build_belief(config)
+    belief = build_live_belief(config)
     calib = LiveCalibration.of(config, belief)
     router = live_router(config, belief=belief)
     before = router.context.latency.decode_coefficients(8)
@@ -47,7 +47,7 @@ def test_belief_learns_the_true_ratio_and_the_router_predicts_through_it() -> No
 
 def test_without_calibration_the_error_is_measured_but_nothing_learned() -> None:
     config = ServeConfig(mode="emulated", model_bias=-0.5, calibration=False)
-    calib = LiveCalibration.of(config, build_belief(config))
+    calib = LiveCalibration.of(config, build_live_belief(config))
     _decode(calib, ratio=1.0, n=200)
     decode = calib.view().kinds["decode"]
     assert decode.factor == 0.5 and decode.learned == 1.0 and decode.instances == {}
@@ -56,7 +56,7 @@ def test_without_calibration_the_error_is_measured_but_nothing_learned() -> None
 
 def test_no_time_no_learning() -> None:
     config = ServeConfig(mode="emulated", step_time_scale=0.0)
-    calib = LiveCalibration.of(config, build_belief(config))
+    calib = LiveCalibration.of(config, build_live_belief(config))
     calib.observe(0, [StepSample(0, 0, 0, 4, 400, 0.001)] * 50)
     assert not calib.learning and calib.view().kinds["decode"].learned == 1.0
 
@@ -108,7 +108,7 @@ def test_config_file_and_options(tmp_path: Path) -> None:
     path.write_text("[serve]\ncalibration = false\nmodel_bias = 0.25\n")
     config = load_serve_config(path, {})
     assert not config.calibration and config.model_bias == 0.25
-    assert build_belief(config).prior == pytest.approx(1.25)
+    assert build_live_belief(config).prior == pytest.approx(1.25)
     assert load_serve_config(path, {"calibration": None}).calibration is False
     assert load_serve_config(None, {}).calibration is True
     with pytest.raises(DopdError):

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+from dopd.control.policies.base import AddInstance, RemoveInstance
 from dopd.engine.model import SamplingParams
 from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.config import ServeConfig
@@ -15,8 +16,7 @@ from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher
 from dopd.serve.engines import EngineSpec
 from dopd.serve.metrics import ServeMetrics
-from dopd.serve.server import build_policy
-from dopd.sim.policy import AddInstance, RemoveInstance
+from dopd.serve.runtime import build_policy
 from dopd.types import InstanceState, Role
 
 SPEC = EngineSpec(model="dopd-tiny", role=Role.DECODE, mode="emulated", step_time_scale=0.0)

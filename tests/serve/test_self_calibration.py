@@ -18,7 +18,7 @@ from dopd.errors import DopdError
 from dopd.perf.chunked import ChunkedLatencyModel
 from dopd.serve.config import ServeConfig
 from dopd.serve.engines import EngineSpec, build_engine
-from dopd.serve.live_calibration import LiveCalibration, build_belief
+from dopd.serve.live_calibration import LiveCalibration, build_live_belief
 from dopd.serve.live_routing import live_router
 from dopd.serve.self_calibration import fit_from_document, load_fit, save_fit
 from dopd.types import RequestOutcome, RequestState, Role
@@ -47,7 +47,7 @@ def test_router_predicts_held_back_shapes_within_15_percent() -> None:
     for _ in range(ATTEMPTS):
         result = profile_engine(engine, grid, wall=True)
         fit = fit_from_document(profile_document(result, {"device": "cpu"}), "measured")
-        belief = build_belief(config)
+        belief = build_live_belief(config)
         LiveCalibration.of(config, belief).use_fit(fit, "fitted", "self-calibration")
         latency = live_router(config, "length-aware", belief=belief).context.latency
         held = result.held_back_steps
@@ -103,7 +103,7 @@ def test_config_and_options(capsys: pytest.CaptureFixture[str]) -> None:
         assert code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
-    off = LiveCalibration.of(ServeConfig(mode="emulated"), build_belief(ServeConfig()))
+    off = LiveCalibration.of(ServeConfig(mode="emulated"), build_live_belief(ServeConfig()))
     assert off.view().self_calibration["status"] == "off"
 
 
@@ -116,14 +116,14 @@ def test_emulated_mode_takes_the_calibration_as_its_model(tmp_path: Path) -> Non
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(document))
     config = ServeConfig(mode="emulated", calibration_file=str(path))
-    belief = build_belief(config)
+    belief = build_live_belief(config)
     assert isinstance(belief.base, ChunkedLatencyModel)
     assert belief.step_time(0, 0, 0, 1, 0) == pytest.approx((2.0 + 0.05 + 0.001) / 1e3)
 
 
 def test_predicted_ttft_is_recorded_per_request() -> None:
     config = ServeConfig(mode="emulated")
-    calib = LiveCalibration.of(config, build_belief(config))
+    calib = LiveCalibration.of(config, build_live_belief(config))
     for rid, (predicted, observed) in enumerate([(0.1, 0.1), (0.2, 0.1), (0.05, 0.1)]):
         calib.on_done(None, RequestOutcome(rid, 10.0, 64, 8, RequestState.FINISHED,
                                            10.0 + observed, 11.0, predicted_ttft_s=predicted))

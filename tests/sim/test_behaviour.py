@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sim_workloads import merge, poisson_columns
 
-from dopd.bench.metrics import summarize_result
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO

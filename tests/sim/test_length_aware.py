@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sim_workloads import merge, poisson_columns
 
+from dopd.control.policies.base import Action, ClusterPolicy, ClusterView, SwitchRole
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.cluster import SimCluster
-from dopd.sim.policy import Action, ClusterPolicy, ClusterView, SwitchRole
 from dopd.sim.runner import build_cluster, collect_result
 from dopd.types import SLO, InstanceState, RequestState, Role
 from dopd.workload import Workload

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from sim_workloads import poisson_workload
 
-from dopd.errors import DopdError
-from dopd.sim.api import SimConfig
-from dopd.sim.policy import (
+from dopd.control.policies.base import (
     Action,
     AddInstance,
     ClusterPolicy,
@@ -18,6 +16,8 @@ from dopd.sim.policy import (
     RemoveInstance,
     SwitchRole,
 )
+from dopd.errors import DopdError
+from dopd.sim.api import SimConfig
 from dopd.sim.runner import build_cluster, collect_result, run_simulation
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 

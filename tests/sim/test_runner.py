@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sim_workloads import poisson_workload
 
+from dopd.control.policies.base import POLICIES, ClusterPolicy, PolicyContext, load_policies
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
-from dopd.sim.policy import POLICIES, ClusterPolicy, PolicyContext, load_policies
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO, Role
 

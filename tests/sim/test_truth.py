@@ -12,13 +12,13 @@ import pytest
 from sim_workloads import poisson_workload
 
 from dopd.control.calibration import CalibratedLatency
+from dopd.control.cluster_models import build_models
 from dopd.engine.plan import DecodeRun
 from dopd.errors import DopdError
 from dopd.perf import build_latency_model
 from dopd.sim.api import SimConfig, TruthSpec
-from dopd.sim.models import build_models
 from dopd.sim.runner import build_cluster, collect_result, run_simulation
-from dopd.sim.truth import HardwareTruth
+from dopd.sim.truth import HardwareTruth, truth_latency_model
 from dopd.types import SLO
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.1, attainment=0.9)
@@ -70,10 +70,10 @@ def test_truth_from_another_source() -> None:
     config = SimConfig(truth=TruthSpec(truth_calibration="preset:legacy2023"))
     models = build_models(config)
     t_belief = models.latency.step_time(1000, 1_000_000, 1, 0, 0)
-    t_truth = models.truth_latency.step_time(1000, 1_000_000, 1, 0, 0)
+    t_truth = truth_latency_model(config).step_time(1000, 1_000_000, 1, 0, 0)
     assert t_truth != pytest.approx(t_belief, rel=0.02)
     with pytest.raises(DopdError):
-        build_models(SimConfig(truth=TruthSpec(truth_calibration="preset:nosuch")))
+        truth_latency_model(SimConfig(truth=TruthSpec(truth_calibration="preset:nosuch")))
 
 
 # ---------------------------------------------------------------------------------- isolation
@@ -109,8 +109,7 @@ def test_the_control_plane_cannot_reach_the_truth(policy: str, router: str) -> N
     config = SimConfig(router=router, truth=truth_spec)
     cluster = build_cluster(workload(200), config, policy, SLO_, seed=1)
     cluster.run()
-    forbidden = {id(cluster.truth), id(cluster.truth.model), id(cluster.truth.runner),
-                 id(cluster.models.truth_latency)}
+    forbidden = {id(cluster.truth), id(cluster.truth.model), id(cluster.truth.runner)}
     assert forbidden <= {id(o) for o in _reachable(cluster)}  # the walk does find them
     for root in (cluster.policy, cluster.router):
         held = list(_reachable(root))

@@ -1,7 +1,7 @@
 """Benchmarking: SLO metrics of a run and the max-goodput search."""
 
 from dopd.bench.goodput import MaxGoodputResult, max_goodput
-from dopd.bench.metrics import (
+from dopd.metrics.summary import (
     MetricsSummary,
     RequestLatencies,
     goodput_duration,

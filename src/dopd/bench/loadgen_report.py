@@ -29,7 +29,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dopd.bench.loadgen import LoadResult
-from dopd.bench.metrics import MetricsSummary
 from dopd.bench.plots import plot_latency_cdfs, save_figure
 from dopd.bench.report import (
     request_columns,
@@ -39,7 +38,9 @@ from dopd.bench.report import (
     write_json,
     write_timeline_csv,
 )
-from dopd.config import RunConfig, write_resolved
+from dopd.config import write_resolved
+from dopd.metrics.summary import MetricsSummary
+from dopd.sim.run_config import RunConfig
 from dopd.types import SLO, RequestState
 from dopd.workload import Workload
 

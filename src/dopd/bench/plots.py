@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from dopd.bench.percentiles import honest_latencies, unreached_share
 from dopd.bench.plot_style import (
     draw_order,
     log_seconds_axis,
@@ -30,6 +29,7 @@ from dopd.bench.plot_style import (
     same_as_labels,
 )
 from dopd.bench.report import request_columns
+from dopd.metrics.percentiles import honest_latencies, unreached_share
 from dopd.sim.api import SimResult
 from dopd.types import SLO
 
@@ -139,7 +139,7 @@ def latency_curves(result: SimResult) -> dict[str, tuple[np.ndarray, np.ndarray,
 def latency_cdfs_figure(results: Mapping[str, SimResult], slo: SLO | None = None) -> Figure:
     """TTFT (s) and TPOT (ms) CDFs across policies, log scale, SLO targets as dashed lines.
 
-    Each curve is over the population of the honest percentiles (``dopd.bench.percentiles``):
+    Each curve is over the population of the honest percentiles (``dopd.metrics.percentiles``):
     TTFT over all requests, TPOT over the multi-token requests that got their first token. A
     request that never got there (rejected, aborted, unfinished) has no point, so the curve tops
     out below 1; a dotted line carries that top to the right edge and the legend gives the share

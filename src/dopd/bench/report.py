@@ -1,6 +1,6 @@
 """Result reports: JSON and CSV writers and rich comparison tables.
 
-Everything here is presentation: the numbers come from ``dopd.bench.metrics`` and the simulator.
+Everything here is presentation: the numbers come from ``dopd.metrics.summary`` and the simulator.
 JSON output is strict (no NaN/Infinity: missing values and missed percentiles, ``math.inf`` in
 memory, are written as ``null``). Tables show a missed percentile as :data:`MISS` and an
 undefined value as ``-``.
@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from dopd.bench.metrics import MetricsSummary
+from dopd.metrics.summary import MetricsSummary
 from dopd.sim.api import SimResult, Timeline
 from dopd.types import RequestState
 
@@ -53,7 +53,8 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 """(record key, column header, format) of the comparison table; ``pct`` shows a fraction as a
 percentage, ``ms`` shows seconds as milliseconds. Keys absent from every record are skipped.
-The percentiles are honest (``dopd.bench.percentiles``), so the rejected share sits beside them."""
+The percentiles are honest (``dopd.metrics.percentiles``), so the rejected share sits beside
+them."""
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "request_id",

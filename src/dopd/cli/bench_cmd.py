@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from dopd.bench.metrics import summarize_result
 from dopd.bench.report import print_comparison
 from dopd.cli.checks import check_output_dir, check_output_file, emit_json, json_to_stdout
 from dopd.cli.common import (
@@ -36,8 +35,10 @@ from dopd.cli.common import (
     config_from_args,
     progress_bar,
 )
-from dopd.config import RunConfig, write_resolved
+from dopd.config import write_resolved
 from dopd.errors import require
+from dopd.metrics.summary import summarize_result
+from dopd.sim.run_config import RunConfig
 from dopd.types import RequestState
 from dopd.workload import Workload
 

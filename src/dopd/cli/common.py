@@ -31,10 +31,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dopd.cli.checks import add_json_option
-from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, WorkloadConfig, load_run_config
+from dopd.control.routing.router import load_routers
 from dopd.errors import require
 from dopd.perf import get_model
-from dopd.sim.routing import ROUTERS
+from dopd.sim.run_config import (
+    DEFAULT_SYNTHETIC_REQUESTS,
+    RunConfig,
+    WorkloadConfig,
+    load_run_config,
+)
 from dopd.workload import (
     ARRIVALS,
     LENGTHS,
@@ -126,7 +131,7 @@ def add_cluster_options(parser: argparse.ArgumentParser, instances: bool = True)
                    f"(default {c.kv_mem_util})")
     g.add_argument("--router", default=None, metavar="SPEC",
                    help=f"request router: auto (the policy's own), or a name from "
-                   f"{', '.join(ROUTERS.names())}, with options as NAME:KEY=VALUE,... "
+                   f"{', '.join(load_routers().names())}, with options as NAME:KEY=VALUE,... "
                    f"(e.g. length-aware:bypass=off,admit_k=2) (default {c.router})")
     if instances:
         g.add_argument("--instances", type=int, default=None, metavar="N",

@@ -63,7 +63,7 @@ def run_generalize_cmd(args: argparse.Namespace, workers: int, realism: Realism,
     out = check_output_dir(str(out_given))
     try:
         scenarios = _scenarios(args)
-        from dopd.sim.policy import load_policies
+        from dopd.control.policies.base import load_policies
 
         family = args.proposed.partition(":")[0].strip()
         require(family in load_policies(), f"policy {args.proposed!r} is not registered")

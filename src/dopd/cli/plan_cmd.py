@@ -32,9 +32,9 @@ from dopd.cli.common import (
     build_workload,
     config_from_args,
 )
-from dopd.config import RunConfig
 from dopd.control.ratio import InstanceModel, PDPlan, SolverConfig, WorkloadStats, solve
 from dopd.errors import require
+from dopd.sim.run_config import RunConfig
 
 DESCRIPTION = """\
 Recommend how many prefill and decode instances a workload needs to meet its SLO, with the
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.json)
     cfg = config_from_args(args)
     stats = load_stats(args, cfg)
-    inst = InstanceModel.from_sim_config(cfg.cluster)
+    inst = InstanceModel.from_cluster_config(cfg.cluster)
     config = SolverConfig(variance_term=not args.no_variance_term,
                           max_instances=args.max_instances)
     plan = solve(stats, inst, cfg.slo, args.instances, config=config)

@@ -10,7 +10,7 @@ The JSON (``--json``, ``results.json``) is an object keyed by policy spec as giv
 there counts as infinitely late, and a percentile that lands on one is a miss, written null; null
 also when no request has the value), ``{ttft,tpot,e2e}_unreached_share`` (share of each metric's
 requests counted infinite), ``{ttft,tpot,e2e}_{p50,p90,p99}_served`` (over the requests that have
-the value; see ``dopd.bench.percentiles``), ``gpu_seconds``, ``switches``,
+the value; see ``dopd.metrics.percentiles``), ``gpu_seconds``, ``switches``,
 ``kv_bytes_moved``, ``sim_end_s``, ``events``, ``wall_s``; with ``--max-goodput`` also
 ``max_goodput_rps`` (rate scale found x the workload's mean arrival rate),
 ``max_goodput_rps_per_gpu`` (over the instance budget's GPUs), ``max_goodput_rate_scale``,
@@ -31,7 +31,6 @@ from typing import Any
 from rich.console import Console
 
 from dopd.bench.goodput import MaxGoodputResult, max_goodput
-from dopd.bench.metrics import MetricsSummary, summarize_result
 from dopd.bench.report import (
     comparison_table,
     safe_name,
@@ -65,12 +64,14 @@ from dopd.cli.common import (
     parse_list,
     progress_bar,
 )
-from dopd.config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, load_run_config, write_resolved
+from dopd.config import write_resolved
+from dopd.control.cluster_models import build_models
 from dopd.control.manager.decisions import write_jsonl
+from dopd.control.policies.base import PolicyContext, make_policy
+from dopd.metrics.summary import MetricsSummary, summarize_result
 from dopd.perf import build_latency_model
 from dopd.sim.api import SimResult
-from dopd.sim.models import build_models
-from dopd.sim.policy import PolicyContext, make_policy
+from dopd.sim.run_config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, load_run_config
 from dopd.sim.runner import run_simulation
 from dopd.workload import Workload
 

@@ -4,8 +4,8 @@ request bookkeeping these read)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from typing import Any, Protocol
 
 from dopd.engine.model import SamplingParams
 from dopd.engine.plan import FinishReason
@@ -13,16 +13,30 @@ from dopd.engine.request_state import Completion, RequestOutput
 from dopd.errors import require
 from dopd.types import Role
 
-if TYPE_CHECKING:
-    from dopd.engine.llm_engine import LLMEngine
-
 Prompt = str | Sequence[int]
+
+
+class SteppedEngine(Protocol):
+    """What these conveniences need of the engine that inherits them."""
+
+    role: Role
+    records: Mapping[int, Any]
+    pending: Sized
+    last_plan: object | None
+
+    def has_unfinished(self) -> bool: ...
+
+    def step(self) -> list[RequestOutput]: ...
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int: ...
+
+    def iter_outputs(self) -> Iterator[RequestOutput]: ...
 
 
 class BlockingCalls:
     """``iter_outputs``, ``generate`` and ``stream`` for one caller driving the engine."""
 
-    def iter_outputs(self: LLMEngine) -> Iterator[RequestOutput]:
+    def iter_outputs(self: SteppedEngine) -> Iterator[RequestOutput]:
         """Step until no request is unfinished, yielding every output (held KV is not waited
         for; pending KV imports are, until they arrive or time out)."""
         while self.has_unfinished():
@@ -32,7 +46,7 @@ class BlockingCalls:
             yield from outputs
 
     def generate(
-        self: LLMEngine, prompts: Sequence[Prompt],
+        self: SteppedEngine, prompts: Sequence[Prompt],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[Completion]:
         """Run ``prompts`` (batched together, with the engine's other requests) to completion.
@@ -61,8 +75,8 @@ class BlockingCalls:
         return [Completion(rid, prompt_ids[rid], tuple(tokens[rid]), "".join(texts[rid]),
                            reasons.get(rid)) for rid in rids]
 
-    def stream(self: LLMEngine, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[
-            RequestOutput]:
+    def stream(self: SteppedEngine, prompt: Prompt,
+               params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Run one prompt on an otherwise idle engine, yielding its outputs as they come."""
         require(self.role != Role.PREFILL, "a prefill engine hands requests off; use step()")
         require(not self.records, "stream() needs an idle engine; use step() for several requests")

@@ -5,7 +5,7 @@ Reference ("best of the baselines"), per metric: the highest max goodput, the lo
 the lowest P90 TPOT and the highest attainment among the baselines at the comparison load.
 Changes are relative: ``ttft_change = -0.5`` means a P90 TTFT half the reference's.
 
-P90s are honest (``dopd.bench.percentiles``): a rejected or unfinished request counts as
+P90s are honest (``dopd.metrics.percentiles``): a rejected or unfinished request counts as
 infinitely late, and a P90 that lands on one is a miss, ``math.inf`` (``null`` in JSON). A miss
 ranks behind every finite value; its change against a finite reference is ``inf``, and any
 change against a missed reference is None. The served-only P90s are kept as ``*_served``.
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dopd.bench.metrics import summarize_result
+from dopd.control.cluster_models import build_models
 from dopd.experiments.runner import ExperimentResult
 from dopd.experiments.sources import clipped_share
 from dopd.experiments.suite import Scenario, Suite
 from dopd.experiments.tasks import CompareOutcome, Misses, SearchOutcome
-from dopd.sim.models import build_models
+from dopd.metrics.summary import summarize_result
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dopd.bench.metrics import summarize_result
+from dopd.control.cluster_models import build_models
 from dopd.errors import require
 from dopd.experiments.tasks import Misses
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, SimResult
-from dopd.sim.models import build_models
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO, RequestState
 from dopd.workload import Workload

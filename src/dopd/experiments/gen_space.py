@@ -47,13 +47,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dopd.control.cluster_models import build_models
 from dopd.data import TRACES_DIR
 from dopd.errors import require
 from dopd.experiments.sources import _trace, resolve, synthetic_lengths
 from dopd.experiments.suite import Scenario, Source, SyntheticSource, TraceSource
 from dopd.perf.models import get_model
 from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
 from dopd.types import SLO
 
 FAMILIES = ("trace", "lognormal", "bimodal", "beyond-context", "sharegpt")

@@ -10,8 +10,7 @@ from typing import Any
 
 import ray
 
-from dopd.experiments.runner import Reporter, stable_order
-from dopd.experiments.tasks import Outcome, Task, run_task
+from dopd.experiments.tasks import Outcome, Reporter, Task, run_task, stable_order
 from dopd.serve.ray_connect import connect
 
 WAIT_S = 0.25

@@ -14,11 +14,13 @@ import multiprocessing
 import os
 import queue
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dopd.control.cluster_models import build_models
+from dopd.control.policies.base import HindsightSearch, PolicyContext, load_policies, make_policy
 from dopd.errors import require
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suite import Suite
@@ -26,13 +28,13 @@ from dopd.experiments.tasks import (
     CompareOutcome,
     CompareTask,
     Outcome,
+    Reporter,
     SearchOutcome,
     SearchTask,
     Task,
     run_task,
+    stable_order,
 )
-from dopd.sim.models import build_models
-from dopd.sim.policy import HindsightSearch, PolicyContext, load_policies, make_policy
 
 Key = tuple[str, str]
 
@@ -53,20 +55,6 @@ class ExperimentResult:
     skipped: tuple[str, ...]
     workers: int
     wall_s: float
-
-
-class Reporter:
-    """Receives progress: :meth:`task_done` after each task, :meth:`probe` after each
-    simulation. The base class ignores both."""
-
-    def start(self, total_tasks: int) -> None:
-        """Called once, with the number of tasks (searches and comparison runs)."""
-
-    def probe(self, line: str) -> None:
-        """One simulation finished (a search step or a comparison run)."""
-
-    def task_done(self, done: int, total: int, line: str) -> None:
-        """A task finished; ``done`` of ``total`` are finished now."""
 
 
 def registered(spec: str) -> bool:
@@ -262,11 +250,6 @@ class _Pool:
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
         self._manager.shutdown()
-
-
-def stable_order(outcomes: Iterable[Outcome]) -> list[Outcome]:
-    """Outcomes finished together, sorted by key so the reporter sees a stable order."""
-    return sorted(outcomes, key=lambda o: (o.scenario, o.policy, type(o).__name__))
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 
-from dopd.config import GoodputSearch
 from dopd.errors import DopdError, require
 from dopd.sim.api import SimConfig
+from dopd.sim.run_config import GoodputSearch
 from dopd.types import SLO
 
 

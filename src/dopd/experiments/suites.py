@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dopd.config import GoodputSearch
 from dopd.errors import require
 from dopd.experiments.suite import Scenario, Source, Suite, SyntheticSource, TraceSource
 from dopd.registry import Registry
 from dopd.sim.api import SimConfig
+from dopd.sim.run_config import GoodputSearch
 from dopd.types import SLO
 
 AZURE_CONV = TraceSource("azure-conv")

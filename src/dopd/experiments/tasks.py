@@ -8,18 +8,18 @@ never on which process runs it or in what order, so results do not depend on the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dopd.bench.goodput import MaxGoodputResult, max_goodput
-from dopd.bench.metrics import request_latencies, summarize_result
-from dopd.config import GoodputSearch
 from dopd.experiments.sources import offered_rate, scenario_workload
 from dopd.experiments.suite import Scenario
+from dopd.metrics.summary import request_latencies, summarize_result
 from dopd.sim.api import SimResult
+from dopd.sim.run_config import GoodputSearch
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO, RequestState
 
@@ -204,3 +204,22 @@ def run_task(task: Task, on_probe: ProbeFn | None = None) -> Outcome:
     if isinstance(task, CompareTask):
         return run_compare(task, on_probe)
     return task.execute(on_probe)  # type: ignore[no-any-return]
+
+
+class Reporter:
+    """Receives progress: :meth:`task_done` after each task, :meth:`probe` after each
+    simulation. The base class ignores both."""
+
+    def start(self, total_tasks: int) -> None:
+        """Called once, with the number of tasks (searches and comparison runs)."""
+
+    def probe(self, line: str) -> None:
+        """One simulation finished (a search step or a comparison run)."""
+
+    def task_done(self, done: int, total: int, line: str) -> None:
+        """A task finished; ``done`` of ``total`` are finished now."""
+
+
+def stable_order(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """Outcomes finished together, sorted by key so the reporter sees a stable order."""
+    return sorted(outcomes, key=lambda o: (o.scenario, o.policy, type(o).__name__))

@@ -43,7 +43,7 @@ from dopd.serve.errors import ServeError
 from dopd.serve.insight import latest_forecast, latest_plan
 from dopd.serve.live_routing import router_label
 from dopd.serve.metrics import CONTENT_TYPE
-from dopd.serve.server import ServeRuntime
+from dopd.serve.runtime import ServeRuntime
 from dopd.types import InstanceState, Role
 
 _HOT = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat

@@ -109,7 +109,7 @@ async def _watch(receive: Receive, queue: asyncio.Queue[Event]) -> None:
 
 
 class CompletionsHandler:
-    """Serves the completion endpoints of ``runtime`` (a :class:`~dopd.serve.server.
+    """Serves the completion endpoints of ``runtime`` (a :class:`~dopd.serve.runtime.
     ServeRuntime`); see the module docstring."""
 
     def __init__(self, runtime: Any) -> None:

@@ -30,7 +30,7 @@ class ServeConfig:
 
     ``model`` is ``dopd-tiny`` or a local checkpoint folder (emulated workers still load it for
     the tokenizer and KV layout). ``policy`` is a cluster-policy spec of
-    :data:`dopd.sim.policy.POLICIES` (``colocated``, ``static:P:D``, ``dopd`` ...). In
+    :data:`dopd.control.policies.base.POLICIES` (``colocated``, ``static:P:D``, ``dopd`` ...). In
     ``emulated`` mode each step sleeps ``step_time_scale`` times the time that the latency model
     of ``perf_model`` on ``gpu`` predicts (0: steps take no time). ``kv_timeout_s`` bounds the
     wait of a decode worker for its KV before it recomputes the prompt; ``kv_lease_s`` how long
@@ -42,7 +42,7 @@ class ServeConfig:
     with ZMQ CURVE (:mod:`dopd.serve.channel_auth`); ``kv_auth`` ``hmac`` authenticates the KV
     sockets with an HMAC per message instead (no encryption, full bandwidth), ``auto`` takes
     ``hmac`` when every KV socket binds loopback and ``curve`` when KV crosses a network
-    (:func:`dopd.serve.server.resolve_kv_auth`). ``ray_insecure``
+    (:func:`dopd.serve.runtime.resolve_kv_auth`). ``ray_insecure``
     starts a local Ray instance without Ray's token authentication (see
     :mod:`dopd.serve.ray_connect`).
     ``backend`` ``local`` runs workers as processes here; ``ray`` runs each as a Ray actor
@@ -53,7 +53,7 @@ class ServeConfig:
     workers (``auto``: one GPU each, round robin over the visible GPUs, else the CPU; see
     :func:`dopd.serve.engines.resolve_device`) in ``dtype`` (None: bfloat16 or float16 on a
     GPU, float32 on the CPU).
-    ``router`` places requests: a router spec of :data:`dopd.sim.routing.ROUTERS`
+    ``router`` places requests: a router spec of :data:`dopd.control.routing.router.ROUTERS`
     (``least-loaded``, ``length-aware:admit=off`` ...) or ``auto``, the policy's own, as in
     ``dopd simulate``; its latency predictions come from ``perf_model`` on ``gpu``.
     ``kv_cache_mb`` (MiB of the loaded model's KV), ``max_num_seqs`` and ``max_batched_tokens``

@@ -1,7 +1,9 @@
 """The live controller: drives a cluster policy on the wall clock and switches roles live.
 
-The policy objects are those of the simulator (:mod:`dopd.sim.policy`): every ``tick_s`` the
-controller builds a :class:`~dopd.sim.policy.ClusterView` from the workers' latest stats and the
+The policy objects are those of the simulator (:mod:`dopd.control.policies.base`): every ``tick_s``
+the
+controller builds a :class:`~dopd.control.policies.base.ClusterView` from the workers' latest stats
+and the
 dispatcher's placements, calls ``on_tick`` (when the policy wants ticks) and applies the
 actions; arrivals and outcomes are forwarded to the policy's hooks. A role switch (from the
 policy or :meth:`Controller.switch`, the admin endpoint) is ACTIVE -> DRAINING (no new work of
@@ -30,14 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dopd.errors import DopdError
-from dopd.serve.cluster import InstanceHandle
-from dopd.serve.dispatch import Dispatcher, Observer, Tracked
-from dopd.serve.errors import ServeError
-from dopd.serve.insight import latest_forecast, plan_view, policy_log
-from dopd.serve.metrics import ServeMetrics
-from dopd.serve.outcomes import OutcomeLog
-from dopd.sim.policy import (
+from dopd.control.policies.base import (
     Action,
     AddInstance,
     ClusterPolicy,
@@ -46,6 +41,13 @@ from dopd.sim.policy import (
     RemoveInstance,
     SwitchRole,
 )
+from dopd.errors import DopdError
+from dopd.serve.cluster import InstanceHandle
+from dopd.serve.dispatch import Dispatcher, Observer, Tracked
+from dopd.serve.errors import ServeError
+from dopd.serve.insight import latest_forecast, plan_view, policy_log
+from dopd.serve.metrics import ServeMetrics
+from dopd.serve.outcomes import OutcomeLog
 from dopd.types import SLO, InstanceState, RequestOutcome, RequestState, Role
 
 HISTORY_LEN = 900

@@ -1,6 +1,7 @@
 """The request dispatcher of the front end: placement, P/D hand-off relay and request tracking.
 
-Placement is the simulator's router (:mod:`dopd.sim.routing`, reading each instance through the
+Placement is the simulator's router (:mod:`dopd.control.routing.router`, reading each instance
+through the
 front end's :class:`~dopd.serve.live_routing.InstanceBook`). :meth:`Dispatcher.submit` asks it
 where a tokenized request goes: a PREFILL instance (disaggregated; the decode instance is chosen
 by the router when the prompt is done, with the loads of that time), a MIXED instance, or a
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dopd.control.routing.router import Router
 from dopd.engine.model import SamplingParams
 from dopd.engine.sequence import SchedulerConfig
 from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
@@ -47,7 +49,6 @@ from dopd.serve.config import ServeConfig
 from dopd.serve.errors import ServeError
 from dopd.serve.live_routing import InstanceBook, live_router, routables
 from dopd.serve.wire import params_to_wire
-from dopd.sim.routing import Router
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 POISON_LOSSES = 3

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dopd.control.cluster_config import ClusterConfig
+from dopd.control.cluster_models import build_models
 from dopd.engine.engine_options import EngineOptions
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import ModelConfig, Tokenizer, check_stop, load_model
@@ -34,11 +36,9 @@ from dopd.engine.runner import StepTimeModel
 from dopd.engine.sequence import SchedulerConfig
 from dopd.engine.threads import approx_params, available_cores, default_threads
 from dopd.errors import require
+from dopd.kv.modeled_link import TransferNetwork
 from dopd.perf.hardware import GiB
 from dopd.perf.transfer import KVTransferModel
-from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
-from dopd.sim.transfer import TransferNetwork
 from dopd.types import Role
 
 _FIRST, _SPAN = 97, 26  # emulated tokens are the bytes 'a'..'z'
@@ -121,7 +121,8 @@ class EngineSpec:
     """How a worker builds its engine (plain data: it crosses the process boundary).
 
     ``perf_model``/``gpu``/``preset`` (or ``calibration`` / ``profile``, as in
-    :class:`~dopd.sim.api.SimConfig`) select the latency model of emulated mode, and with
+    :class:`~dopd.control.cluster_config.ClusterConfig`) select the latency model of emulated mode,
+    and with
     ``kv_mem_util`` and ``kv_link`` its sizing and KV link (see :func:`engine_limits`).
     ``kv_cache_mb``, ``max_num_seqs`` and ``max_batched_tokens`` left None take the real
     defaults (64 MiB, 64, 2048) in real mode and the simulator's figures in emulated mode.
@@ -182,10 +183,10 @@ class EngineLimits:
     capped: bool = False
 
 
-def sim_config_of(spec: EngineSpec) -> SimConfig:
+def sim_config_of(spec: EngineSpec) -> ClusterConfig:
     """The simulator's configuration of one instance like the emulated ``spec``."""
-    base = SimConfig()
-    return SimConfig(
+    base = ClusterConfig()
+    return ClusterConfig(
         model=spec.perf_model, gpu=spec.gpu, preset=spec.preset, instances=1,
         calibration=spec.calibration, profile=spec.profile,
         kv_mem_util=spec.kv_mem_util, kv_link=spec.kv_link,
@@ -198,7 +199,7 @@ def engine_limits(spec: EngineSpec, kv_bytes_per_block: int) -> EngineLimits:
     """KV blocks and batch limits of the engine ``spec`` describes.
 
     Real mode: the given values, else 64 MiB, 64 requests, 2048 tokens. Emulated mode: what
-    ``dopd simulate`` uses for an instance of ``perf_model`` on ``gpu`` (``SimConfig``
+    ``dopd simulate`` uses for an instance of ``perf_model`` on ``gpu`` (``ClusterConfig``
     defaults for the token budget and request cap; KV blocks from the latency model's KV
     capacity at ``kv_mem_util``), except for values the spec sets. ``kv_bytes_per_block`` is
     the loaded model's KV size per block, for the bound on the lazy cache. DopdError for
@@ -292,7 +293,7 @@ class ModeledLink:
     """When each KV transfer of an emulated sender is done, by the simulator's link model.
 
     Transfers share the sender's bandwidth equally while in flight and arrive ``latency_s``
-    after their last byte (:class:`dopd.sim.transfer.TransferNetwork`, run on the wall clock
+    after their last byte (:class:`dopd.kv.modeled_link.TransferNetwork`, run on the wall clock
     divided by ``scale``); the bytes are the latency model's KV bytes per token times the
     prompt tokens. ``scale`` 0: every transfer is done at once. Times are ``clock()`` seconds.
     """

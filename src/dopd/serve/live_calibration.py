@@ -1,6 +1,6 @@
 """The control plane's learned latency belief in ``dopd serve``.
 
-:func:`build_belief` makes the belief of a deployment: the latency model of ``perf_model`` on
+:func:`build_live_belief` makes the belief of a deployment: the latency model of ``perf_model`` on
 ``gpu`` (in GPU seconds), times ``1 + model_bias``, as a
 :class:`~dopd.control.calibration.CalibratedLatency` that learns unless ``calibration`` is off.
 The same object is the cluster policy's latency model (its solver) and, scaled to the emulated
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dopd.control.calibration import KINDS, CalibratedLatency, CalibrationConfig
+from dopd.control.cluster_config import ClusterConfig
+from dopd.control.cluster_models import build_models
 from dopd.perf.base import LatencyModel
 from dopd.serve.config import ServeConfig
 from dopd.serve.dispatch import Observer
 from dopd.serve.self_calibration import CalibrationFit, SelfCalibration
 from dopd.serve.step_samples import StepSample
-from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
 from dopd.types import RequestOutcome
 
 ERROR_ALPHA = 0.05
@@ -54,13 +54,13 @@ TTFT_KEPT = 1024
 def base_latency(config: ServeConfig) -> LatencyModel:
     """The configured latency model of ``config`` (GPU seconds), as ``dopd simulate`` builds
     it."""
-    sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
+    sim = ClusterConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
                     instances=config.instances, kv_mem_util=config.kv_mem_util,
                     calibration=config.calibration_file, profile=config.profile)
     return build_models(sim).latency
 
 
-def build_belief(config: ServeConfig) -> CalibratedLatency:
+def build_live_belief(config: ServeConfig) -> CalibratedLatency:
     """The belief of ``config`` (see the module docstring)."""
     learn = CalibrationConfig() if config.calibration else None
     return CalibratedLatency(base_latency(config), 1.0 + config.model_bias, learn)

@@ -1,7 +1,9 @@
-"""Live routing: the simulator's routers (:mod:`dopd.sim.routing`) placing ``dopd serve``'s
+"""Live routing: the simulator's routers (:mod:`dopd.control.routing.router`) placing ``dopd
+serve``'s
 requests.
 
-A router reads instances through :class:`~dopd.sim.routing.Routable`: the scheduler's running
+A router reads instances through :class:`~dopd.control.routing.router.Routable`: the scheduler's
+running
 sums (prompts queued for prefill, decode batch and context, KV blocks, final KV), the hand-offs
 on their way, and when the step in progress ends. Here an :class:`InstanceBook` keeps those sums
 for one worker from what the front end itself sends and hears (submits, first tokens, output
@@ -23,12 +25,12 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from dopd.control.calibration import CalibratedLatency
+from dopd.control.cluster_config import ClusterConfig
+from dopd.control.cluster_models import build_models
+from dopd.control.routing.router import Routable, Router, RouterContext, make_router
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.config import ServeConfig
-from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
-from dopd.sim.routing import Routable, Router, RouterContext, make_router
 from dopd.types import SLO, Role
 
 MIN_SCALE = 1e-3
@@ -92,7 +94,7 @@ def live_router(config: ServeConfig, policy_router: str = "least-loaded",
     ``gpu``), predicting with ``belief`` (the deployment's learned latency model, see
     :mod:`dopd.serve.live_calibration`; None: the configured model) scaled to the wall clock.
     DopdError for a bad spec."""
-    sim = SimConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
+    sim = ClusterConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
                     kv_mem_util=config.kv_mem_util)
     models = build_models(sim)
     scale = config.step_time_scale if config.mode == "emulated" else 1.0
@@ -126,7 +128,8 @@ class BookBlocks:
 
 
 class InstanceBook:
-    """The front end's account of one instance (a :class:`~dopd.sim.routing.Routable`, and its
+    """The front end's account of one instance (a :class:`~dopd.control.routing.router.Routable`,
+    and its
     own ``sched``). Request states: *waiting* (submitted, no first token yet), *decoding*
     (context tokens known from the output counts), *held* (a prefilled prompt's KV kept for a
     hand-off), *pending* (a hand-off on its way here). Each request is in at most one state on
@@ -302,6 +305,7 @@ class InstanceBook:
 
 def routables(books: Sequence[InstanceBook]) -> Sequence[Routable]:
     """``books`` as the routers' candidate type (an :class:`InstanceBook` reads as a
-    :class:`~dopd.sim.routing.Routable`; its ``pending`` is a dict, of which routers take the
+    :class:`~dopd.control.routing.router.Routable`; its ``pending`` is a dict, of which routers
+    take the
     length)."""
     return cast(Sequence[Routable], books)

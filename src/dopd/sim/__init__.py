@@ -2,8 +2,8 @@
 
 Entry point: :func:`dopd.sim.runner.run_simulation` (also importable from here), taking a
 :class:`~dopd.sim.api.SimConfig` and returning a :class:`~dopd.sim.api.SimResult`. Cluster
-policies plug in through :data:`dopd.sim.policy.POLICIES`, routers through
-:data:`dopd.sim.routing.ROUTERS`.
+policies plug in through :data:`dopd.control.policies.base.POLICIES`, routers through
+:data:`dopd.control.routing.router.ROUTERS`.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ is the one entry point that the CLI, the experiment harness and the benchmarks c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from dopd.control.cluster_config import ClusterConfig
 from dopd.errors import require
 
 
@@ -63,57 +63,16 @@ class TruthSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class SimConfig:
-    """Cluster, hardware and engine settings of one simulated run.
+class SimConfig(ClusterConfig):
+    """One simulated run's settings: the cluster the control plane plans with
+    (:class:`~dopd.control.cluster_config.ClusterConfig`) plus how the simulated hardware
+    differs from it (``truth``), which the control plane never sees."""
 
-    ``instances`` is the instance budget (each instance = ``tp`` GPUs). ``calibration`` is a
-    built-in calibration name or a path (see ``dopd.perf``); ``profile`` a shipped operator
-    profile (``vidur-a100``) or a profile folder; with neither, the roofline ``preset``.
-    ``router`` names a routing policy of ``dopd.sim.routing.ROUTERS``; ``"auto"`` uses the
-    cluster policy's own choice.
-    """
-
-    model: str = "llama-3-8b"
-    gpu: str = "a100-80gb"
-    tp: int = 1
-    preset: str = "modern"
-    calibration: str | None = None
-    profile: str | None = None
-    instances: int = 8
-    kv_mem_util: float = 0.9
-    block_size: int = 16
-    max_batched_tokens: int = 8192
-    max_num_seqs: int = 256
-    chunked_prefill: bool = True
-    prefill_priority: bool = False
-    kv_link: str = "nic"
-    role_switch_s: float = 1.0
-    cold_start_s: float = 30.0
-    tick_s: float = 1.0
-    timeline_s: float = 1.0
-    router: str = "auto"
     truth: TruthSpec = TruthSpec()
-    online_calibration: bool = True
 
-    def __post_init__(self) -> None:
-        require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
-        require(self.tp >= 1, f"tp must be >= 1, got {self.tp}")
-        require(
-            0 < self.kv_mem_util <= 1,
-            f"KV memory utilisation must be in (0, 1], got {self.kv_mem_util}",
-        )
-        require(self.block_size >= 1, f"block size must be >= 1, got {self.block_size}")
-        require(self.max_batched_tokens >= 1, "max batched tokens must be >= 1")
-        require(self.max_num_seqs >= 1, "max num seqs must be >= 1")
-        require(self.tick_s > 0 and self.timeline_s > 0, "tick and timeline intervals must be > 0")
-
-    @property
-    def gpus(self) -> int:
-        return self.instances * self.tp
-
-    def control_view(self) -> SimConfig:
+    def control_view(self) -> ClusterConfig:
         """This config as the control plane sees it: without the hardware truth."""
-        return self if self.truth == TruthSpec() else dataclasses.replace(self, truth=TruthSpec())
+        return self.cluster_config()
 
 
 @dataclass(frozen=True)

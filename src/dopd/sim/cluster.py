@@ -5,12 +5,13 @@ instance it prefills and decodes in place (first token at the end of its prefill
 ``PREFILL`` instance the completed prompt's KV stays there while the router picks a decode
 instance; the request waits in that instance's hand-off queue until its KV blocks are reserved
 (admission waits for KV memory), then the bytes go over the sender's link
-(:class:`~dopd.sim.transfer.TransferNetwork`) and the prefill instance frees them on arrival.
+(:class:`~dopd.kv.modeled_link.TransferNetwork`) and the prefill instance frees them on arrival.
 The first token reaches the user when the KV (and the token sampled with it) arrives at the
 decode instance, so TTFT includes waiting for decode memory and the transfer (as the DESIGN's
 solver assumes); TPOT runs from there. One-token outputs finish on the prefill instance.
 
-A router that overrides :meth:`~dopd.sim.routing.Router.place` decides each arrival in full: it
+A router that overrides :meth:`~dopd.control.routing.router.Router.place` decides each arrival in
+full: it
 may reject the request (REJECTED, with the router's reason: admission control) or send it to a
 ``DECODE`` instance, which then prefills and decodes it in place with no KV hand-off (bypass).
 The router also sets the instances' scheduler settings (queue order); with a short-first queue,
@@ -35,16 +36,16 @@ from collections import deque
 from collections.abc import Callable
 
 from dopd.control.calibration import CalibratedLatency
+from dopd.control.cluster_models import ClusterModels
+from dopd.control.policies.base import ClusterPolicy
+from dopd.control.routing.router import Router
 from dopd.engine import SchedulerConfig
 from dopd.errors import require
+from dopd.kv.modeled_link import TransferNetwork
 from dopd.sim.api import SimConfig
 from dopd.sim.events import EventQueue, Kind
 from dopd.sim.instance import SimInstance
 from dopd.sim.lifecycle import Lifecycle
-from dopd.sim.models import SimModels
-from dopd.sim.policy import ClusterPolicy
-from dopd.sim.routing import Router
-from dopd.sim.transfer import TransferNetwork
 from dopd.sim.truth import HardwareTruth
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
@@ -61,7 +62,7 @@ class SimCluster(Lifecycle):
     """One simulated run: instances, routing, KV transfers and the event loop (:meth:`run`)."""
 
     def __init__(self, arrival_s: list[float], prompt: list[int], output: list[int],
-                 config: SimConfig, models: SimModels, policy: ClusterPolicy, router: Router,
+                 config: SimConfig, models: ClusterModels, policy: ClusterPolicy, router: Router,
                  truth: HardwareTruth, belief: CalibratedLatency,
                  progress: Callable[[float], None] | None = None) -> None:
         n = len(arrival_s)

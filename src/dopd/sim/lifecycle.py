@@ -18,10 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dopd.errors import DopdError, require
-from dopd.sim.api import Timeline
-from dopd.sim.events import Kind
-from dopd.sim.policy import (
+from dopd.control.policies.base import (
     Action,
     AddInstance,
     ClusterView,
@@ -29,6 +26,9 @@ from dopd.sim.policy import (
     RemoveInstance,
     SwitchRole,
 )
+from dopd.errors import DopdError, require
+from dopd.sim.api import Timeline
+from dopd.sim.events import Kind
 from dopd.types import InstanceState, Role
 
 if TYPE_CHECKING:

@@ -9,14 +9,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dopd.bench.metrics import summarize_result
 from dopd.control.calibration import CalibratedLatency, CalibrationConfig
+from dopd.control.cluster_models import ClusterModels, build_belief, build_models
+from dopd.control.policies.base import ClusterPolicy, HindsightSearch, PolicyContext, make_policy
+from dopd.control.routing.router import RouterContext, make_router
 from dopd.errors import require
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.cluster import SimCluster
-from dopd.sim.models import SimModels, build_belief, build_models, build_truth
-from dopd.sim.policy import ClusterPolicy, HindsightSearch, PolicyContext, make_policy
-from dopd.sim.routing import RouterContext, make_router
+from dopd.sim.truth import build_truth
 from dopd.types import SLO
 from dopd.workload import Workload
 
@@ -34,13 +35,14 @@ def run_simulation(workload: Workload, config: SimConfig, policy: str | ClusterP
 
     Truth and belief: the instances' steps are timed by the hardware truth of ``config.truth``
     (seeded by ``seed``); the policy and the router get :meth:`SimConfig.control_view` and the
-    belief (:func:`~dopd.sim.models.build_belief`), never the truth. A :class:`ClusterPolicy`
+    belief (:func:`~dopd.control.cluster_models.build_belief`), never the truth. A
+    :class:`ClusterPolicy`
     object passed in was built by the caller with whatever model it was given.
     """
     require(isinstance(config, SimConfig), "config must be a SimConfig")
     require(len(workload) >= 1, "workload has no requests")
     models = build_models(config)
-    belief = build_belief(config, models)
+    belief = build_belief(config, models, config.truth.model_bias)
     context = control_context(config, models, belief, slo, seed)
     built = make_policy(policy, context) if isinstance(policy, str) else policy
     require(isinstance(built, (ClusterPolicy, HindsightSearch)),
@@ -50,7 +52,7 @@ def run_simulation(workload: Workload, config: SimConfig, policy: str | ClusterP
     return _run_one(workload, config, models, built, progress, slo, belief, seed)
 
 
-def control_context(config: SimConfig, models: SimModels, belief: CalibratedLatency,
+def control_context(config: SimConfig, models: ClusterModels, belief: CalibratedLatency,
                     slo: SLO | None, seed: int) -> PolicyContext:
     """What a cluster policy of a run gets: the config without the truth, and the belief."""
     return PolicyContext(config.control_view(), belief, slo, seed, models.kv_blocks)
@@ -64,7 +66,7 @@ def build_cluster(workload: Workload, config: SimConfig, policy: str | ClusterPo
     ``cluster.run()`` then :func:`collect_result`. ``calibration``: the belief's settings
     (default :class:`CalibrationConfig`)."""
     models = build_models(config)
-    belief = build_belief(config, models, calibration)
+    belief = build_belief(config, models, config.truth.model_bias, calibration)
     built = policy
     if isinstance(policy, str):
         built = make_policy(policy, control_context(config, models, belief, slo, seed))
@@ -73,17 +75,17 @@ def build_cluster(workload: Workload, config: SimConfig, policy: str | ClusterPo
     return _cluster(workload, config, models, built, progress, slo, belief, seed)
 
 
-def _cluster(workload: Workload, config: SimConfig, models: SimModels, policy: ClusterPolicy,
+def _cluster(workload: Workload, config: SimConfig, models: ClusterModels, policy: ClusterPolicy,
              progress: Callable[[float], None] | None, slo: SLO | None = None,
              belief: CalibratedLatency | None = None, seed: int = 0) -> SimCluster:
     if belief is None:
-        belief = build_belief(config, models)
+        belief = build_belief(config, models, config.truth.model_bias)
     router_name = policy.router if config.router == "auto" else config.router
     router = make_router(router_name, RouterContext.of(config.control_view(), models, slo,
                                                        latency=belief))
     cluster = SimCluster(workload.arrival_s.tolist(), workload.prompt_tokens.tolist(),
                          workload.output_tokens.tolist(), config, models, policy, router,
-                         build_truth(config, models, seed), belief, progress)
+                         build_truth(config, seed), belief, progress)
     cluster.init_instances(list(policy.initial_roles(config.instances)))
     return cluster
 
@@ -125,7 +127,7 @@ def _decisions(cluster: SimCluster) -> tuple[dict[str, object], ...]:
     return tuple(merged)
 
 
-def _run_one(workload: Workload, config: SimConfig, models: SimModels, policy: ClusterPolicy,
+def _run_one(workload: Workload, config: SimConfig, models: ClusterModels, policy: ClusterPolicy,
              progress: Callable[[float], None] | None, slo: SLO | None = None,
              belief: CalibratedLatency | None = None, seed: int = 0) -> SimResult:
     started = time.perf_counter()
@@ -134,7 +136,7 @@ def _run_one(workload: Workload, config: SimConfig, models: SimModels, policy: C
     return collect_result(cluster, time.perf_counter() - started)
 
 
-def _search(workload: Workload, config: SimConfig, models: SimModels, context: PolicyContext,
+def _search(workload: Workload, config: SimConfig, models: ClusterModels, context: PolicyContext,
             search: HindsightSearch, progress: Callable[[float], None] | None) -> SimResult:
     """Run every candidate on the whole workload; keep the highest attainment, then goodput."""
     slo = context.slo
@@ -148,7 +150,7 @@ def _search(workload: Workload, config: SimConfig, models: SimModels, context: P
     reported = [0.0]
 
     for index, spec in enumerate(search.candidates):
-        belief = build_belief(config, models)
+        belief = build_belief(config, models, config.truth.model_bias)
         policy = make_policy(spec, control_context(config, models, belief, slo, context.seed))
         require(isinstance(policy, ClusterPolicy), f"{search.name}: {spec} is not a policy")
         assert isinstance(policy, ClusterPolicy)

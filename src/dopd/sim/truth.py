@@ -15,8 +15,12 @@ import numpy as np
 
 from dopd.engine import LatencyModelRunner
 from dopd.engine.plan import DecodeRun, StepPlan, StepResult
+from dopd.perf import build_latency_model
 from dopd.perf.base import LatencyModel
-from dopd.sim.api import TruthSpec
+from dopd.sim.api import SimConfig, TruthSpec
+
+TRUTH_PRESET_PREFIX = "preset:"
+TRUTH_PROFILE_PREFIX = "profile:"
 
 _BLOCK = 4096  # noise draws generated at a time
 _SEED_SALT = 0x7E0C_4A11  # keeps the noise stream apart from other users of the run's seed
@@ -90,3 +94,28 @@ class HardwareTruth:
     def steps_within(self, run: DecodeRun, factor: float, elapsed_s: float) -> int:
         """Steps of ``run`` (with its factor) completed within ``elapsed_s`` of its start."""
         return self.runner.steps_within(run, elapsed_s / factor)
+
+
+def truth_latency_model(config: SimConfig) -> LatencyModel:
+    """What the simulated hardware does before noise and drift: the configured model's figures
+    (its own object: nothing shared with the belief) unless ``config.truth.truth_calibration``
+    names another source; DopdError for unknown names."""
+    source = config.truth.truth_calibration
+    if source is None:
+        return build_latency_model(config.model, config.gpu, config.tp, config.preset,
+                                   config.calibration, mem_util=config.kv_mem_util,
+                                   profile=config.profile)
+    if source.startswith(TRUTH_PROFILE_PREFIX):
+        return build_latency_model(config.model, config.gpu, config.tp, config.preset,
+                                   mem_util=config.kv_mem_util,
+                                   profile=source[len(TRUTH_PROFILE_PREFIX):])
+    if source.startswith(TRUTH_PRESET_PREFIX):
+        return build_latency_model(config.model, config.gpu, config.tp,
+                                   source[len(TRUTH_PRESET_PREFIX):], mem_util=config.kv_mem_util)
+    return build_latency_model(config.model, config.gpu, config.tp, config.preset, source,
+                               mem_util=config.kv_mem_util)
+
+
+def build_truth(config: SimConfig, seed: int = 0) -> HardwareTruth:
+    """The simulated hardware of one run of ``config`` (noise seeded by ``seed``)."""
+    return HardwareTruth(truth_latency_model(config), config.truth, seed)

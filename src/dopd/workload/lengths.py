@@ -17,33 +17,10 @@ import numpy as np
 
 from dopd.errors import DopdError, require
 from dopd.registry import Registry
-from dopd.workload.base import LengthMoments, _frozen, _int_column
+from dopd.workload.base import LengthTable
+from dopd.workload.traces import load_lengths
 
 Pairs = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass(frozen=True, eq=False)
-class LengthTable:
-    """Observed (prompt, output) length pairs without arrival times (e.g. the ShareGPT table)."""
-
-    name: str
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-
-    def __post_init__(self) -> None:
-        prompt = _int_column(self.prompt_tokens, "prompt_tokens")
-        output = _int_column(self.output_tokens, "output_tokens")
-        require(prompt.ndim == 1 and prompt.size >= 1, f"length table {self.name!r} is empty")
-        require(prompt.shape == output.shape, f"length table {self.name!r}: columns differ in size")
-        require(int(prompt.min()) >= 1 and int(output.min()) >= 1, "lengths must be >= 1")
-        object.__setattr__(self, "prompt_tokens", _frozen(prompt))
-        object.__setattr__(self, "output_tokens", _frozen(output))
-
-    def __len__(self) -> int:
-        return int(self.prompt_tokens.size)
-
-    def length_moments(self) -> LengthMoments:
-        return LengthMoments.of(self.prompt_tokens, self.output_tokens)
 
 
 class LengthSampler(ABC):
@@ -249,8 +226,6 @@ class MixShift(LengthSampler):
 
 
 def _empirical_from_path(path: str) -> Empirical:
-    from dopd.workload.traces import load_lengths
-
     return Empirical(load_lengths(path))
 
 

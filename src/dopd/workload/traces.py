@@ -40,8 +40,7 @@ import numpy as np
 
 from dopd.data import resolve_dataset
 from dopd.errors import DopdError, require
-from dopd.workload.base import PrefixBlocks, Workload
-from dopd.workload.lengths import LengthTable
+from dopd.workload.base import LengthTable, PrefixBlocks, Workload
 
 TRACE_FORMATS = ("azure", "mooncake", "sharegpt", "dopd")
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from policy_workloads import constant, mix_shift, reversals, switches
 
+from dopd.control.cluster_models import build_models
+from dopd.control.policies.base import PolicyContext, make_policy
 from dopd.control.policies.reactive import ReactivePolicy
 from dopd.control.policies.sla_planner import SlaPlannerPolicy
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
-from dopd.sim.policy import PolicyContext, make_policy
 from dopd.sim.runner import build_cluster, collect_result, run_simulation
 from dopd.types import SLO, RequestState, Role
 

@@ -42,7 +42,7 @@ def test_bad_hybrid_options_are_clear_errors(spec: str) -> None:
 
 
 def test_colocated_prediction_rises_with_rate_and_overloads() -> None:
-    inst = InstanceModel.from_sim_config(SimConfig(instances=4))
+    inst = InstanceModel.from_cluster_config(SimConfig(instances=4))
     stats = WorkloadStats.from_moments(1.0, 1000.0, 1.0, 200.0, 1.0)
     preds = [predict_colocated(inst, stats, 4, 0.1, rate=r) for r in (1.0, 10.0, 30.0)]
     assert all(p.stable for p in preds)
@@ -70,7 +70,7 @@ def test_colocated_prediction_rises_with_rate_and_overloads() -> None:
 ])
 def test_hybrid_leaves_all_mixed_only_for_a_split_predicted_no_worse(
         rate: float, split: float | None, gain: float, mixed: bool) -> None:
-    inst = InstanceModel.from_sim_config(SimConfig(instances=4))
+    inst = InstanceModel.from_cluster_config(SimConfig(instances=4))
     stats = WorkloadStats.from_moments(rate, 1000.0, 1.0, 200.0, 1.0)
     mode = HybridMode(HybridConfig(gain=gain), inst, SLO_, 4)
     verdict = mode.decide(10.0, stats, Observed(0, None, None, None), split)

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from policy_workloads import constant, mix_shift, reversals, run_checked, switches
 
-from dopd.bench.metrics import summarize_result
+from dopd.control.cluster_models import build_models
 from dopd.control.manager import to_jsonl
+from dopd.control.policies.base import PolicyContext, make_policy
 from dopd.control.policies.dopd_policy import DopdPolicy
 from dopd.control.policies.options import DopdOptions
 from dopd.errors import DopdError
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
-from dopd.sim.models import build_models
-from dopd.sim.policy import PolicyContext, make_policy
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO, RequestState, Role
 

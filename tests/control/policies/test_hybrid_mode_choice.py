@@ -17,7 +17,7 @@ from dopd.types import SLO, Role
 from dopd.workload.spec import parse_arrival, parse_lengths
 from dopd.workload.synthetic import synthetic_workload
 
-INST = InstanceModel.from_sim_config(SimConfig(instances=8))
+INST = InstanceModel.from_cluster_config(SimConfig(instances=8))
 SUMMARY = SLO(ttft_s=0.5, tpot_s=0.1)
 NONE = Observed(0, None, None, None)
 

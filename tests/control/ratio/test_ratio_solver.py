@@ -26,7 +26,7 @@ SLO_CHAT = SLO(ttft_s=1.0, tpot_s=0.05)
 
 @pytest.fixture(scope="module")
 def inst() -> InstanceModel:
-    return InstanceModel.from_sim_config(SimConfig())
+    return InstanceModel.from_cluster_config(SimConfig())
 
 
 def _moments(rate: float, isl: float = 1500.0, isl_cv: float = 1.0, osl: float = 250.0,

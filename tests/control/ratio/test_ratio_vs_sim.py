@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dopd.bench.metrics import summarize_result
 from dopd.control.ratio import InstanceModel, WorkloadStats, solve
+from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO
@@ -44,7 +44,7 @@ def test_split_matches_simulated_best(name: str) -> None:
     make, n, slo = CASES[name]
     workload = make()
     config = SimConfig(instances=n)
-    plan = solve(WorkloadStats.from_workload(workload), InstanceModel.from_sim_config(config),
+    plan = solve(WorkloadStats.from_workload(workload), InstanceModel.from_cluster_config(config),
                  slo, instances=n)
     simulated = []
     for p in range(1, n):

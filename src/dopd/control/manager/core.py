@@ -48,8 +48,7 @@ from dopd.control.manager.split import (
     committed_split,
     in_transition,
 )
-from dopd.errors import require
-from dopd.sim.policy import (
+from dopd.control.policies.base import (
     Action,
     AddInstance,
     ClusterView,
@@ -57,6 +56,7 @@ from dopd.sim.policy import (
     RemoveInstance,
     SwitchRole,
 )
+from dopd.errors import require
 from dopd.types import InstanceState, Role
 
 

@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from dopd.sim.policy import Action
+from dopd.control.policies.base import Action
 
 
 def clean(value: Any) -> Any:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dopd.control.policies.base import ClusterView, InstanceView
 from dopd.errors import require
-from dopd.sim.policy import ClusterView, InstanceView
 from dopd.types import InstanceState, Role
 
 ROLES: tuple[Role, ...] = (Role.PREFILL, Role.DECODE, Role.MIXED)

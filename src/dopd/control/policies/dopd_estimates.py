@@ -13,6 +13,7 @@ from typing import Any
 from dopd.control.forecast import LoadForecast
 from dopd.control.manager import Split
 from dopd.control.manager.explain import Outlook, forecast_text, why
+from dopd.control.policies.base import ClusterView
 from dopd.control.ratio import (
     CorrectionFactors,
     InstanceModel,
@@ -23,7 +24,6 @@ from dopd.control.ratio import (
     predict,
     solve,
 )
-from dopd.sim.policy import ClusterView
 from dopd.types import SLO, InstanceState, Role
 
 PRIOR = {"mean_in": 1155.0, "m2_in": 1155.0**2 * 1.8, "mean_out": 211.0,

@@ -39,6 +39,7 @@ from dopd.control.manager import (
 )
 from dopd.control.manager.decisions import DecisionLog
 from dopd.control.monitor import ArrivalMonitor, WindowStats
+from dopd.control.policies.base import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
 from dopd.control.policies.dopd_estimates import (
     PRIOR,
     busy_rate,
@@ -62,9 +63,8 @@ from dopd.control.ratio import (
 )
 from dopd.control.ratio.arrivals import burstiness
 from dopd.control.ratio.stats import MIN_RATE
+from dopd.control.routing.router import load_routers
 from dopd.errors import require
-from dopd.sim.policy import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
-from dopd.sim.routing import ROUTERS
 from dopd.types import RequestOutcome, RequestState, Role
 
 LENGTH_AWARE_MODULE = "dopd.control.routing.length_aware"
@@ -94,7 +94,7 @@ class DopdPolicy(ClusterPolicy):
         self.slo = context.slo
         self.budget = context.config.instances
         self.router = self._router(options.length_aware)
-        self.inst = InstanceModel.from_sim_config(context.config, context.latency)
+        self.inst = InstanceModel.from_cluster_config(context.config, context.latency)
         self._config = context.config
         self._belief = context.latency
         self._belief_version = getattr(context.latency, "version", 0)
@@ -134,7 +134,7 @@ class DopdPolicy(ClusterPolicy):
     def _router(length_aware: bool) -> str:
         """The length-aware router when it is available (registered and importable), else
         ``pd-pair``."""
-        if length_aware and "length-aware" in ROUTERS:
+        if length_aware and "length-aware" in load_routers():
             try:
                 importlib.import_module(LENGTH_AWARE_MODULE)
             except ImportError:
@@ -321,7 +321,7 @@ class DopdPolicy(ClusterPolicy):
         version = getattr(self._belief, "version", 0)
         if version != self._belief_version:
             self._belief_version = version
-            self.inst = InstanceModel.from_sim_config(self._config, self._belief)
+            self.inst = InstanceModel.from_cluster_config(self._config, self._belief)
             if self.hybrid is not None:
                 self.hybrid.inst = self.inst
 

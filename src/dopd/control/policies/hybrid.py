@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 from dopd.control.manager import Split, active_split, in_transition
+from dopd.control.policies.base import ClusterView
 from dopd.control.policies.signals import Observed
 from dopd.control.ratio import CorrectionFactors, InstanceModel, WorkloadStats
 from dopd.control.ratio.colocated import (
@@ -48,7 +49,6 @@ from dopd.control.ratio.colocated import (
     predict_colocated,
 )
 from dopd.errors import require
-from dopd.sim.policy import ClusterView
 from dopd.types import SLO
 
 _MIN_SAMPLES = 20

@@ -26,10 +26,10 @@ import numpy as np
 
 from dopd.control.manager import ManagerConfig, PDManager, Split, committed_split
 from dopd.control.manager.decisions import DecisionLog
+from dopd.control.policies.base import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
 from dopd.control.policies.signals import option_float, option_int, parse_options
 from dopd.control.ratio import InstanceModel
 from dopd.errors import require
-from dopd.sim.policy import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
 from dopd.types import SLO, InstanceState, Role
 
 KEYS = {"interval", "cooldown", "sustain", "hot", "kv_hot", "init", "alpha"}
@@ -64,7 +64,7 @@ class ReactivePolicy(ClusterPolicy):
                     f"policy reactive: init must be P/D with P + D = {n}, got {values['init']!r}")
             self.init = (int(parts[0]), int(parts[1]))
         self.name = "reactive" + "".join(f":{a.strip()}" for a in args.split(":") if a.strip())
-        inst = InstanceModel.from_sim_config(context.config, context.latency)
+        inst = InstanceModel.from_cluster_config(context.config, context.latency)
         n_ref = np.array([_REFERENCE_PROMPT])
         _, fixed, var = inst.prefill_tables(n_ref)
         self.prefill_tok_s = _REFERENCE_PROMPT / float(var[0] + fixed[0]

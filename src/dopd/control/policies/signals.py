@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dopd.control.manager import Alarm
+from dopd.control.policies.base import ClusterView
 from dopd.errors import require
-from dopd.sim.policy import ClusterView
 from dopd.types import SLO, InstanceState, RequestOutcome, RequestState, Role
 
 

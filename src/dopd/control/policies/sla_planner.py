@@ -37,10 +37,10 @@ from dopd.control.forecast import make_forecaster
 from dopd.control.forecast.base import Forecaster
 from dopd.control.manager import ManagerConfig, PDManager, Split, active_split, committed_split
 from dopd.control.manager.decisions import DecisionLog
+from dopd.control.policies.base import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
 from dopd.control.policies.signals import option_float, option_int, parse_options
 from dopd.control.ratio import InstanceModel
 from dopd.errors import require
-from dopd.sim.policy import POLICIES, Action, ClusterPolicy, ClusterView, PolicyContext
 from dopd.types import SLO, RequestOutcome, RequestState, Role
 
 KEYS = {"interval", "forecast", "min_endpoint"}
@@ -73,7 +73,7 @@ class SlaPlannerPolicy(ClusterPolicy):
             k: make_forecaster(spec) for k in ("count", "isl", "osl")}
         self.name = "sla-planner" + "".join(f":{a.strip()}" for a in args.split(":")
                                              if a.strip())
-        self.inst = InstanceModel.from_sim_config(context.config, context.latency)
+        self.inst = InstanceModel.from_cluster_config(context.config, context.latency)
         self.manager = PDManager(ManagerConfig(
             confirm=1, margin=1, reverse_confirm=1, dwell_s=0.0, max_changes=self.budget,
             alarm_changes=self.budget, max_in_flight=self.budget, switch=False, elastic=True,

@@ -2,7 +2,8 @@
 
 Typical use::
 
-    inst = InstanceModel.from_sim_config(SimConfig())        # or InstanceModel.from_catalog(...)
+    inst = InstanceModel.from_cluster_config(ClusterConfig())        # or
+    InstanceModel.from_catalog(...)
     stats = WorkloadStats.from_workload(workload)             # or from_moments / from_forecast
     plan = solve(stats, inst, SLO(ttft_s=1.0, tpot_s=0.05), instances=8)
     plan.n_prefill, plan.n_decode, plan.attainment, plan.splits

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from dopd.control.cluster_config import ClusterConfig
+from dopd.control.cluster_models import build_models
 from dopd.errors import require
 
 FloatArray = npt.NDArray[np.float64]
@@ -170,13 +172,11 @@ class InstanceModel:
                          name=str(getattr(latency, "name", model)), **kwargs)
 
     @classmethod
-    def from_sim_config(cls, config: Any, latency: StepTimeModel | None = None
-                        ) -> InstanceModel:
-        """The instance type of a :class:`dopd.sim.api.SimConfig`, with the simulator's
+    def from_cluster_config(cls, config: ClusterConfig, latency: StepTimeModel | None = None
+                            ) -> InstanceModel:
+        """The instance type of a :class:`~dopd.control.cluster_config.ClusterConfig`, with its
         performance figures (KV blocks, watermark, KV link) and ``latency`` (a policy passes
         its context's: the control plane's belief; None: the configured model)."""
-        from dopd.sim.models import build_models
-
         models = build_models(config)
         model = models.latency if latency is None else latency
         return cls.build(

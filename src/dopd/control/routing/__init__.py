@@ -1,8 +1,8 @@
 """Request scheduling of the control plane: where requests go and in what order they run.
 
 The ``length-aware`` router (:class:`~dopd.control.routing.length_aware.LengthAwareRouter`) is
-registered in :data:`dopd.sim.routing.ROUTERS` and built from a spec such as
-``length-aware:bypass=off`` (:func:`dopd.sim.routing.make_router`); its options are
+registered in :data:`dopd.control.routing.router.ROUTERS` and built from a spec such as
+``length-aware:bypass=off`` (:func:`dopd.control.routing.router.make_router`); its options are
 :class:`~dopd.control.routing.options.LengthAwareOptions`.
 """
 

@@ -43,9 +43,9 @@ from collections.abc import Sequence
 from dopd.control.routing.lanes import LengthWindow
 from dopd.control.routing.options import LengthAwareOptions, parse_options
 from dopd.control.routing.predict import DecodeModel, prefill_done_s, request_cost_s, ttft_s
+from dopd.control.routing.router import ROUTERS, PDPair, Placement, Routable, RouterContext
 from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
-from dopd.sim.routing import PDPair, Placement, Routable, RouterContext
 from dopd.types import Role
 
 AGING_SLOS = 5.0
@@ -70,6 +70,7 @@ OSL_PRIOR = 256
 """Expected output length (tokens) before any request has finished."""
 
 
+@ROUTERS.decorator("length-aware")
 class LengthAwareRouter(PDPair):
     """The ``length-aware`` router (see the module docstring); options from the spec text,
     :class:`~dopd.control.routing.options.LengthAwareOptions`. Bypass and admission control

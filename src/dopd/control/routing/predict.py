@@ -1,6 +1,6 @@
 """Latency and KV predictions for placing one request on one instance, from the latency model.
 
-Every function reads an instance through :class:`dopd.sim.routing.Routable` (the engine
+Every function reads an instance through :class:`dopd.control.routing.router.Routable` (the engine
 scheduler's O(1) running sums, plus one bisection over a short-first queue), so a router can
 evaluate each candidate for each request. Terms: ``budget`` is the step token budget; ``b`` and
 ``kv`` the instance's decode batch and its context sum.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from dopd.control.routing.router import Routable, RouterContext
 from dopd.perf.base import LatencyModel
-from dopd.sim.routing import Routable, RouterContext
 from dopd.types import Role
 
 

@@ -14,7 +14,6 @@ from dopd.engine.model.llama import LlamaModel
 from dopd.engine.model.loader import (
     LoadedModel,
     load_checkpoint,
-    load_model,
     resolve_dtype,
     save_checkpoint,
 )
@@ -25,6 +24,7 @@ from dopd.engine.model.tiny import (
     TINY_CONFIG,
     TINY_NAME,
     build_tiny,
+    load_model,
     tiny_tokenizer,
     write_random_checkpoint,
 )

@@ -183,24 +183,3 @@ def save_checkpoint(
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder
-
-
-def load_model(
-    name_or_path: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> LoadedModel:
-    """A built-in model by name (``dopd-tiny``) or a checkpoint folder by path."""
-    from dopd.engine.model.tiny import BUILTIN_MODELS
-
-    name = str(name_or_path)
-    if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS.get(name)(device=device, dtype=dtype)
-    path = Path(name_or_path)
-    require(
-        path.exists(),
-        f"unknown model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS.names())}) "
-        "and no such folder",
-    )
-    return load_checkpoint(path, device=device, dtype=dtype)

@@ -15,8 +15,9 @@ import torch
 
 from dopd.engine.model.config import ModelConfig, RopeConfig
 from dopd.engine.model.llama import LlamaModel
-from dopd.engine.model.loader import LoadedModel, resolve_dtype, save_checkpoint
+from dopd.engine.model.loader import LoadedModel, load_checkpoint, resolve_dtype, save_checkpoint
 from dopd.engine.model.tokenizer import Tokenizer, byte_level_tokenizer
+from dopd.errors import require
 from dopd.registry import Registry
 
 TINY_NAME = "dopd-tiny"
@@ -160,3 +161,22 @@ def write_random_checkpoint(
 
 BUILTIN_MODELS: Registry[Callable[..., LoadedModel]] = Registry("built-in model")
 BUILTIN_MODELS.register(TINY_NAME, build_tiny)
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """A built-in model by name (``dopd-tiny``) or a checkpoint folder by path."""
+    name = str(name_or_path)
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS.get(name)(device=device, dtype=dtype)
+    path = Path(name_or_path)
+    require(
+        path.exists(),
+        f"unknown model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS.names())}) "
+        "and no such folder",
+    )
+    return load_checkpoint(path, device=device, dtype=dtype)

@@ -7,7 +7,8 @@ SLO, seed). The policy then:
 
 - names the initial roles (:meth:`ClusterPolicy.initial_roles`; fewer roles than the instance
   budget leave the rest unstarted, for elastic pools);
-- gets :meth:`ClusterPolicy.on_tick` every ``SimConfig.tick_s`` when ``wants_ticks`` is set, with
+- gets :meth:`ClusterPolicy.on_tick` every ``ClusterConfig.tick_s`` when ``wants_ticks`` is set,
+with
   a read-only :class:`ClusterView`, and answers with :data:`Action` values;
 - may observe every arrival and completion (:meth:`on_arrival`, :meth:`on_request_done`), which
   is where a monitor measures demand at arrival; these hooks are only called when overridden.
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dopd.control.cluster_config import ClusterConfig
 from dopd.errors import require
 from dopd.perf.base import LatencyModel
 from dopd.registry import Registry
-from dopd.sim.api import SimConfig
 from dopd.types import SLO, InstanceState, RequestOutcome, Role
 
 
@@ -127,7 +128,7 @@ class PolicyContext:
     ``kv_blocks`` is each instance's KV capacity in blocks of ``config.block_size``.
     """
 
-    config: SimConfig
+    config: ClusterConfig
     latency: LatencyModel
     slo: SLO | None
     seed: int
@@ -142,8 +143,8 @@ class ClusterPolicy:
     """Base class of cluster policies: a fixed cluster unless a subclass overrides the hooks.
 
     ``name`` labels results; ``router`` names the default routing policy (see
-    :data:`dopd.sim.routing.ROUTERS`); ``wants_ticks`` turns on :meth:`on_tick`, every
-    ``tick_s`` seconds (None: ``SimConfig.tick_s``).
+    :data:`dopd.control.routing.router.ROUTERS`); ``wants_ticks`` turns on :meth:`on_tick`, every
+    ``tick_s`` seconds (None: ``ClusterConfig.tick_s``).
     """
 
     name: str = "policy"
@@ -188,7 +189,7 @@ POLICIES: Registry[PolicyFactory] = Registry("cluster policy")
 Use :func:`load_policies` before listing it."""
 
 POLICY_MODULES: tuple[str, ...] = (
-    "dopd.sim.policies",
+    "dopd.control.policies.baselines",
     "dopd.control.policies.dopd_policy",
     "dopd.control.policies.reactive",
     "dopd.control.policies.sla_planner",

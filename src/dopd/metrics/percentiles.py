@@ -1,6 +1,6 @@
 """Honest latency percentiles: requests that never got there count as infinitely late.
 
-Populations, per request (columns as in :func:`dopd.bench.metrics.request_latencies`):
+Populations, per request (columns as in :func:`dopd.metrics.summary.request_latencies`):
 
 - TTFT: every request. One that never got its first token (rejected, aborted before it, or
   still waiting when the run ended) counts as ``inf``.
@@ -50,7 +50,7 @@ def honest_latencies(
 ) -> HonestLatencies:
     """The honest populations from per-request latencies (NaN = never reached) and columns.
 
-    ``ttft_s``, ``tpot_s`` and ``e2e_s`` are as :func:`dopd.bench.metrics.request_latencies`
+    ``ttft_s``, ``tpot_s`` and ``e2e_s`` are as :func:`dopd.metrics.summary.request_latencies`
     computes them; all arrays have one entry per request.
     """
     started = np.isfinite(np.asarray(first_token_s, dtype=np.float64))

@@ -31,6 +31,7 @@ bypass and admission control, each behind an option).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,8 +46,8 @@ from dopd.registry import Registry
 from dopd.types import SLO
 
 if TYPE_CHECKING:
-    from dopd.sim.api import SimConfig
-    from dopd.sim.models import SimModels
+    from dopd.control.cluster_config import ClusterConfig
+    from dopd.control.cluster_models import ClusterModels
 
 
 class Routable(Protocol):
@@ -81,9 +82,9 @@ class RouterContext:
     options: str = ""
 
     @classmethod
-    def of(cls, config: SimConfig, models: SimModels, slo: SLO | None = None,
+    def of(cls, config: ClusterConfig, models: ClusterModels, slo: SLO | None = None,
            latency: LatencyModel | None = None) -> RouterContext:
-        """The context of a simulated run, predicting with ``latency`` (the control plane's
+        """The context of a cluster, predicting with ``latency`` (the control plane's
         belief; default: the configured model)."""
         return cls(models.latency if latency is None else latency, config.max_batched_tokens,
                    config.block_size,
@@ -148,22 +149,31 @@ class Router:
 
 
 ROUTERS: Registry[Callable[[RouterContext], Router]] = Registry("router")
+"""Factories by router name. Use :func:`load_routers` before listing it."""
+
+ROUTER_MODULES: tuple[str, ...] = (
+    "dopd.control.routing.router",
+    "dopd.control.routing.length_aware",
+)
+"""Modules that register their routers in :data:`ROUTERS` when imported; a new router module is
+added here (as a policy module is added to ``POLICY_MODULES``)."""
+
+
+def load_routers() -> Registry[Callable[[RouterContext], Router]]:
+    """Import every module of :data:`ROUTER_MODULES` (cheap after the first call); returns
+    :data:`ROUTERS`."""
+    for name in ROUTER_MODULES:
+        importlib.import_module(name)
+    return ROUTERS
 
 
 def make_router(spec: str, context: RouterContext) -> Router:
     """The router named by ``spec`` (``NAME`` or ``NAME:KEY=VALUE,...``); DopdError if the name
     is unknown or the options are bad."""
     require(isinstance(spec, str) and spec.strip() != "", "router spec is empty")
+    load_routers()
     name, _, options = spec.strip().partition(":")
     return ROUTERS.get(name)(dataclasses.replace(context, options=options.strip()))
-
-
-@ROUTERS.decorator("length-aware")
-def _length_aware(context: RouterContext) -> Router:
-    """The length-aware router; imported on first use (it lives in the control plane)."""
-    from dopd.control.routing.length_aware import LengthAwareRouter
-
-    return LengthAwareRouter(context)
 
 
 @ROUTERS.decorator("round-robin")

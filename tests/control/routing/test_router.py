@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 
+from dopd.control.cluster_models import build_models
 from dopd.control.routing import LengthAwareOptions, LengthAwareRouter, LengthWindow, parse_options
 from dopd.control.routing.predict import drain_s, prefill_done_s, request_cost_s
+from dopd.control.routing.router import ROUTERS, Router, RouterContext, make_router
 from dopd.engine import LatencyModelRunner, SchedulerConfig, StepResult
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
 from dopd.sim.instance import SimInstance
-from dopd.sim.models import build_models
-from dopd.sim.routing import ROUTERS, Router, RouterContext, make_router
 from dopd.types import SLO, InstanceState, Role
 
 CONFIG = SimConfig(instances=4)

@@ -11,7 +11,7 @@ Definitions, per request:
 - Goodput = met / duration, where duration is the run's arrival span (last - first arrival,
   or the ``duration_s`` the caller passes). When that span is 0 (one request, or all at once)
   the makespan (last finish - first arrival) is used instead; with nothing finished, goodput is 0.
-- Latency percentiles (``ttft_p90`` ...) are honest (``dopd.bench.percentiles``): a request
+- Latency percentiles (``ttft_p90`` ...) are honest (``dopd.metrics.percentiles``): a request
   that never got its first token counts as infinitely late in TTFT and E2E, one that got it but
   did not finish in TPOT and E2E. A percentile that lands on such a request is a miss:
   ``math.inf`` here, ``null`` in JSON, ``miss`` in tables. ``*_unreached_share`` is the share of
@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from dopd.bench.percentiles import (
+from dopd.errors import DopdError, require
+from dopd.metrics.percentiles import (
     honest_latencies,
     honest_percentiles,
     served_percentiles,
     unreached_share,
 )
-from dopd.errors import DopdError, require
 from dopd.types import SLO, RequestOutcome, RequestState
 
 PERCENTILES = (50, 90, 99)

@@ -1,16 +1,17 @@
 """Built-in cluster policies: ``colocated`` (vLLM-style), ``static:P:D`` and ``static:best``
-(DistServe-style fixed splits). They register in :data:`dopd.sim.policy.POLICIES` on import."""
+(DistServe-style fixed splits). They register in :data:`dopd.control.policies.base.POLICIES` on
+import."""
 
 from __future__ import annotations
 
+from dopd.control.policies.base import POLICIES, ClusterPolicy, HindsightSearch, PolicyContext
 from dopd.errors import require
-from dopd.sim.policy import POLICIES, ClusterPolicy, HindsightSearch, PolicyContext
 from dopd.types import Role
 
 
 class Colocated(ClusterPolicy):
     """Every instance serves both phases (continuous batching with chunked prefill and a token
-    budget, or prefill priority when ``SimConfig.prefill_priority``); least-loaded routing."""
+    budget, or prefill priority when ``ClusterConfig.prefill_priority``); least-loaded routing."""
 
     name = "colocated"
     router = "least-loaded"

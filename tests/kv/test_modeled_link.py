@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dopd.errors import DopdError
-from dopd.sim.transfer import TransferNetwork
+from dopd.kv.modeled_link import TransferNetwork
 
 
 def drain(net: TransferNetwork, source: int, nxt: tuple[float, int] | None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dopd.bench.percentiles import (
+from dopd.metrics.percentiles import (
     honest_latencies,
     honest_percentiles,
     served_percentiles,

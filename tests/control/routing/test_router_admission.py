@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from dopd.control.cluster_models import build_models
 from dopd.control.routing import LengthAwareRouter
 from dopd.control.routing.predict import request_cost_s
+from dopd.control.routing.router import RouterContext, make_router
 from dopd.engine import SchedulerConfig
 from dopd.sim.api import SimConfig
 from dopd.sim.instance import SimInstance
-from dopd.sim.models import build_models
-from dopd.sim.routing import RouterContext, make_router
 from dopd.sim.runner import run_simulation
 from dopd.types import SLO, InstanceState, RequestState, Role
 from dopd.workload.base import Workload
