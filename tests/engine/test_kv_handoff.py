@@ -7,7 +7,8 @@ import torch
 from engine_helpers import FakeClock, HFPair, build_hf_pair, random_prompt
 
 from dopd.engine.engine_options import EngineOptions
-from dopd.engine.kv_handoff import KVHandle, transfer_in_process
+from dopd.engine.kv_handoff import KVHandle
+from dopd.kv.in_process import transfer_in_process
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import KVPayload, SamplingParams, build_tiny
 from dopd.engine.plan import FinishReason
