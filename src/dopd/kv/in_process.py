@@ -62,7 +62,7 @@ class InProcessTransport(KVTransport):
         self.bytes_sent += payload.nbytes
         self._arrived.append((handle.request_id, payload, None))
 
-    def pump(self) -> list[ImportResult]:
+    def pump(self, polled: bool = True) -> list[ImportResult]:
         arrived, self._arrived = self._arrived, []
         out = [r for rid, payload, error in arrived
                if (r := self._complete(rid, payload, error)) is not None]

@@ -98,6 +98,7 @@ class KVTransport(ABC):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.failures = 0
+        self.address = ""  # where peers reach this end ("" when they need not)
 
     # ------------------------------------------------------------------ the interface
     @abstractmethod
@@ -109,8 +110,9 @@ class KVTransport(ABC):
         """Target side: start moving the KV of an accepted ``handle`` (never blocks)."""
 
     @abstractmethod
-    def pump(self) -> list[ImportResult]:
-        """Do what is due without blocking; the fetches that ended (success or fallback)."""
+    def pump(self, polled: bool = True) -> list[ImportResult]:
+        """Do what is due without blocking; the fetches that ended (success or fallback).
+        ``polled`` False: the caller's poller saw no input on :meth:`sockets` (a hint)."""
 
     def lost(self, request_id: int, why: str) -> ImportResult | None:
         """The source of a pending fetch is gone: recompute now (None: no such fetch)."""

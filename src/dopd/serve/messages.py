@@ -17,6 +17,7 @@ own version (:mod:`dopd.serve.step_samples`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -204,6 +205,12 @@ Event = Ready | Output | StatsReport | RoleChanged | KVNotice | WorkerError
 
 
 # ---------------------------------------------------------------------- codecs
+@functools.lru_cache(maxsize=1024)
+def _params_out(params: SamplingParams) -> dict[str, Any]:
+    """The wire form of ``params``, shared by messages with equal parameters (read only)."""
+    return params_to_wire(params)
+
+
 def _stats_in(d: Any) -> WorkerStats:
     if not isinstance(d, dict):
         raise TypeError("stats is not a map")
@@ -250,7 +257,7 @@ _Codec = tuple[type, Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]],
 
 _COMMANDS: dict[str, _Codec] = {
     "submit": (Submit,
-               lambda m: {"rid": m.rid, "ids": list(m.ids), "params": params_to_wire(m.params),
+               lambda m: {"rid": m.rid, "ids": list(m.ids), "params": _params_out(m.params),
                           "local": m.local},
                lambda d: Submit(_int(d["rid"]), tuple(_int(t) for t in d["ids"]),
                                 params_from_wire(d["params"]), bool(d["local"]))),
