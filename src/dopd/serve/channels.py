@@ -2,9 +2,9 @@
 
 Control: the front end binds one ROUTER socket (:class:`FrontControl`, read by the event loop);
 each worker connects a DEALER whose identity is ``w<instance id>`` (:class:`WorkerControl`).
-Messages are the typed, versioned commands and events of :mod:`dopd.serve.messages`, as msgpack
-maps; the worker decodes its commands here, the front end its events in
-:class:`~dopd.serve.cluster.WorkerCluster`.
+Messages are msgpack maps; these channels carry them as they are. Their schema (typed,
+versioned commands and events) is :mod:`dopd.serve.messages`: the worker decodes its commands
+(:mod:`dopd.serve.worker`), the front end its events (:class:`~dopd.serve.cluster.WorkerCluster`).
 
 KV: every worker binds a ROUTER (:class:`KVServer`) where decode workers (:class:`KVClient`,
 one DEALER per peer) send ``[b"fetch", {rid, source}]``; the answer is
@@ -35,7 +35,6 @@ from dopd.serve.channel_auth import (
     secure_client,
     secure_server,
 )
-from dopd.serve.messages import Command, Event, WireError, decode_command, encode
 from dopd.serve.wire import pack, payload_frames, payload_from_frames, unpack
 
 
@@ -54,24 +53,23 @@ class WorkerControl:
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.connect(address)
 
-    def send(self, msg: Event) -> None:
-        self.socket.send(pack(encode(msg)))
+    def send(self, msg: dict[str, Any]) -> None:
+        self.socket.send(pack(msg))
 
-    def receive_all(self) -> list[Command | WireError]:
-        """Every command waiting now (does not block); a message that is not a command of
-        this wire version comes as the WireError saying why (the worker reports it)."""
-        out: list[Command | WireError] = []
+    def receive_all(self) -> list[dict[str, Any]]:
+        """Every well-formed message waiting now (does not block); others are dropped."""
+        out = []
         while True:
             try:
                 data = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return out
             try:
-                out.append(decode_command(unpack(data)))
-            except WireError as exc:
-                out.append(exc)
-            except DopdError as exc:
-                out.append(WireError(str(exc)))
+                msg = unpack(data)
+            except DopdError:
+                continue
+            if isinstance(msg, dict):
+                out.append(msg)
 
     def close(self) -> None:
         self.socket.close(linger=1000)
@@ -217,7 +215,7 @@ class KVClient:
         self._peers.clear()
 
 
-EventHandler = Callable[[int, Any], Awaitable[None] | None]  # (instance id, unpacked map)
+EventHandler = Callable[[int, dict[str, Any]], Awaitable[None] | None]
 
 _BATCH = 256  # messages handled per reader callback before the loop gets a turn
 _SAFETY_TICK_S = 0.1
@@ -252,10 +250,10 @@ class FrontControl:
         self._fd = -1
         self._pending: set[asyncio.Future[None]] = set()
 
-    def send(self, instance_id: int, msg: Command) -> bool:
+    def send(self, instance_id: int, msg: dict[str, Any]) -> bool:
         """Queue ``msg`` for a worker; False when it is not connected (never blocks)."""
         try:
-            self.socket.send_multipart([_identity(instance_id), pack(encode(msg))], zmq.NOBLOCK)
+            self.socket.send_multipart([_identity(instance_id), pack(msg)], zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
         if not self._draining:

@@ -38,6 +38,7 @@ from dopd.serve.messages import (
     WireError,
     WorkerStats,
     decode_event,
+    encode,
 )
 from dopd.serve.step_samples import StepSample, samples_from_wire
 from dopd.serve.worker import WorkerSpec, worker_main
@@ -88,7 +89,7 @@ class WorkerInstance:
     def send(self, msg: Command) -> bool:
         if self.state in (InstanceState.STARTING, InstanceState.STOPPED):
             return False
-        return self._control.send(self.instance_id, msg)
+        return self._control.send(self.instance_id, encode(msg))
 
 
 Listener = Callable[[int, Event], None]
@@ -315,7 +316,7 @@ class WorkerCluster:
         assert inst is not None and self.control is not None
         inst.state = InstanceState.STOPPED  # before the stop: the monitor must not see a crash
         inst.stats = WorkerStats()
-        self.control.send(iid, Stop())
+        self.control.send(iid, encode(Stop()))
         deadline = time.monotonic() + timeout_s
         while self.alive(inst) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

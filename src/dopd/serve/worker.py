@@ -35,6 +35,7 @@ from dopd.serve.kv_socket import SocketTransport
 from dopd.serve.messages import (
     Abort,
     Accept,
+    Event,
     Handoff,
     KVLost,
     KVNotice,
@@ -46,9 +47,10 @@ from dopd.serve.messages import (
     StatsReport,
     Stop,
     Submit,
-    WireError,
     WorkerError,
     WorkerStats,
+    decode_command,
+    encode,
 )
 from dopd.serve.step_samples import StepBuffer, StepSample
 
@@ -99,7 +101,7 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         eng = self.engine
-        self.control.send(Ready(self.kv.address, os.getpid(), eng.max_model_len, self.stats()))
+        self._send(Ready(self.kv.address, os.getpid(), eng.max_model_len, self.stats()))
         idle_plan = True
         while not self.stopping:
             busy = eng.has_unfinished() and not idle_plan
@@ -136,7 +138,7 @@ class Worker:
             if outputs:
                 self.send_outputs(outputs)
             elif now >= self._next_stats:
-                self.control.send(StatsReport(self.stats(), self.samples.drain()))
+                self._send(StatsReport(self.stats(), self.samples.drain()))
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
                 self.kv.expire()
@@ -156,12 +158,11 @@ class Worker:
 
     # ------------------------------------------------------------------ control
     def handle_control(self) -> None:
-        for msg in self.control.receive_all():
-            rid = getattr(msg, "rid", None)
+        for raw in self.control.receive_all():
+            rid = raw.get("rid") if isinstance(raw.get("rid"), int) else None
             try:
+                msg = decode_command(raw)
                 match msg:
-                    case WireError():
-                        raise msg
                     case Submit():
                         if self.spec.fault_injection and \
                                 msg.ids[:len(CRASH_MARKER)] == CRASH_MARKER:
@@ -179,11 +180,14 @@ class Worker:
                         self.report_kv([self.kv.lost(msg.rid, "the prefill instance failed")])
                     case SetRole():
                         self.engine.role = msg.role
-                        self.control.send(RoleChanged(msg.role, self.stats()))
+                        self._send(RoleChanged(msg.role, self.stats()))
                     case Stop():
                         self.stopping = True
             except DopdError as exc:
-                self.control.send(WorkerError(rid, str(exc)))
+                self._send(WorkerError(rid, str(exc)))
+
+    def _send(self, msg: Event) -> None:
+        self.control.send(encode(msg))
 
     def send_outputs(self, outputs: list[RequestOutput]) -> None:
         items = []
@@ -196,14 +200,14 @@ class Worker:
                 out.num_output_tokens, out.finished,
                 None if out.finish_reason is None else str(out.finish_reason), out.state,
                 handoff))
-        self.control.send(Output(tuple(items), self.kv.address, self.stats(),
+        self._send(Output(tuple(items), self.kv.address, self.stats(),
                                  self.samples.drain()))
 
     def report_kv(self, results: list[ImportResult | None]) -> None:
         """Tell the front end how each ended fetch went (the engine knows already)."""
         for r in results:
             if r is not None:
-                self.control.send(KVNotice(r.request_id, r.ok, r.nbytes, r.wait_s, r.msg))
+                self._send(KVNotice(r.request_id, r.ok, r.nbytes, r.wait_s, r.msg))
 
     # ------------------------------------------------------------------ stats, shutdown
     def stats(self) -> WorkerStats:
