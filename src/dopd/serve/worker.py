@@ -200,8 +200,7 @@ class Worker:
                 out.num_output_tokens, out.finished,
                 None if out.finish_reason is None else str(out.finish_reason), out.state,
                 handoff))
-        self._send(Output(tuple(items), self.kv.address, self.stats(),
-                                 self.samples.drain()))
+        self._send(Output(tuple(items), self.kv.address, self.stats(), self.samples.drain()))
 
     def report_kv(self, results: list[ImportResult | None]) -> None:
         """Tell the front end how each ended fetch went (the engine knows already)."""
