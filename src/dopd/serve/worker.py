@@ -26,7 +26,7 @@ import zmq
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.request_state import RequestOutput
 from dopd.errors import DopdError, require
-from dopd.kv.transport import ImportResult
+from dopd.kv.transport import ImportResult, KVTransport
 from dopd.serve.channel_auth import ClusterKeys, denied
 from dopd.serve.channels import WorkerControl
 from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
@@ -80,7 +80,7 @@ class Worker:
     (:mod:`dopd.kv.transport`), picked from the spec's ``kv_transport`` by
     :func:`build_transport`."""
 
-    def __init__(self, spec: WorkerSpec, engine: LLMEngine, kv: SocketTransport) -> None:
+    def __init__(self, spec: WorkerSpec, engine: LLMEngine, kv: KVTransport) -> None:
         self.spec = spec
         self.engine = engine
         self.control = WorkerControl(spec.control_addr, spec.instance_id, spec.keys)
@@ -241,7 +241,7 @@ def worker_main(spec: WorkerSpec) -> None:
 KV_TRANSPORTS = ("socket", "object_store")
 
 
-def build_transport(spec: WorkerSpec, engine: LLMEngine) -> SocketTransport:
+def build_transport(spec: WorkerSpec, engine: LLMEngine) -> KVTransport:
     """The KV transport ``spec.kv_transport`` names, on the worker's KV host and keys; paced by
     the modeled link in emulated mode. ``object_store`` imports Ray (Ray actors only)."""
     require(spec.kv_transport in KV_TRANSPORTS,
