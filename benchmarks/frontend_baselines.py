@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import sys
@@ -104,14 +105,15 @@ class DirectApp(BareApp):
         import zmq
 
         from dopd.engine.model import SamplingParams, tiny_tokenizer
+        from dopd.serve import messages
         from dopd.serve.engines import EngineSpec
-        from dopd.serve.wire import pack, params_to_wire, unpack
+        from dopd.serve.wire import pack, unpack
         from dopd.serve.worker import WorkerSpec, worker_main
         from dopd.types import Role
 
-        self.zmq, self.pack, self.unpack = zmq, pack, unpack
+        self.zmq, self.pack, self.unpack, self.messages = zmq, pack, unpack, messages
         self.tokenizer = tiny_tokenizer()
-        self.params = params_to_wire(SamplingParams(max_tokens=1))
+        self.params = SamplingParams(max_tokens=1)
         self.socket = zmq.Context().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         port = self.socket.bind_to_random_port("tcp://127.0.0.1")
@@ -134,23 +136,24 @@ class DirectApp(BareApp):
         zmq = self.zmq
         while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             ident, data = self.socket.recv_multipart(zmq.NOBLOCK)
-            ev = self.unpack(data)
-            if ev["ev"] == "ready":
+            ev = self.messages.decode_event(self.unpack(data))
+            if isinstance(ev, self.messages.Ready):
                 self.ready.add(ident)
-            elif ev["ev"] == "out":
-                for item in ev["items"]:
-                    q = self.queues.get(item[0])
+            elif isinstance(ev, self.messages.Output):
+                for item in ev.items:
+                    q = self.queues.get(item.rid)
                     if q is not None:
                         q.put_nowait(item)
 
-    def send(self, instance: int, msg: dict[str, Any]) -> None:
-        self.socket.send_multipart([b"w%d" % instance, self.pack(msg)], self.zmq.NOBLOCK)
+    def send(self, instance: int, msg: Any) -> None:
+        self.socket.send_multipart([b"w%d" % instance, self.pack(self.messages.encode(msg))],
+                                   self.zmq.NOBLOCK)
         if self.socket.getsockopt(self.zmq.EVENTS) & self.zmq.POLLIN:
             self.loop.call_soon(self.drain)  # the send may have taken the descriptor's edge
 
     async def stop(self) -> None:
         for i in range(self.instances):
-            self.send(i, {"op": "stop"})
+            self.send(i, self.messages.Stop())
         for p in self.processes:
             p.join(10)
             if p.is_alive():
@@ -162,15 +165,16 @@ class DirectApp(BareApp):
             return
         req = json.loads(await _body(receive))
         rid = next(self.ids)
-        queue: asyncio.Queue[list[Any]] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
         self.queues[rid] = queue
-        self.send(rid % self.instances, {
-            "op": "submit", "rid": rid, "ids": self.tokenizer.encode(req["prompt"]),
-            "params": {**self.params, "max_tokens": int(req["max_tokens"])}})
+        params = dataclasses.replace(self.params, max_tokens=int(req["max_tokens"]))
+        self.send(rid % self.instances, self.messages.Submit(
+            rid, tuple(self.tokenizer.encode(req["prompt"])), params))
         name = f"cmpl-{rid}"
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         while True:
-            _, _, text, _, _, finished, _, _ = await queue.get()
+            item = await queue.get()
+            text, finished = item.text, item.finished
             if text:
                 await send({"type": "http.response.body", "body": _chunk(name, text, None),
                             "more_body": True})

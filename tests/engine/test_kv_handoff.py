@@ -7,13 +7,14 @@ import torch
 from engine_helpers import FakeClock, HFPair, build_hf_pair, random_prompt
 
 from dopd.engine.engine_options import EngineOptions
-from dopd.engine.kv_handoff import KVHandle, transfer_in_process
+from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import KVPayload, SamplingParams, build_tiny
 from dopd.engine.plan import FinishReason
 from dopd.engine.request_state import RequestOutput
 from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import DopdError
+from dopd.kv.in_process import transfer_in_process
 from dopd.types import Role
 
 pytest.importorskip("transformers")
@@ -220,3 +221,59 @@ def test_mixed_engine_decodes_remote_and_local_requests_together(pair: HFPair) -
     assert tokens[100] == pair.greedy(remote_p, 10)
     assert tokens[local] == pair.greedy(local_p, 10)
     assert mixed.stats.max_decode_batch == 2
+
+
+def test_request_states_are_set_as_the_request_moves() -> None:
+    """WAITING -> PREFILLING (a chunk ran) -> TRANSFERRING (prefilled, KV leased; accepted,
+    KV awaited) -> DECODING (imported) -> FINISHED, on both engines of a hand-off."""
+    from dopd.engine.sequence import SchedulerConfig
+    from dopd.types import RequestState
+
+    clock = FakeClock()
+    loaded = build_tiny()
+    sched = SchedulerConfig(max_batched_tokens=16, chunked_prefill=True)
+    prefill = LLMEngine(loaded, EngineOptions(role=Role.PREFILL, num_blocks=64, scheduler=sched),
+                        clock=clock, name="P0")
+    decode = LLMEngine(build_tiny(), EngineOptions(role=Role.DECODE, num_blocks=64),
+                       clock=clock, name="D0")
+    rid = prefill.add_request(list(range(1, 41)), greedy(4))
+    assert prefill.request_state(rid) == RequestState.WAITING
+    assert prefill.step() == []  # the first 16 of 40 prompt tokens
+    assert prefill.request_state(rid) == RequestState.PREFILLING
+    outs = run_prefill(prefill)
+    assert [o.state for o in outs] == [RequestState.TRANSFERRING]
+    assert prefill.request_state(rid) == RequestState.TRANSFERRING  # held under its lease
+    handle = outs[0].kv_handle
+    assert handle is not None
+    decode.accept_remote(handle)
+    assert decode.request_state(rid) == RequestState.TRANSFERRING  # its KV is awaited
+    decode.deliver_kv(rid, prefill.fetch_kv(handle))
+    prefill.release_kv(rid)
+    assert decode.request_state(rid) == RequestState.DECODING
+    assert prefill.request_state(rid) is None
+    states = []
+    while decode.has_unfinished():
+        states += [o.state for o in decode.step()]
+    assert states[:-1] == [RequestState.DECODING] * (len(states) - 1)
+    assert states[-1] == RequestState.FINISHED
+
+
+def test_a_recomputed_request_keeps_its_state_order() -> None:
+    """KV that never comes: the decode engine prefills the prompt itself, and the request's
+    state never goes back (TRANSFERRING, then DECODING)."""
+    from dopd.types import RequestState
+
+    clock = FakeClock()
+    prefill, decode = engines(build_tiny(), build_tiny(), clock, timeout_s=1.0)
+    rid = prefill.add_request([5, 6, 7, 8], greedy(3))
+    (out,) = run_prefill(prefill)
+    assert out.kv_handle is not None
+    decode.accept_remote(out.kv_handle)
+    clock.advance(2.0)  # past the KV timeout: recompute
+    states = []
+    while decode.has_unfinished():
+        states += [o.state for o in decode.step()]
+        assert decode.request_state(rid) in (None, RequestState.TRANSFERRING,
+                                             RequestState.DECODING)
+    assert decode.stats.kv_recomputes == 1 and states[-1] == RequestState.FINISHED
+    assert states == sorted(states)

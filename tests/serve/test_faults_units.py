@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from test_units import kv_handle, out_event
 
 from dopd.engine.model import SamplingParams
 from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
 from dopd.serve.dispatch import Dispatcher, Event
 from dopd.serve.errors import ServeError
 from dopd.serve.faults import FaultPolicy, RestartBackoff
+from dopd.serve.messages import Command, Handoff, WorkerStats, encode
 from dopd.types import InstanceState, Role
 
 
@@ -58,17 +60,17 @@ class FakeInstance:
     role: Role
     state: InstanceState = InstanceState.ACTIVE
     target_role: Role | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: WorkerStats = field(default_factory=WorkerStats)
     stats_t: float = 0.0
     kv_addr: str = ""
     pid: int | None = None
     restarts: int = 0
     sent: list[dict[str, Any]] = field(default_factory=list)
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, msg: Command) -> bool:
         if self.state in (InstanceState.STARTING, InstanceState.STOPPED):
             return False
-        self.sent.append(msg)
+        self.sent.append(encode(msg))  # as it goes on the wire
         return True
 
 
@@ -85,7 +87,7 @@ def _events(t: Any) -> list[Event]:
 
 
 def _submits(inst: FakeInstance) -> list[dict[str, Any]]:
-    return [m for m in inst.sent if m["op"] == "submit"]
+    return [m for m in inst.sent if m["k"] == "submit"]
 
 
 def _lose(d: Dispatcher, insts: dict[int, FakeInstance], iid: int) -> None:
@@ -99,7 +101,7 @@ def test_suspects_go_one_at_a_time_and_a_request_in_two_losses_fails_alone() -> 
     reqs = [d.submit([5, 6, 7], params) for _ in range(4)]
     on0 = [t for t in reqs if t.where == 0]
     assert on0
-    d.on_event(0, {"ev": "out", "items": [[on0[0].rid, [11], "a", 3, 1, False, None, None]]})
+    d.on_event(0, out_event(on0[0].rid, (11,), "a", 3, 1, False, None, None))
     _lose(d, insts, 0)
     # one suspect placed (on probation), the others wait
     assert d.probation is not None and d.probation.where == 1
@@ -107,7 +109,7 @@ def test_suspects_go_one_at_a_time_and_a_request_in_two_losses_fails_alone() -> 
     first = d.probation
     if first is on0[0]:  # it streamed a token: it resumes with prompt + that token
         assert _submits(insts[1])[-1]["ids"] == [5, 6, 7, 11]
-    d.on_event(1, {"ev": "out", "items": [[first.rid, [12], "b", 3, 1, False, None, None]]})
+    d.on_event(1, out_event(first.rid, (12,), "b", 3, 1, False, None, None))
     assert d.probation is not first  # a token on its new instance: cleared, next one placed
     # the instance now serving the next suspect fails too: that suspect is poison, alone
     victim = d.probation
@@ -129,13 +131,13 @@ def test_resumed_request_counts_tokens_across_instances() -> None:
     t = d.submit([1, 2, 3], SamplingParams(max_tokens=4))
     src = t.where
     assert src is not None
-    d.on_event(src, {"ev": "out", "items": [[t.rid, [9, 9], "xy", 3, 2, False, None, None]]})
+    d.on_event(src, out_event(t.rid, (9, 9), "xy", 3, 2, False, None, None))
     _lose(d, insts, src)
     dst = t.where
     assert dst is not None and dst != src
     sub = _submits(insts[dst])[-1]
     assert sub["ids"] == [1, 2, 3, 9, 9] and sub["params"]["max_tokens"] == 2
-    d.on_event(dst, {"ev": "out", "items": [[t.rid, [8, 8], "zz", 5, 2, True, "length", None]]})
+    d.on_event(dst, out_event(t.rid, (8, 8), "zz", 5, 2, True, "length", None))
     evs = _events(t)
     assert evs[-1].kind == "done" and t.n_out == 4
 
@@ -148,8 +150,7 @@ def test_prefill_instances_serve_whole_requests_while_no_decode_is_up() -> None:
     t2 = d.submit([1, 2], SamplingParams(max_tokens=4))
     assert _submits(insts[0])[-1].get("local") is True and t2.where == 0
     # the prompt of t is done but there is no decode instance: it goes on locally
-    handle = {"rid": t.rid}
-    d.on_event(0, {"ev": "out", "items": [[t.rid, [7], "q", 3, 1, False, None, handle]]})
+    d.on_event(0, out_event(t.rid, (7,), "q", 3, 1, False, None, Handoff(kv_handle(t.rid))))
     assert t.rid in d.tracked and t.where == 0
     last = _submits(insts[0])[-1]
     assert last["ids"] == [1, 2, 3, 7] and last.get("local") is True

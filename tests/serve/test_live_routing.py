@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_units import FakeInstance
+from test_units import FakeInstance, kv_handle, out_event
 
 from dopd.engine.model import SamplingParams
 from dopd.serve.config import ServeConfig
@@ -17,11 +17,13 @@ from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.engines import EngineSpec, build_engine
 from dopd.serve.errors import ServeError
 from dopd.serve.live_routing import InstanceBook, live_router
+from dopd.serve.messages import Handoff, KVNotice, WorkerStats, encode
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 
 def test_book_keeps_the_schedulers_running_sums() -> None:
-    handle = FakeInstance(0, Role.MIXED, stats={"kv_total_blocks": 100, "recent_step_s": 0.02})
+    handle = FakeInstance(0, Role.MIXED,
+                          stats=WorkerStats(kv_total_blocks=100, recent_step_s=0.02))
     book = InstanceBook(handle, block_size=16)
     book.refresh()
     assert book.blocks.free_blocks == 100 and not book.busy and book.free_at(5.0) == 5.0
@@ -81,7 +83,7 @@ class Outcomes(Observer):
 
 def dispatcher(roles: list[Role], router: str, blocks: int = 10_000,
                **config: Any) -> tuple[Dispatcher, dict[int, FakeInstance], Outcomes]:
-    inst = {i: FakeInstance(i, r, stats={"kv_total_blocks": blocks})
+    inst = {i: FakeInstance(i, r, stats=WorkerStats(kv_total_blocks=blocks))
             for i, r in enumerate(roles)}
     serve = ServeConfig(mode="emulated", router=router, **config)
     d = Dispatcher(inst, lambda i: f"tcp://kv{i}",  # type: ignore[arg-type]
@@ -99,10 +101,10 @@ def in_loop(test: Callable[[], None]) -> None:
 
 
 def out(d: Dispatcher, iid: int, t: Tracked, n_out: int, *, finished: bool = False,
-        handle: dict[str, Any] | None = None) -> None:
-    d.on_event(iid, {"ev": "out", "items": [[t.rid, [7], "x", len(t.prompt_ids), n_out,
-                                             finished, "length" if finished else None,
-                                             handle]]})
+        handoff: bool = False) -> None:
+    d.on_event(iid, out_event(t.rid, (7,), "x", len(t.prompt_ids), n_out, finished,
+                              "length" if finished else None,
+                              Handoff(kv_handle(t.rid, len(t.prompt_ids))) if handoff else None))
 
 
 def test_prompts_go_where_the_predicted_work_is_least() -> None:
@@ -130,7 +132,7 @@ def test_admission_control_rejects_with_429_and_observers_see_it() -> None:
         assert err.value.status == 429 and err.value.code == "admission_control"
         assert "admission control: predicted TTFT" in err.value.message
         assert d.rejected == 1 and list(d.tracked) == [ok.rid]
-        assert [m["op"] for i in inst.values() for m in i.sent] == ["submit"]
+        assert [encode(m)["k"] for i in inst.values() for m in i.sent] == ["submit"]
         assert len(seen.arrived) == 2
         assert [o.state for o in seen.done] == [RequestState.REJECTED]
 
@@ -143,16 +145,16 @@ def test_hand_off_goes_where_the_whole_life_of_the_kv_fits() -> None:
                                 "length-aware:bypass=off", blocks=200)
         first = d.submit([1] * 1500, SamplingParams(max_tokens=16))
         assert first.where == 0 and first.phase == "prefill"
-        out(d, 0, first, 1, handle={"request_id": first.rid})
+        out(d, 0, first, 1, handoff=True)
         assert first.where == 1 and d.book(1).pending_tokens == 1500
         assert d.book(0).snapshot()["held"] == 1
-        d.on_event(1, {"ev": "kv", "rid": first.rid, "ok": True, "bytes": 1000})
+        d.on_event(1, KVNotice(first.rid, True, 1000))
         assert d.book(0).snapshot()["held"] == 0 and d.book(1).num_decoding == 1
         second = d.submit([1] * 1500, SamplingParams(max_tokens=16))
-        out(d, 0, second, 1, handle={"request_id": second.rid})
+        out(d, 0, second, 1, handoff=True)
         # instance 1's 200 blocks cannot hold both prompts and their expected outputs
         assert second.where == 2
-        assert inst[2].sent[-1]["op"] == "accept"
+        assert encode(inst[2].sent[-1])["k"] == "accept"
 
     in_loop(check)
 
@@ -176,11 +178,11 @@ def test_short_prompts_bypass_a_busy_prefill_instance() -> None:
             d.submit([1] * 2000, SamplingParams(max_tokens=8))
         short = d.submit([1] * 30, SamplingParams(max_tokens=8))
         assert short.where == 1 and short.phase == "colocated" and short.prefill_iid is None
-        assert inst[1].sent[-1]["op"] == "submit"
+        assert encode(inst[1].sent[-1])["k"] == "submit"
         inst[1].state = InstanceState.DRAINING  # nothing can decode: the prefill serves whole
         alone = d.submit([1] * 30, SamplingParams(max_tokens=8))
         assert alone.where == 0 and alone.phase in ("local", "colocated")
-        assert inst[0].sent[-1]["op"] == "submit"
+        assert encode(inst[0].sent[-1])["k"] == "submit"
         inst[0].state = InstanceState.DRAINING  # nothing at all: 503
         with pytest.raises(ServeError, match="no instance"):
             d.submit([1] * 30, SamplingParams(max_tokens=8))

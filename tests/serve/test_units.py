@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import torch
@@ -16,6 +15,15 @@ from dopd.errors import DopdError
 from dopd.serve.config import ServeConfig, load_serve_config
 from dopd.serve.dispatch import Dispatcher
 from dopd.serve.errors import ServeError
+from dopd.serve.messages import (
+    Accept,
+    Command,
+    Handoff,
+    Output,
+    OutputItem,
+    Submit,
+    WorkerStats,
+)
 from dopd.serve.protocol import ChatRequest, CompletionRequest
 from dopd.serve.wire import (
     handle_from_wire,
@@ -25,7 +33,7 @@ from dopd.serve.wire import (
     payload_from_frames,
     unpack,
 )
-from dopd.types import InstanceState, Role
+from dopd.types import InstanceState, RequestState, Role
 
 
 def test_handle_and_payload_round_trip() -> None:
@@ -91,16 +99,30 @@ class FakeInstance:
     role: Role
     state: InstanceState = InstanceState.ACTIVE
     target_role: Role | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: WorkerStats = field(default_factory=WorkerStats)
     stats_t: float = 0.0
     kv_addr: str = "tcp://x"
     pid: int | None = None
     restarts: int = 0
-    sent: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[Command] = field(default_factory=list)
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, msg: Command) -> bool:
         self.sent.append(msg)
         return True
+
+
+def kv_handle(rid: int, prompt: int = 3) -> KVHandle:
+    return KVHandle(rid, "worker-0", (1,) * prompt, 9, prompt, (0,) * (prompt // 16 + 1), 16,
+                    1.0, SamplingParams(max_tokens=4), 0, 4)
+
+
+def out_event(rid: int, ids: tuple[int, ...], text: str, n_prompt: int, n_out: int,
+         finished: bool, reason: str | None, handoff: Handoff | None) -> Output:
+    """A worker's ``out`` event of one item (the tests' shorthand)."""
+    state = RequestState.FINISHED if finished else (
+        RequestState.TRANSFERRING if handoff else RequestState.DECODING)
+    item = OutputItem(rid, ids, text, n_prompt, n_out, finished, reason, state, handoff)
+    return Output((item,), "tcp://x", WorkerStats())
 
 
 def test_placement_and_hand_off() -> None:
@@ -109,25 +131,24 @@ def test_placement_and_hand_off() -> None:
                 2: FakeInstance(2, Role.DECODE)}
         d = Dispatcher(inst, lambda i: f"tcp://kv{i}")  # type: ignore[arg-type]
         t = d.submit([1, 2, 3], SamplingParams(max_tokens=4))
-        assert t.where == 0 and inst[0].sent[-1]["op"] == "submit"
-        handle = {"request_id": t.rid}
-        d.on_event(0, {"ev": "out", "items": [[t.rid, [9], "a", 3, 1, False, None, handle]]})
-        assert t.where == 1 and inst[1].sent[-1] == {"op": "accept", "rid": t.rid,
-                                                     "handle": handle, "src": "tcp://kv0"}
+        assert t.where == 0 and isinstance(inst[0].sent[-1], Submit)
+        handoff = Handoff(kv_handle(t.rid))
+        d.on_event(0, out_event(t.rid, (9,), "a", 3, 1, False, None, handoff))
+        assert t.where == 1 and inst[1].sent[-1] == Accept(t.rid, handoff, "tcp://kv0")
         inst[2].state = InstanceState.DRAINING
         t2 = d.submit([4], SamplingParams(max_tokens=4))
-        d.on_event(0, {"ev": "out", "items": [[t2.rid, [8], "b", 1, 1, False, None, handle]]})
+        d.on_event(0, out_event(t2.rid, (8,), "b", 1, 1, False, None, Handoff(kv_handle(t2.rid))))
         assert t2.where == 1  # the draining decode instance gets nothing new
-        d.on_event(1, {"ev": "out", "items": [[t.rid, [5, 6, 7], "cde", 3, 4, True, "length",
-                                               None]]})
+        d.on_event(1, out_event(t.rid, (5, 6, 7), "cde", 3, 4, True, "length", None))
         events = [t.queue.get_nowait() for _ in range(3)]
         assert [e.kind for e in events] == ["delta", "delta", "done"]
         assert d.holding(1) == 1 and t.rid not in d.tracked
         inst[1].state = InstanceState.STOPPED
         d.on_crash(1)  # t2 produced a token: it resumes, on the prefill instance (no decode up)
         assert t2.where == 0 and t2.rid in d.tracked
-        assert inst[0].sent[-1] == {"op": "submit", "rid": t2.rid, "ids": [4, 8],
-                                    "params": inst[0].sent[-1]["params"], "local": True}
+        sub = inst[0].sent[-1]
+        assert isinstance(sub, Submit)
+        assert (sub.rid, sub.ids, sub.local) == (t2.rid, (4, 8), True)
         inst[1].state = InstanceState.ACTIVE  # restarted
         inst[0].state = InstanceState.STOPPED
         t3 = d.submit([1], SamplingParams())  # no prefill left: colocated on a decode instance

@@ -9,6 +9,9 @@ for the KV, continuing the request's sampling state), then either receives the K
 within its timeout (or the transport reports a failure), recomputes the prompt itself. Nothing
 waits forever: every pending import has a deadline on the decode engine's clock.
 
+Moving the KV between the engines is a transport's business (:mod:`dopd.kv`: one interface,
+in-process, socket and Ray object-store implementations); this module is the engine's side.
+
 Times are plain floats on the clock of the engine that set them (the engines' injected clocks),
 so the hand-off works the same with a wall clock, a virtual clock, or a test's fake clock.
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from dopd.engine.model import KVPayload, SamplingParams
 from dopd.errors import require
@@ -153,41 +155,3 @@ class PendingImports:
 
     def pop(self, request_id: int) -> PendingImport | None:
         return self._items.pop(request_id, None)
-
-
-class KVSource(Protocol):
-    """The source side of an in-process transfer (an :class:`LLMEngine`)."""
-
-    def fetch_kv(self, handle: KVHandle) -> KVPayload: ...
-
-    def release_kv(self, request_id: int) -> bool: ...
-
-
-class KVTarget(Protocol):
-    """The decode side of an in-process transfer (an :class:`LLMEngine`)."""
-
-    def accept_remote(self, handle: KVHandle) -> int: ...
-
-    def deliver_kv(self, request_id: int, payload: KVPayload) -> bool: ...
-
-    def fail_kv(self, request_id: int) -> None: ...
-
-
-def transfer_in_process(source: KVSource, target: KVTarget, handle: KVHandle) -> bool:
-    """Hand ``handle``'s request from ``source`` to ``target`` within one process.
-
-    The target accepts the handle, the source's KV is copied out under its lease and released,
-    and the target receives it. Returns False when the lease had expired (the source raised
-    DopdError): the target then recomputes the prompt at its next step.
-    """
-    from dopd.errors import DopdError
-
-    target.accept_remote(handle)
-    try:
-        payload = source.fetch_kv(handle)
-    except DopdError:
-        target.fail_kv(handle.request_id)
-        return False
-    source.release_kv(handle.request_id)
-    target.deliver_kv(handle.request_id, payload)
-    return True

@@ -51,7 +51,7 @@ from dopd.engine.request_state import (
 from dopd.engine.scheduler import Scheduler
 from dopd.engine.torch_runner import TorchRunner
 from dopd.errors import require
-from dopd.types import Role
+from dopd.types import RequestState, Role
 
 
 class LLMEngine(BlockingCalls):
@@ -136,6 +136,11 @@ class LLMEngine(BlockingCalls):
     def has_unfinished(self) -> bool:
         return self.num_unfinished > 0
 
+    def request_state(self, request_id: int) -> RequestState | None:
+        """Where request ``request_id`` is on this engine (None: not here, or done)."""
+        rec = self.records.get(request_id)
+        return None if rec is None else rec.state
+
     # ------------------------------------------------------------------ intake
     def add_request(
         self, prompt: Prompt, params: SamplingParams | None = None, *,
@@ -165,7 +170,7 @@ class LLMEngine(BlockingCalls):
         self.scheduler.abort(request_id)
         self.leases.drop(request_id)
         self.pending.pop(request_id)
-        del self.records[request_id]
+        self.records.pop(request_id).advance(RequestState.ABORTED)
         return True
 
     # ------------------------------------------------------------------ stepping
@@ -182,6 +187,8 @@ class LLMEngine(BlockingCalls):
             if self.model.staging is not None:
                 self.model.staging.reset()  # idle: drop the decode batch's KV copies
             return []
+        for chunk in plan.prefill:
+            self.records[chunk.request_id].advance(RequestState.PREFILLING)
         result = self.runner.execute(plan)
         outcome = sched.complete(plan, result)
         st = self._stats
@@ -199,17 +206,22 @@ class LLMEngine(BlockingCalls):
                 reason = finished[rid]
                 ids, text = rec.take_delta(reason)
                 del self.records[rid]
+                rec.advance(RequestState.FINISHED)
                 outputs.append(RequestOutput(rid, ids, text, len(rec.prompt_ids),
-                                             len(rec.output_ids), True, reason))
+                                             len(rec.output_ids), True, reason,
+                                             state=rec.state))
             elif rid in prefilled:
                 handle = self._lease(rec, self.clock())
                 ids, text = rec.take_delta(None, flush=True)
+                rec.advance(RequestState.TRANSFERRING)
                 outputs.append(RequestOutput(rid, ids, text, len(rec.prompt_ids),
-                                             len(rec.output_ids), kv_handle=handle))
+                                             len(rec.output_ids), kv_handle=handle,
+                                             state=rec.state))
             else:
                 ids, text = rec.take_delta(None)
+                rec.advance(RequestState.DECODING)
                 outputs.append(RequestOutput(rid, ids, text, len(rec.prompt_ids),
-                                             len(rec.output_ids)))
+                                             len(rec.output_ids), state=rec.state))
         return outputs
 
     # ------------------------------------------------------------------ KV hand-off: source
@@ -250,6 +262,7 @@ class LLMEngine(BlockingCalls):
         rid = self._claim_id(rid)
         rec = self._record(rid, list(handle.prompt_ids), handle.params, max_tokens, handle.seed)
         rec.remote = True
+        rec.state = RequestState.TRANSFERRING
         rec.output_ids.append(handle.first_token)
         rec.emitted = 1
         if rec.generator is not None:
@@ -355,6 +368,7 @@ class LLMEngine(BlockingCalls):
                 if item.reserved and item.payload is not None:
                     import_kv(self.cache, self.blocks.table(rid), item.payload)
                     sched.admit_remote(rid)
+                    rec.advance(RequestState.DECODING)
                     self.pending.pop(rid)
                     self._stats.kv_imports += 1
                 continue

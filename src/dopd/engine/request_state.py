@@ -15,6 +15,7 @@ import torch
 from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.model import SamplingParams, Tokenizer, truncate_at_stop
 from dopd.engine.plan import FinishReason
+from dopd.types import RequestState
 
 # prompt tokens decoded ahead of the output so the first output token keeps its leading space
 _DETOK_CONTEXT = 5
@@ -70,7 +71,10 @@ class RequestRecord:
     output budget. ``generator`` is None for greedy requests. ``text`` is the detokenized output
     so far and ``text_sent`` how much of it was reported; ``emitted`` counts reported tokens.
     ``remote`` marks a request whose prompt was prefilled on another engine; ``recomputed`` one
-    whose KV did not arrive so this engine prefilled it itself.
+    whose KV did not arrive so this engine prefilled it itself. ``state`` is where the request
+    is on this engine, set as it moves (:meth:`advance`): WAITING when queued, PREFILLING once a
+    prompt chunk ran, TRANSFERRING while its KV is handed off (held here under a lease after a
+    prefill, or awaited here after an accept), DECODING once it decodes, FINISHED / ABORTED.
     """
 
     request_id: int
@@ -87,6 +91,13 @@ class RequestRecord:
     remote: bool = False
     recomputed: bool = False
     held: bool = False
+    state: RequestState = RequestState.WAITING
+
+    def advance(self, state: RequestState) -> None:
+        """Move to ``state`` unless the request is further along already (states are ordered:
+        a recomputed or preempted request keeps its later state)."""
+        if state > self.state:
+            self.state = state
 
     def tokens(self) -> list[int]:
         """The whole sequence: prompt then output ids (a new list)."""
@@ -133,7 +144,8 @@ class RequestOutput:
     ``new_token_ids`` / ``new_text`` are the delta since the last output of this request (text is
     empty when the engine does not detokenize). ``finished`` is set once, with ``finish_reason``.
     On a prefill engine, a request whose prompt is done carries ``kv_handle`` (its KV is held
-    under a lease for a decode engine) and is not finished here.
+    under a lease for a decode engine) and is not finished here. ``state`` is the request's
+    state on this engine after the step.
     """
 
     request_id: int
@@ -144,6 +156,7 @@ class RequestOutput:
     finished: bool = False
     finish_reason: FinishReason | None = None
     kv_handle: KVHandle | None = None
+    state: RequestState = RequestState.DECODING
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,7 +246,7 @@ def cluster_state(runtime: ServeRuntime) -> dict[str, Any]:
         instances.append({"id": iid, "role": str(h.role), "state": str(h.state),
                           "target_role": None if h.target_role is None else str(h.target_role),
                           "pid": h.pid, "restarts": h.restarts,
-                          "load": runtime.dispatcher.holding(iid), "stats": h.stats,
+                          "load": runtime.dispatcher.holding(iid), "stats": h.stats.as_dict(),
                           "book": book.snapshot() if (book := books.get(iid)) else None})
     cfg = runtime.config
     slo = ctl.slo

@@ -2,7 +2,9 @@
 
 Control: the front end binds one ROUTER socket (:class:`FrontControl`, read by the event loop);
 each worker connects a DEALER whose identity is ``w<instance id>`` (:class:`WorkerControl`).
-Messages are msgpack maps: commands carry ``op``, events carry ``ev``.
+Messages are msgpack maps; these channels carry them as they are. Their schema (typed,
+versioned commands and events) is :mod:`dopd.serve.messages`: the worker decodes its commands
+(:mod:`dopd.serve.worker`), the front end its events (:class:`~dopd.serve.cluster.WorkerCluster`).
 
 KV: every worker binds a ROUTER (:class:`KVServer`) where decode workers (:class:`KVClient`,
 one DEALER per peer) send ``[b"fetch", {rid, source}]``; the answer is

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,11 +29,23 @@ from dopd.serve.channel_auth import ClusterKeys
 from dopd.serve.channels import FrontControl
 from dopd.serve.engines import EngineSpec
 from dopd.serve.faults import FaultPolicy, RestartBackoff
+from dopd.serve.messages import (
+    Command,
+    Event,
+    Ready,
+    StatsReport,
+    Stop,
+    WireError,
+    WorkerStats,
+    decode_event,
+    encode,
+)
 from dopd.serve.step_samples import StepSample, samples_from_wire
 from dopd.serve.worker import WorkerSpec, worker_main
 from dopd.types import InstanceState, Role
 
 MONITOR_INTERVAL_S = 0.1
+_LOGGED_BAD_EVENTS = 10  # bad events logged per cluster (all are counted)
 _WATCHED = (InstanceState.ACTIVE, InstanceState.DRAINING, InstanceState.SWITCHING)
 
 
@@ -43,13 +56,13 @@ class InstanceHandle(Protocol):
     role: Role
     state: InstanceState
     target_role: Role | None
-    stats: dict[str, Any]
+    stats: WorkerStats
     stats_t: float
     kv_addr: str
     pid: int | None
     restarts: int
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, msg: Command) -> bool:
         """Queue a control command; False when the instance cannot take it."""
         ...
 
@@ -62,7 +75,7 @@ class WorkerInstance:
         self.role = role
         self.state = InstanceState.STARTING
         self.target_role: Role | None = None
-        self.stats: dict[str, Any] = {}
+        self.stats = WorkerStats()
         self.stats_t = 0.0
         self.kv_addr = ""
         self.pid: int | None = None
@@ -73,13 +86,13 @@ class WorkerInstance:
         self.ready = asyncio.Event()
         self._control = control
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, msg: Command) -> bool:
         if self.state in (InstanceState.STARTING, InstanceState.STOPPED):
             return False
-        return self._control.send(self.instance_id, msg)
+        return self._control.send(self.instance_id, encode(msg))
 
 
-Listener = Callable[[int, dict[str, Any]], None]
+Listener = Callable[[int, Event], None]
 CrashHandler = Callable[[int], None]
 StepListener = Callable[[int, list[StepSample], int], None]
 
@@ -162,7 +175,9 @@ class WorkerCluster:
     (when set) with the id and seconds since launch of each worker that reports ready.
     ``step_listener`` (when set) gets the steps each event reports (id, samples, samples lost
     to the worker's bound; see :mod:`dopd.serve.step_samples`); ``bad_step_reports`` counts
-    reports that were not of the expected wire version or shape (ignored).
+    reports that were not of the expected wire version or shape (ignored). Every event is
+    decoded here (:func:`dopd.serve.messages.decode_event`), so consumers get typed objects;
+    ``bad_events`` counts events of another wire version or malformed (logged, ignored).
     ``channel_auth`` draws the cluster's keys at :meth:`start` (:mod:`dopd.serve.channel_auth`):
     only its workers can reach the control and KV sockets; ``kv_auth`` (``curve`` or ``hmac``)
     picks how the KV sockets use them.
@@ -192,6 +207,8 @@ class WorkerCluster:
         self.on_ready: Callable[[int, float], None] | None = None
         self.step_listener: StepListener | None = None
         self.bad_step_reports = 0
+        self.bad_events = 0
+        self.kv_transport = "socket"
         self.max_model_len = 0
         self.cold_starts: list[float] = []
         self.stopping = False
@@ -221,7 +238,8 @@ class WorkerCluster:
                           replace(self.engine, role=inst.role, name=f"worker-{inst.instance_id}",
                                   index=inst.instance_id),
                           self.launcher.control_host(),
-                          fault_injection=self.faults.fault_injection, keys=self.keys)
+                          fault_injection=self.faults.fault_injection, keys=self.keys,
+                          kv_transport=self.kv_transport)
         inst.state = InstanceState.STARTING
         inst.ready.clear()
         inst.cold_start_s = None
@@ -253,7 +271,7 @@ class WorkerCluster:
         """Ask every worker to stop, wait up to ``timeout_s``, then terminate what is left."""
         self.stopping = True
         for inst in self.instances.values():
-            inst.send({"op": "stop"})
+            inst.send(Stop())
         deadline = time.monotonic() + timeout_s
         for inst in self.instances.values():
             # a worker still starting cannot take the stop: it is ended right away
@@ -297,23 +315,31 @@ class WorkerCluster:
         require(inst is not None, f"no instance {iid}")
         assert inst is not None and self.control is not None
         inst.state = InstanceState.STOPPED  # before the stop: the monitor must not see a crash
-        inst.stats = {}
-        self.control.send(iid, {"op": "stop"})
+        inst.stats = WorkerStats()
+        self.control.send(iid, encode(Stop()))
         deadline = time.monotonic() + timeout_s
         while self.alive(inst) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.launcher.terminate(inst.process)
 
     # ------------------------------------------------------------------ events
-    def _on_event(self, iid: int, ev: dict[str, Any]) -> None:
+    def _on_event(self, iid: int, raw: Any) -> None:
         inst = self.instances.get(iid)
         if inst is None:
             return
-        stats = ev.get("stats")
+        try:
+            ev = decode_event(raw)
+        except WireError as exc:
+            self.bad_events += 1
+            if self.bad_events <= _LOGGED_BAD_EVENTS:
+                print(f"dopd: worker {iid} sent a bad event (ignored): {exc}",
+                      file=sys.stderr, flush=True)
+            return
+        stats = getattr(ev, "stats", None)
         if stats is not None:
             inst.stats = stats
             inst.stats_t = time.monotonic()
-        steps = ev.get("steps")
+        steps = getattr(ev, "steps", None)
         if steps is not None and self.step_listener is not None:
             try:
                 samples, dropped = samples_from_wire(steps)
@@ -321,11 +347,10 @@ class WorkerCluster:
                 self.bad_step_reports += 1
             else:
                 self.step_listener(iid, samples, dropped)
-        kind = ev.get("ev")
-        if kind == "ready":
-            inst.kv_addr = ev["kv_addr"]
-            inst.pid = ev.get("pid", inst.pid)
-            self.max_model_len = int(ev["max_model_len"])
+        if isinstance(ev, Ready):
+            inst.kv_addr = ev.kv_addr
+            inst.pid = ev.pid
+            self.max_model_len = ev.max_model_len
             if inst.cold_start_s is None:
                 inst.cold_start_s = time.monotonic() - inst.launched_t
                 self.cold_starts.append(inst.cold_start_s)
@@ -333,7 +358,7 @@ class WorkerCluster:
             inst.ready.set()
             if self.on_ready is not None:
                 self.on_ready(iid, time.monotonic() - inst.launched_t)
-        elif kind != "stats":
+        elif not isinstance(ev, StatsReport):
             self.listener(iid, ev)
 
     async def _monitor(self) -> None:
@@ -356,14 +381,14 @@ class WorkerCluster:
         if timeout <= 0 or inst.state not in _WATCHED or now - inst.stats_t <= timeout:
             return False
         s = inst.stats
-        return self.holding(inst.instance_id) > 0 or int(s.get("unfinished", 0)) > 0 \
-            or int(s.get("held", 0)) > 0 or int(s.get("pending_decodes", 0)) > 0
+        return self.holding(inst.instance_id) > 0 or s.unfinished > 0 or s.held > 0 \
+            or s.pending_decodes > 0
 
     def _lost(self, inst: WorkerInstance, stalled: bool) -> None:
         """``inst``'s worker died or stalled: stop routing to it, report it, make sure it is
         gone and (unless restarts are off) restart it after its backoff."""
         inst.state = InstanceState.STOPPED
-        inst.stats = {}
+        inst.stats = WorkerStats()
         self.on_crash(inst.instance_id)
         if self.restart:
             inst.target_role = None

@@ -46,6 +46,7 @@ from dopd.serve.cluster import InstanceHandle
 from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.errors import ServeError
 from dopd.serve.insight import latest_forecast, plan_view, policy_log
+from dopd.serve.messages import SetRole
 from dopd.serve.metrics import ServeMetrics
 from dopd.serve.outcomes import OutcomeLog
 from dopd.types import SLO, InstanceState, RequestOutcome, RequestState, Role
@@ -139,12 +140,9 @@ class Controller(Observer):
         for iid, h in sorted(self.instances.items()):
             s = h.stats
             views.append(InstanceView(
-                iid, h.role, h.state, h.target_role, int(s.get("queued_prefill_tokens", 0)),
-                int(s.get("waiting", 0)), int(s.get("prefilling", 0)),
-                int(s.get("decode_batch", 0)), int(s.get("decode_ctx_sum", 0)),
-                int(s.get("pending_decodes", 0)), int(s.get("kv_used_blocks", 0)),
-                max(1, int(s.get("kv_total_blocks", 1))), float(s.get("recent_step_s", 0.0)),
-                int(s.get("steps", 0))))
+                iid, h.role, h.state, h.target_role, s.queued_prefill_tokens, s.waiting,
+                s.prefilling, s.decode_batch, s.decode_ctx_sum, s.pending_decodes,
+                s.kv_used_blocks, max(1, s.kv_total_blocks), s.recent_step_s, s.steps))
         budget = self.budget if self.budget is not None else len(self.instances)
         return ClusterView(self.now(), tuple(views), budget, self.arrived, self.ended)
 
@@ -214,10 +212,10 @@ class Controller(Observer):
         for h in self.instances.values():
             if h.state == InstanceState.ACTIVE:
                 counts[h.role] += 1
-                total = h.stats.get("kv_total_blocks")
+                total = h.stats.kv_total_blocks
                 if total:
                     side = "prefill" if h.role == Role.PREFILL else "decode"
-                    use = float(h.stats.get("kv_used_blocks", 0)) / float(total)
+                    use = h.stats.kv_used_blocks / total
                     kv[side] = max(kv[side] or 0.0, use)
             elif h.state != InstanceState.STOPPED:
                 moving += 1
@@ -226,7 +224,7 @@ class Controller(Observer):
             "t": round(now, 3), "wall": round(time.time(), 3), "prefill": counts[Role.PREFILL],
             "decode": counts[Role.DECODE], "mixed": counts[Role.MIXED], "transitioning": moving,
             "in_flight": len(self.dispatcher.tracked),
-            "waiting": sum(int(h.stats.get("waiting", 0)) for h in self.instances.values()),
+            "waiting": sum(h.stats.waiting for h in self.instances.values()),
             "load": {str(i): self.dispatcher.holding(i) for i in self.instances},
             "ttft_p50": recent.ttft_p50_s, "ttft_p90": recent.ttft_p90_s,
             "tpot_p50": recent.tpot_p50_s, "tpot_p90": recent.tpot_p90_s,
@@ -280,7 +278,7 @@ class Controller(Observer):
             h.state = InstanceState.SWITCHING
             decision["status"] = "switching"
             ack = self.dispatcher.expect_role(iid)
-            if not h.send({"op": "set_role", "role": str(role)}):
+            if not h.send(SetRole(role)):
                 raise TimeoutError
             await asyncio.wait_for(ack, ROLE_ACK_TIMEOUT_S)
             h.role = role
@@ -305,8 +303,8 @@ class Controller(Observer):
             if self.dispatcher.holding(h.instance_id) == 0:
                 zero_since = zero_since or time.monotonic()
                 s = h.stats
-                if (h.stats_t > zero_since and s.get("unfinished", 1) == 0
-                        and s.get("held", 1) == 0 and s.get("pending_decodes", 1) == 0):
+                if (h.stats_t > zero_since and s.unfinished == 0 and s.held == 0
+                        and s.pending_decodes == 0):
                     return True
             else:
                 zero_since = None

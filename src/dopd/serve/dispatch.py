@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import itertools
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from dopd.control.routing.router import Router
 from dopd.engine.model import SamplingParams
@@ -48,7 +46,20 @@ from dopd.serve.cluster import InstanceHandle
 from dopd.serve.config import ServeConfig
 from dopd.serve.errors import ServeError
 from dopd.serve.live_routing import InstanceBook, live_router, routables
-from dopd.serve.wire import params_to_wire
+from dopd.serve.messages import (
+    Abort,
+    Accept,
+    Handoff,
+    KVLost,
+    KVNotice,
+    Output,
+    RoleChanged,
+    Submit,
+    WorkerError,
+)
+from dopd.serve.messages import (
+    Event as WorkerEvent,
+)
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 POISON_LOSSES = 3
@@ -58,12 +69,6 @@ SUSPECT_WAIT_S = 60.0
 NO_INSTANCE_RETRY_S = 5
 POISON_MEMORY = 1024
 """Poison requests remembered (prompt and parameters): an identical one fails at once."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _wire_params(params: SamplingParams) -> dict[str, Any]:
-    """The wire form of ``params``, shared by requests with equal parameters (read only)."""
-    return params_to_wire(params)
 
 
 def _print(prompt_ids: list[int], params: SamplingParams) -> int:
@@ -288,10 +293,7 @@ class Dispatcher:
         local = phase == "local"
         t.phase = "colocated" if local else phase
         t.prefill_iid = iid if phase == "prefill" else None
-        msg = {"op": "submit", "rid": t.rid, "ids": ids, "params": _wire_params(params)}
-        if local:
-            msg["local"] = True
-        if not self.instances[iid].send(msg):
+        if not self.instances[iid].send(Submit(t.rid, tuple(ids), params, local)):
             raise ServeError(503, f"instance {iid} is not reachable", code="unavailable",
                              retry_after=NO_INSTANCE_RETRY_S)
         t.n_base = len(t.out_ids)
@@ -306,39 +308,40 @@ class Dispatcher:
         if t is None:
             return
         if t.where is not None:
-            self.instances[t.where].send({"op": "abort", "rid": rid})
+            self.instances[t.where].send(Abort(rid))
         self._place(t, None)
         self._report(t, RequestState.ABORTED, reason)
 
     # ------------------------------------------------------------------ worker events
-    def on_event(self, iid: int, ev: dict[str, Any]) -> None:
-        kind = ev.get("ev")
-        if kind == "out":
-            for item in ev["items"]:
-                self._on_output(iid, *item)
-        elif kind == "error":
-            t = self.tracked.get(ev.get("rid", -1))
+    def on_event(self, iid: int, ev: WorkerEvent) -> None:
+        if isinstance(ev, Output):
+            for item in ev.items:
+                self._on_output(iid, item.rid, item.token_ids, item.text, item.num_prompt_tokens,
+                                item.num_output_tokens, item.finished, item.finish_reason,
+                                item.handoff)
+        elif isinstance(ev, WorkerError):
+            t = self.tracked.get(ev.rid if ev.rid is not None else -1)
             if t is not None:
                 status = 400 if t.phase != "decode" else 503
-                self._fail(t, status, str(ev.get("msg", "worker error")))
-        elif kind == "kv":
-            t = self.tracked.get(ev["rid"])
+                self._fail(t, status, ev.msg or "worker error")
+        elif isinstance(ev, KVNotice):
+            t = self.tracked.get(ev.rid)
             if t is not None:
-                t.kv_bytes += int(ev["bytes"])
-                t.recomputed = t.recomputed or not ev["ok"]
+                t.kv_bytes += ev.nbytes
+                t.recomputed = t.recomputed or not ev.ok
                 self._handed_over(t)
                 if t.where == iid:  # the KV is in (or being recomputed): it decodes there
                     self.book(iid).decoding(t.rid, len(t.prompt_ids) + max(t.n_out, 1))
             for obs in self.observers:
-                obs.on_kv(bool(ev["ok"]), int(ev["bytes"]))
-        elif kind == "role":
+                obs.on_kv(ev.ok, ev.nbytes)
+        elif isinstance(ev, RoleChanged):
             waiter = self.role_waiters.pop(iid, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(str(ev["role"]))
+                waiter.set_result(str(ev.role))
 
-    def _on_output(self, iid: int, rid: int, ids: list[int], text: str, n_prompt: int,
+    def _on_output(self, iid: int, rid: int, ids: tuple[int, ...], text: str, n_prompt: int,
                    n_out: int, finished: bool, reason: str | None,
-                   handle: dict[str, Any] | None) -> None:
+                   handle: Handoff | None) -> None:
         t = self.tracked.get(rid)
         if t is None or t.where != iid:
             return
@@ -380,11 +383,11 @@ class Dispatcher:
         if t.prefill_iid is not None and t.prefill_iid in self.books:
             self.books[t.prefill_iid].release(t.rid)
 
-    def _hand_off(self, t: Tracked, src: int, handle: dict[str, Any]) -> None:
+    def _hand_off(self, t: Tracked, src: int, handle: Handoff) -> None:
         now = time.monotonic()
         decode = self._candidates(now)[1]
         if not decode:  # every decode instance is down: serve the rest on a prefill one
-            self.instances[src].send({"op": "abort", "rid": t.rid})
+            self.instances[src].send(Abort(t.rid))
             self._place(t, None)
             try:
                 self._send_submit(t)
@@ -395,9 +398,8 @@ class Dispatcher:
         d = self.router.select_decode(now, p, m, routables(decode)).instance_id
         t.phase = "decode"
         t.decode_iid = d
-        msg = {"op": "accept", "rid": t.rid, "handle": handle, "src": self.kv_address(src)}
-        if not self.instances[d].send(msg):
-            self.instances[src].send({"op": "abort", "rid": t.rid})
+        if not self.instances[d].send(Accept(t.rid, handle, self.kv_address(src))):
+            self.instances[src].send(Abort(t.rid))
             self._fail(t, 503, f"decode instance {d} is not reachable")
             return
         self._place(t, d)
@@ -407,7 +409,7 @@ class Dispatcher:
         if self.tracked.pop(t.rid, None) is None:
             return
         if t.where is not None:
-            self.instances[t.where].send({"op": "abort", "rid": t.rid})
+            self.instances[t.where].send(Abort(t.rid))
         self._place(t, None)
         t.queue.put_nowait(Event("error", status=status, message=message))
         self._report(t, RequestState.ABORTED, message)
@@ -435,7 +437,7 @@ class Dispatcher:
         for t in list(self.tracked.values()):
             if t.where != iid:
                 if t.phase == "decode" and t.prefill_iid == iid and t.where is not None:
-                    self.instances[t.where].send({"op": "kv_lost", "rid": t.rid})
+                    self.instances[t.where].send(KVLost(t.rid))
                 continue
             self._place(t, None)
             t.losses += 1

@@ -187,7 +187,7 @@ class InstanceBook:
         busy (the mean residual of a step), else now."""
         if not self.busy:
             return now
-        step = self.handle.stats.get("recent_step_s", 0.0)
+        step = self.handle.stats.recent_step_s
         return now + 0.5 * float(step)
 
     def prefill_work_ahead(self, prompt_tokens: int) -> tuple[int, int, int]:
@@ -212,7 +212,7 @@ class InstanceBook:
 
     def refresh(self) -> None:
         """Take the cache size from the worker's latest stats."""
-        total = self.handle.stats.get("kv_total_blocks")
+        total = self.handle.stats.kv_total_blocks
         if total:
             self.blocks.num_blocks = int(total)
 

@@ -143,9 +143,9 @@ class ServeMetrics(Observer):
         for h in instances:
             label = str(h.instance_id)
             s = h.stats
-            self.queue_depth.labels(label).set(s.get("waiting", 0) + s.get("prefilling", 0))
-            self.running.labels(label).set(s.get("decode_batch", 0))
-            self.queued_tokens.labels(label).set(s.get("queued_prefill_tokens", 0))
+            self.queue_depth.labels(label).set(s.waiting + s.prefilling)
+            self.running.labels(label).set(s.decode_batch)
+            self.queued_tokens.labels(label).set(s.queued_prefill_tokens)
             states[str(h.state)] += 1
             if h.state == InstanceState.ACTIVE:
                 roles[str(h.role)] += 1

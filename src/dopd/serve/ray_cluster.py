@@ -31,14 +31,14 @@ from dopd.errors import DopdError
 from dopd.serve.cluster import WorkerCluster, WorkerInstance
 from dopd.serve.engines import EngineSpec
 from dopd.serve.ray_connect import connect
-from dopd.serve.worker import Worker, WorkerSpec, run_worker
+from dopd.serve.worker import WorkerSpec, run_worker
 from dopd.types import Role
 
 
 class InstanceActor:
     """The body of one instance's actor (wrapped by ``ray.remote`` in :class:`RayLauncher`)."""
 
-    def run(self, spec: WorkerSpec, kv_transport: str) -> str:
+    def run(self, spec: WorkerSpec) -> str:
         """Build the engine and run the worker loop until it is told to stop; the worker's
         KV socket binds this actor's node address, or loopback when ``spec.host`` is (a local
         Ray instance serving a loopback front end)."""
@@ -47,12 +47,7 @@ class InstanceActor:
         torch.set_num_threads(1)
         if spec.host != "127.0.0.1":
             spec = replace(spec, host=ray.util.get_node_ip_address())
-        worker: type[Worker] = Worker
-        if kv_transport == "object_store":
-            from dopd.serve.ray_kv import ObjectStoreWorker
-
-            worker = ObjectStoreWorker
-        run_worker(spec, worker)
+        run_worker(spec)  # the spec names its KV transport
         return "stopped"
 
 
@@ -71,14 +66,13 @@ class RayLauncher:
     (the front end listens on loopback), dopd's control and KV sockets bind 127.0.0.1."""
 
     def __init__(self, address: str | None, num_cpus: float, num_gpus: float,
-                 kv_transport: str, local_cpus: int | None = None, *,
+                 local_cpus: int | None = None, *,
                  loopback: bool = False, insecure: bool = False) -> None:
         self.address = address
         self.loopback = loopback and address is None
         self.insecure = insecure
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
-        self.kv_transport = kv_transport
         self.local_cpus = local_cpus
         self.connected = False
         self._owns = False
@@ -102,7 +96,7 @@ class RayLauncher:
         self.connect()
         actor = self._actor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                     max_restarts=0).remote()
-        return ActorWorker(actor, actor.run.remote(spec, self.kv_transport))
+        return ActorWorker(actor, actor.run.remote(spec))
 
     def pid(self, handle: ActorWorker) -> int | None:
         return None  # known from the worker's ready event
@@ -141,12 +135,13 @@ class RayCluster(WorkerCluster):
                  channel_auth: bool = True, kv_auth: str = "curve", loopback: bool = False,
                  insecure: bool = False) -> None:
         n = max(budget or 0, len(roles))
-        self.ray = RayLauncher(address, cpus_per_instance, gpus_per_instance, kv_transport,
+        self.ray = RayLauncher(address, cpus_per_instance, gpus_per_instance,
                                max(1, math.ceil(n * cpus_per_instance)), loopback=loopback,
                                insecure=insecure)
         super().__init__(engine, roles, self.ray, restart=restart,
                          start_timeout_s=start_timeout_s, channel_auth=channel_auth,
                          kv_auth=kv_auth)
+        self.kv_transport = kv_transport  # every worker's spec names it (worker.build_transport)
 
     def connect(self) -> None:
         """Join (or start) the Ray cluster now rather than in :meth:`start`."""

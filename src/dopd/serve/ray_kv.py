@@ -2,7 +2,7 @@
 
 The prefill side copies a finished prompt's KV into the object store as soon as the prompt is
 done (:func:`put_payload`), frees its own KV blocks at once, and hands the serialized
-``ObjectRef`` on in the hand-off (the handle's ``kv_ref``, relayed by the front end). The decode
+``ObjectRef`` on in the hand-off (the hand-off's ``ref``, relayed by the front end). The decode
 side deserializes it and pulls the object without blocking its loop (``ray.wait`` with
 ``fetch_local``, then :func:`get_payload`), under the same deadline as a socket fetch: when it
 passes, or the object is gone, the prompt is recomputed. The object's lifetime is the lease:
@@ -11,7 +11,8 @@ the prefill side holds the only reference until the decode side says it has the 
 until ``kv_lease_s`` passes; dropping it frees the object. A put that fails (store full) falls
 back to the socket hand-off for that request.
 
-Runs inside Ray actors only (see :mod:`dopd.serve.ray_cluster`); it imports Ray.
+Implements :class:`dopd.kv.transport.KVTransport` (``ObjectStoreTransport``). Runs inside Ray
+actors only (see :mod:`dopd.serve.ray_cluster`); it imports Ray.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from ray.exceptions import RayError
 from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.model import KVPayload
 from dopd.errors import DopdError
-from dopd.serve.wire import handle_to_wire, payload_frames, payload_from_frames
-from dopd.serve.worker import Worker
+from dopd.kv.transport import ImportResult
+from dopd.serve.channel_auth import ClusterKeys
+from dopd.serve.kv_socket import LeasedEngine, Pacer, SocketTransport
+from dopd.serve.wire import payload_frames, payload_from_frames
 
 
 def put_payload(payload: KVPayload) -> tuple[Any, bytes]:
@@ -57,64 +60,69 @@ def get_payload(ref: Any, timeout_s: float = 10.0) -> KVPayload:
     return payload_from_frames(header, memoryview(body))
 
 
-class ObjectStoreWorker(Worker):
-    """The worker loop with the object-store KV transport (see the module docstring)."""
+class ObjectStoreTransport(SocketTransport):
+    """The object-store KV transport (see the module docstring); the socket transport is its
+    fallback for a failed put and its channel for releases."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    name = "object_store"
+
+    def __init__(self, engine: LeasedEngine, timeout_s: float, lease_s: float,
+                 host: str = "127.0.0.1", keys: ClusterKeys | None = None,
+                 link: Pacer | None = None) -> None:
+        super().__init__(engine, timeout_s, host, keys, link)
+        self.lease_s = lease_s
         self.kv_objects: dict[int, tuple[Any, float]] = {}  # rid -> (ref, lease end): prefill
         self.kv_pulls: dict[int, tuple[Any, str, str]] = {}  # rid -> (ref, src, source): decode
 
-    # ------------------------------------------------------------------ prefill side
-    def export_handle(self, handle: KVHandle) -> dict[str, Any]:
+    # ------------------------------------------------------------------ source side
+    def publish(self, handle: KVHandle) -> bytes | None:
         rid = handle.request_id
         try:
             payload = self.engine.fetch_kv(handle)
             ref, blob = put_payload(payload)
         except (RayError, DopdError):
-            return super().export_handle(handle)  # the socket hand-off still works
+            return super().publish(handle)  # the socket hand-off still works
         self.engine.release_kv(rid)
-        self.kv_bytes_sent += payload.nbytes
-        self.kv_objects[rid] = (ref, time.monotonic() + self.engine.options.kv_lease_s)
-        return {**handle_to_wire(handle), "kv_ref": blob}
+        self.bytes_sent += payload.nbytes
+        self.kv_objects[rid] = (ref, time.monotonic() + self.lease_s)
+        return blob
 
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
-        stats["held"] += len(self.kv_objects)  # a drain waits until the decode side has them
-        return stats
+    @property
+    def held(self) -> int:
+        return len(self.kv_objects)  # a drain waits until the decode side has them
 
     def serve_fetch(self, ident: bytes, rid: int, source: str) -> None:
         if self.kv_objects.pop(rid, None) is None:  # else: a release, the decode side has it
             super().serve_fetch(ident, rid, source)
 
-    def forget_expired(self) -> None:
-        super().forget_expired()
+    def expire(self) -> None:
+        super().expire()
         now = time.monotonic()
         for rid in [r for r, (_, end) in self.kv_objects.items() if now > end]:
             del self.kv_objects[rid]
 
-    # ------------------------------------------------------------------ decode side
-    def poll(self, timeout_ms: int) -> bool:
-        # Objects being pulled are checked on every turn of the loop, not only on socket input.
-        if not self.kv_pulls:
-            return super().poll(timeout_ms)
-        super().poll(min(timeout_ms, 1))
-        return True
+    def cancel(self, request_id: int) -> None:
+        super().cancel(request_id)
+        self.kv_pulls.pop(request_id, None)
 
-    def start_fetch(self, msg: dict[str, Any], handle: KVHandle) -> None:
-        blob = msg["handle"].get("kv_ref")
-        if blob is None:
-            super().start_fetch(msg, handle)
-        else:
-            self.kv_pulls[handle.request_id] = (load_ref(blob), msg["src"], handle.source)
+    # ------------------------------------------------------------------ target side
+    def fetch(self, handle: KVHandle, source_addr: str, ref: bytes | None) -> None:
+        if ref is None:
+            super().fetch(handle, source_addr, ref)
+            return
+        self._begin(handle.request_id)
+        self.kv_pulls[handle.request_id] = (load_ref(ref), source_addr, handle.source)
 
-    def handle_replies(self) -> None:
-        super().handle_replies()
-        self.check_fetch_timeouts()  # an object present past its deadline is not taken
+    def next_due(self) -> float | None:
+        # objects being pulled are checked on every turn of the loop, not only on input
+        return time.perf_counter() + 0.001 if self.kv_pulls else super().next_due()
+
+    def pump(self, polled: bool = True) -> list[ImportResult]:
+        out = super().pump(polled)  # its timeouts first: an object past its deadline is not taken
         for rid in [r for r in self.kv_pulls if r not in self.fetches]:
             del self.kv_pulls[rid]  # timed out or aborted
         if not self.kv_pulls:
-            return
+            return out
         refs = [ref for ref, _, _ in self.kv_pulls.values()]
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)[0])
         for rid, (ref, src, source) in list(self.kv_pulls.items()):
@@ -125,5 +133,8 @@ class ObjectStoreWorker(Worker):
                 payload, error = get_payload(ref), None
             except (RayError, DopdError) as exc:
                 payload, error = None, f"object store: {str(exc).splitlines()[0]}"
-            self.kv_client.fetch(src, rid, source)  # release the prefill side's object
-            self.complete_fetch(rid, payload, error)
+            self.client.fetch(src, rid, source)  # release the prefill side's object
+            result = self._complete(rid, payload, error)
+            if result is not None:
+                out.append(result)
+        return out

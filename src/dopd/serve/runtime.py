@@ -181,8 +181,8 @@ class ServeRuntime:
             await self.cluster.start()
         finally:
             self.cluster.on_ready = None
-        sizes = [int(h.stats["kv_total_blocks"]) for h in self.cluster.instances.values()
-                 if h.stats.get("kv_total_blocks")]
+        sizes = [h.stats.kv_total_blocks for h in self.cluster.instances.values()
+                 if h.stats.kv_total_blocks]
         if sizes:  # the router's KV watermark from the workers' real cache size
             self.router = live_router(self.config, self.policy.router, kv_blocks=min(sizes),
                                       belief=self.belief)

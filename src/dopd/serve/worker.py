@@ -1,11 +1,11 @@
 """One worker process: the engine loop of one instance, its control channel and KV peer channel.
 
 :func:`worker_main` (the target of a ``spawn`` process) builds the engine, binds its KV server
-socket, says ``ready`` to the front end, then loops: handle control commands (``submit``,
-``accept``, ``abort``, ``kv_lost``, ``set_role``, ``stop``), serve KV fetches of its leased
-prefills, take KV replies from peers, run one engine step, and send the step's outputs back.
-It exits on ``stop``, or when its parent process is gone. Message formats:
-:mod:`dopd.serve.channels`.
+transport (:func:`build_transport`), says ``ready`` to the front end, then loops: handle control
+commands (:mod:`dopd.serve.messages`: submit, accept, abort, KV lost, set role, stop), let the
+KV transport make progress (serve peers' fetches, take arrived KV, end overdue fetches with the
+recompute fallback), run one engine step, and send the step's outputs back. It exits on
+``stop``, or when its parent process is gone.
 
 Every step that ran a batch is recorded (:class:`~dopd.serve.step_samples.StepBuffer`) with
 its batch sums and its wall time, counted from the previous step's end when it followed it back
@@ -20,21 +20,39 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
-from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
-from dopd.engine.model import KVPayload
-from dopd.errors import DopdError
+from dopd.engine.request_state import RequestOutput
+from dopd.errors import DopdError, require
+from dopd.kv.transport import ImportResult, KVTransport
 from dopd.serve.channel_auth import ClusterKeys, denied
-from dopd.serve.channels import KVClient, KVServer, WorkerControl
+from dopd.serve.channels import WorkerControl
 from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
 from dopd.serve.faults import CRASH_EXIT_CODE, CRASH_MARKER
+from dopd.serve.kv_socket import SocketTransport
+from dopd.serve.messages import (
+    Abort,
+    Accept,
+    Event,
+    Handoff,
+    KVLost,
+    KVNotice,
+    Output,
+    OutputItem,
+    Ready,
+    RoleChanged,
+    SetRole,
+    StatsReport,
+    Stop,
+    Submit,
+    WorkerError,
+    WorkerStats,
+    decode_command,
+    encode,
+)
 from dopd.serve.step_samples import StepBuffer, StepSample
-from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire
-from dopd.types import Role
 
 STATS_INTERVAL_S = 0.25
 _EWMA = 0.2
@@ -45,7 +63,8 @@ class WorkerSpec:
     """What a worker process needs: its id, the front end's control address, its engine, the
     address its KV socket binds, and the cluster's channel keys (None: plain sockets; they
     travel in the spec, never in argv or the environment, and never show in its repr);
-    ``fault_injection``: the test-only crash hook of :mod:`dopd.serve.faults` is on."""
+    ``fault_injection``: the test-only crash hook of :mod:`dopd.serve.faults` is on;
+    ``kv_transport``: how prefilled KV moves (:data:`KV_TRANSPORTS`, :func:`build_transport`)."""
 
     instance_id: int
     control_addr: str
@@ -53,71 +72,50 @@ class WorkerSpec:
     host: str = "127.0.0.1"
     fault_injection: bool = False
     keys: ClusterKeys | None = field(default=None, repr=False)
+    kv_transport: str = "socket"
 
 
 class Worker:
-    """The loop state of one worker (see the module docstring).
+    """The loop state of one worker (see the module docstring). ``kv`` is its KV transport
+    (:mod:`dopd.kv.transport`), picked from the spec's ``kv_transport`` by
+    :func:`build_transport`."""
 
-    With a ``link`` (emulated mode) a KV fetch is answered when the link's modeled transfer of
-    it is over, also while a step is "running" (the emulated runner waits through
-    :meth:`wait_until`); the KV is released after the step.
-    """
-
-    def __init__(self, spec: WorkerSpec, engine: LLMEngine,
-                 link: ModeledLink | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, engine: LLMEngine, kv: KVTransport) -> None:
         self.spec = spec
         self.engine = engine
         self.control = WorkerControl(spec.control_addr, spec.instance_id, spec.keys)
-        self.kv_server = KVServer(spec.host, spec.keys)
-        self.kv_client = KVClient(spec.keys)
-        self.handles: dict[int, KVHandle] = {}
-        self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
+        self.kv = kv
         self.step_s = 0.0
         self.samples = StepBuffer()
         self._step_end: float | None = None
-        self.kv_bytes_sent = 0
-        self.kv_bytes_received = 0
-        self.kv_failures = 0
         self.stopping = False
         self.crash_pending = False
         self._parent = os.getppid()
         self._next_stats = 0.0
         self._poller = zmq.Poller()
-        for sock in (self.control.socket, self.kv_server.socket):
-            self._poller.register(sock, zmq.POLLIN)
-        self._polled_peers = 0
-        self.link = link
-        self.outbox: dict[int, tuple[bytes, KVPayload]] = {}  # rid -> (peer, KV) in transfer
-        self.sent: list[int] = []  # KV replied to, to release
-        if link is not None and isinstance(engine.runner, EmulatedRunner):
-            engine.runner.wait = self.wait_until
+        self._poller.register(self.control.socket, zmq.POLLIN)
+        self._polled = 0
+        if isinstance(engine.runner, EmulatedRunner):
+            engine.runner.wait = kv.wait_until
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         eng = self.engine
-        self.control.send({"ev": "ready", "kv_addr": self.kv_server.address,
-                           "pid": os.getpid(), "max_model_len": eng.max_model_len,
-                           "stats": self.stats()})
+        self._send(Ready(self.kv.address, os.getpid(), eng.max_model_len, self.stats()))
         idle_plan = True
         while not self.stopping:
             busy = eng.has_unfinished() and not idle_plan
             waiting_kv = len(eng.pending) > 0 or len(eng.leases) > 0
             timeout_ms = 0 if busy else (5 if waiting_kv else 50)
-            if self.outbox and self.link is not None:
-                due = self.link.next_due()
-                if due is not None:
-                    left_ms = max(0, int((due - time.perf_counter()) * 1000))
-                    timeout_ms = min(timeout_ms, left_ms)
+            due = self.kv.next_due()
+            if due is not None:
+                timeout_ms = min(timeout_ms, max(0, int((due - time.perf_counter()) * 1000)))
             ready = self.poll(timeout_ms)
             if ready:
                 self.handle_control()
                 if self.crash_pending:
                     os._exit(CRASH_EXIT_CODE)  # the test-only crash hook (dopd.serve.faults)
-                self.handle_fetches()
-                self.handle_replies()
-            self.send_due()
-            self.release_sent()
-            self.check_fetch_timeouts()
+            self.report_kv(self.kv.pump(ready))
             if self.stopping:
                 break
             outputs = []
@@ -128,7 +126,7 @@ class Worker:
                 if isinstance(eng.runner, EmulatedRunner):
                     eng.runner.back_to_back = busy
                 outputs = eng.step()
-                self.release_sent()
+                self.kv.release_pending()
                 plan = eng.last_plan
                 if plan is not None:
                     self._step_end = time.perf_counter()
@@ -140,194 +138,96 @@ class Worker:
             if outputs:
                 self.send_outputs(outputs)
             elif now >= self._next_stats:
-                self.control.send({"ev": "stats", "stats": self.stats(),
-                                   "steps": self.samples.drain()})
+                self._send(StatsReport(self.stats(), self.samples.drain()))
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
-                self.forget_expired()
+                self.kv.expire()
                 if os.getppid() != self._parent:
                     break  # orphaned: the front end is gone
         self.close()
 
     def poll(self, timeout_ms: int) -> bool:
-        """Wait up to ``timeout_ms`` for input on any socket (peer sockets are only ever added,
-        so one poller serves the whole loop)."""
-        peers = self.kv_client.sockets()
-        if len(peers) != self._polled_peers:
-            for sock in peers[self._polled_peers:]:
+        """Wait up to ``timeout_ms`` for input on any socket (a transport's sockets are only
+        ever added, so one poller serves the whole loop)."""
+        socks = self.kv.sockets()
+        if len(socks) != self._polled:
+            for sock in socks[self._polled:]:
                 self._poller.register(sock, zmq.POLLIN)
-            self._polled_peers = len(peers)
+            self._polled = len(socks)
         return bool(self._poller.poll(timeout_ms))
 
     # ------------------------------------------------------------------ control
     def handle_control(self) -> None:
-        for msg in self.control.receive_all():
-            op = msg.get("op")
-            rid = msg.get("rid")
+        for raw in self.control.receive_all():
+            rid = raw.get("rid") if isinstance(raw.get("rid"), int) else None
             try:
-                if op == "submit":
-                    ids = msg["ids"]
-                    if self.spec.fault_injection and tuple(ids[:len(CRASH_MARKER)]) == \
-                            CRASH_MARKER:
-                        self.crash_pending = True
-                    self.engine.add_request(ids, params_from_wire(msg["params"]),
-                                            request_id=rid, local=bool(msg.get("local")))
-                elif op == "accept":
-                    handle = handle_from_wire(msg["handle"])
-                    self.engine.accept_remote(handle)
-                    self.start_fetch(msg, handle)
-                    now = time.monotonic()
-                    self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
-                elif op == "abort":
-                    self.engine.abort(rid)
-                    self.handles.pop(rid, None)
-                    self.fetches.pop(rid, None)
-                elif op == "kv_lost":  # its prefill instance died: recompute now
-                    self.complete_fetch(rid, None, "the prefill instance failed")
-                elif op == "set_role":
-                    self.engine.role = Role(msg["role"])
-                    self.control.send({"ev": "role", "role": msg["role"],
-                                       "stats": self.stats()})
-                elif op == "stop":
-                    self.stopping = True
-                else:
-                    raise DopdError(f"unknown operation {op!r}")
+                msg = decode_command(raw)
+                match msg:
+                    case Submit():
+                        if self.spec.fault_injection and \
+                                msg.ids[:len(CRASH_MARKER)] == CRASH_MARKER:
+                            self.crash_pending = True
+                        self.engine.add_request(list(msg.ids), msg.params, request_id=msg.rid,
+                                                local=msg.local)
+                    case Accept():
+                        handle = msg.handoff.handle
+                        self.engine.accept_remote(handle)
+                        self.kv.fetch(handle, msg.src, msg.handoff.ref)
+                    case Abort():
+                        self.engine.abort(msg.rid)
+                        self.kv.cancel(msg.rid)
+                    case KVLost():  # its prefill instance died: recompute now
+                        self.report_kv([self.kv.lost(msg.rid, "the prefill instance failed")])
+                    case SetRole():
+                        self.engine.role = msg.role
+                        self._send(RoleChanged(msg.role, self.stats()))
+                    case Stop():
+                        self.stopping = True
             except DopdError as exc:
-                self.control.send({"ev": "error", "rid": rid, "msg": str(exc)})
+                self._send(WorkerError(rid, str(exc)))
 
-    def send_outputs(self, outputs: list[Any]) -> None:
+    def _send(self, msg: Event) -> None:
+        self.control.send(encode(msg))
+
+    def send_outputs(self, outputs: list[RequestOutput]) -> None:
         items = []
         for out in outputs:
-            handle = None if out.kv_handle is None else self.export_handle(out.kv_handle)
-            items.append([out.request_id, list(out.new_token_ids), out.new_text,
-                          out.num_prompt_tokens, out.num_output_tokens, out.finished,
-                          None if out.finish_reason is None else str(out.finish_reason), handle])
-        self.control.send({"ev": "out", "items": items, "kv_addr": self.kv_server.address,
-                           "stats": self.stats(), "steps": self.samples.drain()})
+            handoff = None
+            if out.kv_handle is not None:
+                handoff = Handoff(out.kv_handle, self.kv.publish(out.kv_handle))
+            items.append(OutputItem(
+                out.request_id, out.new_token_ids, out.new_text, out.num_prompt_tokens,
+                out.num_output_tokens, out.finished,
+                None if out.finish_reason is None else str(out.finish_reason), out.state,
+                handoff))
+        self._send(Output(tuple(items), self.kv.address, self.stats(), self.samples.drain()))
 
-    # ------------------------------------------------------------------ KV
-    # The hooks export_handle / start_fetch / serve_fetch / complete_fetch are the KV transport:
-    # peer-to-peer sockets here; dopd.serve.ray_kv overrides them for the Ray object store.
-    def export_handle(self, handle: KVHandle) -> dict[str, Any]:
-        """The wire form of a prefilled request's handle; its KV stays leased here until a peer
-        fetches it (or the lease ends)."""
-        self.handles[handle.request_id] = handle
-        return handle_to_wire(handle)
-
-    def start_fetch(self, msg: dict[str, Any], handle: KVHandle) -> None:
-        """Ask the prefill peer at ``msg["src"]`` for the KV of an accepted request."""
-        self.kv_client.fetch(msg["src"], handle.request_id, handle.source)
-
-    def handle_fetches(self) -> None:
-        for ident, rid, source in self.kv_server.receive_all():
-            self.serve_fetch(ident, rid, source)
-
-    def serve_fetch(self, ident: bytes, rid: int, source: str) -> None:
-        handle = self.handles.pop(rid, None)
-        try:
-            if handle is None or handle.source != source:
-                raise DopdError(f"no KV held for request {rid}")
-            payload = self.engine.fetch_kv(handle)
-        except DopdError as exc:
-            self.kv_server.reply_error(ident, rid, str(exc))
-            return
-        if self.link is None:
-            self.kv_bytes_sent += self.kv_server.reply(ident, rid, payload)
-            self.engine.release_kv(rid)
-        else:
-            self.outbox[rid] = (ident, payload)
-            self.link.start(rid, handle.num_tokens)
-
-    def send_due(self) -> None:
-        """Send the KV whose modeled transfer is over (emulated mode); released later."""
-        if self.link is None or not self.outbox:
-            return
-        for rid in self.link.due():
-            ident, payload = self.outbox.pop(rid)
-            self.kv_bytes_sent += self.kv_server.reply(ident, rid, payload)
-            self.sent.append(rid)
-
-    def release_sent(self) -> None:
-        for rid in self.sent:
-            self.engine.release_kv(rid)
-        self.sent.clear()
-
-    def wait_until(self, deadline: float) -> None:
-        """The emulated runner's wait for the end of its step (``time.perf_counter`` time):
-        serve KV fetches and send due KV meanwhile. Runs inside a step, so it only reads the
-        engine (KV export); releases wait for the step's end."""
-        socket = self.kv_server.socket
-        while True:
-            self.send_due()
-            now = time.perf_counter()
-            if now >= deadline:
-                return
-            until = deadline
-            if self.outbox and self.link is not None:
-                due = self.link.next_due()
-                if due is not None:
-                    until = min(until, due)
-            left = until - now
-            if left < 1e-3:
-                time.sleep(max(left, 0.0))
-            elif socket.poll(int(left * 1000), zmq.POLLIN):
-                self.handle_fetches()
-
-    def handle_replies(self) -> None:
-        for rid, payload, error in self.kv_client.receive_all():
-            self.complete_fetch(rid, payload, error)
-
-    def complete_fetch(self, rid: int, payload: KVPayload | None, error: str | None) -> None:
-        """The KV of ``rid`` arrived (``payload``) or its transfer failed (``error``)."""
-        timing = self.fetches.pop(rid, None)
-        if timing is None:
-            return  # timed out already: the prompt is being recomputed
-        started = timing[0]
-        if payload is not None:
-            self.engine.deliver_kv(rid, payload)
-            self.kv_bytes_received += payload.nbytes
-            self.control.send({"ev": "kv", "rid": rid, "ok": True, "bytes": payload.nbytes,
-                               "wait_s": time.monotonic() - started})
-        else:
-            self.engine.fail_kv(rid)
-            self.kv_failures += 1
-            self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
-                               "msg": error or "transfer failed"})
-
-    def check_fetch_timeouts(self) -> None:
-        now = time.monotonic()
-        for rid in [r for r, (_, deadline) in self.fetches.items() if now > deadline]:
-            del self.fetches[rid]
-            self.engine.fail_kv(rid)
-            self.kv_failures += 1
-            self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
-                               "msg": "KV transfer timed out"})
-
-    def forget_expired(self) -> None:
-        for rid in [r for r in self.handles if r not in self.engine.leases]:
-            del self.handles[rid]
+    def report_kv(self, results: list[ImportResult | None]) -> None:
+        """Tell the front end how each ended fetch went (the engine knows already)."""
+        for r in results:
+            if r is not None:
+                self._send(KVNotice(r.request_id, r.ok, r.nbytes, r.wait_s, r.msg))
 
     # ------------------------------------------------------------------ stats, shutdown
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WorkerStats:
         eng = self.engine
         s = eng.scheduler
         st = eng.stats
-        return {"role": str(eng.role), "waiting": s.num_waiting, "prefilling": s.num_prefilling,
-                "decode_batch": s.num_decoding, "queued_prefill_tokens": s.queued_prefill_tokens,
-                "decode_ctx_sum": s.decode_kv_sum, "pending_decodes": len(eng.pending),
-                "held": len(eng.leases), "kv_used_blocks": s.blocks.used_blocks,
-                "kv_total_blocks": s.blocks.num_blocks, "recent_step_s": self.step_s,
-                "steps": st.steps, "unfinished": eng.num_unfinished,
-                "kv_exports": st.kv_exports, "kv_imports": st.kv_imports,
-                "kv_recomputes": st.kv_recomputes, "lease_expiries": st.lease_expiries,
-                "kv_bytes_sent": self.kv_bytes_sent, "kv_bytes_received": self.kv_bytes_received,
-                "kv_failures": self.kv_failures, "busy_s": st.busy_s,
-                "auth_denied": denied(self.control.context) + self.kv_server.rejected
-                + self.kv_client.rejected}
+        kv = self.kv
+        return WorkerStats(
+            role=str(eng.role), waiting=s.num_waiting, prefilling=s.num_prefilling,
+            decode_batch=s.num_decoding, queued_prefill_tokens=s.queued_prefill_tokens,
+            decode_ctx_sum=s.decode_kv_sum, pending_decodes=len(eng.pending),
+            held=len(eng.leases) + kv.held, kv_used_blocks=s.blocks.used_blocks,
+            kv_total_blocks=s.blocks.num_blocks, recent_step_s=self.step_s, steps=st.steps,
+            unfinished=eng.num_unfinished, kv_exports=st.kv_exports, kv_imports=st.kv_imports,
+            kv_recomputes=st.kv_recomputes, lease_expiries=st.lease_expiries,
+            kv_bytes_sent=kv.bytes_sent, kv_bytes_received=kv.bytes_received,
+            kv_failures=kv.failures, busy_s=st.busy_s,
+            auth_denied=denied(self.control.context) + kv.rejected)
 
     def close(self) -> None:
-        self.kv_client.close()
-        self.kv_server.close()
+        self.kv.close()
         self.control.close()
 
 
@@ -338,9 +238,26 @@ def worker_main(spec: WorkerSpec) -> None:
     run_worker(spec)
 
 
-def run_worker(spec: WorkerSpec, worker: type[Worker] = Worker) -> None:
-    """Build the engine of ``spec`` and run a ``worker`` loop (a KV transport's subclass of
-    :class:`Worker`) until ``stop``; the Ray backend's actors call this too."""
-    engine = build_engine(spec.engine)
+KV_TRANSPORTS = ("socket", "object_store")
+
+
+def build_transport(spec: WorkerSpec, engine: LLMEngine) -> KVTransport:
+    """The KV transport ``spec.kv_transport`` names, on the worker's KV host and keys; paced by
+    the modeled link in emulated mode. ``object_store`` imports Ray (Ray actors only)."""
+    require(spec.kv_transport in KV_TRANSPORTS,
+            f"kv_transport must be one of {', '.join(KV_TRANSPORTS)}, got {spec.kv_transport!r}")
     link = ModeledLink.of(spec.engine) if spec.engine.mode == "emulated" else None
-    worker(spec, engine, link).run()
+    timeout_s = engine.options.kv_timeout_s
+    if spec.kv_transport == "object_store":
+        from dopd.serve.ray_kv import ObjectStoreTransport
+
+        return ObjectStoreTransport(engine, timeout_s, engine.options.kv_lease_s, spec.host,
+                                    spec.keys, link)
+    return SocketTransport(engine, timeout_s, spec.host, spec.keys, link)
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Build the engine and KV transport of ``spec`` and run the worker loop until ``stop``;
+    the Ray backend's actors call this too."""
+    engine = build_engine(spec.engine)
+    Worker(spec, engine, build_transport(spec, engine)).run()
