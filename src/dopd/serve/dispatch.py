@@ -1,15 +1,18 @@
 """The request dispatcher of the front end: placement, P/D hand-off relay and request tracking.
 
 Placement is the simulator's router (:mod:`dopd.control.routing.router`, reading each instance
-through the
-front end's :class:`~dopd.serve.live_routing.InstanceBook`). :meth:`Dispatcher.submit` asks it
-where a tokenized request goes: a PREFILL instance (disaggregated; the decode instance is chosen
-by the router when the prompt is done, with the loads of that time), a MIXED instance, or a
-DECODE instance that prefills it itself (colocated); or it rejects the request (admission
-control: HTTP 429). With DECODE instances alone, one of them serves the request colocated;
-with PREFILL instances alone (every decode instance down), one of them serves the whole request
-(``local``: no hand-off) rather than refusing it. DRAINING, SWITCHING, STARTING and STOPPED
-instances get no new work. Every policy's admission is bounded
+through the front end's :class:`~dopd.serve.live_routing.InstanceBook`) among the candidates of
+the shared request flow (:func:`~dopd.control.flow.requests.placement_pools`).
+:meth:`Dispatcher.submit` asks it where a tokenized request goes: a PREFILL instance
+(disaggregated; the decode instance is chosen by the router when the prompt is done, with the
+loads of that time), a MIXED instance, or a DECODE instance that prefills it itself
+(colocated); or it rejects the request (admission control: HTTP 429). With DECODE instances
+alone, one of them serves the request colocated; with PREFILL instances alone (every decode
+instance down), one of them serves the whole request (``local``: no hand-off) rather than
+refusing it. DRAINING, SWITCHING, STARTING and STOPPED instances get no new work; a drain
+(:meth:`Dispatcher.drain`) places the instance's prompts that have not started elsewhere, as
+the simulator does (:data:`~dopd.control.flow.instances.REROUTE_UNSTARTED`). Every policy's
+admission is bounded
 (:class:`~dopd.serve.admission.AdmissionLimits`): past the limits a new request gets 429 with
 ``Retry-After``. Worker events
 become :class:`Event` values on the request's queue. When a prefill worker reports a prompt done
@@ -40,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dopd.control.flow.instances import REROUTE_UNSTARTED
+from dopd.control.flow.requests import Pools, Whole, placement_pools
 from dopd.control.routing.router import Router
 from dopd.engine.model import SamplingParams
 from dopd.engine.sequence import SchedulerConfig
@@ -49,7 +54,7 @@ from dopd.serve.config import ServeConfig
 from dopd.serve.errors import ServeError
 from dopd.serve.live_routing import InstanceBook, live_router, routables
 from dopd.serve.wire import params_to_wire
-from dopd.types import InstanceState, RequestOutcome, RequestState, Role
+from dopd.types import RequestOutcome, RequestState, Role
 
 POISON_LOSSES = 3
 """A request in this many worker losses is poison even when it passed its probations."""
@@ -170,6 +175,8 @@ class Dispatcher:
         self.observers: list[Observer] = []
         self.admitting = True
         self.rejected = 0
+        self.moved = 0
+
         self._ids = itertools.count()
         self.role_waiters: dict[int, asyncio.Future[str]] = {}
 
@@ -184,20 +191,24 @@ class Dispatcher:
         b.refresh()
         return b
 
-    def _candidates(self, now: float) -> tuple[list[InstanceBook], list[InstanceBook]]:
-        """(instances that take prompts, instances that take decodes), ACTIVE ones only."""
-        prefill: list[InstanceBook] = []
-        decode: list[InstanceBook] = []
-        for iid, h in self.instances.items():
-            if h.state != InstanceState.ACTIVE:
-                continue
-            b = self.book(iid)
-            b.set_now(now)
-            if h.role != Role.DECODE:
-                prefill.append(b)
-            if h.role != Role.PREFILL:
-                decode.append(b)
-        return prefill, decode
+    def _candidates(self, now: float) -> Pools[InstanceBook]:
+        """The placement candidates (:func:`~dopd.control.flow.requests.placement_pools`) as
+        the books the router reads."""
+        pools = placement_pools(self.instances.values())
+        books: dict[int, InstanceBook] = {}
+
+        def of(hs: list[InstanceHandle]) -> list[InstanceBook]:
+            out = []
+            for h in hs:
+                b = books.get(h.instance_id)
+                if b is None:
+                    b = books[h.instance_id] = self.book(h.instance_id)
+                    b.set_now(now)
+                out.append(b)
+            return out
+
+        return Pools(of(pools.prefill), of(pools.decode),
+                     None if pools.whole is None else of(pools.whole), pools.how)
 
     def _place(self, t: Tracked, iid: int | None) -> None:
         if t.where is not None:
@@ -226,12 +237,12 @@ class Dispatcher:
         may reject it: :class:`Rejected`). Phase ``local``: a PREFILL instance serves it whole.
         ServeError 503 when nothing can take it, 429 past the admission limits."""
         now = time.monotonic()
-        prefill, decode = self._candidates(now)
-        if not prefill and not decode:
+        pools = self._candidates(now)
+        if pools.empty:
             raise ServeError(503, "no instance can serve requests right now", code="unavailable",
                              retry_after=NO_INSTANCE_RETRY_S)
-        pool, phase = (prefill, "local") if not decode else \
-            (decode, "colocated") if not prefill else (None, "")
+        prefill, decode, pool = pools.prefill, pools.decode, pools.whole
+        phase = "local" if pools.how == Whole.LOCAL else "colocated"
         if admit:
             if not self.limits.cluster_room(len(self.tracked), sum(self.tokens.values()), p):
                 raise self._overloaded("cluster queue limit")
@@ -382,7 +393,7 @@ class Dispatcher:
 
     def _hand_off(self, t: Tracked, src: int, handle: dict[str, Any]) -> None:
         now = time.monotonic()
-        decode = self._candidates(now)[1]
+        decode = self._candidates(now).decode
         if not decode:  # every decode instance is down: serve the rest on a prefill one
             self.instances[src].send({"op": "abort", "rid": t.rid})
             self._place(t, None)
@@ -487,6 +498,36 @@ class Dispatcher:
             self.suspects.popleft()
             self.probation = t
             return
+
+    def drain(self, iid: int, migrate: bool = False) -> None:
+        """Instance ``iid`` drains (it gets no new work any more): place its prompts that have
+        not started elsewhere (:data:`~dopd.control.flow.instances.REROUTE_UNSTARTED`), and
+        with ``migrate`` its decodes too (resumed elsewhere: their prompt and tokens so far
+        prefilled again, the KV transport having no export of a running decode). A request no
+        other instance can take now stays. The front end cannot see whether a prompt's
+        prefill has begun: every prompt without a first token counts as not started."""
+        pools = self._candidates(time.monotonic())
+        if not any(b.instance_id != iid for b in (*pools.prefill, *pools.decode)):
+            return  # nowhere else to go: everything finishes here
+        moved = []
+        for t in list(self.tracked.values()):
+            if t.where != iid or t is self.probation:
+                continue
+            unstarted = t.first_token_t is None and not t.out_ids and t.phase != "decode"
+            if (REROUTE_UNSTARTED and unstarted) or (migrate and not unstarted):
+                moved.append(t)
+        for t in moved:
+            # the abort reaches the worker before a submit of the same request would
+            self.instances[iid].send({"op": "abort", "rid": t.rid})
+            self._handed_over(t)
+            self._place(t, None)
+            try:
+                self._send_submit(t)
+            except (ServeError, Rejected) as exc:
+                self._fail(t, 503, f"the request could not be moved off draining instance "
+                           f"{iid}: {exc}")
+                continue
+            self.moved += 1
 
     def holding(self, iid: int) -> int:
         """Requests of the front end currently placed on ``iid``."""
