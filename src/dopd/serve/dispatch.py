@@ -97,7 +97,7 @@ class Tracked:
     submit was sent, and when its first token's event arrived from the worker. ``out_ids``
     are the tokens streamed so far, ``n_base`` how many of them its current instance did not
     produce (it resumed after a loss), ``losses`` the worker losses it was in, ``cost`` the
-    prompt tokens charged to its instance.
+    prompt tokens charged to its instance, ``served_by`` the instance it was placed on last.
     ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none)."""
 
     rid: int
@@ -106,6 +106,7 @@ class Tracked:
     arrival: float
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     where: int | None = None
+    served_by: int | None = None
     phase: str = "colocated"
     prefill_iid: int | None = None
     decode_iid: int | None = None
@@ -219,6 +220,7 @@ class Dispatcher:
                 book.drop(t.rid)
         t.where = iid
         if iid is not None:
+            t.served_by = iid
             self.load[iid] = self.load.get(iid, 0) + 1
             self.tokens[iid] = self.tokens.get(iid, 0) + t.cost
 
@@ -427,7 +429,7 @@ class Dispatcher:
         self._handed_over(t)
         outcome = RequestOutcome(t.rid, t.arrival, len(t.prompt_ids), t.n_out, state,
                                  t.first_token_t, t.finish_t, reason, t.prefill_iid,
-                                 t.decode_iid if t.phase == "decode" else t.where,
+                                 t.decode_iid if t.phase == "decode" else t.served_by,
                                  t.predicted_ttft_s)
         for obs in self.observers:
             obs.on_done(t, outcome)
