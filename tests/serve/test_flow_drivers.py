@@ -5,10 +5,12 @@ end's dispatcher and controller in this process, worker processes behind them)."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,8 +98,8 @@ class Collect(Observer):
 
 
 @asynccontextmanager
-async def live(roles: list[Role]) -> AsyncIterator[Live]:
-    cluster = LocalCluster(SPEC, roles)
+async def live(roles: list[Role], spec: EngineSpec = SPEC) -> AsyncIterator[Live]:
+    cluster = LocalCluster(spec, roles)
     await cluster.start()
     dispatcher = Dispatcher(cluster.instances,  # type: ignore[arg-type]
                             lambda iid: cluster.instances[iid].kv_addr)
@@ -223,6 +225,75 @@ def test_live_migrating_switch_moves_its_decodes() -> None:
             assert run.outcomes[t.rid].decode_instance == 1
             assert await settled(decision) == "done"
             assert run.cluster.instances[0].role == P
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------------- (c) hand-off order
+def test_sim_handoff_reserves_decode_memory_before_its_transfer() -> None:
+    # About 26k tokens of KV per instance: three prefill instances feed one decode instance
+    # that holds about seven of these requests, so hand-offs wait for its memory.
+    work = burst(40, 3000, 300, 0.001)
+    cluster = build_cluster(work, SimConfig(instances=4, kv_mem_util=0.25), "static:3:1")
+    decoder = cluster.instances[3]
+    reserved_at: dict[int, float] = {}
+    refused = [0]
+    reserve = decoder.sched.reserve_remote
+
+    def spy_reserve(rid: int, *args: int) -> bool:
+        ok = reserve(rid, *args)
+        if ok:
+            reserved_at[rid] = cluster.q.now
+        else:
+            refused[0] += 1
+        return ok
+
+    class Network:  # the cluster's link, checking each transfer as it starts
+        def __init__(self, net: Any) -> None:
+            self.net = net
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.net, name)
+
+        def start(self, now: float, source: int, rid: int, nbytes: float) -> Any:
+            assert rid in reserved_at and reserved_at[rid] <= now  # memory first, then bytes
+            return self.net.start(now, source, rid, nbytes)
+
+    decoder.sched.reserve_remote = spy_reserve  # type: ignore[method-assign]
+    cluster.network = Network(cluster.network)  # type: ignore[assignment]
+    cluster.run()
+    cluster.check()
+    assert len(reserved_at) == 40 and refused[0] > 0  # some hand-offs waited for memory
+
+
+def test_live_handoff_reserves_decode_memory_before_its_transfer() -> None:
+    """A decode instance with room for one request's KV: the second hand-off's KV is fetched
+    only once the first request finished and freed its blocks (before, it was fetched at once
+    and kept aside until memory was free)."""
+
+    async def scenario() -> None:
+        spec = dataclasses.replace(SPEC, role=P, kv_cache_mb=4.0, kv_timeout_s=2.0,
+                                   kv_lease_s=120.0)
+        async with live([P, D], spec) as run:
+            kv_at: dict[int, float] = {}
+            on_event = run.dispatcher.on_event
+
+            def spy(iid: int, ev: dict[str, object]) -> None:
+                if ev.get("ev") == "kv":
+                    kv_at[int(ev["rid"])] = time.monotonic()  # type: ignore[call-overload]
+                on_event(iid, ev)
+
+            run.cluster.listener = spy
+            blocks = int(run.cluster.instances[1].stats["kv_total_blocks"])
+            tokens = blocks * 16 * 6 // 10  # one request's prompt fits, two do not
+            first = run.submit(tokens, 20)
+            await first_token(first)
+            second = run.submit(tokens, 4)
+            assert await finish(first) == 20
+            done_first = time.monotonic()
+            assert await finish(second) == 4
+            assert first.rid in kv_at and kv_at[second.rid] >= done_first
+            assert not second.recomputed and not first.recomputed
 
     asyncio.run(scenario())
 

@@ -16,6 +16,7 @@ end's calibrator.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -72,6 +73,8 @@ class Worker:
         self.kv_client = KVClient(spec.keys)
         self.handles: dict[int, KVHandle] = {}
         self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
+        # accepted requests waiting for KV blocks before their fetch starts
+        self.unfetched: dict[int, tuple[dict[str, Any], KVHandle]] = {}
         self.step_s = 0.0
         self.samples = StepBuffer()
         self._step_end: float | None = None
@@ -129,6 +132,8 @@ class Worker:
                     eng.runner.back_to_back = busy
                 outputs = eng.step()
                 self.release_sent()
+                self.start_reserved()
+
                 plan = eng.last_plan
                 if plan is not None:
                     self._step_end = time.perf_counter()
@@ -175,14 +180,16 @@ class Worker:
                 elif op == "accept":
                     handle = handle_from_wire(msg["handle"])
                     self.engine.accept_remote(handle)
-                    self.start_fetch(msg, handle)
-                    now = time.monotonic()
-                    self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
+                    self.unfetched[rid] = (msg, handle)
+                    self.start_reserved()
                 elif op == "abort":
                     self.engine.abort(rid)
                     self.handles.pop(rid, None)
                     self.fetches.pop(rid, None)
+                    self.unfetched.pop(rid, None)
                 elif op == "kv_lost":  # its prefill instance died: recompute now
+                    if self.unfetched.pop(rid, None) is not None:
+                        self.fetches[rid] = (time.monotonic(), math.inf)
                     self.complete_fetch(rid, None, "the prefill instance failed")
                 elif op == "set_role":
                     self.engine.role = Role(msg["role"])
@@ -213,6 +220,23 @@ class Worker:
         fetches it (or the lease ends)."""
         self.handles[handle.request_id] = handle
         return handle_to_wire(handle)
+
+    def start_reserved(self) -> None:
+        """Start the fetches of accepted requests whose KV blocks the engine has reserved (the
+        shared hand-off order: memory first, then the transfer; its timeout runs from here)."""
+        if not self.unfetched:
+            return
+        pending = self.engine.pending
+        for rid in list(self.unfetched):
+            item = pending.get(rid)
+            if item is not None and not item.reserved and item.payload is None:
+                continue
+            msg, handle = self.unfetched.pop(rid)
+            if item is None or item.payload is not None:
+                continue  # imported already (KV in the handle) or recomputed
+            self.start_fetch(msg, handle)
+            now = time.monotonic()
+            self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
 
     def start_fetch(self, msg: dict[str, Any], handle: KVHandle) -> None:
         """Ask the prefill peer at ``msg["src"]`` for the KV of an accepted request."""
