@@ -190,7 +190,7 @@ def test_sim_in_place_and_migrating_switches() -> None:
     cluster, _ = simulate([M, M], {1: [SwitchRole(0, P, migrate=True)]}, work)
     cluster.run()
     cluster.check()
-    assert cluster.migrations > 0 and cluster.instances[0].role == P
+    assert cluster.life.migrations > 0 and cluster.instances[0].role == P
 
 
 def test_live_in_place_switch_keeps_its_decodes() -> None:

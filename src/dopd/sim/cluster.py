@@ -50,7 +50,7 @@ from dopd.control.routing.router import Router
 from dopd.engine import SchedulerConfig
 from dopd.errors import require
 from dopd.kv.modeled_link import TransferNetwork
-from dopd.sim.api import SimConfig, Timeline
+from dopd.sim.api import SimConfig
 from dopd.sim.events import EventQueue, Kind
 from dopd.sim.instance import SimInstance
 from dopd.sim.lifecycle import SimLifecycle
@@ -128,25 +128,9 @@ class SimCluster:
         self.recorder = TimelineRecorder(config.timeline_s)
 
     # ------------------------------------------------------------------ instances
-    def init_instances(self, roles: list[Role]) -> None:
-        """Start the policy's initial instances (ACTIVE at time 0)."""
-        self.life.init_instances(roles, self.policy.name)
-
     def apply(self, action: Action) -> None:
         """Carry out one policy action (:meth:`SimLifecycle.apply`)."""
         self.life.apply(action)
-
-    @property
-    def switches(self) -> int:
-        return self.life.switches
-
-    @property
-    def migrations(self) -> int:
-        return self.life.migrations
-
-    @property
-    def decisions(self) -> list[dict[str, object]]:
-        return self.life.decisions
 
     def refresh_targets(self) -> None:
         """Rebuild the placement candidates, then place work that was waiting for one."""
@@ -386,12 +370,6 @@ class SimCluster:
         """Record the timeline up to ``t``; returns the next sample time."""
         queued = sum(self.prompt[i] for i in self.unrouted) if self.unrouted else 0
         return self.recorder.sample(t, self.instances, queued)
-
-    def timeline(self) -> Timeline:
-        return self.recorder.timeline(self.arrival_s)
-
-    def gpu_seconds(self, end_s: float) -> float:
-        return self.life.gpu_seconds(end_s)
 
     def view(self) -> ClusterView:
         """The policy's snapshot now (:func:`~dopd.control.flow.view.build_view`)."""
