@@ -29,10 +29,7 @@ LAYERS: dict[str, int] = {
 """A package may import only packages of a lower layer (and itself); docs/architecture.md
 draws the same picture."""
 
-KNOWN_FILE_CYCLES: set[frozenset[str]] = {
-    # The simulated cluster and its life-cycle mixin; goes with the shared request flow.
-    frozenset({"dopd.sim.cluster", "dopd.sim.lifecycle"}),
-}
+KNOWN_FILE_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -77,7 +77,7 @@ def test_every_request_ends_and_all_kv_is_freed_with_every_option_on() -> None:
     states = set(result.state.tolist())
     assert states <= {int(RequestState.FINISHED), int(RequestState.REJECTED)}
     assert int(RequestState.REJECTED) in states and int(RequestState.FINISHED) in states
-    assert cluster.switches == 4
+    assert cluster.life.switches == 4
     router = cluster.router
     assert router.bypassed > 0 and router.rejected > 0  # type: ignore[attr-defined]
     assert router.window.lanes(2) >= 1  # type: ignore[attr-defined]

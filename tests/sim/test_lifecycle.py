@@ -206,7 +206,7 @@ def test_a_migrating_switch_moves_decodes_with_their_kv_and_loses_nothing() -> N
     assert across.sum() >= 3
     assert np.all(move.decode_instance[across] == 2)
     assert np.array_equal(move.first_token_s[across], stay.first_token_s[across])
-    assert moved_cluster.migrations == across.sum()
+    assert moved_cluster.life.migrations == across.sum()
     assert move.kv_bytes_moved > stay.kv_bytes_moved
     # The instance is free for its new role sooner.
     def active_again(policy: Script) -> int:

@@ -11,8 +11,11 @@ uses; only the runner differs.
 P/D roles (see :mod:`dopd.engine.kv_handoff`): a PREFILL engine's step reports a prompt it
 completed with a :class:`KVHandle` (the KV stays under a lease); :meth:`fetch_kv` copies that KV
 out and :meth:`release_kv` frees it. A DECODE (or MIXED) engine takes the request with
-:meth:`accept_remote`, gets the KV through :meth:`deliver_kv` (or in the handle), and recomputes
-the prompt itself when the KV does not come within ``kv_timeout_s`` or :meth:`fail_kv` is called.
+:meth:`accept_remote`, reserves its blocks in acceptance order when memory allows (the shared
+hand-off order, :class:`~dopd.control.flow.requests.HandoffQueue`: memory first, then the
+transfer), gets the KV through :meth:`deliver_kv` (or in the handle), and recomputes the prompt
+itself when the KV does not come within ``kv_timeout_s`` of its reservation or :meth:`fail_kv`
+is called.
 
 The engine holds no global state and reads time only from its injected ``clock`` (leases, KV
 timeouts, queue aging), so it runs the same under a wall clock or a test's fake clock. It is not
@@ -356,15 +359,23 @@ class LLMEngine(BlockingCalls):
             self._stats.lease_expiries += 1
 
     def _advance_imports(self, now: float) -> None:
-        """Reserve blocks for, import, or give up on (recompute) the pending remote decodes."""
+        """Reserve blocks for (in acceptance order: one that does not fit stops those after
+        it), import, or give up on (recompute) the pending remote decodes. The KV timeout runs
+        from the reservation: waiting for memory is not a failed transfer."""
         sched = self.scheduler
+        blocked = sched.has_preempted_waiting()
         for item in self.pending:
             rid = item.handle.request_id
             rec = self.records[rid]
             n = len(rec.prompt_ids)
-            if item.payload is not None or not (item.failed or now > item.deadline):
-                if not item.reserved and not sched.has_preempted_waiting():
+            if item.payload is not None or not (
+                    item.failed or (item.reserved and now > item.deadline)):
+                if not item.reserved and not blocked:
                     item.reserved = sched.reserve_remote(rid, n, 1, rec.max_tokens)
+                    if item.reserved:
+                        item.deadline = now + self.options.kv_timeout_s
+                    else:
+                        blocked = True
                 if item.reserved and item.payload is not None:
                     import_kv(self.cache, self.blocks.table(rid), item.payload)
                     sched.admit_remote(rid)

@@ -1,14 +1,17 @@
 """The live controller: drives a cluster policy on the wall clock and switches roles live.
 
-The policy objects are those of the simulator (:mod:`dopd.control.policies.base`): every ``tick_s``
-the
-controller builds a :class:`~dopd.control.policies.base.ClusterView` from the workers' latest stats
-and the
-dispatcher's placements, calls ``on_tick`` (when the policy wants ticks) and applies the
-actions; arrivals and outcomes are forwarded to the policy's hooks. A role switch (from the
-policy or :meth:`Controller.switch`, the admin endpoint) is ACTIVE -> DRAINING (no new work of
-the old role; in-flight requests finish there, handed-off KV is fetched) -> SWITCHING (the
-worker changes its engine's role) -> ACTIVE in the new role, so no request is dropped.
+The policy objects are those of the simulator (:mod:`dopd.control.policies.base`), and what
+their actions mean is decided by the shared life-cycle machine
+(:mod:`dopd.control.flow.instances`), as in the simulator: every ``tick_s`` the controller
+builds the policy's :class:`~dopd.control.policies.base.ClusterView` from the workers' latest
+stats (:func:`~dopd.control.flow.view.build_view`), calls ``on_tick`` (when the policy wants
+ticks) and applies the actions; arrivals and outcomes are forwarded to the policy's hooks. A
+role switch (from the policy or :meth:`Controller.switch`, the admin endpoint) is ACTIVE ->
+DRAINING (no new work; its prompts that have not started are placed elsewhere, in-flight
+requests finish there, handed-off KV is fetched; with ``migrate`` its decodes move to other
+instances too, their KV recomputed there from the prompt and the tokens so far) -> SWITCHING
+(the worker changes its engine's role) -> ACTIVE in the new role, so no request is dropped. An
+``in_place`` switch (MIXED -> DECODE) changes the role at once; its prompts not started move.
 Adding or removing instances (elastic policies) needs a ``scaler`` (the cluster of either
 backend): an addition starts a worker and feeds its measured cold start to the policy's solver;
 a removal drains the instance as a switch does, then stops it. Without a scaler such actions are
@@ -28,17 +31,18 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from dopd.control.flow import instances as life
+from dopd.control.flow.instances import Plan, Refused, Step
+from dopd.control.flow.view import build_view
 from dopd.control.policies.base import (
     Action,
-    AddInstance,
     ClusterPolicy,
     ClusterView,
-    InstanceView,
-    RemoveInstance,
     SwitchRole,
 )
 from dopd.errors import DopdError
@@ -71,6 +75,35 @@ class Scaler(Protocol):
     async def remove_instance(self, iid: int) -> None:
         """Stop the (drained) instance ``iid``."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSignals:
+    """A live instance as the policy's view reads it
+    (:class:`~dopd.control.flow.view.InstanceSignals`): its handle's role and state, its
+    worker's latest stats (:meth:`of`)."""
+
+    instance_id: int
+    role: Role
+    state: InstanceState
+    target_role: Role | None
+    queued_prefill_tokens: int
+    waiting: int
+    prefilling: int
+    decode_batch: int
+    decode_ctx_sum: int
+    pending_decodes: int
+    kv_used_blocks: int
+    kv_total_blocks: int
+    recent_step_s: float
+    steps: int
+
+    @classmethod
+    def of(cls, h: InstanceHandle) -> StatsSignals:
+        s = h.stats
+        return cls(h.instance_id, h.role, h.state, h.target_role, s.queued_prefill_tokens,
+                   s.waiting, s.prefilling, s.decode_batch, s.decode_ctx_sum, s.pending_decodes,
+                   s.kv_used_blocks, max(1, s.kv_total_blocks), s.recent_step_s, s.steps)
 
 
 class Controller(Observer):
@@ -136,15 +169,11 @@ class Controller(Observer):
     # ------------------------------------------------------------------ view and loop
     def view(self) -> ClusterView:
         """The policy's snapshot of the cluster now."""
-        views = []
-        for iid, h in sorted(self.instances.items()):
-            s = h.stats
-            views.append(InstanceView(
-                iid, h.role, h.state, h.target_role, s.queued_prefill_tokens, s.waiting,
-                s.prefilling, s.decode_batch, s.decode_ctx_sum, s.pending_decodes,
-                s.kv_used_blocks, max(1, s.kv_total_blocks), s.recent_step_s, s.steps))
-        budget = self.budget if self.budget is not None else len(self.instances)
-        return ClusterView(self.now(), tuple(views), budget, self.arrived, self.ended)
+        return build_view(self.now(), (StatsSignals.of(h) for h in self.instances.values()),
+                          self._budget(), self.arrived, self.ended)
+
+    def _budget(self) -> int:
+        return self.budget if self.budget is not None else len(self.instances)
 
     async def run(self) -> None:
         """Tick until cancelled."""
@@ -173,21 +202,24 @@ class Controller(Observer):
         """Carry out one policy action; ``plan`` (a :class:`~dopd.serve.insight.PlanView`
         as a dict) is the plan behind it, kept with the decision."""
         why = plan["why"] if plan and plan.get("why") else action.reason or "policy"
-        if isinstance(action, SwitchRole):
-            try:
-                self.switch(action.instance_id, action.role, why, source="policy", plan=plan)
-            except ServeError as exc:
-                self._decide(action.instance_id, None, action.role, why, "policy",
-                             f"refused: {exc.message}", plan)
-        elif self.scaler is None:
-            iid = getattr(action, "instance_id", None)
-            role = getattr(action, "role", None)
+        iid = getattr(action, "instance_id", None)
+        role = getattr(action, "role", None)
+        if self.scaler is None and not isinstance(action, SwitchRole):
             self._decide(iid, None, role, why, "policy",
                          "refused: this pool has a fixed size", plan)
-        elif isinstance(action, AddInstance):
-            self._add(action, why, plan)
-        elif isinstance(action, RemoveInstance):
-            self._remove(action, why, plan)
+            return
+        try:
+            decided = life.plan_action(action, self.instances.values(), self._budget(),
+                                       self._unlisted)
+        except DopdError as exc:
+            self._decide(iid, None, role, why, "policy", f"refused: {exc}", plan)
+            return
+        if decided.step == Step.ADD:
+            self._add(decided, why, plan)
+        elif decided.stops:
+            self._remove(decided, why, plan)
+        else:
+            self._switch_by(decided, why, "policy", plan)
 
     def window(self, start: float, end: float) -> dict[str, Any]:
         """:class:`~dopd.serve.outcomes.OutcomeStats` of ``[start, end]`` (seconds since the
@@ -254,43 +286,52 @@ class Controller(Observer):
                source: str = "admin", plan: dict[str, Any] | None = None) -> dict[str, Any]:
         """Start switching ``iid`` to ``role``; returns the decision record. ServeError 404 for
         an unknown instance, 409 when it is not ACTIVE or already in that role."""
-        h = self.instances.get(iid)
-        if h is None:
-            raise ServeError(404, f"no instance {iid}", code="instance_not_found")
-        if h.state != InstanceState.ACTIVE:
-            raise ServeError(409, f"instance {iid} is {h.state}, not active", code="conflict")
-        if h.role == role:
-            raise ServeError(409, f"instance {iid} is already {role}", code="conflict")
-        decision = self._decide(iid, h.role, role, reason, source, "draining", plan)
-        h.state = InstanceState.DRAINING
-        h.target_role = role
-        self._tasks[iid] = asyncio.create_task(self._switch(h, role, decision))
+        try:
+            decided = life.plan_switch(self.instances.values(), iid, role)
+        except Refused as exc:
+            code = "instance_not_found" if exc.status == 404 else "conflict"
+            raise ServeError(exc.status, str(exc), code=code) from None
+        return self._switch_by(decided, reason, source, plan)
+
+    def _switch_by(self, decided: Plan, reason: str, source: str,
+                   plan: dict[str, Any] | None) -> dict[str, Any]:
+        """Start the switch ``decided`` (a drain, or an in-place change); returns the
+        decision record."""
+        assert decided.instance_id is not None and decided.role is not None
+        iid, role = decided.instance_id, decided.role
+        h = self.instances[iid]
+        old = h.role
+        in_place = decided.step == Step.IN_PLACE
+        decision = self._decide(iid, old, role, reason, source,
+                                "switching" if in_place else "draining", plan)
+        life.begin(h, decided)
+        self.dispatcher.drain(iid, decided.migrate)
+        self._tasks[iid] = asyncio.create_task(self._switch(h, old, role, decision, in_place))
         return decision
 
-    async def _switch(self, h: InstanceHandle, role: Role, decision: dict[str, Any]) -> None:
+    async def _switch(self, h: InstanceHandle, old: Role, role: Role, decision: dict[str, Any],
+                      in_place: bool) -> None:
+        """Drain ``h`` (unless ``in_place``), then have its worker take ``role``."""
         iid = h.instance_id
-        old = h.role
         try:
-            if not await self._drained(h):
-                h.state, h.target_role = InstanceState.ACTIVE, None
-                decision["status"] = "cancelled: drain timed out"
-                return
-            h.state = InstanceState.SWITCHING
-            decision["status"] = "switching"
+            if not in_place:
+                if not await self._drained(h):
+                    life.cancel(h, old)
+                    decision["status"] = "cancelled: drain timed out"
+                    return
+                life.drained(h)
+                decision["status"] = "switching"
             ack = self.dispatcher.expect_role(iid)
             if not h.send(SetRole(role)):
                 raise TimeoutError
             await asyncio.wait_for(ack, ROLE_ACK_TIMEOUT_S)
-            h.role = role
-            h.state, h.target_role = InstanceState.ACTIVE, None
+            life.switched(h)
             self.switches += 1
             self.metrics.role_switches.inc()
             decision.update(status="done", done_t=round(self.now(), 3))
         except TimeoutError:
-            if h.state != InstanceState.STOPPED:
-                h.state, h.target_role = InstanceState.ACTIVE, None
+            life.cancel(h, old)
             decision["status"] = f"failed: instance {iid} did not confirm the role {role}"
-            h.role = old
         finally:
             self._tasks.pop(iid, None)
 
@@ -312,17 +353,11 @@ class Controller(Observer):
         return False
 
     # ------------------------------------------------------------------ elastic pools
-    def _add(self, action: AddInstance, why: str, plan: dict[str, Any] | None) -> None:
-        alive = sum(1 for h in self.instances.values() if h.state != InstanceState.STOPPED)
-        alive += self._unlisted
-        budget = self.budget if self.budget is not None else len(self.instances)
-        if alive >= budget:
-            self._decide(None, None, action.role, why, "policy",
-                         f"refused: {alive} of at most {budget} instances are alive", plan)
-            return
-        decision = self._decide(None, None, action.role, why, "policy", "starting", plan)
+    def _add(self, decided: Plan, why: str, plan: dict[str, Any] | None) -> None:
+        assert decided.role is not None
+        decision = self._decide(None, None, decided.role, why, "policy", "starting", plan)
         self._unlisted += 1
-        task = asyncio.create_task(self._start_instance(action.role, decision))
+        task = asyncio.create_task(self._start_instance(decided.role, decision))
         self._scaling.add(task)
         task.add_done_callback(self._scaling.discard)
 
@@ -338,29 +373,24 @@ class Controller(Observer):
                         cold_start_s=round(h.cold_start_s, 3))
         self.feed_cold_start(h.cold_start_s)
 
-    def _remove(self, action: RemoveInstance, reason: str, plan: dict[str, Any] | None
-                ) -> None:
-        iid = action.instance_id
-        h = self.instances.get(iid)
-        others = sum(1 for i, x in self.instances.items()
-                     if i != iid and x.state == InstanceState.ACTIVE)
-        if h is None or h.state != InstanceState.ACTIVE or others == 0:
-            why = "no such instance" if h is None else \
-                f"it is {h.state}" if h.state != InstanceState.ACTIVE else "it is the last one"
-            self._decide(iid, None, None, reason, "policy", f"refused: {why}", plan)
-            return
+    def _remove(self, decided: Plan, reason: str, plan: dict[str, Any] | None) -> None:
+        assert decided.instance_id is not None
+        iid = decided.instance_id
+        h = self.instances[iid]
         decision = self._decide(iid, h.role, None, reason, "policy", "draining", plan)
-        h.state, h.target_role = InstanceState.DRAINING, None
+        life.begin(h, decided)
+        self.dispatcher.drain(iid, decided.migrate)
         self._tasks[iid] = asyncio.create_task(self._stop_instance(h, decision))
 
     async def _stop_instance(self, h: InstanceHandle, decision: dict[str, Any]) -> None:
         assert self.scaler is not None
         try:
             if not await self._drained(h):
-                h.state = InstanceState.ACTIVE
+                life.cancel(h, h.role)
                 decision["status"] = "cancelled: drain timed out"
                 return
             await self.scaler.remove_instance(h.instance_id)
+
             decision.update(status="done", done_t=round(self.now(), 3))
         finally:
             self._tasks.pop(h.instance_id, None)

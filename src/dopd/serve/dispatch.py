@@ -1,15 +1,18 @@
 """The request dispatcher of the front end: placement, P/D hand-off relay and request tracking.
 
 Placement is the simulator's router (:mod:`dopd.control.routing.router`, reading each instance
-through the
-front end's :class:`~dopd.serve.live_routing.InstanceBook`). :meth:`Dispatcher.submit` asks it
-where a tokenized request goes: a PREFILL instance (disaggregated; the decode instance is chosen
-by the router when the prompt is done, with the loads of that time), a MIXED instance, or a
-DECODE instance that prefills it itself (colocated); or it rejects the request (admission
-control: HTTP 429). With DECODE instances alone, one of them serves the request colocated;
-with PREFILL instances alone (every decode instance down), one of them serves the whole request
-(``local``: no hand-off) rather than refusing it. DRAINING, SWITCHING, STARTING and STOPPED
-instances get no new work. Every policy's admission is bounded
+through the front end's :class:`~dopd.serve.live_routing.InstanceBook`) among the candidates of
+the shared request flow (:func:`~dopd.control.flow.requests.placement_pools`).
+:meth:`Dispatcher.submit` asks it where a tokenized request goes: a PREFILL instance
+(disaggregated; the decode instance is chosen by the router when the prompt is done, with the
+loads of that time), a MIXED instance, or a DECODE instance that prefills it itself
+(colocated); or it rejects the request (admission control: HTTP 429). With DECODE instances
+alone, one of them serves the request colocated; with PREFILL instances alone (every decode
+instance down), one of them serves the whole request (``local``: no hand-off) rather than
+refusing it. DRAINING, SWITCHING, STARTING and STOPPED instances get no new work; a drain
+(:meth:`Dispatcher.drain`) places the instance's prompts that have not started elsewhere, as
+the simulator does (:data:`~dopd.control.flow.instances.REROUTE_UNSTARTED`). Every policy's
+admission is bounded
 (:class:`~dopd.serve.admission.AdmissionLimits`): past the limits a new request gets 429 with
 ``Retry-After``. Worker events
 become :class:`Event` values on the request's queue. When a prefill worker reports a prompt done
@@ -38,6 +41,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dopd.control.flow.instances import REROUTE_UNSTARTED
+from dopd.control.flow.requests import Pools, Whole, placement_pools
 from dopd.control.routing.router import Router
 from dopd.engine.model import SamplingParams
 from dopd.engine.sequence import SchedulerConfig
@@ -60,7 +65,7 @@ from dopd.serve.messages import (
 from dopd.serve.messages import (
     Event as WorkerEvent,
 )
-from dopd.types import InstanceState, RequestOutcome, RequestState, Role
+from dopd.types import RequestOutcome, RequestState, Role
 
 POISON_LOSSES = 3
 """A request in this many worker losses is poison even when it passed its probations."""
@@ -97,7 +102,7 @@ class Tracked:
     submit was sent, and when its first token's event arrived from the worker. ``out_ids``
     are the tokens streamed so far, ``n_base`` how many of them its current instance did not
     produce (it resumed after a loss), ``losses`` the worker losses it was in, ``cost`` the
-    prompt tokens charged to its instance.
+    prompt tokens charged to its instance, ``served_by`` the instance it was placed on last.
     ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none)."""
 
     rid: int
@@ -106,6 +111,7 @@ class Tracked:
     arrival: float
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     where: int | None = None
+    served_by: int | None = None
     phase: str = "colocated"
     prefill_iid: int | None = None
     decode_iid: int | None = None
@@ -175,6 +181,8 @@ class Dispatcher:
         self.observers: list[Observer] = []
         self.admitting = True
         self.rejected = 0
+        self.moved = 0
+
         self._ids = itertools.count()
         self.role_waiters: dict[int, asyncio.Future[str]] = {}
 
@@ -189,20 +197,24 @@ class Dispatcher:
         b.refresh()
         return b
 
-    def _candidates(self, now: float) -> tuple[list[InstanceBook], list[InstanceBook]]:
-        """(instances that take prompts, instances that take decodes), ACTIVE ones only."""
-        prefill: list[InstanceBook] = []
-        decode: list[InstanceBook] = []
-        for iid, h in self.instances.items():
-            if h.state != InstanceState.ACTIVE:
-                continue
-            b = self.book(iid)
-            b.set_now(now)
-            if h.role != Role.DECODE:
-                prefill.append(b)
-            if h.role != Role.PREFILL:
-                decode.append(b)
-        return prefill, decode
+    def _candidates(self, now: float) -> Pools[InstanceBook]:
+        """The placement candidates (:func:`~dopd.control.flow.requests.placement_pools`) as
+        the books the router reads."""
+        pools = placement_pools(self.instances.values())
+        books: dict[int, InstanceBook] = {}
+
+        def of(hs: list[InstanceHandle]) -> list[InstanceBook]:
+            out = []
+            for h in hs:
+                b = books.get(h.instance_id)
+                if b is None:
+                    b = books[h.instance_id] = self.book(h.instance_id)
+                    b.set_now(now)
+                out.append(b)
+            return out
+
+        return Pools(of(pools.prefill), of(pools.decode),
+                     None if pools.whole is None else of(pools.whole), pools.how)
 
     def _place(self, t: Tracked, iid: int | None) -> None:
         if t.where is not None:
@@ -213,6 +225,7 @@ class Dispatcher:
                 book.drop(t.rid)
         t.where = iid
         if iid is not None:
+            t.served_by = iid
             self.load[iid] = self.load.get(iid, 0) + 1
             self.tokens[iid] = self.tokens.get(iid, 0) + t.cost
 
@@ -231,12 +244,12 @@ class Dispatcher:
         may reject it: :class:`Rejected`). Phase ``local``: a PREFILL instance serves it whole.
         ServeError 503 when nothing can take it, 429 past the admission limits."""
         now = time.monotonic()
-        prefill, decode = self._candidates(now)
-        if not prefill and not decode:
+        pools = self._candidates(now)
+        if pools.empty:
             raise ServeError(503, "no instance can serve requests right now", code="unavailable",
                              retry_after=NO_INSTANCE_RETRY_S)
-        pool, phase = (prefill, "local") if not decode else \
-            (decode, "colocated") if not prefill else (None, "")
+        prefill, decode, pool = pools.prefill, pools.decode, pools.whole
+        phase = "local" if pools.how == Whole.LOCAL else "colocated"
         if admit:
             if not self.limits.cluster_room(len(self.tracked), sum(self.tokens.values()), p):
                 raise self._overloaded("cluster queue limit")
@@ -385,7 +398,7 @@ class Dispatcher:
 
     def _hand_off(self, t: Tracked, src: int, handle: Handoff) -> None:
         now = time.monotonic()
-        decode = self._candidates(now)[1]
+        decode = self._candidates(now).decode
         if not decode:  # every decode instance is down: serve the rest on a prefill one
             self.instances[src].send(Abort(t.rid))
             self._place(t, None)
@@ -418,7 +431,7 @@ class Dispatcher:
         self._handed_over(t)
         outcome = RequestOutcome(t.rid, t.arrival, len(t.prompt_ids), t.n_out, state,
                                  t.first_token_t, t.finish_t, reason, t.prefill_iid,
-                                 t.decode_iid if t.phase == "decode" else t.where,
+                                 t.decode_iid if t.phase == "decode" else t.served_by,
                                  t.predicted_ttft_s)
         for obs in self.observers:
             obs.on_done(t, outcome)
@@ -489,6 +502,36 @@ class Dispatcher:
             self.suspects.popleft()
             self.probation = t
             return
+
+    def drain(self, iid: int, migrate: bool = False) -> None:
+        """Instance ``iid`` drains (it gets no new work any more): place its prompts that have
+        not started elsewhere (:data:`~dopd.control.flow.instances.REROUTE_UNSTARTED`), and
+        with ``migrate`` its decodes too (resumed elsewhere: their prompt and tokens so far
+        prefilled again, the KV transport having no export of a running decode). A request no
+        other instance can take now stays. The front end cannot see whether a prompt's
+        prefill has begun: every prompt without a first token counts as not started."""
+        pools = self._candidates(time.monotonic())
+        if not any(b.instance_id != iid for b in (*pools.prefill, *pools.decode)):
+            return  # nowhere else to go: everything finishes here
+        moved = []
+        for t in list(self.tracked.values()):
+            if t.where != iid or t is self.probation:
+                continue
+            unstarted = t.first_token_t is None and not t.out_ids and t.phase != "decode"
+            if (REROUTE_UNSTARTED and unstarted) or (migrate and not unstarted):
+                moved.append(t)
+        for t in moved:
+            # the abort reaches the worker before a submit of the same request would
+            self.instances[iid].send(Abort(t.rid))
+            self._handed_over(t)
+            self._place(t, None)
+            try:
+                self._send_submit(t)
+            except (ServeError, Rejected) as exc:
+                self._fail(t, 503, f"the request could not be moved off draining instance "
+                           f"{iid}: {exc}")
+                continue
+            self.moved += 1
 
     def holding(self, iid: int) -> int:
         """Requests of the front end currently placed on ``iid``."""

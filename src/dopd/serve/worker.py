@@ -85,6 +85,8 @@ class Worker:
         self.engine = engine
         self.control = WorkerControl(spec.control_addr, spec.instance_id, spec.keys)
         self.kv = kv
+        # accepted requests waiting for KV blocks before their fetch starts
+        self.unfetched: dict[int, Accept] = {}
         self.step_s = 0.0
         self.samples = StepBuffer()
         self._step_end: float | None = None
@@ -127,6 +129,7 @@ class Worker:
                     eng.runner.back_to_back = busy
                 outputs = eng.step()
                 self.kv.release_pending()
+                self.start_reserved()
                 plan = eng.last_plan
                 if plan is not None:
                     self._step_end = time.perf_counter()
@@ -172,12 +175,19 @@ class Worker:
                     case Accept():
                         handle = msg.handoff.handle
                         self.engine.accept_remote(handle)
-                        self.kv.fetch(handle, msg.src, msg.handoff.ref)
+                        self.unfetched[handle.request_id] = msg
+                        self.start_reserved()
                     case Abort():
                         self.engine.abort(msg.rid)
                         self.kv.cancel(msg.rid)
+                        self.unfetched.pop(msg.rid, None)
                     case KVLost():  # its prefill instance died: recompute now
-                        self.report_kv([self.kv.lost(msg.rid, "the prefill instance failed")])
+                        why = "the prefill instance failed"
+                        if self.unfetched.pop(msg.rid, None) is not None:
+                            self.engine.fail_kv(msg.rid)  # its fetch never started
+                            self._send(KVNotice(msg.rid, False, 0, 0.0, why))
+                        else:
+                            self.report_kv([self.kv.lost(msg.rid, why)])
                     case SetRole():
                         self.engine.role = msg.role
                         self._send(RoleChanged(msg.role, self.stats()))
@@ -207,6 +217,21 @@ class Worker:
         for r in results:
             if r is not None:
                 self._send(KVNotice(r.request_id, r.ok, r.nbytes, r.wait_s, r.msg))
+
+    def start_reserved(self) -> None:
+        """Start the fetches of accepted requests whose KV blocks the engine has reserved (the
+        shared hand-off order: memory first, then the transfer; its timeout runs from here)."""
+        if not self.unfetched:
+            return
+        pending = self.engine.pending
+        for rid in list(self.unfetched):
+            item = pending.get(rid)
+            if item is not None and not item.reserved and item.payload is None:
+                continue
+            msg = self.unfetched.pop(rid)
+            if item is None or item.payload is not None:
+                continue  # imported already (KV in the handle) or recomputed
+            self.kv.fetch(msg.handoff.handle, msg.src, msg.handoff.ref)
 
     # ------------------------------------------------------------------ stats, shutdown
     def stats(self) -> WorkerStats:

@@ -1,10 +1,11 @@
 """The simulated cluster: request flow through instances, KV hand-offs, and the event loop.
 
-Request flow. At arrival a request is routed to an instance that accepts prefill. On a ``MIXED``
-instance it prefills and decodes in place (first token at the end of its prefill step). On a
-``PREFILL`` instance the completed prompt's KV stays there while the router picks a decode
-instance; the request waits in that instance's hand-off queue until its KV blocks are reserved
-(admission waits for KV memory), then the bytes go over the sender's link
+Request flow (decided by the shared machine, :mod:`dopd.control.flow`; this module carries it
+out on simulated time). At arrival a request is routed to an instance that accepts prefill. On
+a ``MIXED`` instance it prefills and decodes in place (first token at the end of its prefill
+step). On a ``PREFILL`` instance the completed prompt's KV stays there while the router picks a
+decode instance; the request waits in that instance's hand-off queue until its KV blocks
+are reserved (admission waits for KV memory), then the bytes go over the sender's link
 (:class:`~dopd.kv.modeled_link.TransferNetwork`) and the prefill instance frees them on arrival.
 The first token reaches the user when the KV (and the token sampled with it) arrives at the
 decode instance, so TTFT includes waiting for decode memory and the transfer (as the DESIGN's
@@ -15,12 +16,17 @@ full: it
 may reject the request (REJECTED, with the router's reason: admission control) or send it to a
 ``DECODE`` instance, which then prefills and decodes it in place with no KV hand-off (bypass).
 The router also sets the instances' scheduler settings (queue order); with a short-first queue,
-its time-based aging is applied whenever an instance starts work.
+its time-based aging is applied whenever an instance starts work. With one kind of instance
+only (:func:`~dopd.control.flow.requests.placement_pools`), requests are served whole: on
+DECODE instances alone each prefills and decodes its requests; on PREFILL instances alone each
+decodes its requests too (``local``).
 
 Events: see :class:`~dopd.sim.events.Kind`. Decode-only batches advance in multi-step runs that
 end at the first finish or when new work arrives (the run is cut after the step in progress), so
 long decodes cost a few events instead of one per token. Instance life cycle (role switches,
-adding and removing instances) is in :mod:`dopd.sim.lifecycle`.
+adding and removing instances) is :class:`~dopd.sim.lifecycle.SimLifecycle`; the timeline is
+:class:`~dopd.sim.timeline.TimelineRecorder`; the policy's view is built by
+:func:`~dopd.control.flow.view.build_view`.
 
 Truth and belief: the cluster alone holds the :class:`~dopd.sim.truth.HardwareTruth` that times
 the steps. After every step or decode run it reports the batch and the observed duration to the
@@ -37,7 +43,9 @@ from collections.abc import Callable
 
 from dopd.control.calibration import CalibratedLatency
 from dopd.control.cluster_models import ClusterModels
-from dopd.control.policies.base import ClusterPolicy
+from dopd.control.flow.requests import Whole, placement_pools
+from dopd.control.flow.view import build_view
+from dopd.control.policies.base import Action, ClusterPolicy, ClusterView
 from dopd.control.routing.router import Router
 from dopd.engine import SchedulerConfig
 from dopd.errors import require
@@ -45,7 +53,8 @@ from dopd.kv.modeled_link import TransferNetwork
 from dopd.sim.api import SimConfig
 from dopd.sim.events import EventQueue, Kind
 from dopd.sim.instance import SimInstance
-from dopd.sim.lifecycle import Lifecycle
+from dopd.sim.lifecycle import SimLifecycle
+from dopd.sim.timeline import TimelineRecorder
 from dopd.sim.truth import HardwareTruth
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
@@ -58,7 +67,7 @@ STALL_S = 600.0
 after this long unless the policy acts, so a run always ends; stranded requests end aborted."""
 
 
-class SimCluster(Lifecycle):
+class SimCluster:
     """One simulated run: instances, routing, KV transfers and the event loop (:meth:`run`)."""
 
     def __init__(self, arrival_s: list[float], prompt: list[int], output: list[int],
@@ -95,19 +104,19 @@ class SimCluster(Lifecycle):
         self.decode_of = [-1] * n
         self.reason: dict[int, str] = {}
         self.transfers: dict[int, tuple[int, int]] = {}  # request -> (source, destination)
-        self.migrating: dict[int, int] = {}  # request -> output tokens sampled before moving
-        self.migrations = 0
-        self.instances: list[SimInstance] = []
+        self.life = SimLifecycle(config, self.sched_config, models.kv_blocks, self.q, self)
+        self.instances = self.life.instances
+        self.migrating = self.life.migrating
         self.prefill_targets: list[SimInstance] = []
         self.decode_targets: list[SimInstance] = []
+        self.whole: list[SimInstance] | None = None
+        self.local = False
         self.unrouted: deque[int] = deque()
         self.unplaced: deque[tuple[int, int]] = deque()
         self.arrived = 0
         self.done = 0
         self._idle_since = math.inf
         self.kv_bytes_moved = 0.0
-        self.switches = 0
-        self.decisions: list[dict[str, object]] = []
         self.max_kv_tokens = (models.kv_blocks - models.watermark_blocks) * config.block_size
         self._progress_step = max(1, n // 100)
         self._next_progress = self._progress_step
@@ -116,14 +125,24 @@ class SimCluster(Lifecycle):
         self._hook_done = type(policy).on_request_done is not base.on_request_done
         self.tick_s = config.tick_s if policy.tick_s is None else policy.tick_s
         require(self.tick_s > 0, f"policy {policy.name} has a tick of {self.tick_s} s")
-        self.init_timeline()
+        self.recorder = TimelineRecorder(config.timeline_s)
 
     # ------------------------------------------------------------------ instances
-    def new_instance(self, role: Role, state: InstanceState) -> SimInstance:
-        inst = SimInstance(len(self.instances), role, state, self.q.now, self.sched_config,
-                           self.models.kv_blocks, self.config.block_size)
-        self.instances.append(inst)
-        return inst
+    def apply(self, action: Action) -> None:
+        """Carry out one policy action (:meth:`SimLifecycle.apply`)."""
+        self.life.apply(action)
+
+    def refresh_targets(self) -> None:
+        """Rebuild the placement candidates, then place work that was waiting for one."""
+        pools = placement_pools(self.instances)
+        self.prefill_targets = pools.prefill
+        self.decode_targets = pools.decode
+        self.whole = pools.whole
+        self.local = pools.how == Whole.LOCAL
+        while self.unrouted and (self.prefill_targets or self.whole):
+            self.route_prefill(self.unrouted.popleft())
+        while self.unplaced and self.decode_targets:
+            self.route_decode(*self.unplaced.popleft())
 
     def start(self, inst: SimInstance) -> None:
         """Start the instance's next step or decode run if it is idle and may work."""
@@ -162,12 +181,17 @@ class SimCluster(Lifecycle):
         """Send request ``i`` to an instance for prefill; ``admit``: it is arriving (the router
         may reject it)."""
         targets = self.prefill_targets
-        if not targets:
+        whole = self.whole
+        if not targets and whole is None:
             self.unrouted.append(i)
             return
         p, o = self.prompt[i], self.output[i]
         now = self.q.now
-        if self._place:
+        local = False
+        if whole is not None:  # one kind of instance only: it serves the request whole
+            inst = self.router.select_prefill(now, p, o, whole)
+            local = self.local
+        elif self._place:
             placement = self.router.place(now, p, o, targets, self.decode_targets, admit)
             if placement.reject:
                 self.end_request(i, _REJECTED, placement.reject)
@@ -179,7 +203,7 @@ class SimCluster(Lifecycle):
         else:
             inst = self.router.select_prefill(now, p, o, targets)
         self.prefill_of[i] = inst.instance_id
-        inst.sched.add_request(i, p, o, now)
+        inst.sched.add_request(i, p, o, now, local)
         if not inst.busy:
             self.start(inst)
         elif inst.run is not None and inst.sched.has_prefill_work():
@@ -195,11 +219,14 @@ class SimCluster(Lifecycle):
         if steps:
             self.belief.observe_step(now, index, p_new, p_attn, p_count, d_count, d_ctx, steps,
                                      seconds)
-        if out.first_token and inst.sched.role != Role.PREFILL:
+        if out.first_token and (inst.sched.role != Role.PREFILL
+                                or len(out.first_token) != len(out.prefilled)):
             first, dec = self.first_s, self.decode_of
+            handed = set(out.prefilled)
             for rid in out.first_token:
-                first[rid] = now
-                dec[rid] = index
+                if rid not in handed:  # decoded here (on a PREFILL instance: ``local``)
+                    first[rid] = now
+                    dec[rid] = index
         for rid in out.prefilled:
             self.route_decode(rid, index)
         for rid, _ in out.finished:
@@ -207,10 +234,15 @@ class SimCluster(Lifecycle):
         if inst.pending:
             self.try_reserve(inst)
         if inst.migrate and inst.state == InstanceState.DRAINING:
-            self.migrate_decodes(inst)
+            self.life.migrate_decodes(inst)
         self.start(inst)
         if inst.state == InstanceState.DRAINING:
-            self.check_drain(inst)
+            self.life.check_drain(inst)
+
+    def reroute_prompt(self, rid: int) -> None:
+        """Place ``rid`` again (taken off a draining instance before its prefill started)."""
+        self.prefill_of[rid] = -1
+        self.route_prefill(rid)
 
     def route_decode(self, rid: int, source: int) -> None:
         """Hand a prefilled request to a decode instance's queue."""
@@ -220,29 +252,26 @@ class SimCluster(Lifecycle):
             return
         p = self.prompt[rid] + self.migrating.get(rid, 1) - 1
         inst = self.router.select_decode(self.q.now, p, self.output[rid], targets)
-        inst.pending.append((rid, source))
-        inst.pending_tokens += p
+        inst.pending.push((rid, source), p)
         self.try_reserve(inst)
 
     def try_reserve(self, inst: SimInstance) -> None:
-        """Reserve KV for queued hand-offs in order while memory allows; start their transfers.
-        Requests the instance preempted get memory first."""
-        sched = inst.sched
-        if sched.has_preempted_waiting():
+        """Reserve KV for queued hand-offs in order while memory allows
+        (:meth:`~dopd.control.flow.requests.HandoffQueue.admit`), then start their transfers:
+        the memory first, then the bytes. Requests the instance preempted get memory first."""
+        if not inst.pending:
             return
-        pending = inst.pending
-        prompt, output = self.prompt, self.output
+        sched = inst.sched
+        prompt, output, migrating = self.prompt, self.output, self.migrating
+
+        def reserve(item: tuple[int, int]) -> bool:
+            rid = item[0]
+            return sched.reserve_remote(rid, prompt[rid], migrating.get(rid, 1), output[rid])
+
         per_token = self.models.kv_bytes_per_token
         now = self.q.now
-        while pending:
-            rid, source = pending[0]
-            p = prompt[rid]
-            generated = self.migrating.get(rid, 1)
-            if not sched.reserve_remote(rid, p, generated, output[rid]):
-                break
-            pending.popleft()
-            kv_tokens = p + generated - 1
-            inst.pending_tokens -= kv_tokens
+        for rid, source in inst.pending.admit(reserve, sched.has_preempted_waiting()):
+            kv_tokens = prompt[rid] + migrating.get(rid, 1) - 1
             inst.incoming += 1
             self.transfers[rid] = (source, inst.instance_id)
             nbytes = kv_tokens * per_token
@@ -272,7 +301,7 @@ class SimCluster(Lifecycle):
         if not src.busy:
             self.start(src)
         if src.state == InstanceState.DRAINING:
-            self.check_drain(src)
+            self.life.check_drain(src)
         inst = self.instances[dest]
         inst.incoming -= 1
         inst.sched.admit_remote(rid)
@@ -318,14 +347,14 @@ class SimCluster(Lifecycle):
     def run(self) -> None:
         """Process events until none is left; stranded requests end as aborted."""
         q = self.q
-        handlers = (self.on_step, self.on_link, self.on_kv, self.on_state, self.on_arrival,
-                    self.on_tick)
+        handlers = (self.on_step, self.on_link, self.on_kv, self.life.on_state,
+                    self.on_arrival, self.on_tick)
         if self.n:
             q.push(self.arrival_s[0], Kind.ARRIVAL, 0)
         if self.policy.wants_ticks:
             q.push(self.tick_s, Kind.TICK)
         sample = self.sample
-        next_sample = self.next_sample_s
+        next_sample = self.recorder.next_sample_s
         pop = q.pop
         while q:
             t, _, _, kind, a, b = pop()
@@ -337,7 +366,18 @@ class SimCluster(Lifecycle):
                 self.end_request(rid, _ABORTED, "stranded: no instance could serve it")
         self.belief.flush(q.now)
 
+    def sample(self, t: float) -> float:
+        """Record the timeline up to ``t``; returns the next sample time."""
+        queued = sum(self.prompt[i] for i in self.unrouted) if self.unrouted else 0
+        return self.recorder.sample(t, self.instances, queued)
+
+    def view(self) -> ClusterView:
+        """The policy's snapshot now (:func:`~dopd.control.flow.view.build_view`)."""
+        return build_view(self.q.now, self.instances, self.config.instances, self.arrived,
+                          self.done)
+
     def on_tick(self, _: int, __: int) -> None:
+
         now = self.q.now
         for action in self.policy.on_tick(now, self.view()):
             self.apply(action)

@@ -10,9 +10,9 @@ New work arriving during a decode run cuts the run short at the end of the step 
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
+from dopd.control.flow.requests import HandoffQueue
 from dopd.engine import (
     BlockManager,
     DecodeRun,
@@ -34,7 +34,9 @@ class SimInstance:
     """One instance of the simulated cluster (mutable; the cluster owns it).
 
     ``pending`` holds (request id, source instance) of remote decodes routed here that wait for
-    KV memory; ``incoming`` counts transfers in flight to it. ``migrate``: while DRAINING, its
+    KV memory (``pending_tokens``: the KV tokens they need); ``incoming`` counts transfers in
+    flight to it. It reads as :class:`~dopd.control.flow.view.InstanceSignals` for the policy's
+    view. ``migrate``: while DRAINING, its
     decodes move to other instances. Times are simulated seconds. ``observed`` is the last
     finished work as a worker would report it: ``(prefill_new_tokens, prefill_attn_sum,
     prefill_count, decode_count, decode_ctx_sum, steps, seconds)`` (a decode run's first step's
@@ -42,7 +44,7 @@ class SimInstance:
     """
 
     __slots__ = ("busy", "busy_until", "cut_steps", "incoming", "instance_id", "migrate",
-                 "observed", "pending", "pending_tokens", "plan", "result", "role", "run",
+                 "observed", "pending", "plan", "result", "role", "run",
                  "run_factor", "run_start", "sched", "start_s", "state", "state_version",
                  "step_s", "steps", "stop_s", "target_role", "version")
 
@@ -66,8 +68,7 @@ class SimInstance:
         self.run_factor = 1.0
         self.cut_steps = 0
         self.observed: tuple[int, int, int, int, int, int, float] = (0, 0, 0, 0, 0, 0, 0.0)
-        self.pending: deque[tuple[int, int]] = deque()
-        self.pending_tokens = 0
+        self.pending: HandoffQueue[tuple[int, int]] = HandoffQueue()
         self.incoming = 0
         self.start_s = now
         self.stop_s: float | None = None
@@ -75,6 +76,46 @@ class SimInstance:
         self.steps = 0
 
     # ------------------------------------------------------------------ signals
+    @property
+    def pending_tokens(self) -> int:
+        return self.pending.tokens
+
+    @property
+    def queued_prefill_tokens(self) -> int:
+        return self.sched.queued_prefill_tokens
+
+    @property
+    def waiting(self) -> int:
+        return self.sched.num_waiting
+
+    @property
+    def prefilling(self) -> int:
+        return self.sched.num_prefilling
+
+    @property
+    def decode_batch(self) -> int:
+        return self.sched.num_decoding
+
+    @property
+    def decode_ctx_sum(self) -> int:
+        return self.sched.decode_kv_sum
+
+    @property
+    def pending_decodes(self) -> int:
+        return len(self.pending)
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return self.sched.blocks.used_blocks
+
+    @property
+    def kv_total_blocks(self) -> int:
+        return self.sched.blocks.num_blocks
+
+    @property
+    def recent_step_s(self) -> float:
+        return self.step_s
+
     @property
     def accepts_prefill(self) -> bool:
         return self.state == InstanceState.ACTIVE and self.role != Role.DECODE

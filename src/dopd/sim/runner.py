@@ -86,7 +86,7 @@ def _cluster(workload: Workload, config: SimConfig, models: ClusterModels, polic
     cluster = SimCluster(workload.arrival_s.tolist(), workload.prompt_tokens.tolist(),
                          workload.output_tokens.tolist(), config, models, policy, router,
                          build_truth(config, seed), belief, progress)
-    cluster.init_instances(list(policy.initial_roles(config.instances)))
+    cluster.life.init_instances(list(policy.initial_roles(config.instances)), policy.name)
     return cluster
 
 
@@ -105,9 +105,9 @@ def collect_result(cluster: SimCluster, wall_s: float) -> SimResult:
         finish_s=np.asarray(cluster.finish_s, dtype=np.float64),
         prefill_instance=np.asarray(cluster.prefill_of, dtype=np.int64),
         decode_instance=np.asarray(cluster.decode_of, dtype=np.int64),
-        timeline=cluster.timeline(),
-        gpu_seconds=cluster.gpu_seconds(end),
-        switches=cluster.switches,
+        timeline=cluster.recorder.timeline(cluster.arrival_s),
+        gpu_seconds=cluster.life.gpu_seconds(end),
+        switches=cluster.life.switches,
         kv_bytes_moved=cluster.kv_bytes_moved,
         sim_end_s=end,
         events=cluster.q.popped,
@@ -122,8 +122,8 @@ def _decisions(cluster: SimCluster) -> tuple[dict[str, object], ...]:
     ``decisions`` attribute (if any) and the belief's prediction errors."""
     own = [*(getattr(cluster.policy, "decisions", None) or ()), *cluster.belief.records]
     if not own:
-        return tuple(cluster.decisions)
-    merged = sorted([*cluster.decisions, *own], key=lambda r: float(r.get("t", 0.0)))
+        return tuple(cluster.life.decisions)
+    merged = sorted([*cluster.life.decisions, *own], key=lambda r: float(r.get("t", 0.0)))
     return tuple(merged)
 
 

@@ -88,12 +88,13 @@ class ClusterView:
 
 @dataclass(frozen=True, slots=True)
 class SwitchRole:
-    """Drain ``instance_id`` of its current role's work, then switch it to ``role``. With
-    ``migrate`` the decodes in flight there move their KV to other decode instances (after the
-    step in progress) instead of finishing in place; live serving finishes them in place.
-    ``in_place`` (MIXED -> DECODE only) switches at once without a drain: prompts not started
-    are routed elsewhere, everything else (decodes, prompts in progress) stays; live serving
-    drains as usual."""
+    """Drain ``instance_id`` of its current role's work, then switch it to ``role`` (see
+    :mod:`dopd.control.flow.instances`). With ``migrate`` the decodes in flight there move to
+    other instances instead of finishing in place (the simulator sends their KV after the step
+    in progress; live serving resumes them elsewhere, their KV recomputed from the prompt and
+    the tokens so far). ``in_place`` (MIXED -> DECODE only) switches at once without a drain:
+    prompts not started are routed elsewhere, everything else (decodes, prompts in progress)
+    stays. Both drivers honour both."""
 
     instance_id: int
     role: Role
