@@ -39,14 +39,10 @@ from dopd.errors import require
 from dopd.kv.modeled_link import TransferNetwork
 from dopd.perf.hardware import GiB
 from dopd.perf.transfer import KVTransferModel
+from dopd.serve.config import REAL_KV_CACHE_MB, REAL_MAX_BATCHED_TOKENS, REAL_MAX_NUM_SEQS
 from dopd.types import Role
 
 _FIRST, _SPAN = 97, 26  # emulated tokens are the bytes 'a'..'z'
-
-REAL_KV_CACHE_MB = 64.0
-REAL_MAX_NUM_SEQS = 64
-REAL_MAX_BATCHED_TOKENS = 2048
-"""Defaults of a real (PyTorch) worker when the deployment sets none."""
 
 MAX_EMULATED_KV_BYTES = 16 * GiB
 """Most address space an emulated worker's lazily allocated KV cache may reserve; a larger

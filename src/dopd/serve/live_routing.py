@@ -88,20 +88,19 @@ def router_label(router: Router) -> str:
 
 
 def live_router(config: ServeConfig, policy_router: str = "least-loaded",
-                kv_blocks: int | None = None, belief: LatencyModel | None = None) -> Router:
-    """The router of ``config`` (see the module docstring), for instances of ``kv_blocks`` KV
-    blocks each (their watermark; None: the simulator's figure for ``perf_model`` on
-    ``gpu``), predicting with ``belief`` (the deployment's learned latency model, see
+                kv_blocks: int | None = None, belief: LatencyModel | None = None,
+                cluster: ClusterConfig | None = None) -> Router:
+    """The router of ``config`` (see the module docstring) for the deployment's instances
+    ``cluster`` (None: ``config.cluster_config()``), of ``kv_blocks`` KV blocks each (their
+    watermark; None: the simulator's figure for ``perf_model`` on ``gpu``), predicting with
+    ``belief`` (the deployment's learned latency model, see
     :mod:`dopd.serve.live_calibration`; None: the configured model) scaled to the wall clock.
     DopdError for a bad spec."""
-    sim = ClusterConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                    kv_mem_util=config.kv_mem_util)
+    sim = config.cluster_config() if cluster is None else cluster
     models = build_models(sim)
     scale = config.step_time_scale if config.mode == "emulated" else 1.0
     scale = max(scale, MIN_SCALE)
-    budget = config.max_batched_tokens
-    if budget is None:
-        budget = sim.max_batched_tokens if config.mode == "emulated" else 2048
+    budget = sim.max_batched_tokens
     context = RouterContext(
         latency=ScaledLatency(models.latency if belief is None else belief, scale),
         max_batched_tokens=budget,
