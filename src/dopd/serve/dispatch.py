@@ -159,6 +159,7 @@ class Dispatcher:
         self.router = router if router is not None else live_router(ServeConfig())
         order = self.router.scheduler_config(SchedulerConfig())
         self.queue_order, self._aging_s = order.queue_order, order.aging_s
+        self._max_passes = order.max_passes
         self.books: dict[int, InstanceBook] = {}
         self.tracked: dict[int, Tracked] = {}
         self.load: dict[int, int] = {}
@@ -183,7 +184,8 @@ class Dispatcher:
         b = self.books.get(iid)
         if b is None or b.handle is not handle:
             b = self.books[iid] = InstanceBook(handle, self.router.context.block_size,
-                                               self.queue_order, self._aging_s)
+                                               self.queue_order, self._aging_s,
+                                               self._max_passes)
         b.refresh()
         return b
 

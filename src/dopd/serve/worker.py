@@ -60,7 +60,10 @@ class Worker:
 
     With a ``link`` (emulated mode) a KV fetch is answered when the link's modeled transfer of
     it is over, also while a step is "running" (the emulated runner waits through
-    :meth:`wait_until`); the KV is released after the step.
+    :meth:`wait_until`); the KV is released after the step. A decode worker likewise starts
+    the fetch of an accepted request and takes in arriving KV while a step runs, as a GPU
+    engine's KV transfer runs beside its compute (the simulator starts a hand-off at once);
+    the engine sees both after the step.
     """
 
     def __init__(self, spec: WorkerSpec, engine: LLMEngine,
@@ -72,6 +75,8 @@ class Worker:
         self.kv_client = KVClient(spec.keys)
         self.handles: dict[int, KVHandle] = {}
         self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
+        self.backlog: list[dict[str, Any]] = []  # control messages read during a step
+        self.arrived: list[tuple[int, KVPayload | None, str | None]] = []  # KV read in a step
         self.step_s = 0.0
         self.samples = StepBuffer()
         self._step_end: float | None = None
@@ -109,7 +114,7 @@ class Worker:
                     left_ms = max(0, int((due - time.perf_counter()) * 1000))
                     timeout_ms = min(timeout_ms, left_ms)
             ready = self.poll(timeout_ms)
-            if ready:
+            if ready or self.backlog or self.arrived:
                 self.handle_control()
                 if self.crash_pending:
                     os._exit(CRASH_EXIT_CODE)  # the test-only crash hook (dopd.serve.faults)
@@ -161,7 +166,8 @@ class Worker:
 
     # ------------------------------------------------------------------ control
     def handle_control(self) -> None:
-        for msg in self.control.receive_all():
+        msgs, self.backlog = [*self.backlog, *self.control.receive_all()], []
+        for msg in msgs:
             op = msg.get("op")
             rid = msg.get("rid")
             try:
@@ -174,10 +180,15 @@ class Worker:
                                             request_id=rid, local=bool(msg.get("local")))
                 elif op == "accept":
                     handle = handle_from_wire(msg["handle"])
-                    self.engine.accept_remote(handle)
-                    self.start_fetch(msg, handle)
-                    now = time.monotonic()
-                    self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
+                    try:
+                        self.engine.accept_remote(handle)
+                    except DopdError:
+                        self.fetches.pop(rid, None)  # started during a step: its KV is dropped
+                        raise
+                    if rid not in self.fetches:
+                        self.start_fetch(msg, handle)
+                        now = time.monotonic()
+                        self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
                 elif op == "abort":
                     self.engine.abort(rid)
                     self.handles.pop(rid, None)
@@ -255,8 +266,8 @@ class Worker:
     def wait_until(self, deadline: float) -> None:
         """The emulated runner's wait for the end of its step (``time.perf_counter`` time):
         serve KV fetches and send due KV meanwhile. Runs inside a step, so it only reads the
-        engine (KV export); releases wait for the step's end."""
-        socket = self.kv_server.socket
+        engine (KV export), and reads what arrives (:meth:`intake_during_step`); releases
+        wait for the step's end."""
         while True:
             self.send_due()
             now = time.perf_counter()
@@ -270,10 +281,46 @@ class Worker:
             left = until - now
             if left < 1e-3:
                 time.sleep(max(left, 0.0))
-            elif socket.poll(int(left * 1000), zmq.POLLIN):
+            elif self.poll(int(left * 1000)):
                 self.handle_fetches()
+                self.intake_during_step()
+
+    def intake_during_step(self) -> None:
+        """While an emulated step runs: start the KV fetch of each accepted request and take
+        in arriving KV (its ``kv`` event goes out now); the engine gets both after the step
+        (:meth:`handle_control`, :meth:`handle_replies`)."""
+        for msg in self.control.receive_all():
+            rid = msg.get("rid")
+            if msg.get("op") == "accept" and rid not in self.fetches:
+                try:
+                    handle = handle_from_wire(msg["handle"])
+                except (DopdError, KeyError, TypeError, ValueError):
+                    pass  # handle_control reports it after the step
+                else:
+                    self.start_fetch(msg, handle)
+                    now = time.monotonic()
+                    self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
+            self.backlog.append(msg)
+        for rid, payload, error in self.kv_client.receive_all():
+            timing = self.fetches.pop(rid, None)
+            if timing is None:
+                continue  # timed out already: the prompt is being recomputed
+            self.arrived.append((rid, payload, error))
+            if payload is not None:
+                self.control.send({"ev": "kv", "rid": rid, "ok": True, "bytes": payload.nbytes,
+                                   "wait_s": time.monotonic() - timing[0]})
 
     def handle_replies(self) -> None:
+        arrived, self.arrived = self.arrived, []
+        for rid, payload, error in arrived:  # read during a step; reported then if it arrived
+            if payload is not None:
+                self.engine.deliver_kv(rid, payload)
+                self.kv_bytes_received += payload.nbytes
+            else:
+                self.engine.fail_kv(rid)
+                self.kv_failures += 1
+                self.control.send({"ev": "kv", "rid": rid, "ok": False, "bytes": 0,
+                                   "msg": error or "transfer failed"})
         for rid, payload, error in self.kv_client.receive_all():
             self.complete_fetch(rid, payload, error)
 
