@@ -27,10 +27,11 @@ import zmq
 from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import KVPayload
+from dopd.engine.runner import LatencyModelRunner
 from dopd.errors import DopdError
 from dopd.serve.channel_auth import ClusterKeys, denied
 from dopd.serve.channels import KVClient, KVServer, WorkerControl
-from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
+from dopd.serve.engines import EngineSpec, ModeledLink, build_engine
 from dopd.serve.faults import CRASH_EXIT_CODE, CRASH_MARKER
 from dopd.serve.step_samples import StepBuffer, StepSample
 from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire
@@ -94,8 +95,10 @@ class Worker:
         self.link = link
         self.outbox: dict[int, tuple[bytes, KVPayload]] = {}  # rid -> (peer, KV) in transfer
         self.sent: list[int] = []  # KV replied to, to release
-        if link is not None and isinstance(engine.runner, EmulatedRunner):
-            engine.runner.wait = self.wait_until
+        runner = engine.runner
+        self.wall_clock = runner.clock if isinstance(runner, LatencyModelRunner) else None
+        if link is not None and self.wall_clock is not None:
+            self.wall_clock.wait = self.wait_until
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -130,8 +133,8 @@ class Worker:
                 start = time.perf_counter()
                 if busy and self._step_end is not None:
                     start = min(start, self._step_end)
-                if isinstance(eng.runner, EmulatedRunner):
-                    eng.runner.back_to_back = busy
+                if self.wall_clock is not None:
+                    self.wall_clock.back_to_back = busy
                 outputs = eng.step()
                 self.release_sent()
                 plan = eng.last_plan
