@@ -198,3 +198,29 @@ def test_the_routers_queue_order_reaches_the_worker() -> None:
                                      max_passes=order.max_passes))
     assert engine.scheduler.config.queue_order == "short-first"
     assert engine.scheduler.config.aging_s == order.aging_s == 5 * 1.0  # 5 TTFT SLOs
+
+
+def test_book_ages_by_passes_as_the_scheduler_does() -> None:
+    """The book's queue is the scheduler's queue model: a prompt passed ``max_passes`` times
+    by later arrivals is aged and counted ahead of every new prompt (the rule the book once
+    lacked), on the book and on a real scheduler fed the same requests alike."""
+    from dopd.engine.blocks import BlockManager
+    from dopd.engine.plan import StepResult
+    from dopd.engine.scheduler import Scheduler
+    from dopd.engine.sequence import SchedulerConfig
+
+    book = InstanceBook(FakeInstance(0, Role.MIXED), 16, "short-first", aging_s=100.0,
+                        max_passes=1)
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=20, max_num_seqs=8,
+                                      queue_order="short-first", aging_s=100.0, max_passes=1),
+                      BlockManager(1000, 16))
+    for rid, p in ((1, 500), (2, 20), (3, 30)):
+        book.queue(rid, p, 4, now=0.0)
+        sched.add_request(rid, p, 4, now=0.0)
+    assert book.prefill_work_ahead(50) == sched.prefill_work_ahead(50) == (50, 1300, 2)
+    plan = sched.schedule()  # the 20-token prompt goes first: it passes the 500-token one
+    assert plan is not None and plan.prefill[0].request_id == 2
+    sched.complete(plan, StepResult(plan.step_id, 0.01, (0,) * len(plan.sampling_ids)))
+    book.decoding(2, 21)  # its first token: the book learns that it left the queue
+    assert book.prefill_work_ahead(50) == sched.prefill_work_ahead(50) == (
+        530, 500**2 + 30**2, 2)
