@@ -78,6 +78,7 @@ class Worker:
         self.fetches: dict[int, tuple[float, float]] = {}  # request id -> (start, deadline)
         self.backlog: list[dict[str, Any]] = []  # control messages read during a step
         self.arrived: list[tuple[int, KVPayload | None, str | None]] = []  # KV read in a step
+        self.early: set[int] = set()  # accepted during a step: fetch started, engine not told
         self.step_s = 0.0
         self.samples = StepBuffer()
         self._step_end: float | None = None
@@ -183,12 +184,14 @@ class Worker:
                                             request_id=rid, local=bool(msg.get("local")))
                 elif op == "accept":
                     handle = handle_from_wire(msg["handle"])
+                    early = rid in self.early
+                    self.early.discard(rid)
                     try:
                         self.engine.accept_remote(handle)
                     except DopdError:
                         self.fetches.pop(rid, None)  # started during a step: its KV is dropped
                         raise
-                    if rid not in self.fetches:
+                    if not early:
                         self.start_fetch(msg, handle)
                         now = time.monotonic()
                         self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
@@ -294,12 +297,13 @@ class Worker:
         (:meth:`handle_control`, :meth:`handle_replies`)."""
         for msg in self.control.receive_all():
             rid = msg.get("rid")
-            if msg.get("op") == "accept" and rid not in self.fetches:
+            if msg.get("op") == "accept" and rid not in self.fetches and rid not in self.early:
                 try:
                     handle = handle_from_wire(msg["handle"])
                 except (DopdError, KeyError, TypeError, ValueError):
                     pass  # handle_control reports it after the step
                 else:
+                    self.early.add(rid)
                     self.start_fetch(msg, handle)
                     now = time.monotonic()
                     self.fetches[rid] = (now, now + self.engine.options.kv_timeout_s)
