@@ -224,3 +224,23 @@ def test_book_ages_by_passes_as_the_scheduler_does() -> None:
     book.decoding(2, 21)  # its first token: the book learns that it left the queue
     assert book.prefill_work_ahead(50) == sched.prefill_work_ahead(50) == (
         530, 500**2 + 30**2, 2)
+
+
+@pytest.mark.parametrize("mode,tokens,seqs", [("real", 2048, 64), ("emulated", 8192, 256)])
+def test_one_cluster_config_sizes_the_policy_the_router_and_the_workers(
+        mode: str, tokens: int, seqs: int) -> None:
+    """The deployment's ``ClusterConfig`` is built once and read by all: the ``dopd`` policy
+    once planned real-mode instances of 8192 tokens / 256 requests while the workers ran
+    2048 / 64."""
+    from dopd.serve.runtime import ServeRuntime
+
+    config = ServeConfig(mode=mode, policy="dopd", instances=2)
+    runtime = ServeRuntime(config)  # builds everything; starts no worker
+    cluster = runtime.cluster_config
+    assert cluster is not None and (cluster.max_batched_tokens, cluster.max_num_seqs) == (
+        tokens, seqs)
+    assert runtime.policy._config is cluster  # type: ignore[attr-defined]
+    assert runtime.router.context.max_batched_tokens == tokens
+    assert (runtime.spec.max_batched_tokens, runtime.spec.max_num_seqs) == (tokens, seqs)
+    explicit = ServeConfig(mode=mode, max_batched_tokens=512, max_num_seqs=8).cluster_config()
+    assert (explicit.max_batched_tokens, explicit.max_num_seqs) == (512, 8)
