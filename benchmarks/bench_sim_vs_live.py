@@ -57,6 +57,12 @@ def _out(args: argparse.Namespace, path: Path) -> list[str]:
     return ["--out", str(path)] if args.keep else []
 
 
+def _slo(args: argparse.Namespace) -> list[str]:
+    """The SLO, the same on both sides (the policies and routers plan with it; ``dopd serve``
+    and ``dopd simulate`` have different defaults)."""
+    return ["--slo-ttft", repr(args.slo_ttft), "--slo-tpot", repr(args.slo_tpot)]
+
+
 def build_workload(args: argparse.Namespace) -> Workload:
     """The trace slice, time-compressed and clipped to the context window."""
     trace = load_workload(args.trace)
@@ -70,7 +76,8 @@ def run_sim(args: argparse.Namespace, workload_csv: Path, out: Path) -> dict[str
     subprocess.run(_dopd(
         "simulate", "--trace", str(workload_csv), "--model", args.model, "--gpu", args.gpu,
         "--instances", str(args.instances), "--policy", ",".join(args.policies),
-        "--seed", str(args.seed), "--json", str(path), "-q", *_out(args, out / "sim")),
+        "--seed", str(args.seed), *_slo(args), "--json", str(path), "-q",
+        *_out(args, out / "sim")),
         check=True, timeout=600)
     return json.loads(path.read_text())
 
@@ -111,7 +118,7 @@ def run_live(args: argparse.Namespace, policy: str, live_csv: Path, out: Path
         "serve", "--mode", "emulated", "--perf-model", args.model, "--gpu", args.gpu,
         "--instances", str(args.instances), "--policy", policy,
         "--step-time-scale", repr(args.step_time_scale), "--port", str(port),
-        "--seed", str(args.seed),
+        "--seed", str(args.seed), *_slo(args),
         *(["--config", args.serve_config] if args.serve_config else [])),
         stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -174,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-time-scale", type=float, default=4.0,
                    help="emulated steps sleep this many times the modeled time (default 4)")
     p.add_argument("--tolerance", type=float, default=0.15)
+    p.add_argument("--slo-ttft", type=float, default=0.5,
+                   help="TTFT SLO of both sides, seconds (default 0.5, dopd simulate's)")
+    p.add_argument("--slo-tpot", type=float, default=0.1,
+                   help="TPOT SLO of both sides, seconds (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--serve-config", default=None, metavar="FILE.toml",
                    help="a [serve] table for the live side, e.g. to try other engine limits")

@@ -9,12 +9,13 @@ import pytest
 
 from dopd.control.cluster_models import build_models
 from dopd.engine.model import SamplingParams
+from dopd.engine.runner import LatencyModelRunner, WallClock
 from dopd.errors import DopdError
 from dopd.perf import KVTransferModel
 from dopd.serve.config import ServeConfig
 from dopd.serve.engines import (
     MAX_EMULATED_KV_BYTES,
-    EmulatedRunner,
+    EmulatedTokens,
     EngineSpec,
     ModeledLink,
     build_engine,
@@ -123,8 +124,9 @@ class _Fixed:
 
 def test_back_to_back_steps_absorb_the_workers_own_time() -> None:
     engine = build_engine(emulated(step_time_scale=0.0))
-    runner = EmulatedRunner(engine.records, _Fixed(0.2), 1.0)  # type: ignore[arg-type]
-    engine.runner = runner
+    runner = WallClock(1.0)
+    engine.runner = LatencyModelRunner(_Fixed(0.2), EmulatedTokens(engine.records),  # type: ignore[arg-type]
+                                       runner)
     engine.add_request(list(range(8)), SamplingParams(max_tokens=4))
     t0 = time.perf_counter()
     engine.step()
@@ -184,18 +186,38 @@ def test_live_hand_off_waits_for_the_modeled_transfer(server_factory) -> None:  
     import openai
 
     # Llama-2-7B's KV is 512 KiB per token: 1900 tokens are ~1 GB, 50 ms over an A100's NIC
-    # (20 GB/s achieved) plus 1 ms, times the step-time scale 4: >= 0.2 s between the first
-    # token (sampled by the prefill worker) and the second (decoded after the KV arrived).
+    # (20 GB/s achieved) plus 1 ms, times the step-time scale 4: the first token (sampled by
+    # the prefill worker) streams once the KV is at the decode worker, >= 0.2 s after the send,
+    # as the simulator counts it; the second follows one decode step later.
     server = server_factory("--instances", "2", "--policy", "static:1:1", "--mode", "emulated",
                             "--perf-model", "llama-2-7b", "--step-time-scale", "4")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
     stamps = []
+    sent = time.perf_counter()
     stream = client.completions.create(model="dopd-tiny", prompt="x" * 1900, max_tokens=4,
                                        stream=True, extra_body={"ignore_eos": True})
     for chunk in stream:
         if chunk.choices and chunk.choices[0].text:
             stamps.append(time.perf_counter())
     assert len(stamps) == 4
-    assert stamps[1] - stamps[0] >= 0.2
+    assert stamps[0] - sent >= 0.2
     cluster = server.get("/v1/cluster").json()
     assert cluster["instances"][1]["stats"]["kv_imports"] == 1
+
+
+def test_emulated_engine_is_built_with_the_simulators_runner() -> None:
+    """One runner class: an emulated engine runs ``LatencyModelRunner`` (the simulator's) with
+    a wall clock, built in, and its steps take the latency model's time times the scale."""
+    spec = emulated(step_time_scale=0.5)
+    engine = build_engine(spec)
+    runner = engine.runner
+    assert isinstance(runner, LatencyModelRunner)
+    assert isinstance(runner.clock, WallClock) and runner.clock.scale == 0.5
+    latency = build_models(SimConfig(model=spec.perf_model, gpu=spec.gpu, instances=1)).latency
+    engine.add_request(list(range(200)), SamplingParams(max_tokens=2))
+    t0 = time.perf_counter()
+    engine.step()
+    took = time.perf_counter() - t0
+    predicted = latency.step_time(200, 200 * 200, 1, 0, 0)
+    assert took >= 0.5 * predicted
+    assert runner.step_time(engine.last_plan) == pytest.approx(predicted)  # type: ignore[arg-type]

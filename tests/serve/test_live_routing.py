@@ -200,3 +200,49 @@ def test_the_routers_queue_order_reaches_the_worker() -> None:
                                      max_passes=order.max_passes))
     assert engine.scheduler.config.queue_order == "short-first"
     assert engine.scheduler.config.aging_s == order.aging_s == 5 * 1.0  # 5 TTFT SLOs
+
+
+def test_book_ages_by_passes_as_the_scheduler_does() -> None:
+    """The book's queue is the scheduler's queue model: a prompt passed ``max_passes`` times
+    by later arrivals is aged and counted ahead of every new prompt (the rule the book once
+    lacked), on the book and on a real scheduler fed the same requests alike."""
+    from dopd.engine.blocks import BlockManager
+    from dopd.engine.plan import StepResult
+    from dopd.engine.scheduler import Scheduler
+    from dopd.engine.sequence import SchedulerConfig
+
+    book = InstanceBook(FakeInstance(0, Role.MIXED), 16, "short-first", aging_s=100.0,
+                        max_passes=1)
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=20, max_num_seqs=8,
+                                      queue_order="short-first", aging_s=100.0, max_passes=1),
+                      BlockManager(1000, 16))
+    for rid, p in ((1, 500), (2, 20), (3, 30)):
+        book.queue(rid, p, 4, now=0.0)
+        sched.add_request(rid, p, 4, now=0.0)
+    assert book.prefill_work_ahead(50) == sched.prefill_work_ahead(50) == (50, 1300, 2)
+    plan = sched.schedule()  # the 20-token prompt goes first: it passes the 500-token one
+    assert plan is not None and plan.prefill[0].request_id == 2
+    sched.complete(plan, StepResult(plan.step_id, 0.01, (0,) * len(plan.sampling_ids)))
+    book.decoding(2, 21)  # its first token: the book learns that it left the queue
+    assert book.prefill_work_ahead(50) == sched.prefill_work_ahead(50) == (
+        530, 500**2 + 30**2, 2)
+
+
+@pytest.mark.parametrize("mode,tokens,seqs", [("real", 2048, 64), ("emulated", 8192, 256)])
+def test_one_cluster_config_sizes_the_policy_the_router_and_the_workers(
+        mode: str, tokens: int, seqs: int) -> None:
+    """The deployment's ``ClusterConfig`` is built once and read by all: the ``dopd`` policy
+    once planned real-mode instances of 8192 tokens / 256 requests while the workers ran
+    2048 / 64."""
+    from dopd.serve.runtime import ServeRuntime
+
+    config = ServeConfig(mode=mode, policy="dopd", instances=2)
+    runtime = ServeRuntime(config)  # builds everything; starts no worker
+    cluster = runtime.cluster_config
+    assert cluster is not None and (cluster.max_batched_tokens, cluster.max_num_seqs) == (
+        tokens, seqs)
+    assert runtime.policy._config is cluster  # type: ignore[attr-defined]
+    assert runtime.router.context.max_batched_tokens == tokens
+    assert (runtime.spec.max_batched_tokens, runtime.spec.max_num_seqs) == (tokens, seqs)
+    explicit = ServeConfig(mode=mode, max_batched_tokens=512, max_num_seqs=8).cluster_config()
+    assert (explicit.max_batched_tokens, explicit.max_num_seqs) == (512, 8)

@@ -51,6 +51,7 @@ from dopd.engine.request_state import (
     RequestOutput,
     RequestRecord,
 )
+from dopd.engine.runner import StepRunner
 from dopd.engine.scheduler import Scheduler
 from dopd.engine.torch_runner import TorchRunner
 from dopd.errors import require
@@ -67,7 +68,10 @@ class LLMEngine(BlockingCalls):
         *,
         clock: Callable[[], float] = time.monotonic,
         name: str = "engine",
+        runner: Callable[[LLMEngine], StepRunner] | None = None,
     ) -> None:
+        """``runner`` builds the engine's runner from the engine (its ``records`` and
+        ``tokenizer``); None: the PyTorch runner of the loaded model."""
         opts = options if options is not None else EngineOptions()
         if opts.threads is not None:
             torch.set_num_threads(opts.threads)
@@ -87,7 +91,7 @@ class LLMEngine(BlockingCalls):
         self.blocks = BlockManager(num_blocks, opts.block_size, opts.scheduler.watermark)
         self.scheduler = Scheduler(opts.scheduler, self.blocks, opts.role)
         self.records: dict[int, RequestRecord] = {}
-        self.runner = TorchRunner(
+        self.runner: StepRunner = runner(self) if runner is not None else TorchRunner(
             self.model,
             self.cache,
             self.records,

@@ -11,7 +11,7 @@ from collections import deque
 from dopd.engine.blocks import BlockManager
 from dopd.engine.plan import DecodeRun, FinishReason
 from dopd.engine.sequence import SchedulerConfig, Seq, SeqStatus
-from dopd.engine.waitqueue import ShortFirstQueue
+from dopd.engine.waitqueue import ShortFirstQueue, work_ahead
 from dopd.errors import require
 from dopd.types import Role
 
@@ -126,14 +126,8 @@ class SchedulerState:
         new prompt of ``prompt_tokens`` tokens in this queue order: all of it under FCFS; under
         short-first the prompts in progress, preempted or aged, and the new ones not longer.
         Sums are in the units of :attr:`queued_prefill_tokens` / :attr:`queued_prefill_attn`."""
-        waiting = self._waiting
-        if type(waiting) is deque:
-            return (self.queued_prefill_tokens, self.queued_prefill_attn,
-                    len(waiting) + len(self._prefilling))
-        assert isinstance(waiting, ShortFirstQueue)
-        tokens, attn, count = waiting.work_ahead(prompt_tokens)
-        return (self.queued_prefill_tokens - waiting.tokens + tokens,
-                self.queued_prefill_attn - waiting.attn + attn, count + len(self._prefilling))
+        return work_ahead(self._waiting, self.queued_prefill_tokens, self.queued_prefill_attn,
+                          len(self._prefilling), prompt_tokens)
 
     # ------------------------------------------------------------------ intake
     def add_request(self, request_id: int, prompt_tokens: int, max_tokens: int,

@@ -151,6 +151,26 @@ class ShortFirstQueue:
         self.tokens -= n
         self.attn -= n * n
 
+    def take(self, seq: Seq) -> None:
+        """Remove ``seq``, which left the queue for prefill, as :meth:`popleft` does (later
+        arrivals taken before an older prompt pass it), for an observer that learns of
+        admissions one at a time and not necessarily in service order (the live front end's
+        instance book); ValueError if ``seq`` is not queued."""
+        if seq.order >= 0:
+            i = bisect_left(self._keys, (seq.prefill_len, seq.order))
+            if i == len(self._items) or self._items[i] is not seq:
+                raise ValueError("request is not in the queue")
+            del self._keys[i], self._items[i], self._lens[i], self._sqs[i]
+            self._drop_sorted(seq)
+            self._admitted(seq)
+        elif seq in self._aged:
+            self._aged.remove(seq)
+        else:
+            self._front.remove(seq)
+        n = seq.prefill_len
+        self.tokens -= n
+        self.attn -= n * n
+
     # ------------------------------------------------------------------ aging
     def age(self, now: float) -> int:
         """Age every prompt that has waited ``aging_s`` seconds by ``now``; returns how many."""
@@ -247,3 +267,19 @@ class ShortFirstQueue:
         assert self._sorted_tokens == sum(self._lens) and self._sorted_attn == sum(self._sqs)
         assert self.tokens == sum(s.prefill_len for s in self)
         assert self.attn == sum(s.prefill_len ** 2 for s in self)
+
+
+def work_ahead(waiting: deque[Seq] | ShortFirstQueue, queued_tokens: int, queued_attn: int,
+               in_progress: int, prompt_tokens: int) -> tuple[int, int, int]:
+    """(tokens, attention sum, prompts) of an instance's queued prefill work that a new prompt
+    of ``prompt_tokens`` tokens would wait for, in the queue order of ``waiting``: all of it
+    under FCFS (a deque); under short-first the preempted, the aged and the new prompts not
+    longer. ``queued_tokens`` / ``queued_attn`` are the instance's sums over ``waiting`` and
+    the ``in_progress`` prompts already prefilling (always ahead). The one queue model of the
+    engine's scheduler and of the live front end's instance book."""
+    if type(waiting) is deque:
+        return queued_tokens, queued_attn, len(waiting) + in_progress
+    assert isinstance(waiting, ShortFirstQueue)
+    tokens, attn, count = waiting.work_ahead(prompt_tokens)
+    return (queued_tokens - waiting.tokens + tokens, queued_attn - waiting.attn + attn,
+            count + in_progress)

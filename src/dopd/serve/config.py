@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dopd.config import from_mapping, load_toml
+from dopd.control.cluster_config import ClusterConfig
 from dopd.errors import require
 
 MODES = ("real", "emulated")
@@ -22,6 +23,11 @@ KV_TRANSPORTS = ("socket", "object_store")
 KV_AUTHS = ("auto", "curve", "hmac")
 DTYPES = ("float32", "float16", "bfloat16")
 SELF_CALIBRATION_MODES = ("start", "background", "off")
+
+REAL_KV_CACHE_MB = 64.0
+REAL_MAX_NUM_SEQS = 64
+REAL_MAX_BATCHED_TOKENS = 2048
+"""Defaults of a real (PyTorch) worker when the deployment sets none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +232,27 @@ class ServeConfig:
             from dopd.serve.ray_connect import check_address
 
             check_address(self.ray_address)
+
+    def cluster_config(self) -> ClusterConfig:
+        """The one :class:`~dopd.control.cluster_config.ClusterConfig` of this deployment: the
+        instance the policy, the router, admission control and the workers all plan with and
+        run. Batch limits left None are :data:`REAL_MAX_BATCHED_TOKENS` /
+        :data:`REAL_MAX_NUM_SEQS` in real mode and the simulator's (``ClusterConfig``'s
+        defaults) in emulated mode; the latency model is ``perf_model`` on ``gpu`` (or
+        ``calibration_file`` / ``profile``)."""
+        real = self.mode == "real"
+        base = ClusterConfig()
+        tokens = self.max_batched_tokens
+        if tokens is None:
+            tokens = REAL_MAX_BATCHED_TOKENS if real else base.max_batched_tokens
+        seqs = self.max_num_seqs
+        if seqs is None:
+            seqs = REAL_MAX_NUM_SEQS if real else base.max_num_seqs
+        return ClusterConfig(
+            model=self.perf_model, gpu=self.gpu, preset=self.preset,
+            calibration=self.calibration_file, profile=self.profile, instances=self.instances,
+            kv_mem_util=self.kv_mem_util, max_batched_tokens=tokens, max_num_seqs=seqs,
+            tick_s=self.tick_s, router=self.router, online_calibration=self.calibration)
 
     @property
     def measures_calibration(self) -> bool:

@@ -103,7 +103,9 @@ class Tracked:
     are the tokens streamed so far, ``n_base`` how many of them its current instance did not
     produce (it resumed after a loss), ``losses`` the worker losses it was in, ``cost`` the
     prompt tokens charged to its instance, ``served_by`` the instance it was placed on last.
-    ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none)."""
+    ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none).
+    ``held_first``: the first token of a prefill-only instance, held until the KV reaches the
+    decode instance (the request's first token counts then, as in the simulator)."""
 
     rid: int
     prompt_ids: list[int]
@@ -130,6 +132,7 @@ class Tracked:
     t_submit: float = 0.0
     t_event: float = 0.0
     predicted_ttft_s: float | None = None
+    held_first: Event | None = None
 
 
 class Observer:
@@ -167,6 +170,7 @@ class Dispatcher:
         self.router = router if router is not None else live_router(ServeConfig())
         order = self.router.scheduler_config(SchedulerConfig())
         self.queue_order, self._aging_s = order.queue_order, order.aging_s
+        self._max_passes = order.max_passes
         self.books: dict[int, InstanceBook] = {}
         self.tracked: dict[int, Tracked] = {}
         self.load: dict[int, int] = {}
@@ -193,7 +197,8 @@ class Dispatcher:
         b = self.books.get(iid)
         if b is None or b.handle is not handle:
             b = self.books[iid] = InstanceBook(handle, self.router.context.block_size,
-                                               self.queue_order, self._aging_s)
+                                               self.queue_order, self._aging_s,
+                                               self._max_passes)
         b.refresh()
         return b
 
@@ -344,6 +349,7 @@ class Dispatcher:
                 t.recomputed = t.recomputed or not ev.ok
                 self._handed_over(t)
                 if t.where == iid:  # the KV is in (or being recomputed): it decodes there
+                    self._release_first(t)
                     self.book(iid).decoding(t.rid, len(t.prompt_ids) + max(t.n_out, 1))
             for obs in self.observers:
                 obs.on_kv(ev.ok, ev.nbytes)
@@ -359,8 +365,12 @@ class Dispatcher:
         if t is None or t.where != iid:
             return
         now = time.monotonic()
+        if t.held_first is not None:
+            self._release_first(t)
+        # a hand-off's first token counts when its KV reaches the decode instance
+        hold = handle is not None and not t.out_ids
         if ids:
-            if t.first_token_t is None:
+            if t.first_token_t is None and not hold:
                 t.first_token_t = now
                 t.t_event = time.perf_counter()
             t.out_ids.extend(ids)
@@ -370,7 +380,11 @@ class Dispatcher:
         n_out += t.n_base
         t.n_out = n_out
         if ids or text:
-            t.queue.put_nowait(Event("delta", tuple(ids), text))
+            event = Event("delta", tuple(ids), text)
+            if hold:
+                t.held_first = event
+            else:
+                t.queue.put_nowait(event)
         if handle is not None:
             self.book(iid).held(rid)
             self._hand_off(t, iid, handle)
@@ -381,7 +395,17 @@ class Dispatcher:
                 self._handed_over(t)
             self.book(iid).decoding(rid, len(t.prompt_ids) + n_out)
 
+    def _release_first(self, t: Tracked) -> None:
+        """Stream ``t``'s held first token now (its KV is in, or the hand-off was given up)."""
+        event, t.held_first = t.held_first, None
+        if event is not None:
+            if t.first_token_t is None:
+                t.first_token_t = time.monotonic()
+                t.t_event = time.perf_counter()
+            t.queue.put_nowait(event)
+
     def _finish(self, t: Tracked, now: float, reason: str | None) -> None:
+        self._release_first(t)
         t.finish_t = now
         self._place(t, None)
         del self.tracked[t.rid]
@@ -400,6 +424,7 @@ class Dispatcher:
         now = time.monotonic()
         decode = self._candidates(now).decode
         if not decode:  # every decode instance is down: serve the rest on a prefill one
+            self._release_first(t)
             self.instances[src].send(Abort(t.rid))
             self._place(t, None)
             try:
@@ -452,6 +477,7 @@ class Dispatcher:
                 if t.phase == "decode" and t.prefill_iid == iid and t.where is not None:
                     self.instances[t.where].send(KVLost(t.rid))
                 continue
+            self._release_first(t)
             self._place(t, None)
             t.losses += 1
             if t is self.probation:

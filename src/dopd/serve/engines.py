@@ -1,11 +1,13 @@
 """The engine of one worker: the real PyTorch engine, or the emulated one.
 
 Both are a :class:`~dopd.engine.llm_engine.LLMEngine` (same scheduler, block manager, leases
-and KV import/export over a real paged cache). In emulated mode the runner is
-:class:`EmulatedRunner`: it does not run the model; it appends deterministic tokens and sleeps
-for the step time that a ``dopd.perf`` latency model predicts (times ``scale``), so the live
-stack runs at GPU-like timings on a CPU. The KV that moves between emulated workers is the
-loaded model's cache, with that model's size per token.
+and KV import/export over a real paged cache). In emulated mode the engine is built with the
+simulator's runner, :class:`~dopd.engine.runner.LatencyModelRunner`: it does not run the model;
+with :class:`EmulatedTokens` it appends deterministic tokens, and with a
+:class:`~dopd.engine.runner.WallClock` it waits for the step time that a ``dopd.perf`` latency
+model predicts (times ``scale``), so the live stack runs at GPU-like timings on a CPU. The KV
+that moves between emulated workers is the loaded model's cache, with that model's size per
+token.
 
 An emulated worker is sized as the simulator sizes an instance of the latency model's model and
 GPU (:func:`engine_limits`: KV blocks, token budget, running-request cap), and a prefill worker
@@ -30,70 +32,39 @@ from dopd.control.cluster_models import build_models
 from dopd.engine.engine_options import EngineOptions
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import ModelConfig, Tokenizer, check_stop, load_model
-from dopd.engine.plan import FinishReason, StepPlan, StepResult
+from dopd.engine.plan import FinishReason, StepPlan
 from dopd.engine.request_state import RequestRecord
-from dopd.engine.runner import StepTimeModel
+from dopd.engine.runner import LatencyModelRunner, SampledTokens, StepTimeModel, WallClock
 from dopd.engine.sequence import SchedulerConfig
 from dopd.engine.threads import approx_params, available_cores, default_threads
 from dopd.errors import require
 from dopd.kv.modeled_link import TransferNetwork
 from dopd.perf.hardware import GiB
 from dopd.perf.transfer import KVTransferModel
+from dopd.serve.config import REAL_KV_CACHE_MB, REAL_MAX_BATCHED_TOKENS, REAL_MAX_NUM_SEQS
 from dopd.types import Role
 
 _FIRST, _SPAN = 97, 26  # emulated tokens are the bytes 'a'..'z'
-
-REAL_KV_CACHE_MB = 64.0
-REAL_MAX_NUM_SEQS = 64
-REAL_MAX_BATCHED_TOKENS = 2048
-"""Defaults of a real (PyTorch) worker when the deployment sets none."""
 
 MAX_EMULATED_KV_BYTES = 16 * GiB
 """Most address space an emulated worker's lazily allocated KV cache may reserve; a larger
 modeled capacity is cut to this (:attr:`EngineLimits.capped`). Resident memory is only what
 is written, so the bound is on reservations, not on use."""
 
-Waiter = Callable[[float], None]
-"""``wait(deadline)``: return at ``time.perf_counter()`` >= deadline, doing background work."""
+class EmulatedTokens:
+    """The tokens of an emulated worker (a :class:`~dopd.engine.runner.TokenSource`): a fixed
+    function of the request id and position, never EOS, so outputs are reproducible across
+    P/D paths; stop strings and stop token ids still apply."""
 
+    __slots__ = ("eos", "records", "tokenizer")
 
-class EmulatedRunner:
-    """Executes a plan by sleeping for its predicted duration; tokens are a fixed function of
-    the request id and position (never EOS), so outputs are reproducible across P/D paths.
-
-    ``wait``, when set, replaces the sleep: the worker uses it to serve KV transfers while a
-    step is "on the GPU" (a transfer does not wait for the sender's compute). The worker sets
-    ``back_to_back`` when this step follows the previous one without idling: the step then
-    counts from the previous step's end, so the worker's own time between steps (scheduling,
-    sending outputs) is part of the modeled step time, as the engine overhead is on a GPU,
-    instead of being added to it."""
-
-    __slots__ = ("_end", "back_to_back", "eos", "latency", "records", "scale", "tokenizer",
-                 "wait")
-
-    def __init__(self, records: Mapping[int, RequestRecord], latency: StepTimeModel,
-                 scale: float, eos_token_ids: Collection[int] = (),
-                 tokenizer: Tokenizer | None = None) -> None:
-        require(scale >= 0, f"step time scale must be >= 0, got {scale}")
+    def __init__(self, records: Mapping[int, RequestRecord],
+                 eos_token_ids: Collection[int] = (), tokenizer: Tokenizer | None = None) -> None:
         self.records = records
-        self.latency = latency
-        self.scale = scale
         self.eos = frozenset(eos_token_ids)
         self.tokenizer = tokenizer
-        self.wait: Waiter | None = None
-        self.back_to_back = False
-        self._end: float | None = None
 
-    def step_time(self, plan: StepPlan) -> float:
-        return self.scale * self.latency.step_time(
-            plan.prefill_new_tokens, plan.prefill_attn_sum, len(plan.prefill),
-            len(plan.decode_ids), plan.decode_ctx_sum)
-
-    def execute(self, plan: StepPlan) -> StepResult:
-        start = time.perf_counter()
-        if self.back_to_back and self._end is not None:
-            start = min(start, self._end)
-        duration = self.step_time(plan) if self.scale > 0 else 0.0
+    def sample(self, plan: StepPlan) -> SampledTokens:
         tokens: list[int] = []
         finished: list[tuple[int, FinishReason]] = []
         for rid in plan.sampling_ids:
@@ -105,15 +76,16 @@ class EmulatedRunner:
                 hit = check_stop(rec.output_ids, rec.params, self.eos, self.tokenizer)
                 if hit is not None and hit.reason == FinishReason.STOP:
                     finished.append((rid, FinishReason.STOP))
-        if self.wait is not None:
-            self.wait(start + duration)
-        else:
-            left = duration - (time.perf_counter() - start)
-            if left > 0:
-                time.sleep(left)
-        self._end = time.perf_counter()
-        return StepResult(plan.step_id, max(duration, self._end - start), tuple(tokens),
-                          tuple(finished))
+        return tuple(tokens), tuple(finished)
+
+
+def emulated_runner(engine: LLMEngine, latency: StepTimeModel,
+                    scale: float) -> LatencyModelRunner:
+    """The runner of an emulated worker's ``engine``: the simulator's
+    :class:`~dopd.engine.runner.LatencyModelRunner` of ``latency``, its steps taking ``scale``
+    times the predicted time on the wall clock, with :class:`EmulatedTokens`."""
+    tokens = EmulatedTokens(engine.records, engine.model.config.eos_token_ids, engine.tokenizer)
+    return LatencyModelRunner(latency, tokens, WallClock(scale))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +221,9 @@ def resolve_device(device: str, index: int, mode: str) -> str:
 
 
 def build_engine(spec: EngineSpec) -> LLMEngine:
-    """The worker's engine (torch threads: :func:`worker_threads`); emulated mode swaps in
-    :class:`EmulatedRunner` and a lazily allocated cache of :func:`engine_limits`'s size."""
+    """The worker's engine (torch threads: :func:`worker_threads`); emulated mode builds it
+    with the latency-model runner (:func:`emulated_runner`) in place of the PyTorch one and a
+    lazily allocated cache of :func:`engine_limits`'s size."""
     torch.set_num_threads(1)
     loaded = load_model(spec.model, device=resolve_device(spec.device, spec.index, spec.mode),
                         dtype=spec.dtype if spec.mode == "real" else None)
@@ -268,12 +241,12 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
         kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=threads,
         seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s,
         lazy_kv=spec.mode == "emulated" and limits.num_blocks is not None)
-    engine = LLMEngine(loaded, options, name=spec.name)
-    if spec.mode == "emulated":
-        latency = build_models(sim_config_of(spec)).latency
-        engine.runner = EmulatedRunner(engine.records, latency, spec.step_time_scale,
-                                       cfg.eos_token_ids, engine.tokenizer)
-    return engine
+    if spec.mode != "emulated":
+        return LLMEngine(loaded, options, name=spec.name)
+    latency = build_models(sim_config_of(spec)).latency
+    return LLMEngine(loaded, options, name=spec.name,
+                     runner=lambda engine: emulated_runner(engine, latency,
+                                                           spec.step_time_scale))
 
 
 def worker_threads(spec: EngineSpec, cfg: ModelConfig) -> int:

@@ -51,19 +51,17 @@ TTFT_KEPT = 1024
 """Requests whose predicted and observed TTFT are kept (the ``ttft`` summary's window)."""
 
 
-def base_latency(config: ServeConfig) -> LatencyModel:
+def base_latency(config: ServeConfig, cluster: ClusterConfig | None = None) -> LatencyModel:
     """The configured latency model of ``config`` (GPU seconds), as ``dopd simulate`` builds
-    it."""
-    sim = ClusterConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                    instances=config.instances, kv_mem_util=config.kv_mem_util,
-                    calibration=config.calibration_file, profile=config.profile)
-    return build_models(sim).latency
+    it for the deployment's instances ``cluster`` (None: ``config.cluster_config()``)."""
+    return build_models(config.cluster_config() if cluster is None else cluster).latency
 
 
-def build_live_belief(config: ServeConfig) -> CalibratedLatency:
+def build_live_belief(config: ServeConfig,
+                      cluster: ClusterConfig | None = None) -> CalibratedLatency:
     """The belief of ``config`` (see the module docstring)."""
     learn = CalibrationConfig() if config.calibration else None
-    return CalibratedLatency(base_latency(config), 1.0 + config.model_bias, learn)
+    return CalibratedLatency(base_latency(config, cluster), 1.0 + config.model_bias, learn)
 
 
 @dataclass(frozen=True, slots=True)

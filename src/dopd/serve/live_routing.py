@@ -1,14 +1,14 @@
-"""Live routing: the simulator's routers (:mod:`dopd.control.routing.router`) placing ``dopd
-serve``'s
-requests.
+"""Live routing: the control plane's routers (:mod:`dopd.control.routing.router`) placing
+``dopd serve``'s requests.
 
-A router reads instances through :class:`~dopd.control.routing.router.Routable`: the scheduler's
-running
-sums (prompts queued for prefill, decode batch and context, KV blocks, final KV), the hand-offs
-on their way, and when the step in progress ends. Here an :class:`InstanceBook` keeps those sums
-for one worker from what the front end itself sends and hears (submits, first tokens, output
-counts, hand-offs, KV arrivals, ends), so it is never older than the last message; the worker's
-stats give its KV size and recent step time. What the book cannot see is how far a chunked
+A router reads instances through :class:`~dopd.control.routing.load.InstanceLoad`: the
+scheduler's running sums (prompts queued for prefill, decode batch and context, KV blocks,
+final KV), the hand-offs on their way, and when the step in progress ends. Here an
+:class:`InstanceBook` keeps those sums for one worker from what the front end itself sends and
+hears (submits, first tokens, output counts, hand-offs, KV arrivals, ends), so it is never
+older than the last message; its queue is the scheduler's own queue model
+(:func:`dopd.engine.waitqueue.work_ahead`, aging rules included). The worker's stats give its
+KV size and recent step time. What the book cannot see is how far a chunked
 prompt has got: a prompt counts as queued until its first token.
 
 :func:`live_router` builds the router of a deployment: the policy's own (``auto``) or a named
@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from dopd.control.calibration import CalibratedLatency
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
-from dopd.control.routing.router import Routable, Router, RouterContext, make_router
+from dopd.control.routing.load import InstanceLoad
+from dopd.control.routing.router import Router, RouterContext, make_router
+from dopd.engine.sequence import Seq
+from dopd.engine.waitqueue import ShortFirstQueue, work_ahead
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.config import ServeConfig
@@ -88,20 +92,19 @@ def router_label(router: Router) -> str:
 
 
 def live_router(config: ServeConfig, policy_router: str = "least-loaded",
-                kv_blocks: int | None = None, belief: LatencyModel | None = None) -> Router:
-    """The router of ``config`` (see the module docstring), for instances of ``kv_blocks`` KV
-    blocks each (their watermark; None: the simulator's figure for ``perf_model`` on
-    ``gpu``), predicting with ``belief`` (the deployment's learned latency model, see
+                kv_blocks: int | None = None, belief: LatencyModel | None = None,
+                cluster: ClusterConfig | None = None) -> Router:
+    """The router of ``config`` (see the module docstring) for the deployment's instances
+    ``cluster`` (None: ``config.cluster_config()``), of ``kv_blocks`` KV blocks each (their
+    watermark; None: the simulator's figure for ``perf_model`` on ``gpu``), predicting with
+    ``belief`` (the deployment's learned latency model, see
     :mod:`dopd.serve.live_calibration`; None: the configured model) scaled to the wall clock.
     DopdError for a bad spec."""
-    sim = ClusterConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                    kv_mem_util=config.kv_mem_util)
+    sim = config.cluster_config() if cluster is None else cluster
     models = build_models(sim)
     scale = config.step_time_scale if config.mode == "emulated" else 1.0
     scale = max(scale, MIN_SCALE)
-    budget = config.max_batched_tokens
-    if budget is None:
-        budget = sim.max_batched_tokens if config.mode == "emulated" else 2048
+    budget = sim.max_batched_tokens
     context = RouterContext(
         latency=ScaledLatency(models.latency if belief is None else belief, scale),
         max_batched_tokens=budget,
@@ -128,22 +131,22 @@ class BookBlocks:
 
 
 class InstanceBook:
-    """The front end's account of one instance (a :class:`~dopd.control.routing.router.Routable`,
-    and its
-    own ``sched``). Request states: *waiting* (submitted, no first token yet), *decoding*
+    """The front end's account of one instance (a :class:`~dopd.control.routing.load.InstanceLoad`,
+    and its own ``sched``). Request states: *waiting* (submitted, no first token yet), *decoding*
     (context tokens known from the output counts), *held* (a prefilled prompt's KV kept for a
     hand-off), *pending* (a hand-off on its way here). Each request is in at most one state on
     one book, except a hand-off, which is held on its source and pending on its target."""
 
     def __init__(self, handle: InstanceHandle, block_size: int, queue_order: str = "fcfs",
-                 aging_s: float = math.inf) -> None:
+                 aging_s: float = math.inf, max_passes: int = 32) -> None:
         self.handle = handle
         self.instance_id = handle.instance_id
         self.block_size = block_size
-        self.short_first = queue_order != "fcfs"
-        self.aging_s = aging_s
         self.blocks = BookBlocks(UNKNOWN_BLOCKS)
-        self._waiting: dict[int, tuple[int, float]] = {}  # rid -> (prompt, queued at)
+        # the worker's queue as the scheduler orders it (one queue model: engine.waitqueue)
+        self._queue: deque[Seq] | ShortFirstQueue = (
+            ShortFirstQueue(aging_s, max_passes) if queue_order == "short-first" else deque())
+        self._waiting: dict[int, Seq] = {}  # rid -> its prompt, queued
         self._decoding: dict[int, int] = {}  # rid -> context tokens
         self._held: dict[int, int] = {}  # rid -> prompt tokens
         self.pending: dict[int, int] = {}  # rid -> prompt tokens
@@ -155,7 +158,6 @@ class InstanceBook:
         self.pending_tokens = 0
         self.num_prefilling = 0
         self.num_reserved = 0
-        self._now = 0.0
 
     # ------------------------------------------------------------------ what routers read
     @property
@@ -192,23 +194,18 @@ class InstanceBook:
 
     def prefill_work_ahead(self, prompt_tokens: int) -> tuple[int, int, int]:
         """(tokens, attention sum, prompts) queued here that a new prompt of ``prompt_tokens``
-        would wait for: all of them under FCFS; under short-first the aged ones and those not
-        longer."""
-        if not self.short_first:
-            return self.queued_prefill_tokens, self.queued_prefill_attn, len(self._waiting)
-        aged_before = self._now - self.aging_s
-        tokens = attn = count = 0
-        for p, queued in self._waiting.values():
-            if p <= prompt_tokens or queued <= aged_before:
-                tokens += p
-                attn += p * p
-                count += 1
-        return tokens, attn, count
+        would wait for, by the scheduler's own queue model
+        (:func:`dopd.engine.waitqueue.work_ahead`; aged as of the last :meth:`set_now`)."""
+        return work_ahead(self._queue, self.queued_prefill_tokens, self.queued_prefill_attn, 0,
+                          prompt_tokens)
 
     # ------------------------------------------------------------------ transitions
     def set_now(self, now: float) -> None:
-        """The clock of the next :meth:`prefill_work_ahead` calls (aging)."""
-        self._now = now
+        """Age the queue to ``now`` (the clock of the next :meth:`prefill_work_ahead`)."""
+        queue = self._queue
+        if type(queue) is not deque:
+            assert isinstance(queue, ShortFirstQueue)
+            queue.age(now)
 
     def refresh(self) -> None:
         """Take the cache size from the worker's latest stats."""
@@ -220,7 +217,10 @@ class InstanceBook:
         """A prompt submitted here for prefill."""
         self.drop(rid)
         p = prompt_tokens
-        self._waiting[rid] = (p, now)
+        seq = Seq(rid, p, max_tokens)
+        seq.queued_s = now
+        self._waiting[rid] = seq
+        self._queue.append(seq)
         self.queued_prefill_tokens += p
         self.queued_prefill_attn += p * p
         self._final[rid] = p + max_tokens - 1
@@ -229,7 +229,7 @@ class InstanceBook:
     def decoding(self, rid: int, context_tokens: int) -> None:
         """``rid`` decodes here with ``context_tokens`` of KV (first token, a KV arrival or a
         later output)."""
-        if self._unqueue(rid) is None:
+        if self._unqueue(rid, started=True) is None:
             self.pending_tokens -= self.pending.pop(rid, 0)
         old = self._decoding.get(rid)
         bs = self.block_size
@@ -243,7 +243,7 @@ class InstanceBook:
 
     def held(self, rid: int) -> None:
         """``rid``'s prompt is prefilled here and its KV waits for the hand-off."""
-        p = self._unqueue(rid)
+        p = self._unqueue(rid, started=True)
         if p is not None:
             self._held[rid] = p
             self.blocks.used_blocks += -(-p // self.block_size)
@@ -281,11 +281,22 @@ class InstanceBook:
         for rid in list(self._held):
             self.release(rid)
 
-    def _unqueue(self, rid: int) -> int | None:
-        entry = self._waiting.pop(rid, None)
-        if entry is None:
+    def _unqueue(self, rid: int, started: bool = False) -> int | None:
+        """Take ``rid`` off the queue (``started``: its prefill began, as the scheduler pops
+        it; else it was aborted or moved); its prompt tokens, None if it was not queued."""
+        seq = self._waiting.pop(rid, None)
+        if seq is None:
             return None
-        p = entry[0]
+        queue = self._queue
+        if type(queue) is deque:
+            queue.remove(seq)
+        else:
+            assert isinstance(queue, ShortFirstQueue)
+            if started:
+                queue.take(seq)
+            else:
+                queue.remove(seq)
+        p = seq.prompt
         self.queued_prefill_tokens -= p
         self.queued_prefill_attn -= p * p
         return p
@@ -303,9 +314,7 @@ class InstanceBook:
                 "used_blocks": self.blocks.used_blocks}
 
 
-def routables(books: Sequence[InstanceBook]) -> Sequence[Routable]:
-    """``books`` as the routers' candidate type (an :class:`InstanceBook` reads as a
-    :class:`~dopd.control.routing.router.Routable`; its ``pending`` is a dict, of which routers
-    take the
-    length)."""
-    return cast(Sequence[Routable], books)
+def routables(books: Sequence[InstanceBook]) -> Sequence[InstanceLoad]:
+    """``books`` as the routers' candidate type (an :class:`InstanceBook` is an
+    :class:`~dopd.control.routing.load.InstanceLoad`)."""
+    return books

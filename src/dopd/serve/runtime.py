@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dopd.control.cluster_config import ClusterConfig
+from dopd.control.cluster_models import build_models
 from dopd.control.policies.base import ClusterPolicy, PolicyContext, make_policy
 from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
 from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import DopdError, require
 from dopd.perf.base import LatencyModel
-from dopd.perf.factory import build_latency_model
 from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
 from dopd.serve.admission import AdmissionLimits
 from dopd.serve.cluster import LocalCluster, WorkerCluster
@@ -45,18 +45,17 @@ def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
     return path.resolve().name, Tokenizer.from_folder(path)
 
 
-def build_policy(config: ServeConfig, latency: LatencyModel | None = None) -> ClusterPolicy:
-    """The cluster policy of ``config.policy``, built as the simulator builds it, predicting
-    with ``latency`` (the deployment's belief; None: the configured model)."""
+def build_policy(config: ServeConfig, latency: LatencyModel | None = None,
+                 cluster: ClusterConfig | None = None) -> ClusterPolicy:
+    """The cluster policy of ``config.policy``, built as the simulator builds it, for the
+    deployment's instances ``cluster`` (None: ``config.cluster_config()``), predicting with
+    ``latency`` (the deployment's belief; None: the configured model)."""
+    cluster = config.cluster_config() if cluster is None else cluster
     if latency is None:
-        latency = build_latency_model(config.perf_model, config.gpu, preset=config.preset,
-                                      mem_util=config.kv_mem_util)
-    sim = ClusterConfig(model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                    instances=config.instances, tick_s=config.tick_s,
-                    kv_mem_util=config.kv_mem_util)
+        latency = build_models(cluster).latency
     slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
-    blocks = (latency.kv_capacity_tokens or 2**20) // sim.block_size
-    policy = make_policy(config.policy, PolicyContext(sim, latency, slo, config.seed, blocks))
+    blocks = (latency.kv_capacity_tokens or 2**20) // cluster.block_size
+    policy = make_policy(config.policy, PolicyContext(cluster, latency, slo, config.seed, blocks))
     require(isinstance(policy, ClusterPolicy),
             f"policy {config.policy!r} searches in hindsight; it cannot serve live")
     assert isinstance(policy, ClusterPolicy)
@@ -106,31 +105,34 @@ class ServeRuntime:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.model_name, self.tokenizer = load_tokenizer(config.model)
-        self.belief = build_live_belief(config)
+        # the one instance model of this deployment: policy, router, admission and workers
+        self.cluster_config = cluster = config.cluster_config()
+        self.belief = build_live_belief(config, cluster)
         self.calibration = LiveCalibration.of(config, self.belief)
         if config.calibration_file is not None:
             self.calibration.self_calibration.status = "loaded"
             # another form (a DistServe fit, a CSV) has nothing more to show
             with contextlib.suppress(DopdError):
                 self.calibration.self_calibration.fit = load_fit(config.calibration_file)
-        self.policy = build_policy(config, self.belief)
+        self.policy = build_policy(config, self.belief, cluster)
         self.slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
-        self.router = live_router(config, self.policy.router, belief=self.belief)
+        self.router = live_router(config, self.policy.router, belief=self.belief,
+                                  cluster=cluster)
         order = self.router.scheduler_config(SchedulerConfig())
         roles = list(self.policy.initial_roles(config.instances))
         spec = EngineSpec(model=config.model, role=roles[0], mode=config.mode,
                           max_model_len=config.max_model_len, kv_cache_mb=config.kv_cache_mb,
-                          max_num_seqs=config.max_num_seqs,
-                          max_batched_tokens=config.max_batched_tokens,
+                          max_num_seqs=cluster.max_num_seqs,
+                          max_batched_tokens=cluster.max_batched_tokens,
                           kv_timeout_s=config.kv_timeout_s, kv_lease_s=config.kv_lease_s,
-                          perf_model=config.perf_model, gpu=config.gpu, preset=config.preset,
-                          kv_mem_util=config.kv_mem_util,
+                          perf_model=cluster.model, gpu=cluster.gpu, preset=cluster.preset,
+                          kv_mem_util=cluster.kv_mem_util, kv_link=cluster.kv_link,
                           step_time_scale=config.step_time_scale, seed=config.seed,
                           device=config.device, dtype=config.dtype,
                           queue_order=order.queue_order, aging_s=order.aging_s,
                           max_passes=order.max_passes, threads=worker_threads(config),
-                          sharers=config.instances, calibration=config.calibration_file,
-                          profile=config.profile)
+                          sharers=config.instances, calibration=cluster.calibration,
+                          profile=cluster.profile)
         self.spec = spec
         self.cluster = build_cluster(config, spec, roles)
         self.metrics = ServeMetrics()
@@ -185,7 +187,7 @@ class ServeRuntime:
                  if h.stats.kv_total_blocks]
         if sizes:  # the router's KV watermark from the workers' real cache size
             self.router = live_router(self.config, self.policy.router, kv_blocks=min(sizes),
-                                      belief=self.belief)
+                                      belief=self.belief, cluster=self.cluster_config)
             self.dispatcher.router = self.router
         if self.controller.scaler is not None:
             for seconds in self.cluster.cold_starts:

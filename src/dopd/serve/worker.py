@@ -25,11 +25,12 @@ import zmq
 
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.request_state import RequestOutput
+from dopd.engine.runner import LatencyModelRunner
 from dopd.errors import DopdError, require
 from dopd.kv.transport import ImportResult, KVTransport
 from dopd.serve.channel_auth import ClusterKeys, denied
 from dopd.serve.channels import WorkerControl
-from dopd.serve.engines import EmulatedRunner, EngineSpec, ModeledLink, build_engine
+from dopd.serve.engines import EngineSpec, ModeledLink, build_engine
 from dopd.serve.faults import CRASH_EXIT_CODE, CRASH_MARKER
 from dopd.serve.kv_socket import SocketTransport
 from dopd.serve.messages import (
@@ -97,8 +98,10 @@ class Worker:
         self._poller = zmq.Poller()
         self._poller.register(self.control.socket, zmq.POLLIN)
         self._polled = 0
-        if isinstance(engine.runner, EmulatedRunner):
-            engine.runner.wait = kv.wait_until
+        runner = engine.runner
+        self.wall_clock = runner.clock if isinstance(runner, LatencyModelRunner) else None
+        if self.wall_clock is not None:
+            self.wall_clock.wait = kv.wait_until
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -125,8 +128,8 @@ class Worker:
                 start = time.perf_counter()
                 if busy and self._step_end is not None:
                     start = min(start, self._step_end)
-                if isinstance(eng.runner, EmulatedRunner):
-                    eng.runner.back_to_back = busy
+                if self.wall_clock is not None:
+                    self.wall_clock.back_to_back = busy
                 outputs = eng.step()
                 self.kv.release_pending()
                 self.start_reserved()

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dopd.control.routing.lanes import LengthWindow
 from dopd.control.routing.options import LengthAwareOptions, parse_options
 from dopd.control.routing.predict import DecodeModel, prefill_done_s, request_cost_s, ttft_s
-from dopd.control.routing.router import ROUTERS, PDPair, Placement, Routable, RouterContext
+from dopd.control.routing.router import ROUTERS, InstanceLoad, PDPair, Placement, RouterContext
 from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import require
 from dopd.types import Role
@@ -114,7 +114,7 @@ class LengthAwareRouter(PDPair):
 
     # ------------------------------------------------------------------ arrival
     def place(self, now: float, prompt_tokens: int, output_tokens: int,
-              prefill: Sequence[Routable], decode: Sequence[Routable],
+              prefill: Sequence[InstanceLoad], decode: Sequence[InstanceLoad],
               admit: bool) -> Placement:
         opts = self.options
         p = prompt_tokens
@@ -140,7 +140,7 @@ class LengthAwareRouter(PDPair):
             other, other_t = self._best_prefill(now, p, output_tokens, prefill[:-lane], wait)
             if other_t <= self._ttft_limit:
                 best, best_t = other, other_t
-        bypass: Routable | None = None
+        bypass: InstanceLoad | None = None
         if opts.bypass and (opts.bypass_tokens is None or p <= opts.bypass_tokens) and decode:
             inst, t = self._best_bypass(now, p, output_tokens, decode)
             if inst is not None and t < best_t:
@@ -167,15 +167,15 @@ class LengthAwareRouter(PDPair):
         the KV hand-off when every instance that could take it hands off (prefill-only)."""
         return request_cost_s(self.context, prompt_tokens)
 
-    def _backlog_s(self, now: float, prefill: Sequence[Routable]) -> float:
+    def _backlog_s(self, now: float, prefill: Sequence[InstanceLoad]) -> float:
         """The prefill instances' backlog shared evenly over them (seconds)."""
         total = sum(prefill_done_s(self.context, now, inst, 0, whole_queue=True)
                     for inst in prefill)
         return total / max(len(prefill), 1)
 
     def _admission(self, now: float, prompt_tokens: int, best_t: float,
-                   prefill: Sequence[Routable], decode: Sequence[Routable]
-                   ) -> str | tuple[Routable, float] | None:
+                   prefill: Sequence[InstanceLoad], decode: Sequence[InstanceLoad]
+                   ) -> str | tuple[InstanceLoad, float] | None:
         """A request whose best placement misses the TTFT limit: the rejection reason, or an
         idle instance of the pool that can still serve it in time (and its predicted TTFT).
 
@@ -196,7 +196,7 @@ class LengthAwareRouter(PDPair):
         if idle_t > self._ttft_limit * (1.0 + opts.idle_margin):
             return (f"admission control: predicted TTFT {idle_t:.2f} s even on an idle "
                     f"instance > {opts.admit_k:g} x TTFT SLO {slo.ttft_s:g} s")
-        spare: tuple[Routable, float] | None = None
+        spare: tuple[InstanceLoad, float] | None = None
         for inst in (*prefill, *decode):
             if not _idle(inst):
                 continue
@@ -230,13 +230,13 @@ class LengthAwareRouter(PDPair):
         self._finished += 1
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
-                       candidates: Sequence[Routable]) -> Routable:
+                       candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         """Prefill placement alone (no lane, bypass or admission): the :meth:`place` rule."""
         return self._best_prefill(now, prompt_tokens, output_tokens, candidates)[0]
 
     def _best_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
-                      candidates: Sequence[Routable], decode_wait_s: float = 0.0
-                      ) -> tuple[Routable, float]:
+                      candidates: Sequence[InstanceLoad], decode_wait_s: float = 0.0
+                      ) -> tuple[InstanceLoad, float]:
         """The candidate that would drain its queue soonest with the prompt added
         (``least-loaded``'s choice when the ``ttft`` option is off), and the prompt's own
         predicted TTFT there (in the instance's queue order, with the wait for decode memory).
@@ -258,7 +258,7 @@ class LengthAwareRouter(PDPair):
         return best, ttft_s(context, now, best, prompt_tokens, decode_wait_s)
 
     def _best_bypass(self, now: float, prompt_tokens: int, output_tokens: int,
-                     decode: Sequence[Routable]) -> tuple[Routable | None, float]:
+                     decode: Sequence[InstanceLoad]) -> tuple[InstanceLoad | None, float]:
         """The decode instance that would give the bypassed prompt its first token soonest
         while keeping its decodes within the TPOT SLO and the KV within memory, and that time
         (None, inf when none qualifies)."""
@@ -266,7 +266,7 @@ class LengthAwareRouter(PDPair):
         tpot = self._tpot
         osl = self._mean_osl
         expected_osl = max(1, round(osl))  # a live router cannot know this request's own OSL
-        best: Routable | None = None
+        best: InstanceLoad | None = None
         best_t = math.inf
         for inst in decode:
             if inst.sched.role != Role.DECODE:
@@ -283,16 +283,16 @@ class LengthAwareRouter(PDPair):
 
     # ------------------------------------------------------------------ decode
     def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
-                      candidates: Sequence[Routable]) -> Routable:
+                      candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         if not self.options.decode:
             return super().select_decode(now, prompt_tokens, output_tokens, candidates)
         model = self.decode_model
         osl = self._mean_osl
         expected_osl = max(1, round(osl))  # a live router cannot know this request's own OSL
         floor = self.context.watermark_blocks + -(-(prompt_tokens + 1) // self.context.block_size)
-        best: Routable | None = None
+        best: InstanceLoad | None = None
         best_t = math.inf
-        roomiest: Routable | None = None
+        roomiest: InstanceLoad | None = None
         most = -math.inf
         for inst in candidates:
             if model.headroom_blocks(inst) < floor:
@@ -312,7 +312,7 @@ class LengthAwareRouter(PDPair):
         return super().select_decode(now, prompt_tokens, output_tokens, candidates)
 
 
-def _idle(inst: Routable) -> bool:
+def _idle(inst: InstanceLoad) -> bool:
     """Whether ``inst``'s compute is idle: no step running, nothing queued, no decodes running
     or reserved, no hand-off waiting for its memory."""
     s = inst.sched

@@ -1,6 +1,6 @@
 """Latency and KV predictions for placing one request on one instance, from the latency model.
 
-Every function reads an instance through :class:`dopd.control.routing.router.Routable` (the engine
+Every function reads an instance through :class:`dopd.control.routing.load.InstanceLoad` (the engine
 scheduler's O(1) running sums, plus one bisection over a short-first queue), so a router can
 evaluate each candidate for each request. Terms: ``budget`` is the step token budget; ``b`` and
 ``kv`` the instance's decode batch and its context sum.
@@ -11,9 +11,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from dopd.control.routing.router import Routable, RouterContext
+from dopd.control.routing.context import RouterContext
+from dopd.control.routing.load import InstanceLoad
 from dopd.perf.base import LatencyModel
 from dopd.types import Role
+
+
+def decode_step_s(latency: LatencyModel, inst: InstanceLoad, prompt_tokens: int) -> float:
+    """Predicted decode-only step time of ``inst`` once a new request of ``prompt_tokens``
+    tokens of KV, the reserved ones and the queued hand-offs have joined its batch:
+    ``alpha(batch) + slope(batch) * context`` (the latency model, the calibrated belief, caches
+    its coefficients and moves them as it learns). The one decode step formula of the
+    routers."""
+    s = inst.sched
+    c = latency.decode_coefficients(s.num_decoding + s.num_reserved + len(inst.pending) + 1)
+    return c[0] + c[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
+
+
+def batch_step_s(latency: LatencyModel, inst: InstanceLoad) -> float:
+    """Predicted decode-only step time of ``inst``'s running batch as it is (0 when none)."""
+    s = inst.sched
+    b = s.num_decoding
+    if not b:
+        return 0.0
+    c = latency.decode_coefficients(b)
+    return c[0] + c[1] * s.decode_kv_sum
 
 
 def drain_s(latency: LatencyModel, budget: int, tokens: int, attn: float, count: int, b: int,
@@ -32,7 +54,7 @@ def drain_s(latency: LatencyModel, budget: int, tokens: int, attn: float, count:
     return steps * latency.step_time(tokens / steps, attn / steps, count / steps, b, kv)  # type: ignore[arg-type]
 
 
-def prefill_done_s(context: RouterContext, now: float, inst: Routable, prompt_tokens: int,
+def prefill_done_s(context: RouterContext, now: float, inst: InstanceLoad, prompt_tokens: int,
                    whole_queue: bool = False) -> float:
     """Predicted seconds from ``now`` until ``inst`` has prefilled a new prompt of
     ``prompt_tokens`` tokens: the step in progress, then the steps that prefill the work queued
@@ -64,7 +86,7 @@ def prefill_done_s(context: RouterContext, now: float, inst: Routable, prompt_to
                                              s.decode_kv_sum)
 
 
-def ttft_s(context: RouterContext, now: float, inst: Routable, prompt_tokens: int,
+def ttft_s(context: RouterContext, now: float, inst: InstanceLoad, prompt_tokens: int,
            decode_wait_s: float = 0.0, whole_queue: bool = False) -> float:
     """Predicted TTFT of a new prompt prefilled on ``inst``: :func:`prefill_done_s`; on a
     prefill-only instance, at least ``decode_wait_s`` (the predicted wait for decode memory,
@@ -91,15 +113,12 @@ class DecodeModel:
     def __init__(self, context: RouterContext) -> None:
         self.context = context
 
-    def step_after(self, inst: Routable, prompt_tokens: int) -> float:
+    def step_after(self, inst: InstanceLoad, prompt_tokens: int) -> float:
         """Predicted decode-only step time of ``inst`` once this request, the reserved ones and
         the queued hand-offs have joined its batch."""
-        s = inst.sched
-        batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
-        c = self.context.latency.decode_coefficients(batch)
-        return c[0] + c[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
+        return decode_step_s(self.context.latency, inst, prompt_tokens)
 
-    def lifetime_headroom(self, inst: Routable, pending_osl: float) -> float:
+    def lifetime_headroom(self, inst: InstanceLoad, pending_osl: float) -> float:
         """KV blocks of ``inst`` left once every request placed on it (the queued hand-offs
         with ``pending_osl`` output tokens each) is at its last decode step, with one block per
         request for rounding and the watermark kept (negative: over-committed)."""
@@ -109,14 +128,14 @@ class DecodeModel:
         used = tokens / self.context.block_size + s.num_requests + pending
         return s.blocks.num_blocks - self.context.watermark_blocks - used
 
-    def lifetime_fits(self, inst: Routable, prompt_tokens: int, output_tokens: int,
+    def lifetime_fits(self, inst: InstanceLoad, prompt_tokens: int, output_tokens: int,
                       pending_osl: float) -> bool:
         """Whether :meth:`lifetime_headroom` holds a new request's whole life: its prompt and
         ``output_tokens`` (its expected output) of KV."""
         need = (prompt_tokens + output_tokens - 1) / self.context.block_size + 1
         return self.lifetime_headroom(inst, pending_osl) >= need
 
-    def handoff_wait_s(self, prefill: Sequence[Routable], decode: Sequence[Routable],
+    def handoff_wait_s(self, prefill: Sequence[InstanceLoad], decode: Sequence[InstanceLoad],
                        mean_prompt: float, mean_osl: float) -> float:
         """Predicted wait for decode memory of a prompt placed now on a prefill-only instance.
 
@@ -148,20 +167,18 @@ class DecodeModel:
         if left <= 0:
             return 0.0
         rate = 0.0
-        coefficients = self.context.latency.decode_coefficients
+        latency = self.context.latency
         for inst in decoders:
-            s = inst.sched
-            b = s.num_decoding
+            b = inst.sched.num_decoding
             if b:
-                c = coefficients(b)
-                rate += b / (mean_osl * (c[0] + c[1] * s.decode_kv_sum))
+                rate += b / (mean_osl * batch_step_s(latency, inst))
         return left / rate if rate > 0 else math.inf
 
-    def headroom_blocks(self, inst: Routable) -> int:
+    def headroom_blocks(self, inst: InstanceLoad) -> int:
         """Free KV blocks of ``inst`` once its queued hand-offs have their prompts' blocks."""
         return inst.sched.blocks.free_blocks - -(-inst.pending_tokens // self.context.block_size)
 
-    def bypass_step(self, inst: Routable, prompt_tokens: int) -> float:
+    def bypass_step(self, inst: InstanceLoad, prompt_tokens: int) -> float:
         """Predicted time of the step that would carry a bypassed prompt on decode instance
         ``inst`` (its decodes, its queued prompts and this one); ``inf`` when that does not fit
         one step's token budget."""

@@ -7,8 +7,10 @@ questions, each over a non-empty list of candidate instances that accept that ki
 - :meth:`Router.select_decode` when a prompt completes on a prefill-only instance (the decode
   side is chosen then, with the freshest load, rather than at arrival).
 
-Routers read instance signals through the :class:`Routable` protocol only (running sums kept by
-the engine's scheduler, O(1) each), so routing costs O(candidates) per request.
+Routers read instance signals through the
+:class:`~dopd.control.routing.load.InstanceLoad` protocol only (running sums kept by the engine's
+scheduler or the live front end's instance book, O(1) each), so routing costs O(candidates) per
+request.
 
 A router may also take over the whole arrival decision with :meth:`Router.place` (which
 prefill instance, or prefill on a decode instance, or reject the request: a :class:`Placement`),
@@ -33,68 +35,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
+from dopd.control.routing.context import RouterContext
+from dopd.control.routing.load import InstanceLoad
+from dopd.control.routing.predict import decode_step_s
 from dopd.engine.sequence import SchedulerConfig
-from dopd.engine.state import SchedulerState
 from dopd.errors import require
-from dopd.perf.base import LatencyModel
 from dopd.registry import Registry
-from dopd.types import SLO
 
-if TYPE_CHECKING:
-    from dopd.control.cluster_config import ClusterConfig
-    from dopd.control.cluster_models import ClusterModels
-
-
-class Routable(Protocol):
-    """What a router may read of an instance."""
-
-    instance_id: int
-    busy: bool
-    sched: SchedulerState
-    pending: deque[tuple[int, int]]
-    pending_tokens: int
-
-    def free_at(self, now: float) -> float: ...
-
-
-@dataclass(frozen=True)
-class RouterContext:
-    """What a router factory gets.
-
-    ``slo`` is the run's SLO when it has one; ``kv_bytes_per_token`` and the ``transfer_*``
-    figures model a KV hand-off (base latency plus bytes over the sender's bandwidth);
-    ``options`` is the text after ``NAME:`` in the router spec.
-    """
-
-    latency: LatencyModel
-    max_batched_tokens: int
-    block_size: int
-    watermark_blocks: int
-    slo: SLO | None = None
-    kv_bytes_per_token: int = 0
-    transfer_latency_s: float = 0.0
-    transfer_bandwidth_Bps: float = math.inf
-    options: str = ""
-
-    @classmethod
-    def of(cls, config: ClusterConfig, models: ClusterModels, slo: SLO | None = None,
-           latency: LatencyModel | None = None) -> RouterContext:
-        """The context of a cluster, predicting with ``latency`` (the control plane's
-        belief; default: the configured model)."""
-        return cls(models.latency if latency is None else latency, config.max_batched_tokens,
-                   config.block_size,
-                   models.watermark_blocks, slo, models.kv_bytes_per_token,
-                   models.transfer_latency_s, models.transfer_bandwidth_Bps)
-
-    def transfer_s(self, prompt_tokens: int) -> float:
-        """Predicted seconds to hand over the KV of ``prompt_tokens`` tokens on an idle link."""
-        return (self.transfer_latency_s
-                + prompt_tokens * self.kv_bytes_per_token / self.transfer_bandwidth_Bps)
+Routable = InstanceLoad
+"""The former name of :class:`~dopd.control.routing.load.InstanceLoad`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +57,7 @@ class Placement:
     ``predicted_ttft_s``: the TTFT the router predicted there (NaN: none), for the decision
     log's prediction errors."""
 
-    instance: Routable | None
+    instance: InstanceLoad | None
     bypass: bool = False
     reject: str = ""
     predicted_ttft_s: float = math.nan
@@ -128,7 +80,7 @@ class Router:
         return base
 
     def place(self, now: float, prompt_tokens: int, output_tokens: int,
-              prefill: Sequence[Routable], decode: Sequence[Routable],
+              prefill: Sequence[InstanceLoad], decode: Sequence[InstanceLoad],
               admit: bool) -> Placement:
         """Where a new request goes; ``prefill`` is non-empty, ``decode`` lists the instances
         that accept decode work (maybe empty). ``admit`` is True at arrival (the request may be
@@ -136,7 +88,7 @@ class Router:
         return Placement(self.select_prefill(now, prompt_tokens, output_tokens, prefill))
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
-                       candidates: Sequence[Routable]) -> Routable:
+                       candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         raise NotImplementedError
 
     def observe_finish(self, now: float, prompt_tokens: int, output_tokens: int) -> None:
@@ -144,7 +96,7 @@ class Router:
         learns an output length. Default: ignored."""
 
     def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
-                      candidates: Sequence[Routable]) -> Routable:
+                      candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         raise NotImplementedError
 
 
@@ -188,12 +140,12 @@ class RoundRobin(Router):
         self._decode = 0
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
-                       candidates: Sequence[Routable]) -> Routable:
+                       candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         self._prefill += 1
         return candidates[self._prefill % len(candidates)]
 
     def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
-                      candidates: Sequence[Routable]) -> Routable:
+                      candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         self._decode += 1
         return candidates[self._decode % len(candidates)]
 
@@ -205,7 +157,7 @@ class LeastLoaded(Router):
 
     name = "least-loaded"
 
-    def prefill_wait(self, now: float, inst: Routable, prompt_tokens: int) -> float:
+    def prefill_wait(self, now: float, inst: InstanceLoad, prompt_tokens: int) -> float:
         """Predicted seconds until ``prompt_tokens`` more prompt tokens queued on ``inst`` are
         prefilled (current step, then the queue in budget-sized steps with its decodes)."""
         s = inst.sched
@@ -220,17 +172,12 @@ class LeastLoaded(Router):
             t += (steps - 1) * step_time(0, 0, 0, b, kv)
         return t
 
-    def decode_step(self, inst: Routable, prompt_tokens: int) -> float:
+    def decode_step(self, inst: InstanceLoad, prompt_tokens: int) -> float:
         """Predicted decode step time of ``inst`` once the request and its queue are admitted."""
-        s = inst.sched
-        batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
-        # decode-only step time = alpha(batch) + slope * context sum (the belief caches these;
-        # no cache here, as calibration moves them)
-        coeffs = self.context.latency.decode_coefficients(batch)
-        return coeffs[0] + coeffs[1] * (s.decode_kv_sum + inst.pending_tokens + prompt_tokens)
+        return decode_step_s(self.context.latency, inst, prompt_tokens)
 
     def select_prefill(self, now: float, prompt_tokens: int, output_tokens: int,
-                       candidates: Sequence[Routable]) -> Routable:
+                       candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         # prefill_wait() inlined: this runs for every request and candidate.
         step_time = self.context.latency.step_time
         budget = self.context.max_batched_tokens
@@ -253,7 +200,7 @@ class LeastLoaded(Router):
         return best
 
     def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
-                      candidates: Sequence[Routable]) -> Routable:
+                      candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         best = candidates[0]
         best_t = math.inf
         for inst in candidates:
@@ -272,23 +219,18 @@ class PDPair(LeastLoaded):
     name = "pd-pair"
 
     def select_decode(self, now: float, prompt_tokens: int, output_tokens: int,
-                      candidates: Sequence[Routable]) -> Routable:
+                      candidates: Sequence[InstanceLoad]) -> InstanceLoad:
         bs = self.context.block_size
         floor = self.context.watermark_blocks + -(-(prompt_tokens + 1) // bs)
         best = None
         best_t = math.inf
         roomiest = candidates[0]
         most = -math.inf
-        coefficients = self.context.latency.decode_coefficients
+        latency = self.context.latency
         for inst in candidates:
-            s = inst.sched
-            pending_tokens = inst.pending_tokens
-            headroom = s.blocks.free_blocks - -(-pending_tokens // bs)
+            headroom = inst.sched.blocks.free_blocks - -(-inst.pending_tokens // bs)
             if headroom >= floor:
-                # decode_step() inlined: this runs for every request and candidate.
-                batch = s.num_decoding + s.num_reserved + len(inst.pending) + 1
-                c = coefficients(batch)
-                t = c[0] + c[1] * (s.decode_kv_sum + pending_tokens + prompt_tokens)
+                t = decode_step_s(latency, inst, prompt_tokens)
                 if t < best_t:
                     best, best_t = inst, t
             elif best is None and headroom > most:
