@@ -21,7 +21,7 @@ from dopd.control.routing.predict import request_cost_s
 from dopd.control.routing.router import RouterContext
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, RequestState
 from dopd.workload.traces import load_trace
 

@@ -39,7 +39,7 @@ from dopd.experiments.generalize_tasks import (
     ScanTask,
 )
 from dopd.experiments.realism import Realism
-from dopd.experiments.runner import Reporter, executor
+from dopd.experiments.suite_runner import Reporter, executor
 
 
 class _Lines(Reporter):

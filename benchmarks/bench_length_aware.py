@@ -50,7 +50,7 @@ def run_case(name: str) -> list[dict[str, object]]:
 
     from dopd.metrics.summary import summarize_result
     from dopd.sim.api import SimConfig
-    from dopd.sim.runner import build_cluster, collect_result
+    from dopd.sim.simulation import build_cluster, collect_result
     from dopd.types import SLO, RequestState
     from dopd.workload import load_workload
 

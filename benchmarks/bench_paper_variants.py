@@ -25,7 +25,7 @@ from dopd.errors import DopdError
 from dopd.experiments.sources import scenario_workload
 from dopd.experiments.suites import get_suite
 from dopd.metrics.summary import summarize_result
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 
 
 def main() -> int:

@@ -87,7 +87,7 @@ def workload(name: str):  # -> Workload
 def _summary(name: str, tpot: float, policy: str, scale: float) -> dict[str, Any]:
     from dopd.metrics.summary import summarize_result
     from dopd.sim.api import SimConfig
-    from dopd.sim.runner import run_simulation
+    from dopd.sim.simulation import run_simulation
     from dopd.types import SLO
 
     slo = SLO(ttft_s=0.5, tpot_s=tpot, attainment=0.9)

@@ -18,7 +18,7 @@ from dopd.control.forecast.multi import LoadForecast
 from dopd.control.ratio import InstanceModel, WorkloadStats, solve
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO
 from dopd.workload import LogNormal, Poisson, load_trace, synthetic_workload
 

@@ -50,7 +50,7 @@ from dopd.cli.common import build_workload
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, TruthSpec
 from dopd.sim.run_config import WorkloadConfig
-from dopd.sim.runner import build_cluster, collect_result, run_simulation
+from dopd.sim.simulation import build_cluster, collect_result, run_simulation
 from dopd.types import SLO
 from dopd.workload import Workload
 

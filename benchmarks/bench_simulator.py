@@ -48,7 +48,7 @@ def load(factor: int, trace: str):  # -> Workload
 def run_case(case: str, policy: str | None, trace: str, profile: bool) -> dict[str, object]:
     from dopd.metrics.summary import summarize_result
     from dopd.sim.api import SimConfig
-    from dopd.sim.runner import run_simulation
+    from dopd.sim.simulation import run_simulation
     from dopd.types import SLO
 
     factor, instances, target = CASES[case]

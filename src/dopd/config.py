@@ -6,7 +6,7 @@ unknown key, a wrong type or an out-of-range value raises :class:`DopdError`);
 :func:`dumps_toml` and :func:`write_resolved` write a resolved tree next to a result so the run
 can be repeated with ``--config``. The trees themselves live with their commands:
 ``dopd.sim.run_config.RunConfig`` (``dopd simulate`` and the commands that reuse it) and
-``dopd.serve.config.ServeConfig``.
+``dopd.serve.serve_config.ServeConfig``.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def test_serve_help_shows_defaults_and_every_config_key(
         capsys: pytest.CaptureFixture[str]) -> None:
     from dataclasses import fields
 
-    from dopd.serve.config import ServeConfig
+    from dopd.serve.serve_config import ServeConfig
 
     with pytest.raises(SystemExit):
         main(["serve", "-h"])

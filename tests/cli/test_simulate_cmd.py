@@ -19,7 +19,7 @@ from dopd.cli.simulate_cmd import search_max_goodput, simulate
 from dopd.config import apply_overrides
 from dopd.metrics.summary import summarize_result
 from dopd.sim.run_config import RunConfig, WorkloadConfig, load_run_config
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 
 SMALL = ["--requests", "150", "--rate", "30"]
 REQUIRED = (

@@ -17,8 +17,8 @@ from dopd.cli.main import main
 from dopd.data import TRACES_DIR, get_dataset
 from dopd.errors import DopdError
 from dopd.experiments import figures
-from dopd.experiments.runner import drop_unregistered
 from dopd.experiments.sources import resolve
+from dopd.experiments.suite_runner import drop_unregistered
 from dopd.experiments.suites import get_suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -13,7 +13,7 @@ import pytest
 from dopd.data import TRACES_DIR
 from dopd.errors import DopdError
 from dopd.experiments.analysis import Floors, PolicyRow, Reference, _best, _change, verdicts
-from dopd.experiments.runner import (
+from dopd.experiments.suite_runner import (
     ExperimentResult,
     Reporter,
     check_suite,

@@ -22,8 +22,8 @@ from dopd.experiments.gen_space import (
 )
 from dopd.experiments.sources import clipped_share, raw_workload, scenario_workload
 from dopd.metrics.summary import summarize_result
-from dopd.perf.models import get_model
-from dopd.sim.runner import run_simulation
+from dopd.perf.model_catalog import get_model
+from dopd.sim.simulation import run_simulation
 
 DRAWS = draw_scenarios(200, 11)
 

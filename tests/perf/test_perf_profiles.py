@@ -13,7 +13,7 @@ import pytest
 
 from dopd.errors import DopdError
 from dopd.perf import BatchShape, build_latency_model, get_preset
-from dopd.perf.models import get_model
+from dopd.perf.model_catalog import get_model
 from dopd.perf.preset_fit import FITTED_FIELDS, fit_preset
 from dopd.perf.profile_fidelity import (
     fit_half,

@@ -10,8 +10,8 @@ import pytest
 from dopd.cli.main import main
 from dopd.cli.serve_cmd import resolve_key
 from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
-from dopd.serve.config import load_serve_config
 from dopd.serve.errors import ServeError
+from dopd.serve.serve_config import load_serve_config
 
 LOCAL = ("127.0.0.1", 50000)
 REMOTE = ("192.0.2.9", 50000)
@@ -142,8 +142,8 @@ def test_config_keys(tmp_path: Path) -> None:
 
 
 def test_kv_auth_auto_signs_on_loopback_and_encrypts_across_a_network() -> None:
-    from dopd.serve.config import ServeConfig
     from dopd.serve.runtime import resolve_kv_auth
+    from dopd.serve.serve_config import ServeConfig
 
     assert resolve_kv_auth(ServeConfig()) == "hmac"
     assert resolve_kv_auth(ServeConfig(host="0.0.0.0")) == "hmac"  # local workers: loopback

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dopd.errors import DopdError
-from dopd.serve.config import ServeConfig
 from dopd.serve.engines import EngineSpec, build_engine, resolve_device
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import Role
 
 HAS_GPU = torch.cuda.is_available()

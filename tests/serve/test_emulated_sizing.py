@@ -8,11 +8,10 @@ from dataclasses import replace
 import pytest
 
 from dopd.control.cluster_models import build_models
+from dopd.engine.latency_runner import LatencyModelRunner, WallClock
 from dopd.engine.model import SamplingParams
-from dopd.engine.runner import LatencyModelRunner, WallClock
 from dopd.errors import DopdError
 from dopd.perf import KVTransferModel
-from dopd.serve.config import ServeConfig
 from dopd.serve.engines import (
     MAX_EMULATED_KV_BYTES,
     EmulatedTokens,
@@ -21,6 +20,7 @@ from dopd.serve.engines import (
     build_engine,
     engine_limits,
 )
+from dopd.serve.serve_config import ServeConfig
 from dopd.sim.api import SimConfig
 from dopd.types import Role
 

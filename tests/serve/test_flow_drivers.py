@@ -24,7 +24,7 @@ from dopd.serve.engines import EngineSpec
 from dopd.serve.metrics import ServeMetrics
 from dopd.sim.api import SimConfig
 from dopd.sim.cluster import SimCluster
-from dopd.sim.runner import build_cluster, collect_result
+from dopd.sim.simulation import build_cluster, collect_result
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 from dopd.workload import Workload
 

@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from dopd.errors import DopdError
-from dopd.serve.config import ServeConfig, load_serve_config
 from dopd.serve.live_calibration import LiveCalibration, build_live_belief
 from dopd.serve.live_routing import live_router
+from dopd.serve.serve_config import ServeConfig, load_serve_config
 from dopd.serve.step_samples import StepSample
 
 

@@ -12,12 +12,12 @@ import pytest
 from test_units import FakeInstance, kv_handle, out_event
 
 from dopd.engine.model import SamplingParams
-from dopd.serve.config import ServeConfig
 from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.engines import EngineSpec, build_engine
 from dopd.serve.errors import ServeError
 from dopd.serve.live_routing import InstanceBook, live_router
 from dopd.serve.messages import Handoff, KVNotice, WorkerStats, encode
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 
@@ -206,7 +206,7 @@ def test_book_ages_by_passes_as_the_scheduler_does() -> None:
     """The book's queue is the scheduler's queue model: a prompt passed ``max_passes`` times
     by later arrivals is aged and counted ahead of every new prompt (the rule the book once
     lacked), on the book and on a real scheduler fed the same requests alike."""
-    from dopd.engine.blocks import BlockManager
+    from dopd.engine.block_manager import BlockManager
     from dopd.engine.plan import StepResult
     from dopd.engine.scheduler import Scheduler
     from dopd.engine.sequence import SchedulerConfig

@@ -11,12 +11,12 @@ from typing import Any
 from dopd.control.policies.base import AddInstance, RemoveInstance
 from dopd.engine.model import SamplingParams
 from dopd.serve.cluster import LocalCluster, WorkerCluster
-from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher
 from dopd.serve.engines import EngineSpec
 from dopd.serve.metrics import ServeMetrics
 from dopd.serve.runtime import build_policy
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import InstanceState, Role
 
 SPEC = EngineSpec(model="dopd-tiny", role=Role.DECODE, mode="emulated", step_time_scale=0.0)

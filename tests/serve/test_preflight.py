@@ -13,7 +13,6 @@ import time
 import pytest
 
 from dopd.errors import DopdError
-from dopd.serve.config import ServeConfig
 from dopd.serve.preflight import (
     WORKER_RUNTIME_BYTES,
     WORKERS_PER_CORE,
@@ -21,6 +20,7 @@ from dopd.serve.preflight import (
     max_local_workers,
     worker_memory_bytes,
 )
+from dopd.serve.serve_config import ServeConfig
 
 
 def test_bind_listener_rejects_a_busy_port_and_a_bad_host() -> None:

@@ -16,11 +16,11 @@ from dopd.cli.main import main
 from dopd.engine.profiler import SERVE_GRID, profile_document, profile_engine
 from dopd.errors import DopdError
 from dopd.perf.chunked import ChunkedLatencyModel
-from dopd.serve.config import ServeConfig
 from dopd.serve.engines import EngineSpec, build_engine
 from dopd.serve.live_calibration import LiveCalibration, build_live_belief
 from dopd.serve.live_routing import live_router
 from dopd.serve.self_calibration import fit_from_document, load_fit, save_fit
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import RequestOutcome, RequestState, Role
 
 # Shapes in neither the fit nor the held-back part of SERVE_GRID, which dopd serve measures.

@@ -12,7 +12,6 @@ import torch
 from dopd.engine.kv_handoff import KVHandle
 from dopd.engine.model import KVPayload, SamplingParams
 from dopd.errors import DopdError
-from dopd.serve.config import ServeConfig, load_serve_config
 from dopd.serve.dispatch import Dispatcher
 from dopd.serve.errors import ServeError
 from dopd.serve.messages import (
@@ -25,6 +24,7 @@ from dopd.serve.messages import (
     WorkerStats,
 )
 from dopd.serve.protocol import ChatRequest, CompletionRequest
+from dopd.serve.serve_config import ServeConfig, load_serve_config
 from dopd.serve.wire import (
     handle_from_wire,
     handle_to_wire,

@@ -10,7 +10,7 @@ import pytest
 
 from dopd.cli.main import main
 from dopd.data import TRACES_DIR
-from dopd.experiments.runner import ExperimentResult, run_suite
+from dopd.experiments.suite_runner import ExperimentResult, run_suite
 from dopd.experiments.suites import get_suite
 
 pytest.importorskip("ray")

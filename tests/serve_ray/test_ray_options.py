@@ -10,8 +10,8 @@ import pytest
 
 from dopd.cli.main import main
 from dopd.errors import DopdError
-from dopd.serve.config import ServeConfig, load_serve_config
 from dopd.serve.ray_connect import check_address
+from dopd.serve.serve_config import ServeConfig, load_serve_config
 
 
 def test_defaults_are_the_local_backend() -> None:
@@ -51,5 +51,5 @@ def test_cli_rejects_bad_ray_options(args: list[str], capsys: pytest.CaptureFixt
 
 def test_local_serving_does_not_import_ray() -> None:
     code = ("import sys; import dopd.serve.server, dopd.serve.api, dopd.cli.serve_cmd, "
-            "dopd.experiments.runner; assert 'ray' not in sys.modules, 'ray imported'")
+            "dopd.experiments.suite_runner; assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -7,7 +7,7 @@ from sim_workloads import merge, poisson_columns
 
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, SimResult
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO
 
 SLO_ = SLO(ttft_s=1.0, tpot_s=0.05)

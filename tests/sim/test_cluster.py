@@ -8,7 +8,7 @@ from sim_workloads import merge, poisson_columns, poisson_workload
 
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.instance import SimInstance
-from dopd.sim.runner import build_cluster, collect_result, run_simulation
+from dopd.sim.simulation import build_cluster, collect_result, run_simulation
 from dopd.types import RequestState
 from dopd.workload import Workload
 

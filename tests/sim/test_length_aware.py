@@ -11,7 +11,7 @@ from sim_workloads import merge, poisson_columns
 from dopd.control.policies.base import Action, ClusterPolicy, ClusterView, SwitchRole
 from dopd.sim.api import SimConfig, SimResult
 from dopd.sim.cluster import SimCluster
-from dopd.sim.runner import build_cluster, collect_result
+from dopd.sim.simulation import build_cluster, collect_result
 from dopd.types import SLO, InstanceState, RequestState, Role
 from dopd.workload import Workload
 

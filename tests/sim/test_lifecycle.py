@@ -18,7 +18,7 @@ from dopd.control.policies.base import (
 )
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import build_cluster, collect_result, run_simulation
+from dopd.sim.simulation import build_cluster, collect_result, run_simulation
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 P, D = Role.PREFILL, Role.DECODE

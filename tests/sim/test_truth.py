@@ -17,7 +17,7 @@ from dopd.engine.plan import DecodeRun
 from dopd.errors import DopdError
 from dopd.perf import build_latency_model
 from dopd.sim.api import SimConfig, TruthSpec
-from dopd.sim.runner import build_cluster, collect_result, run_simulation
+from dopd.sim.simulation import build_cluster, collect_result, run_simulation
 from dopd.sim.truth import HardwareTruth, truth_latency_model
 from dopd.types import SLO
 

@@ -22,7 +22,7 @@ from dopd.data import TRACES_DIR
 from dopd.errors import DopdError, require
 from dopd.experiments import SUITES, Reporter, drop_unregistered, get_suite, run_suite
 from dopd.experiments.realism import Realism, apply_realism
-from dopd.experiments.runner import max_workers
+from dopd.experiments.suite_runner import max_workers
 
 DESCRIPTION = """\
 Reproduce the paper's comparison in simulation: for every scenario of the suite (a trace or a

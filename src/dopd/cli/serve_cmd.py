@@ -3,7 +3,7 @@ disaggregation, until Ctrl-C or SIGTERM (then exit code 0).
 
 Options are parsed and the deployment checked (:mod:`dopd.serve.preflight`: host, port, device,
 worker count) before torch, fastapi or ray load, so a wrong option fails in about a second.
-Help texts show :class:`~dopd.serve.config.ServeConfig`'s defaults, and the epilog lists every
+Help texts show :class:`~dopd.serve.serve_config.ServeConfig`'s defaults, and the epilog lists every
 key of the ``[serve]`` table of ``--config``, both read from the dataclass so they never drift.
 
 Keys come from files (``--api-key-file``, ``--admin-key-file``) or the environment
@@ -23,7 +23,7 @@ from typing import Any
 
 from dopd.cli.common import add_config_option
 from dopd.errors import DopdError, require
-from dopd.serve.config import ServeConfig
+from dopd.serve.serve_config import ServeConfig
 
 _D = ServeConfig()
 
@@ -235,8 +235,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dopd.serve.config import load_serve_config
     from dopd.serve.preflight import bind_listener, check_devices, check_instances
+    from dopd.serve.serve_config import load_serve_config
 
     overrides = {key: getattr(args, dest) for dest, key in OPTION_KEYS.items()}
     if overrides["trusted_hosts"] is not None:

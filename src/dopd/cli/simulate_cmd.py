@@ -72,7 +72,7 @@ from dopd.metrics.summary import MetricsSummary, summarize_result
 from dopd.perf import build_latency_model
 from dopd.sim.api import SimResult
 from dopd.sim.run_config import DEFAULT_SYNTHETIC_REQUESTS, RunConfig, load_run_config
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.workload import Workload
 
 _DEFAULT = RunConfig()

@@ -2,7 +2,7 @@
 batch limits, KV link, timings and the router. Every driver builds it once and hands the same
 object to the policy, the router, admission control and the workers: the simulator (as part of
 :class:`~dopd.sim.api.SimConfig`, which adds the simulated hardware's truth) and the live server
-(from :class:`~dopd.serve.config.ServeConfig`)."""
+(from :class:`~dopd.serve.serve_config.ServeConfig`)."""
 
 from __future__ import annotations
 

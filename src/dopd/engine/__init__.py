@@ -5,7 +5,8 @@ scheduler drives the simulator, the emulated workers and the real PyTorch engine
 (:mod:`dopd.engine.model`, imported separately because it needs torch).
 """
 
-from dopd.engine.blocks import BlockManager
+from dopd.engine.block_manager import BlockManager
+from dopd.engine.latency_runner import LatencyModelRunner, StepRunner
 from dopd.engine.plan import (
     DecodeRun,
     FinishReason,
@@ -14,7 +15,6 @@ from dopd.engine.plan import (
     StepPlan,
     StepResult,
 )
-from dopd.engine.runner import LatencyModelRunner, StepRunner
 from dopd.engine.scheduler import Scheduler
 from dopd.engine.sequence import SchedulerConfig, SeqStatus
 

@@ -5,7 +5,7 @@ a prompt (text or token ids) with its :class:`~dopd.engine.model.SamplingParams`
 :meth:`LLMEngine.step` runs one scheduler step (prefill chunks and decodes of every running
 request in one forward) and returns the token/text deltas and finishes of that step;
 :meth:`LLMEngine.generate` and :meth:`LLMEngine.stream` are the blocking and streaming
-conveniences (:mod:`dopd.engine.blocking`). The scheduler is the same object the simulator
+conveniences (:mod:`dopd.engine.blocking_calls`). The scheduler is the same object the simulator
 uses; only the runner differs.
 
 P/D roles (see :mod:`dopd.engine.kv_handoff`): a PREFILL engine's step reports a prompt it
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dopd.engine.blocking import BlockingCalls, Prompt
-from dopd.engine.blocks import BlockManager
+from dopd.engine.block_manager import BlockManager
+from dopd.engine.blocking_calls import BlockingCalls, Prompt
 from dopd.engine.engine_options import EngineOptions, EngineStats
 from dopd.engine.kv_handoff import KVHandle, LeaseTable, PendingImport, PendingImports
+from dopd.engine.latency_runner import StepRunner
 from dopd.engine.model import (
     KVPayload,
     LoadedModel,
@@ -51,7 +52,6 @@ from dopd.engine.request_state import (
     RequestOutput,
     RequestRecord,
 )
-from dopd.engine.runner import StepRunner
 from dopd.engine.scheduler import Scheduler
 from dopd.engine.torch_runner import TorchRunner
 from dopd.errors import require

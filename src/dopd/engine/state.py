@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from dopd.engine.blocks import BlockManager
+from dopd.engine.block_manager import BlockManager
 from dopd.engine.plan import DecodeRun, FinishReason
 from dopd.engine.sequence import SchedulerConfig, Seq, SeqStatus
 from dopd.engine.waitqueue import ShortFirstQueue, work_ahead

@@ -29,7 +29,7 @@ class TorchRunner:
     ``records`` is the engine's live mapping of request id to :class:`RequestRecord` (read and
     appended to, never resized here). ``eos_token_ids`` end a request unless its parameters say
     ``ignore_eos``; ``tokenizer`` is needed only for requests with stop strings. Implements the
-    :class:`~dopd.engine.runner.StepRunner` protocol. Not thread-safe (one step at a time).
+    :class:`~dopd.engine.latency_runner.StepRunner` protocol. Not thread-safe (one step at a time).
     """
 
     __slots__ = ("cache", "eos_token_ids", "model", "records", "sampler", "tokenizer")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dopd.control.cluster_models import build_models
-from dopd.experiments.runner import ExperimentResult
 from dopd.experiments.sources import clipped_share
 from dopd.experiments.suite import Scenario, Suite
+from dopd.experiments.suite_runner import ExperimentResult
 from dopd.experiments.tasks import CompareOutcome, Misses, SearchOutcome
 from dopd.metrics.summary import summarize_result
 

@@ -33,7 +33,7 @@ from dopd.errors import require
 from dopd.experiments.tasks import Misses
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig, SimResult
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, RequestState
 from dopd.workload import Workload
 

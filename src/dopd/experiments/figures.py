@@ -24,7 +24,7 @@ from dopd.bench.plots import (
 )
 from dopd.bench.report import safe_name
 from dopd.experiments.analysis import ScenarioAnalysis
-from dopd.experiments.runner import ExperimentResult
+from dopd.experiments.suite_runner import ExperimentResult
 
 ROLE_COLORS = {"baseline": "tab:gray", "competitor": "tab:blue", "proposed": "tab:red",
                "ablation": "tab:orange"}

@@ -52,7 +52,7 @@ from dopd.data import TRACES_DIR
 from dopd.errors import require
 from dopd.experiments.sources import _trace, resolve, synthetic_lengths
 from dopd.experiments.suite import Scenario, Source, SyntheticSource, TraceSource
-from dopd.perf.models import get_model
+from dopd.perf.model_catalog import get_model
 from dopd.sim.api import SimConfig
 from dopd.types import SLO
 

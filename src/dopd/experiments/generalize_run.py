@@ -1,6 +1,6 @@
 """Run ``dopd experiment generalize``: every contender's max-goodput scan on every scenario, then
 the attainment curve at 0.25-1.25x the strongest baseline's max-goodput load, on the process
-pool (or Ray) of :mod:`dopd.experiments.runner`.
+pool (or Ray) of :mod:`dopd.experiments.suite_runner`.
 
 The curve of a scenario runs, as soon as its baselines' scans are done, for the proposed policy,
 the strongest baseline (the best max goodput of all baselines, fair ones included) and the plain
@@ -25,7 +25,7 @@ from dopd.experiments.generalize_tasks import (
     ScanTask,
 )
 from dopd.experiments.realism import Realism
-from dopd.experiments.runner import Reporter, executor
+from dopd.experiments.suite_runner import Reporter, executor
 
 CURVE = (0.25, 0.5, 0.75, 1.0, 1.25)
 """Loads of the attainment curve, in multiples of the strongest baseline's max-goodput load."""

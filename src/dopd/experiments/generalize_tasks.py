@@ -2,7 +2,7 @@
 one contender's max-goodput scan on one scenario, and its attainment at given loads.
 
 Tasks and outcomes are frozen, picklable data; an outcome depends only on its task (the runner
-in :mod:`dopd.experiments.runner` may run them in any process and order). Both have an
+in :mod:`dopd.experiments.suite_runner` may run them in any process and order). Both have an
 ``execute(on_probe)`` method, which :func:`dopd.experiments.tasks.run_task` calls.
 """
 

@@ -16,8 +16,8 @@ from typing import Any
 from dopd.bench.report import MISS, safe_name, to_jsonable, write_json
 from dopd.experiments.analysis import ScenarioAnalysis, Verdict, analyse, geometric_mean
 from dopd.experiments.figures import write_figures
-from dopd.experiments.runner import ExperimentResult
 from dopd.experiments.suite import Scenario, Suite
+from dopd.experiments.suite_runner import ExperimentResult
 
 
 def _num(value: float | None, fmt: str = "{:.3f}", scale: float = 1.0) -> str:

@@ -20,7 +20,7 @@ from dopd.experiments.suite import Scenario
 from dopd.metrics.summary import request_latencies, summarize_result
 from dopd.sim.api import SimResult
 from dopd.sim.run_config import GoodputSearch
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, RequestState
 
 ProbeFn = Callable[[str], None]

@@ -26,7 +26,7 @@ from dopd.perf.kv import (
     kv_heads_per_gpu,
 )
 from dopd.perf.latency import RooflineLatencyModel
-from dopd.perf.models import MODELS, ModelSpec, get_model, model_names
+from dopd.perf.model_catalog import MODELS, ModelSpec, get_model, model_names
 from dopd.perf.presets import PRESETS, EnginePreset, get_preset
 from dopd.perf.transfer import KVTransferModel
 

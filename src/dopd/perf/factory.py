@@ -13,7 +13,7 @@ from dopd.perf.fitted import DistServeCoefficients, FittedLatencyModel
 from dopd.perf.hardware import HardwareSpec, get_gpu
 from dopd.perf.kv import check_tp, kv_capacity_tokens
 from dopd.perf.latency import RooflineLatencyModel
-from dopd.perf.models import ModelSpec, get_model
+from dopd.perf.model_catalog import ModelSpec, get_model
 from dopd.perf.presets import EnginePreset
 from dopd.perf.profiled import ProfileLatencyModel
 

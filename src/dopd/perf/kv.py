@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dopd.errors import DopdError, require
 from dopd.perf.hardware import GiB, HardwareSpec, get_gpu
-from dopd.perf.models import ModelSpec, get_model
+from dopd.perf.model_catalog import ModelSpec, get_model
 
 WORKSPACE_BYTES = 1 * GiB
 LOGIT_SEQUENCES = 256

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.perf.hardware import HardwareSpec, get_gpu
 from dopd.perf.kv import check_tp, kv_bytes_per_token_per_gpu, kv_capacity_tokens
-from dopd.perf.models import ModelSpec, get_model
+from dopd.perf.model_catalog import ModelSpec, get_model
 from dopd.perf.presets import EnginePreset, get_preset
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dopd.perf.models import get_model
+from dopd.perf.model_catalog import get_model
 from dopd.perf.presets import EnginePreset, get_preset
 from dopd.perf.profile_fidelity import PROFILE_MODEL, body_errors, profile_points, roofline_body
 from dopd.perf.profiles import OperatorProfile, load_profile

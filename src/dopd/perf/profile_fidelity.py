@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dopd.perf.latency import RooflineLatencyModel
-from dopd.perf.models import ModelSpec, get_model
+from dopd.perf.model_catalog import ModelSpec, get_model
 from dopd.perf.presets import EnginePreset, get_preset
 from dopd.perf.profiled import ProfileLatencyModel
 from dopd.perf.profiles import OperatorProfile, load_profile

@@ -24,7 +24,7 @@ from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.perf.hardware import HardwareSpec, get_gpu
 from dopd.perf.kv import check_tp, kv_capacity_tokens
 from dopd.perf.latency import attention_terms
-from dopd.perf.models import ModelSpec, get_model
+from dopd.perf.model_catalog import ModelSpec, get_model
 from dopd.perf.presets import EnginePreset, get_preset
 from dopd.perf.profiles import OperatorProfile, load_profile
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dopd.errors import DopdError, require
-from dopd.perf.models import ModelSpec
+from dopd.perf.model_catalog import ModelSpec
 
 LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")

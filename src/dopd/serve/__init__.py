@@ -7,6 +7,6 @@ messages and KV between processes over ZMQ; :mod:`dopd.serve.controller` drives 
 cluster policies as the simulator on the wall clock.
 """
 
-from dopd.serve.config import ServeConfig
+from dopd.serve.serve_config import ServeConfig
 
 __all__ = ["ServeConfig"]

@@ -48,7 +48,6 @@ from dopd.engine.model import SamplingParams
 from dopd.engine.sequence import SchedulerConfig
 from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
 from dopd.serve.cluster import InstanceHandle
-from dopd.serve.config import ServeConfig
 from dopd.serve.errors import ServeError
 from dopd.serve.live_routing import InstanceBook, live_router, routables
 from dopd.serve.messages import (
@@ -65,6 +64,7 @@ from dopd.serve.messages import (
 from dopd.serve.messages import (
     Event as WorkerEvent,
 )
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import RequestOutcome, RequestState, Role
 
 POISON_LOSSES = 3

@@ -2,9 +2,11 @@
 
 Both are a :class:`~dopd.engine.llm_engine.LLMEngine` (same scheduler, block manager, leases
 and KV import/export over a real paged cache). In emulated mode the engine is built with the
-simulator's runner, :class:`~dopd.engine.runner.LatencyModelRunner`: it does not run the model;
+simulator's runner, :class:`~dopd.engine.latency_runner.LatencyModelRunner`: it does not run the
+model;
 with :class:`EmulatedTokens` it appends deterministic tokens, and with a
-:class:`~dopd.engine.runner.WallClock` it waits for the step time that a ``dopd.perf`` latency
+:class:`~dopd.engine.latency_runner.WallClock` it waits for the step time that a ``dopd.perf``
+latency
 model predicts (times ``scale``), so the live stack runs at GPU-like timings on a CPU. The KV
 that moves between emulated workers is the loaded model's cache, with that model's size per
 token.
@@ -30,18 +32,18 @@ import torch
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
 from dopd.engine.engine_options import EngineOptions
+from dopd.engine.latency_runner import LatencyModelRunner, SampledTokens, StepTimeModel, WallClock
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.model import ModelConfig, Tokenizer, check_stop, load_model
 from dopd.engine.plan import FinishReason, StepPlan
 from dopd.engine.request_state import RequestRecord
-from dopd.engine.runner import LatencyModelRunner, SampledTokens, StepTimeModel, WallClock
 from dopd.engine.sequence import SchedulerConfig
 from dopd.engine.threads import approx_params, available_cores, default_threads
 from dopd.errors import require
 from dopd.kv.modeled_link import TransferNetwork
 from dopd.perf.hardware import GiB
 from dopd.perf.transfer import KVTransferModel
-from dopd.serve.config import REAL_KV_CACHE_MB, REAL_MAX_BATCHED_TOKENS, REAL_MAX_NUM_SEQS
+from dopd.serve.serve_config import REAL_KV_CACHE_MB, REAL_MAX_BATCHED_TOKENS, REAL_MAX_NUM_SEQS
 from dopd.types import Role
 
 _FIRST, _SPAN = 97, 26  # emulated tokens are the bytes 'a'..'z'
@@ -52,7 +54,8 @@ modeled capacity is cut to this (:attr:`EngineLimits.capped`). Resident memory i
 is written, so the bound is on reservations, not on use."""
 
 class EmulatedTokens:
-    """The tokens of an emulated worker (a :class:`~dopd.engine.runner.TokenSource`): a fixed
+    """The tokens of an emulated worker (a :class:`~dopd.engine.latency_runner.TokenSource`): a
+    fixed
     function of the request id and position, never EOS, so outputs are reproducible across
     P/D paths; stop strings and stop token ids still apply."""
 
@@ -82,7 +85,8 @@ class EmulatedTokens:
 def emulated_runner(engine: LLMEngine, latency: StepTimeModel,
                     scale: float) -> LatencyModelRunner:
     """The runner of an emulated worker's ``engine``: the simulator's
-    :class:`~dopd.engine.runner.LatencyModelRunner` of ``latency``, its steps taking ``scale``
+    :class:`~dopd.engine.latency_runner.LatencyModelRunner` of ``latency``, its steps taking
+    ``scale``
     times the predicted time on the wall clock, with :class:`EmulatedTokens`."""
     tokens = EmulatedTokens(engine.records, engine.model.config.eos_token_ids, engine.tokenizer)
     return LatencyModelRunner(latency, tokens, WallClock(scale))

@@ -35,9 +35,9 @@ from dopd.control.calibration import KINDS, CalibratedLatency, CalibrationConfig
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
 from dopd.perf.base import LatencyModel
-from dopd.serve.config import ServeConfig
 from dopd.serve.dispatch import Observer
 from dopd.serve.self_calibration import CalibrationFit, SelfCalibration
+from dopd.serve.serve_config import ServeConfig
 from dopd.serve.step_samples import StepSample
 from dopd.types import RequestOutcome
 

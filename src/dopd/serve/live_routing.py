@@ -34,7 +34,7 @@ from dopd.engine.sequence import Seq
 from dopd.engine.waitqueue import ShortFirstQueue, work_ahead
 from dopd.perf.base import BatchShape, LatencyModel, StepBreakdown
 from dopd.serve.cluster import InstanceHandle
-from dopd.serve.config import ServeConfig
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import SLO, Role
 
 MIN_SCALE = 1e-3

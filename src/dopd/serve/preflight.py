@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dopd.engine.threads import available_cores, check_device
 from dopd.errors import DopdError, require
-from dopd.serve.config import ServeConfig
+from dopd.serve.serve_config import ServeConfig
 
 WORKER_RUNTIME_BYTES = 320 * 2**20
 """Resident memory of one worker before its model: Python, PyTorch, ZMQ and the engine (a

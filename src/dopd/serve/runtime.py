@@ -1,5 +1,5 @@
 """The runtime of ``dopd serve``: what runs behind the HTTP app. It builds, from one
-:class:`~dopd.serve.config.ServeConfig`, the tokenizer, the cluster policy, the workers
+:class:`~dopd.serve.serve_config.ServeConfig`, the tokenizer, the cluster policy, the workers
 (:class:`~dopd.serve.cluster.WorkerCluster`), the dispatcher, the controller, the learned belief
 and the metrics, and starts, self-calibrates, drains and stops them.
 """
@@ -24,7 +24,6 @@ from dopd.perf.base import LatencyModel
 from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
 from dopd.serve.admission import AdmissionLimits
 from dopd.serve.cluster import LocalCluster, WorkerCluster
-from dopd.serve.config import ServeConfig
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Event
 from dopd.serve.engines import EngineSpec
@@ -33,6 +32,7 @@ from dopd.serve.live_calibration import LiveCalibration, build_live_belief
 from dopd.serve.live_routing import live_router
 from dopd.serve.metrics import ServeMetrics
 from dopd.serve.self_calibration import describe_fit, load_fit, measure_fit, save_fit
+from dopd.serve.serve_config import ServeConfig
 from dopd.types import SLO, Role
 
 

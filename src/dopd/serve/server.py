@@ -18,10 +18,10 @@ import sys
 from types import FrameType
 
 from dopd.serve.api import create_app
-from dopd.serve.config import ServeConfig
 from dopd.serve.live_routing import router_label
 from dopd.serve.preflight import bind_listener
 from dopd.serve.runtime import ServeRuntime
+from dopd.serve.serve_config import ServeConfig
 
 SHUTDOWN_MARGIN_S = 5.0
 """Seconds uvicorn waits past the grace before it cancels what is left (nothing should be)."""

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from dopd.engine.latency_runner import LatencyModelRunner
 from dopd.engine.llm_engine import LLMEngine
 from dopd.engine.request_state import RequestOutput
-from dopd.engine.runner import LatencyModelRunner
 from dopd.errors import DopdError, require
 from dopd.kv.transport import ImportResult, KVTransport
 from dopd.serve.channel_auth import ClusterKeys, denied

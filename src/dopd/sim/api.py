@@ -1,6 +1,6 @@
 """The simulator's boundary: what a run takes (:class:`SimConfig`) and gives (:class:`SimResult`).
 
-``dopd.sim.runner.run_simulation(workload, config, policy, seed=0, progress=None) -> SimResult``
+``dopd.sim.simulation.run_simulation(workload, config, policy, seed=0, progress=None) -> SimResult``
 is the one entry point that the CLI, the experiment harness and the benchmarks call.
 """
 

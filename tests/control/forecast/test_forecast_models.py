@@ -13,7 +13,7 @@ from dopd.control.forecast import (
     split_specs,
 )
 from dopd.control.forecast.arima import ArimaForecaster
-from dopd.control.forecast.models import (
+from dopd.control.forecast.forecasters import (
     EwmaForecaster,
     HoltForecaster,
     HoltWintersForecaster,

@@ -14,7 +14,7 @@ from dopd.control.policies.base import ClusterView, InstanceView, SwitchRole
 from dopd.control.policies.options import DopdOptions
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, InstanceState, Role
 from dopd.workload.base import Workload
 

@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 
 from dopd.sim.api import SimConfig, SimResult
-from dopd.sim.runner import build_cluster, collect_result
+from dopd.sim.simulation import build_cluster, collect_result
 from dopd.types import SLO, RequestState, Role
 from dopd.workload import Workload
 

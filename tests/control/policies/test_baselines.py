@@ -15,7 +15,7 @@ from dopd.control.policies.reactive import ReactivePolicy
 from dopd.control.policies.sla_planner import SlaPlannerPolicy
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import build_cluster, collect_result, run_simulation
+from dopd.sim.simulation import build_cluster, collect_result, run_simulation
 from dopd.types import SLO, RequestState, Role
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)

@@ -25,7 +25,7 @@ from dopd.control.policies.options import DopdOptions
 from dopd.errors import DopdError
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, RequestState, Role
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)

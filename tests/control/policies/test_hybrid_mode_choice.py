@@ -12,7 +12,7 @@ from dopd.control.policies.signals import Observed
 from dopd.control.ratio import InstanceModel, WorkloadStats, solve
 from dopd.control.ratio.colocated import colocated_ttft_attainment, predict_colocated
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, Role
 from dopd.workload.spec import parse_arrival, parse_lengths
 from dopd.workload.synthetic import synthetic_workload

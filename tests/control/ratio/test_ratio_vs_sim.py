@@ -13,7 +13,7 @@ import pytest
 from dopd.control.ratio import InstanceModel, WorkloadStats, solve
 from dopd.metrics.summary import summarize_result
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO
 from dopd.workload import LogNormal, Poisson, Workload, load_trace, synthetic_workload
 

@@ -11,7 +11,7 @@ import pytest
 
 from dopd.control.routing.load import InstanceLoad, QueueLoad
 from dopd.control.routing.predict import batch_step_s, decode_step_s
-from dopd.engine.blocks import BlockManager
+from dopd.engine.block_manager import BlockManager
 from dopd.engine.scheduler import Scheduler
 from dopd.engine.sequence import SchedulerConfig
 from dopd.perf.base import LatencyModel

@@ -13,7 +13,7 @@ from dopd.control.routing.router import RouterContext, make_router
 from dopd.engine import SchedulerConfig
 from dopd.sim.api import SimConfig
 from dopd.sim.instance import SimInstance
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, InstanceState, RequestState, Role
 from dopd.workload.base import Workload
 

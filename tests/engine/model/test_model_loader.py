@@ -20,7 +20,7 @@ from dopd.engine.model import (
     save_checkpoint,
     write_random_checkpoint,
 )
-from dopd.engine.model.config import ModelConfig
+from dopd.engine.model.model_config import ModelConfig
 from dopd.engine.model.tiny import random_hf_state_dict
 from dopd.errors import DopdError
 

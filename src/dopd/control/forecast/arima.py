@@ -21,7 +21,7 @@ from math import comb
 import numpy as np
 
 from dopd.control.forecast.base import FORECASTERS, Forecaster
-from dopd.control.forecast.models import EwmaForecaster
+from dopd.control.forecast.forecasters import EwmaForecaster
 from dopd.errors import require
 
 # What a numerical failure inside the statsmodels estimator raises (ZeroDivisionError from its

@@ -46,7 +46,7 @@ def tune_holt(
 ) -> Tuned:
     """Holt (alpha, beta) minimising the one-step SSE over ``y``; len(y) >= 3.
 
-    The state starts as in :class:`~dopd.control.forecast.models.HoltForecaster`
+    The state starts as in :class:`~dopd.control.forecast.forecasters.HoltForecaster`
     (level y[1], trend y[1] - y[0]); errors are scored from y[2] on.
     """
     a, b = (g.ravel() for g in np.meshgrid(alphas, betas, indexing="ij"))

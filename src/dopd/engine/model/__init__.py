@@ -7,7 +7,6 @@ safetensors, tokenizers) are imported only by this package.
 """
 
 from dopd.engine.model.batch import Segment
-from dopd.engine.model.config import ModelConfig, RopeConfig
 from dopd.engine.model.generate import generate_greedy
 from dopd.engine.model.kv_io import KVPayload, export_blocks, export_kv, import_blocks, import_kv
 from dopd.engine.model.llama import LlamaModel
@@ -17,6 +16,7 @@ from dopd.engine.model.loader import (
     resolve_dtype,
     save_checkpoint,
 )
+from dopd.engine.model.model_config import ModelConfig, RopeConfig
 from dopd.engine.model.paged_cache import DEFAULT_BLOCK_SIZE, PagedKVCache
 from dopd.engine.model.sampler import Sampler, SamplingParams, make_generator
 from dopd.engine.model.stopping import FinishReason, StopHit, check_stop, truncate_at_stop

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dopd.engine.model.batch import AttnGroup, BatchMeta
-from dopd.engine.model.config import ModelConfig
+from dopd.engine.model.model_config import ModelConfig
 from dopd.engine.model.paged_cache import PagedKVCache
 from dopd.engine.model.staging import DecodeStaging
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from dopd.engine.model.attention import layer_attention
 from dopd.engine.model.batch import BatchMeta, Segment, build_batch
-from dopd.engine.model.config import ModelConfig
+from dopd.engine.model.model_config import ModelConfig
 from dopd.engine.model.paged_cache import DEFAULT_BLOCK_SIZE, PagedKVCache
 from dopd.engine.model.rope import RotaryTable, apply_rotary
 from dopd.engine.model.staging import DecodeStaging

@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dopd.engine.model.config import ModelConfig
 from dopd.engine.model.llama import LlamaModel
+from dopd.engine.model.model_config import ModelConfig
 from dopd.engine.model.tokenizer import Tokenizer
 from dopd.errors import DopdError, require
 

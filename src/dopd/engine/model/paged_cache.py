@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from dopd.engine.model.config import ModelConfig
+from dopd.engine.model.model_config import ModelConfig
 from dopd.errors import require
 
 DEFAULT_BLOCK_SIZE = 16

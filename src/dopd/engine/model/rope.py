@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from dopd.engine.model.config import ModelConfig, RopeConfig
+from dopd.engine.model.model_config import ModelConfig, RopeConfig
 
 
 def base_inv_freq(theta: float, dim: int) -> torch.Tensor:

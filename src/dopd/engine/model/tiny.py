@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from dopd.engine.model.config import ModelConfig, RopeConfig
 from dopd.engine.model.llama import LlamaModel
 from dopd.engine.model.loader import LoadedModel, load_checkpoint, resolve_dtype, save_checkpoint
+from dopd.engine.model.model_config import ModelConfig, RopeConfig
 from dopd.engine.model.tokenizer import Tokenizer, byte_level_tokenizer
 from dopd.errors import require
 from dopd.registry import Registry

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dopd.engine.model.config import ModelConfig
+from dopd.engine.model.model_config import ModelConfig
 from dopd.errors import DopdError, require
 
 

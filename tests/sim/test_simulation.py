@@ -11,7 +11,7 @@ from sim_workloads import poisson_workload
 from dopd.control.policies.base import POLICIES, ClusterPolicy, PolicyContext, load_policies
 from dopd.errors import DopdError
 from dopd.sim.api import SimConfig
-from dopd.sim.runner import run_simulation
+from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, Role
 
 

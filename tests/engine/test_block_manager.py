@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dopd.engine.blocks import BlockManager
+from dopd.engine.block_manager import BlockManager
 from dopd.errors import DopdError
 
 
