@@ -7,7 +7,7 @@ score models on a trace with :func:`backtest`.
 """
 
 from dopd.control.forecast import arima as _arima  # noqa: F401  (registers "arima")
-from dopd.control.forecast import models as _models  # noqa: F401  (registers the smoothers)
+from dopd.control.forecast import forecasters as _forecasters  # noqa: F401  (registers them)
 from dopd.control.forecast.backtest import BacktestResult, Score, backtest, backtest_trace
 from dopd.control.forecast.base import (
     FORECASTERS,
