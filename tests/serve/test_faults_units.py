@@ -11,7 +11,7 @@ from test_units import kv_handle, out_event
 
 from dopd.engine.model import SamplingParams
 from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
-from dopd.serve.dispatch import Dispatcher, Event
+from dopd.serve.dispatch import SUSPECT_WAIT_S, Dispatcher, Event
 from dopd.serve.errors import ServeError
 from dopd.serve.faults import FaultPolicy, RestartBackoff
 from dopd.serve.messages import Command, Handoff, WorkerStats, encode
@@ -188,3 +188,18 @@ def test_admission_control_429_carries_retry_after_from_the_predicted_wait() -> 
         d.submit([1, 2, 3], SamplingParams(max_tokens=4))
     assert exc.value.status == 429 and exc.value.code == "admission_control"
     assert exc.value.retry_after == 4
+
+
+def test_a_suspect_nothing_takes_in_time_fails_with_503_and_retry_after() -> None:
+    d, insts = _dispatcher(Role.MIXED)
+    t = d.submit([5, 6, 7], SamplingParams(max_tokens=8))
+    _lose(d, insts, 0)  # its only instance: it waits as a suspect
+    assert t.rid in d.tracked and d.suspects
+    d.pump()
+    assert t.rid in d.tracked  # still inside the wait bound
+    t.suspect_since -= SUSPECT_WAIT_S + 1
+    d.pump()
+    ev = _events(t)[-1]
+    assert t.rid not in d.tracked
+    assert ev.kind == "error" and ev.status == 503 and ev.retry_after is not None
+    assert ev.retry_after >= 1

@@ -21,6 +21,8 @@ from dopd.serve.cluster import LocalCluster
 from dopd.serve.controller import Controller
 from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.engines import EngineSpec
+from dopd.serve.messages import Event as WorkerEvent
+from dopd.serve.messages import KVNotice
 from dopd.serve.metrics import ServeMetrics
 from dopd.sim.api import SimConfig
 from dopd.sim.cluster import SimCluster
@@ -278,13 +280,13 @@ def test_live_handoff_reserves_decode_memory_before_its_transfer() -> None:
             kv_at: dict[int, float] = {}
             on_event = run.dispatcher.on_event
 
-            def spy(iid: int, ev: dict[str, object]) -> None:
-                if ev.get("ev") == "kv":
-                    kv_at[int(ev["rid"])] = time.monotonic()  # type: ignore[call-overload]
+            def spy(iid: int, ev: WorkerEvent) -> None:
+                if isinstance(ev, KVNotice):
+                    kv_at[ev.rid] = time.monotonic()
                 on_event(iid, ev)
 
             run.cluster.listener = spy
-            blocks = int(run.cluster.instances[1].stats["kv_total_blocks"])
+            blocks = int(run.cluster.instances[1].stats.kv_total_blocks)
             tokens = blocks * 16 * 6 // 10  # one request's prompt fits, two do not
             first = run.submit(tokens, 20)
             await first_token(first)

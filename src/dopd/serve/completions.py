@@ -245,7 +245,8 @@ class CompletionsHandler:
                     return 499  # nobody to answer: the client closed the connection
                 finished = True
                 if ev.kind == "error":
-                    return await send_error(send, ServeError(ev.status, ev.message))
+                    return await send_error(send, ServeError(ev.status, ev.message,
+                                                             retry_after=ev.retry_after))
                 make = chat_body if chat else completion_body
                 return await send_json(send, 200, make(
                     rid, req.model, "".join(parts), ev.finish_reason, len(tracked.prompt_ids),

@@ -93,6 +93,7 @@ class Event:
     finish_reason: str | None = None
     status: int = 0
     message: str = ""
+    retry_after: int | None = None
 
 
 @dataclass(slots=True)
@@ -443,13 +444,15 @@ class Dispatcher:
         self._place(t, d)
         self.book(d).expect(t.rid, p, m)
 
-    def _fail(self, t: Tracked, status: int, message: str) -> None:
+    def _fail(self, t: Tracked, status: int, message: str,
+              retry_after: int | None = None) -> None:
         if self.tracked.pop(t.rid, None) is None:
             return
         if t.where is not None:
             self.instances[t.where].send(Abort(t.rid))
         self._place(t, None)
-        t.queue.put_nowait(Event("error", status=status, message=message))
+        t.queue.put_nowait(Event("error", status=status, message=message,
+                                 retry_after=retry_after))
         self._report(t, RequestState.ABORTED, message)
 
     def _report(self, t: Tracked, state: RequestState, reason: str) -> None:
@@ -522,7 +525,7 @@ class Dispatcher:
                 if now - t.suspect_since > SUSPECT_WAIT_S:
                     self.suspects.popleft()
                     self._fail(t, exc.status, f"no instance could take the request again: "
-                               f"{exc.message}")
+                               f"{exc.message}", exc.retry_after or NO_INSTANCE_RETRY_S)
                     continue
                 return  # nothing can take it now: try again on the next turn
             self.suspects.popleft()
