@@ -31,7 +31,6 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +42,7 @@ from dopd.control.policies.base import (
     Action,
     ClusterPolicy,
     ClusterView,
+    InstanceView,
     SwitchRole,
 )
 from dopd.errors import DopdError
@@ -77,33 +77,14 @@ class Scaler(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class StatsSignals:
-    """A live instance as the policy's view reads it
-    (:class:`~dopd.control.flow.view.InstanceSignals`): its handle's role and state, its
-    worker's latest stats (:meth:`of`)."""
-
-    instance_id: int
-    role: Role
-    state: InstanceState
-    target_role: Role | None
-    queued_prefill_tokens: int
-    waiting: int
-    prefilling: int
-    decode_batch: int
-    decode_ctx_sum: int
-    pending_decodes: int
-    kv_used_blocks: int
-    kv_total_blocks: int
-    recent_step_s: float
-    steps: int
-
-    @classmethod
-    def of(cls, h: InstanceHandle) -> StatsSignals:
-        s = h.stats
-        return cls(h.instance_id, h.role, h.state, h.target_role, s.queued_prefill_tokens,
-                   s.waiting, s.prefilling, s.decode_batch, s.decode_ctx_sum, s.pending_decodes,
-                   s.kv_used_blocks, max(1, s.kv_total_blocks), s.recent_step_s, s.steps)
+def instance_view_of(h: InstanceHandle) -> InstanceView:
+    """A live instance as the policy's view reads it: its handle's role and state, its
+    worker's latest stats (an :class:`~dopd.control.flow.view.InstanceSignals` itself)."""
+    s = h.stats
+    return InstanceView(h.instance_id, h.role, h.state, h.target_role, s.queued_prefill_tokens,
+                        s.waiting, s.prefilling, s.decode_batch, s.decode_ctx_sum,
+                        s.pending_decodes, s.kv_used_blocks, max(1, s.kv_total_blocks),
+                        s.recent_step_s, s.steps)
 
 
 class Controller(Observer):
@@ -169,7 +150,7 @@ class Controller(Observer):
     # ------------------------------------------------------------------ view and loop
     def view(self) -> ClusterView:
         """The policy's snapshot of the cluster now."""
-        return build_view(self.now(), (StatsSignals.of(h) for h in self.instances.values()),
+        return build_view(self.now(), (instance_view_of(h) for h in self.instances.values()),
                           self._budget(), self.arrived, self.ended)
 
     def _budget(self) -> int:
