@@ -57,10 +57,11 @@ def _out(args: argparse.Namespace, path: Path) -> list[str]:
     return ["--out", str(path)] if args.keep else []
 
 
-def _slo(args: argparse.Namespace) -> list[str]:
+def _slo(args: argparse.Namespace, scale: float = 1.0) -> list[str]:
     """The SLO, the same on both sides (the policies and routers plan with it; ``dopd serve``
-    and ``dopd simulate`` have different defaults)."""
-    return ["--slo-ttft", repr(args.slo_ttft), "--slo-tpot", repr(args.slo_tpot)]
+    and ``dopd simulate`` have different defaults), in wall seconds: ``scale`` x the modeled
+    SLO live, where the steps take ``scale`` times their modeled time."""
+    return ["--slo-ttft", repr(args.slo_ttft * scale), "--slo-tpot", repr(args.slo_tpot * scale)]
 
 
 def build_workload(args: argparse.Namespace) -> Workload:
@@ -118,7 +119,7 @@ def run_live(args: argparse.Namespace, policy: str, live_csv: Path, out: Path
         "serve", "--mode", "emulated", "--perf-model", args.model, "--gpu", args.gpu,
         "--instances", str(args.instances), "--policy", policy,
         "--step-time-scale", repr(args.step_time_scale), "--port", str(port),
-        "--seed", str(args.seed), *_slo(args),
+        "--seed", str(args.seed), *_slo(args, args.step_time_scale),
         *(["--config", args.serve_config] if args.serve_config else [])),
         stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)

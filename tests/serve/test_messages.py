@@ -134,7 +134,7 @@ def test_a_worker_answers_a_bad_command_with_an_error_event() -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and engine.request_state(6) is None:
             worker.poll(50)
-            worker.handle_control()
+            worker.apply(worker.control.receive_all())
         events = []
         while len(events) < 2 and front.poll(10_000):
             events.append(decode_event(unpack(front.recv_multipart()[1])))

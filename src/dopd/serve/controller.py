@@ -16,7 +16,9 @@ Adding or removing instances (elastic policies) needs a ``scaler`` (the cluster 
 backend): an addition starts a worker and feeds its measured cold start to the policy's solver;
 a removal drains the instance as a switch does, then stops it. Without a scaler such actions are
 logged as refused decisions. Times given to the policy are seconds since the
-controller started.
+controller started, in the deployment's modeled time: wall seconds divided by ``time_scale``
+(emulated mode's step-time scale, so a policy sees the arrival rates, step times and latencies
+of the GPU it models, as in the simulator, and ticks every ``tick_s`` modeled seconds).
 
 For the dashboard it keeps :attr:`Controller.history` (one point a tick: P/D counts, load,
 P50/P90 latency, SLO attainment, goodput, arrival rate of the last ``WINDOW_S`` seconds, and the
@@ -45,7 +47,7 @@ from dopd.control.policies.base import (
     InstanceView,
     SwitchRole,
 )
-from dopd.errors import DopdError
+from dopd.errors import DopdError, require
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.dispatch import Dispatcher, Observer, Tracked
 from dopd.serve.errors import ServeError
@@ -77,27 +79,32 @@ class Scaler(Protocol):
         ...
 
 
-def instance_view_of(h: InstanceHandle) -> InstanceView:
+def instance_view_of(h: InstanceHandle, time_scale: float = 1.0) -> InstanceView:
     """A live instance as the policy's view reads it: its handle's role and state, its
-    worker's latest stats (an :class:`~dopd.control.flow.view.InstanceSignals` itself)."""
+    worker's latest stats (an :class:`~dopd.control.flow.view.InstanceSignals` itself), its
+    step time in modeled seconds (wall seconds / ``time_scale``)."""
     s = h.stats
     return InstanceView(h.instance_id, h.role, h.state, h.target_role, s.queued_prefill_tokens,
                         s.waiting, s.prefilling, s.decode_batch, s.decode_ctx_sum,
                         s.pending_decodes, s.kv_used_blocks, max(1, s.kv_total_blocks),
-                        s.recent_step_s, s.steps)
+                        s.recent_step_s / time_scale, s.steps)
 
 
 class Controller(Observer):
     """See the module docstring. ``drain_timeout_s`` bounds a switch's drain; when it passes the
     switch is cancelled and the instance goes back to ACTIVE in its old role. ``budget`` is the
     most instances alive at once (default: the instances there are). ``slo`` (None: none)
-    defines the attainment and goodput of :attr:`history`."""
+    defines the attainment and goodput of :attr:`history`. ``time_scale``: wall seconds per
+    modeled second of what the policy is told (see the module docstring)."""
 
     def __init__(self, policy: ClusterPolicy, instances: dict[int, InstanceHandle],
                  dispatcher: Dispatcher, metrics: ServeMetrics, *, tick_s: float = 1.0,
                  drain_timeout_s: float = 120.0, scaler: Scaler | None = None,
-                 budget: int | None = None, slo: SLO | None = None) -> None:
+                 budget: int | None = None, slo: SLO | None = None,
+                 time_scale: float = 1.0) -> None:
+        require(time_scale > 0, f"time_scale must be > 0, got {time_scale}")
         self.policy = policy
+        self.time_scale = time_scale
         self.instances = instances
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -124,14 +131,20 @@ class Controller(Observer):
         self._done_hook = type(policy).on_request_done is not ClusterPolicy.on_request_done
 
     def now(self) -> float:
+        """Wall seconds since the controller started (the dashboard's and decisions' time)."""
         return time.monotonic() - self.t0
+
+    def policy_time(self, mono: float | None = None) -> float:
+        """``mono`` (``time.monotonic()`` seconds; None: now) as the policy's time: modeled
+        seconds since the controller started."""
+        return ((time.monotonic() if mono is None else mono) - self.t0) / self.time_scale
 
     # ------------------------------------------------------------------ observer hooks
     def on_arrival(self, t: Tracked) -> None:
         self.arrived += 1
         self.outcomes.arrival(t.arrival)
         if self._arrival_hook:
-            self.policy.on_arrival(t.arrival - self.t0, t.rid, len(t.prompt_ids),
+            self.policy.on_arrival(self.policy_time(t.arrival), t.rid, len(t.prompt_ids),
                                    t.params.max_tokens)
 
     def on_done(self, t: Tracked, outcome: RequestOutcome) -> None:
@@ -140,17 +153,19 @@ class Controller(Observer):
         if outcome.state == RequestState.FINISHED:
             self.finished += 1
         if self._done_hook:
-            shift = self.t0
-            self.policy.on_request_done(self.now(), dataclasses.replace(
-                outcome, arrival_s=outcome.arrival_s - shift,
+            at = self.policy_time
+            self.policy.on_request_done(at(), dataclasses.replace(
+                outcome, arrival_s=at(outcome.arrival_s),
                 first_token_s=None if outcome.first_token_s is None
-                else outcome.first_token_s - shift,
-                finish_s=None if outcome.finish_s is None else outcome.finish_s - shift))
+                else at(outcome.first_token_s),
+                finish_s=None if outcome.finish_s is None else at(outcome.finish_s)))
 
     # ------------------------------------------------------------------ view and loop
     def view(self) -> ClusterView:
-        """The policy's snapshot of the cluster now."""
-        return build_view(self.now(), (instance_view_of(h) for h in self.instances.values()),
+        """The policy's snapshot of the cluster now (in its time, see :meth:`policy_time`)."""
+        scale = self.time_scale
+        return build_view(self.policy_time(),
+                          (instance_view_of(h, scale) for h in self.instances.values()),
                           self._budget(), self.arrived, self.ended)
 
     def _budget(self) -> int:
@@ -159,12 +174,12 @@ class Controller(Observer):
     async def run(self) -> None:
         """Tick until cancelled."""
         while True:
-            await asyncio.sleep(self.tick_s)
+            await asyncio.sleep(self.tick_s * self.time_scale)
             self.sample()
             self.settle()
             if self.policy.wants_ticks:
                 logged = len(self.log) if self.log is not None else 0
-                actions = self.policy.on_tick(self.now(), self.view())
+                actions = self.policy.on_tick(self.policy_time(), self.view())
                 plan = self._plan_of(logged) if actions else None
                 for action in actions:
                     self.apply(action, plan)
@@ -377,9 +392,10 @@ class Controller(Observer):
             self._tasks.pop(h.instance_id, None)
 
     def feed_cold_start(self, seconds: float) -> None:
-        """Record a measured cold start and give the median so far to the policy's ratio
-        solver (policies with a ``solver_config`` that has ``cold_start_s``: ``dopd``)."""
-        self.cold_starts.append(seconds)
+        """Record a measured cold start (wall seconds) and give the median so far, in the
+        policy's time, to its ratio solver (policies with a ``solver_config`` that has
+        ``cold_start_s``: ``dopd``)."""
+        self.cold_starts.append(seconds / self.time_scale)
         config = getattr(self.policy, "solver_config", None)
         if dataclasses.is_dataclass(config) and hasattr(config, "cold_start_s"):
             median = float(np.median(self.cold_starts))

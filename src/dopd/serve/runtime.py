@@ -49,11 +49,13 @@ def build_policy(config: ServeConfig, latency: LatencyModel | None = None,
                  cluster: ClusterConfig | None = None) -> ClusterPolicy:
     """The cluster policy of ``config.policy``, built as the simulator builds it, for the
     deployment's instances ``cluster`` (None: ``config.cluster_config()``), predicting with
-    ``latency`` (the deployment's belief; None: the configured model)."""
+    ``latency`` (the deployment's belief; None: the configured model), against the SLOs in
+    its modeled time (:attr:`ServeConfig.time_scale`)."""
     cluster = config.cluster_config() if cluster is None else cluster
     if latency is None:
         latency = build_models(cluster).latency
-    slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
+    scale = config.time_scale
+    slo = SLO(config.slo_ttft_s / scale, config.slo_tpot_s / scale, config.attainment)
     blocks = (latency.kv_capacity_tokens or 2**20) // cluster.block_size
     policy = make_policy(config.policy, PolicyContext(cluster, latency, slo, config.seed, blocks))
     require(isinstance(policy, ClusterPolicy),
@@ -144,7 +146,8 @@ class ServeRuntime:
                                      self.router)
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
                                      self.metrics, tick_s=config.tick_s, scaler=self.cluster,
-                                     budget=config.instances, slo=self.slo)
+                                     budget=config.instances, slo=self.slo,
+                                     time_scale=config.time_scale)
         self.dispatcher.observers = [self.metrics, self.controller, self.calibration]
         self.cluster.listener = self.dispatcher.on_event
         self.cluster.on_crash = self.dispatcher.on_crash

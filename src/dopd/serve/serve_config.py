@@ -255,6 +255,14 @@ class ServeConfig:
             tick_s=self.tick_s, router=self.router, online_calibration=self.calibration)
 
     @property
+    def time_scale(self) -> float:
+        """Wall seconds per modeled second: ``step_time_scale`` in emulated mode (when > 0),
+        else 1. The SLOs and the router's predictions are wall-clock; the cluster policy plans
+        in modeled seconds, as in the simulator."""
+        scaled = self.mode == "emulated" and self.step_time_scale > 0
+        return self.step_time_scale if scaled else 1.0
+
+    @property
     def measures_calibration(self) -> bool:
         """Real mode with ``self_calibration`` on and no ``calibration_file`` or ``profile``:
         the deployment measures its engine's step times (see the class docstring)."""

@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -48,6 +49,7 @@ from dopd.serve.messages import (
     StatsReport,
     Stop,
     Submit,
+    WireError,
     WorkerError,
     WorkerStats,
     decode_command,
@@ -98,10 +100,12 @@ class Worker:
         self._poller = zmq.Poller()
         self._poller.register(self.control.socket, zmq.POLLIN)
         self._polled = 0
+        # commands read while a step ran, applied after it (only hand-offs act at once)
+        self.deferred: list[dict[str, Any]] = []
         runner = engine.runner
         self.wall_clock = runner.clock if isinstance(runner, LatencyModelRunner) else None
         if self.wall_clock is not None:
-            self.wall_clock.wait = kv.wait_until
+            self.wall_clock.wait = self.wait_in_step
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -111,13 +115,16 @@ class Worker:
         while not self.stopping:
             busy = eng.has_unfinished() and not idle_plan
             waiting_kv = len(eng.pending) > 0 or len(eng.leases) > 0
-            timeout_ms = 0 if busy else (5 if waiting_kv else 50)
+            timeout_ms = 0 if busy or self.deferred else (5 if waiting_kv else 50)
             due = self.kv.next_due()
             if due is not None:
                 timeout_ms = min(timeout_ms, max(0, int((due - time.perf_counter()) * 1000)))
             ready = self.poll(timeout_ms)
+            if self.deferred:
+                deferred, self.deferred = self.deferred, []
+                self.apply(deferred)
             if ready:
-                self.handle_control()
+                self.apply(self.control.receive_all())
                 if self.crash_pending:
                     os._exit(CRASH_EXIT_CODE)  # the test-only crash hook (dopd.serve.faults)
             self.report_kv(self.kv.pump(ready))
@@ -162,9 +169,38 @@ class Worker:
             self._polled = len(socks)
         return bool(self._poller.poll(timeout_ms))
 
+    def wait_in_step(self, deadline: float) -> None:
+        """An emulated step's time on the "GPU" (until ``time.perf_counter()`` reaches
+        ``deadline``): the KV transport keeps serving and taking transfers, and a hand-off
+        (``Accept``) reserves its blocks and starts its fetch at once, as a GPU engine's
+        transfer thread does beside the compute; every other command waits for the step's end
+        (:attr:`deferred`), since the running step owns the engine's batch."""
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                return
+            until = deadline
+            due = self.kv.next_due()
+            if due is not None:
+                until = min(until, due)
+            left = until - now
+            ready = False
+            if left < 1e-3:
+                time.sleep(max(left, 0.0))
+            else:
+                ready = self.poll(int(left * 1000))
+            if ready:
+                for raw in self.control.receive_all():
+                    if not self.deferred and is_accept(raw):
+                        self.apply([raw])
+                    else:
+                        self.deferred.append(raw)
+            self.report_kv(self.kv.pump(ready))
+
     # ------------------------------------------------------------------ control
-    def handle_control(self) -> None:
-        for raw in self.control.receive_all():
+    def apply(self, commands: list[dict[str, Any]]) -> None:
+        """Carry out control commands in order (a malformed one is answered with an error)."""
+        for raw in commands:
             rid = raw.get("rid") if isinstance(raw.get("rid"), int) else None
             try:
                 msg = decode_command(raw)
@@ -257,6 +293,14 @@ class Worker:
     def close(self) -> None:
         self.kv.close()
         self.control.close()
+
+
+def is_accept(raw: dict[str, Any]) -> bool:
+    """Whether a control message is a well-formed hand-off (``Accept``)."""
+    try:
+        return isinstance(decode_command(raw), Accept)
+    except WireError:
+        return False
 
 
 def worker_main(spec: WorkerSpec) -> None:
