@@ -11,9 +11,10 @@ from test_units import kv_handle, out_event
 
 from dopd.engine.model import SamplingParams
 from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
-from dopd.serve.dispatch import SUSPECT_WAIT_S, Dispatcher, Event
+from dopd.serve.dispatch import SUSPECT_WAIT_S, Dispatcher
 from dopd.serve.errors import ServeError
 from dopd.serve.faults import FaultPolicy, RestartBackoff
+from dopd.serve.in_flight import Event
 from dopd.serve.messages import Command, Handoff, WorkerStats, encode
 from dopd.types import InstanceState, Role
 

@@ -19,8 +19,9 @@ from dopd.control.policies.base import Action, ClusterPolicy, ClusterView, Switc
 from dopd.engine.model import SamplingParams
 from dopd.serve.cluster import LocalCluster
 from dopd.serve.controller import Controller
-from dopd.serve.dispatch import Dispatcher, Observer, Tracked
+from dopd.serve.dispatch import Dispatcher
 from dopd.serve.engines import EngineSpec
+from dopd.serve.in_flight import Observer, Tracked
 from dopd.serve.messages import Event as WorkerEvent
 from dopd.serve.messages import KVNotice
 from dopd.serve.metrics import ServeMetrics

@@ -12,9 +12,10 @@ import pytest
 from test_units import FakeInstance, kv_handle, out_event
 
 from dopd.engine.model import SamplingParams
-from dopd.serve.dispatch import Dispatcher, Observer, Tracked
+from dopd.serve.dispatch import Dispatcher
 from dopd.serve.engines import EngineSpec, build_engine
 from dopd.serve.errors import ServeError
+from dopd.serve.in_flight import Observer, Tracked
 from dopd.serve.live_routing import InstanceBook, live_router
 from dopd.serve.messages import Handoff, KVNotice, WorkerStats, encode
 from dopd.serve.serve_config import ServeConfig

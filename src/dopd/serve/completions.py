@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dopd.serve.dispatch import Event, Tracked
 from dopd.serve.errors import ServeError
+from dopd.serve.in_flight import Event, Tracked
 from dopd.serve.prompts import PromptEncoder
 from dopd.serve.protocol import (
     ChatRequest,

@@ -49,8 +49,9 @@ from dopd.control.policies.base import (
 )
 from dopd.errors import DopdError, require
 from dopd.serve.cluster import InstanceHandle
-from dopd.serve.dispatch import Dispatcher, Observer, Tracked
+from dopd.serve.dispatch import Dispatcher
 from dopd.serve.errors import ServeError
+from dopd.serve.in_flight import Observer, Tracked
 from dopd.serve.insight import latest_forecast, plan_view, policy_log
 from dopd.serve.messages import SetRole
 from dopd.serve.metrics import ServeMetrics

@@ -39,7 +39,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from dopd.control.flow.instances import REROUTE_UNSTARTED
 from dopd.control.flow.requests import Pools, Whole, placement_pools
@@ -49,6 +48,7 @@ from dopd.engine.sequence import SchedulerConfig
 from dopd.serve.admission import AdmissionLimits, FinishRate, clamp_retry_after
 from dopd.serve.cluster import InstanceHandle
 from dopd.serve.errors import ServeError
+from dopd.serve.in_flight import Event, Leg, Observer, Rejected, Tracked
 from dopd.serve.live_routing import InstanceBook, live_router, routables
 from dopd.serve.messages import (
     Abort,
@@ -79,82 +79,6 @@ POISON_MEMORY = 1024
 def _print(prompt_ids: list[int], params: SamplingParams) -> int:
     """A request's fingerprint: its prompt and sampling parameters but the length."""
     return hash((tuple(prompt_ids), dataclasses.replace(params, max_tokens=1)))
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One item of a request's stream: ``kind`` is ``delta`` (tokens/text), ``done`` (finish
-    reason), ``error`` (HTTP status and message) or ``disconnect`` (the HTTP layer's own: the
-    client went away)."""
-
-    kind: str
-    token_ids: tuple[int, ...] = ()
-    text: str = ""
-    finish_reason: str | None = None
-    status: int = 0
-    message: str = ""
-    retry_after: int | None = None
-
-
-@dataclass(slots=True)
-class Tracked:
-    """A request in flight (mutable, front end only). ``t_http``, ``t_submit`` and ``t_event``
-    (``time.perf_counter``, 0 when unknown) are when the request reached the app, when its
-    submit was sent, and when its first token's event arrived from the worker. ``out_ids``
-    are the tokens streamed so far, ``n_base`` how many of them its current instance did not
-    produce (it resumed after a loss), ``losses`` the worker losses it was in, ``cost`` the
-    prompt tokens charged to its instance, ``served_by`` the instance it was placed on last.
-    ``predicted_ttft_s``: the router's predicted TTFT at placement (None: it predicted none).
-    ``held_first``: the first token of a prefill-only instance, held until the KV reaches the
-    decode instance (the request's first token counts then, as in the simulator)."""
-
-    rid: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    arrival: float
-    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    where: int | None = None
-    served_by: int | None = None
-    phase: str = "colocated"
-    prefill_iid: int | None = None
-    decode_iid: int | None = None
-    first_token_t: float | None = None
-    finish_t: float | None = None
-    n_out: int = 0
-    retries: int = 0
-    losses: int = 0
-    n_base: int = 0
-    cost: int = 0
-    out_ids: list[int] = field(default_factory=list)
-    suspect_since: float = 0.0
-    kv_bytes: int = 0
-    recomputed: bool = False
-    t_http: float = 0.0
-    t_submit: float = 0.0
-    t_event: float = 0.0
-    predicted_ttft_s: float | None = None
-    held_first: Event | None = None
-
-
-class Observer:
-    """Hooks on request arrivals and outcomes (times on ``time.monotonic``)."""
-
-    def on_arrival(self, t: Tracked) -> None: ...
-
-    def on_done(self, t: Tracked, outcome: RequestOutcome) -> None: ...
-
-    def on_kv(self, ok: bool, nbytes: int) -> None: ...
-
-    def on_crash(self, iid: int, retried: int, failed: int) -> None: ...
-
-
-class Rejected(Exception):
-    """The router's admission control refused a request; the message says why, ``retry_after``
-    when to try again (seconds)."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Dispatcher:
@@ -244,10 +168,10 @@ class Dispatcher:
         return ServeError(429, f"the server is overloaded ({what}); retry later",
                           code="overloaded", retry_after=self.finishes.retry_after(behind))
 
-    def route(self, t: Tracked, p: int, m: int, admit: bool = False) -> tuple[str, int]:
-        """(phase, instance) for request ``t`` (a prompt of ``p`` tokens, ``m`` to generate)
+    def route(self, t: Tracked, p: int, m: int, admit: bool = False) -> tuple[Leg, int]:
+        """(leg, instance) for request ``t`` (a prompt of ``p`` tokens, ``m`` to generate)
         by the router; ``admit``: it is arriving (the admission limits apply, and the router
-        may reject it: :class:`Rejected`). Phase ``local``: a PREFILL instance serves it whole.
+        may reject it: :class:`Rejected`). ``Leg.LOCAL``: a PREFILL instance serves it whole.
         ServeError 503 when nothing can take it, 429 past the admission limits."""
         now = time.monotonic()
         pools = self._candidates(now)
@@ -255,7 +179,7 @@ class Dispatcher:
             raise ServeError(503, "no instance can serve requests right now", code="unavailable",
                              retry_after=NO_INSTANCE_RETRY_S)
         prefill, decode, pool = pools.prefill, pools.decode, pools.whole
-        phase = "local" if pools.how == Whole.LOCAL else "colocated"
+        phase = Leg.LOCAL if pools.how == Whole.LOCAL else Leg.COLOCATED
         if admit:
             if not self.limits.cluster_room(len(self.tracked), sum(self.tokens.values()), p):
                 raise self._overloaded("cluster queue limit")
@@ -274,7 +198,7 @@ class Dispatcher:
         t.predicted_ttft_s = predicted if math.isfinite(predicted) else None
         inst = placement.instance
         assert isinstance(inst, InstanceBook)
-        phase = "prefill" if inst.role == Role.PREFILL else "colocated"
+        phase = Leg.PREFILL if inst.role == Role.PREFILL else Leg.COLOCATED
         return phase, inst.instance_id
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Tracked:
@@ -309,9 +233,9 @@ class Dispatcher:
             ids = t.prompt_ids + t.out_ids
             params = dataclasses.replace(params, max_tokens=params.max_tokens - len(t.out_ids))
         phase, iid = self.route(t, len(ids), params.max_tokens, admit)
-        local = phase == "local"
-        t.phase = "colocated" if local else phase
-        t.prefill_iid = iid if phase == "prefill" else None
+        local = phase == Leg.LOCAL
+        t.phase = Leg.COLOCATED if local else phase
+        t.prefill_iid = iid if phase == Leg.PREFILL else None
         if not self.instances[iid].send(Submit(t.rid, tuple(ids), params, local)):
             raise ServeError(503, f"instance {iid} is not reachable", code="unavailable",
                              retry_after=NO_INSTANCE_RETRY_S)
@@ -341,7 +265,7 @@ class Dispatcher:
         elif isinstance(ev, WorkerError):
             t = self.tracked.get(ev.rid if ev.rid is not None else -1)
             if t is not None:
-                status = 400 if t.phase != "decode" else 503
+                status = 400 if t.phase != Leg.DECODE else 503
                 self._fail(t, status, ev.msg or "worker error")
         elif isinstance(ev, KVNotice):
             t = self.tracked.get(ev.rid)
@@ -392,7 +316,7 @@ class Dispatcher:
         elif finished:
             self._finish(t, now, reason)
         elif n_out:
-            if t.phase == "decode":
+            if t.phase == Leg.DECODE:
                 self._handed_over(t)
             self.book(iid).decoding(rid, len(t.prompt_ids) + n_out)
 
@@ -435,7 +359,7 @@ class Dispatcher:
             return
         p, m = len(t.prompt_ids), t.params.max_tokens
         d = self.router.select_decode(now, p, m, routables(decode)).instance_id
-        t.phase = "decode"
+        t.phase = Leg.DECODE
         t.decode_iid = d
         if not self.instances[d].send(Accept(t.rid, handle, self.kv_address(src))):
             self.instances[src].send(Abort(t.rid))
@@ -459,7 +383,7 @@ class Dispatcher:
         self._handed_over(t)
         outcome = RequestOutcome(t.rid, t.arrival, len(t.prompt_ids), t.n_out, state,
                                  t.first_token_t, t.finish_t, reason, t.prefill_iid,
-                                 t.decode_iid if t.phase == "decode" else t.served_by,
+                                 t.decode_iid if t.phase == Leg.DECODE else t.served_by,
                                  t.predicted_ttft_s)
         for obs in self.observers:
             obs.on_done(t, outcome)
@@ -477,7 +401,7 @@ class Dispatcher:
         probation = self.probation
         for t in list(self.tracked.values()):
             if t.where != iid:
-                if t.phase == "decode" and t.prefill_iid == iid and t.where is not None:
+                if t.phase == Leg.DECODE and t.prefill_iid == iid and t.where is not None:
                     self.instances[t.where].send(KVLost(t.rid))
                 continue
             self._release_first(t)
@@ -546,7 +470,7 @@ class Dispatcher:
         for t in list(self.tracked.values()):
             if t.where != iid or t is self.probation:
                 continue
-            unstarted = t.first_token_t is None and not t.out_ids and t.phase != "decode"
+            unstarted = t.first_token_t is None and not t.out_ids and t.phase != Leg.DECODE
             if (REROUTE_UNSTARTED and unstarted) or (migrate and not unstarted):
                 moved.append(t)
         for t in moved:

@@ -35,7 +35,7 @@ from dopd.control.calibration import KINDS, CalibratedLatency, CalibrationConfig
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
 from dopd.perf.base import LatencyModel
-from dopd.serve.dispatch import Observer
+from dopd.serve.in_flight import Observer
 from dopd.serve.self_calibration import CalibrationFit, SelfCalibration
 from dopd.serve.serve_config import ServeConfig
 from dopd.serve.step_samples import StepSample

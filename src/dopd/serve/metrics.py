@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dopd.serve.cluster import InstanceHandle
-from dopd.serve.dispatch import Observer, Tracked
+from dopd.serve.in_flight import Observer, Tracked
 from dopd.types import InstanceState, RequestOutcome, RequestState, Role
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -25,9 +25,10 @@ from dopd.serve.access import AccessPolicy, default_trusted_hosts, is_loopback
 from dopd.serve.admission import AdmissionLimits
 from dopd.serve.cluster import LocalCluster, WorkerCluster
 from dopd.serve.controller import Controller
-from dopd.serve.dispatch import Dispatcher, Event
+from dopd.serve.dispatch import Dispatcher
 from dopd.serve.engines import EngineSpec
 from dopd.serve.faults import FaultPolicy
+from dopd.serve.in_flight import Event
 from dopd.serve.live_calibration import LiveCalibration, build_live_belief
 from dopd.serve.live_routing import live_router
 from dopd.serve.metrics import ServeMetrics
