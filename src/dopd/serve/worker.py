@@ -125,8 +125,8 @@ class Worker:
                 self.apply(deferred)
             if ready:
                 self.apply(self.control.receive_all())
-                if self.crash_pending:
-                    os._exit(CRASH_EXIT_CODE)  # the test-only crash hook (dopd.serve.faults)
+            if self.crash_pending:
+                os._exit(CRASH_EXIT_CODE)  # the test-only crash hook (dopd.serve.faults)
             self.report_kv(self.kv.pump(ready))
             if self.stopping:
                 break
