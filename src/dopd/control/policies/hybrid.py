@@ -61,7 +61,8 @@ MAX_COOLDOWN_S = 600.0
 class HybridConfig:
     """Thresholds of :class:`HybridMode` (fractions of the TPOT SLO, see the module doc);
     ``gain``: how far (attainment) the split may be predicted below colocation and still be
-    taken."""
+    taken; ``veto``: leave only for a split predicted strictly better than colocation (no tie
+    rule), and on an exit for observed misses, better than the attainment observed."""
 
     enter: float = 0.6
     exit: float = 0.85
@@ -70,6 +71,7 @@ class HybridConfig:
     cooldown_s: float = 60.0
     calibrate: bool = True
     gain: float = 0.0
+    veto: bool = False
 
     def __post_init__(self) -> None:
         require(0 < self.enter <= self.exit, f"hybrid thresholds need 0 < enter <= exit, got "
@@ -155,7 +157,7 @@ class HybridMode:
             n = self.instances
             split_wins = split_attainment is None \
                 or split_attainment + cfg.gain > both \
-                or (split_attainment + cfg.gain >= both
+                or (split_attainment + cfg.gain >= both and not cfg.veto
                     and at_rate.prefill_share * n < n - 1)
             # The colocated predictor misses interference it does not model (a burst of long
             # prompts in budget-sized chunks stalls every decode of an instance): all-MIXED
@@ -165,12 +167,16 @@ class HybridMode:
             short = got is not None and got < self.slo.attainment and (
                 split_attainment is None or split_attainment >= self.slo.attainment)
             self._short = self._short + 1 if short else 0
+            # With the veto, an exit on what was observed also needs the split predicted
+            # better than what all-MIXED attained.
+            beats_seen = not cfg.veto or split_attainment is None or got is None \
+                or split_attainment > got
             if split_wins and self._above >= cfg.exit_confirm:
                 why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans " \
                       f"> {cfg.exit:g} x SLO"
-            elif split_wins and seen is not None and seen > slo:
+            elif split_wins and beats_seen and seen is not None and seen > slo:
                 why = f"observed TPOT p90 {seen * 1e3:.0f}ms > SLO"
-            elif split_wins and self._short >= cfg.exit_confirm:
+            elif split_wins and beats_seen and self._short >= cfg.exit_confirm:
                 why = f"observed attainment {got:.2f} < target at {self._short} plans, split " \
                       f"predicted to meet it"
             if why:
