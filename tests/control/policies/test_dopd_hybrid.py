@@ -118,3 +118,22 @@ def test_heavy_decode_load_moves_to_a_split_without_loss() -> None:
                 and d.get("in_place")]
     assert in_place and all(d["role"] == Role.DECODE.value or d["role"] == Role.DECODE
                             for d in in_place)
+
+
+def test_damping_doubles_the_cooldown_after_a_flap_and_resets_after_a_long_stay() -> None:
+    inst = InstanceModel.from_cluster_config(SimConfig(instances=4))
+    damped = HybridMode(HybridConfig(cooldown_s=60.0, damp=True), inst, SLO_, 4)
+    damped._entered_at = 100.0
+    assert damped.next_cooldown(150.0, observed_exit=False) == 120.0  # a flap
+    damped._cooldown, damped._entered_at = 480.0, 0.0
+    assert damped.next_cooldown(500.0, observed_exit=False) == 600.0  # capped
+    damped._cooldown = 120.0
+    assert damped.next_cooldown(1000.0, observed_exit=False) == 60.0  # a long stay
+    plain = HybridMode(HybridConfig(cooldown_s=60.0), inst, SLO_, 4)
+    plain._entered_at = 100.0
+    assert plain.next_cooldown(150.0, observed_exit=False) == 60.0
+    assert plain.next_cooldown(150.0, observed_exit=True) == 120.0
+    assert DopdOptions.parse("damp=on").hybrid == HybridConfig(exit_confirm=3, veto=True,
+                                                               damp=True)
+    with pytest.raises(DopdError):
+        DopdOptions.parse("damp=maybe")

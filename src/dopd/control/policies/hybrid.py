@@ -62,7 +62,9 @@ class HybridConfig:
     """Thresholds of :class:`HybridMode` (fractions of the TPOT SLO, see the module doc);
     ``gain``: how far (attainment) the split may be predicted below colocation and still be
     taken; ``veto``: leave only for a split predicted strictly better than colocation (no tie
-    rule), and on an exit for observed misses, better than the attainment observed."""
+    rule), and on an exit for observed misses, better than the attainment observed; ``damp``:
+    the cooldown doubles after every exit that follows its entry within twice the cooldown (a
+    flap), up to :data:`MAX_COOLDOWN_S`, and returns to ``cooldown_s`` after a longer stay."""
 
     enter: float = 0.6
     exit: float = 0.85
@@ -72,6 +74,7 @@ class HybridConfig:
     calibrate: bool = True
     gain: float = 0.0
     veto: bool = False
+    damp: bool = False
 
     def __post_init__(self) -> None:
         require(0 < self.enter <= self.exit, f"hybrid thresholds need 0 < enter <= exit, got "
@@ -109,12 +112,24 @@ class HybridMode:
         self._short = 0
         self._cooldown = config.cooldown_s
         self._left_at = -math.inf
+        self._entered_at = -math.inf
         self._last: ColocatedPrediction | None = None
 
     @staticmethod
     def _short_exit(why: str) -> bool:
         """Whether an exit was on observed attainment (the model said all-MIXED holds)."""
         return why.startswith("observed attainment")
+
+    def next_cooldown(self, now: float, observed_exit: bool) -> float:
+        """The cooldown before re-entering all-MIXED after an exit at ``now``: doubled after
+        an exit on observed attainment, and with ``damp`` after a flap (an exit within twice
+        the cooldown of the last entry); with ``damp``, back to ``cooldown_s`` after a longer
+        stay."""
+        cfg = self.config
+        flap = cfg.damp and now - self._entered_at < 2.0 * self._cooldown
+        if observed_exit or flap:
+            return min(2.0 * self._cooldown, MAX_COOLDOWN_S)
+        return cfg.cooldown_s if cfg.damp else self._cooldown
 
     def calibrate(self, observed: Observed, ran_mixed: bool) -> None:
         """Fold the last interval's observed TPOT P90 into the correction, when all instances
@@ -181,8 +196,7 @@ class HybridMode:
                       f"predicted to meet it"
             if why:
                 self.mixed, self._below, self._short, self._left_at = False, 0, 0, now
-                if self._short_exit(why):
-                    self._cooldown = min(2.0 * self._cooldown, MAX_COOLDOWN_S)
+                self._cooldown = self.next_cooldown(now, self._short_exit(why))
                 reason = f"hybrid: leave all-mixed ({why})"
             else:
                 reason = f"hybrid: all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms at upper rate)"
@@ -191,7 +205,7 @@ class HybridMode:
                 split_attainment is None or both >= split_attainment - cfg.gain)
             self._below = self._below + 1 if ok else 0
             if self._below >= cfg.hold and now - self._left_at >= self._cooldown:
-                self.mixed = True
+                self.mixed, self._entered_at = True, now
                 reason = f"hybrid: enter all-mixed (TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms)"
             else:
                 reason = f"hybrid: split (colocated TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms, " \

@@ -40,7 +40,9 @@ change, default 4), ``veto=on|off`` (leave all-mixed only for a split predicted 
 better than colocation, and, on an exit for observed misses, better than the attainment
 observed; default on), ``mixtok=auto|off|N`` (prompt tokens a MIXED instance's step with
 decodes may take: :mod:`.mixed_budget`; default auto) and ``mixshare=`` (the share of the
-TPOT SLO a chunk may add to a decode step under ``mixtok=auto``, default 0.5),
+TPOT SLO a chunk may add to a decode step under ``mixtok=auto``, default 0.5), ``damp=on|off``
+(the re-entry cooldown doubles after every flap, an exit soon after an entry; default off: not
+yet measured on the generalize suite),
 and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``, ``switchrate=`` (the
 switch budget's refill, moves per instance-hour, default 2: a steady load settles, then costs at
 most 2 switches per instance-hour whatever the forecast's noise; ``inf`` turns the budget off)
@@ -64,9 +66,9 @@ FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixe
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
         "changes", "stick", "outwin", "nudge", "lengths", "drain", "enter", "exit", "hold",
         "modechanges", "gain", "switchrate", "switchburst", "exitconfirm", "veto", "mixtok",
-        "mixshare"}
+        "mixshare", "damp"}
 HYBRID_KEYS = {"enter", "exit", "hold", "modechanges", "gain", "exitconfirm", "veto", "mixtok",
-               "mixshare"}
+               "mixshare", "damp"}
 HYBRID_DEFAULT = True
 """Whether ``dopd`` runs the hybrid without the ``hybrid`` flag."""
 
@@ -153,6 +155,8 @@ class DopdOptions:
         mixed_tokens: int | str | None = None
         veto = values.get("veto", "on").lower()
         require(veto in ("on", "off"), f"policy dopd: veto must be on or off, got {veto!r}")
+        damp = values.get("damp", "off").lower()
+        require(damp in ("on", "off"), f"policy dopd: damp must be on or off, got {damp!r}")
         if hybrid_on:
             mixed_tokens = parse_mixtok(values.get("mixtok", "auto"))
             hybrid = HybridConfig(enter=option_float("dopd", values, "enter", 0.6),
@@ -160,7 +164,7 @@ class DopdOptions:
                                   hold=option_int("dopd", values, "hold", 4),
                                   exit_confirm=option_int("dopd", values, "exitconfirm", 3),
                                   gain=option_float("dopd", values, "gain", 0.0, low=-1.0),
-                                  veto=veto == "on")
+                                  veto=veto == "on", damp=damp == "on")
             manager = replace(manager, migrate_mixed=True,
                               mode_changes=option_int("dopd", values, "modechanges", 4))
         interval = option_float("dopd", values, "interval", 2.0)
