@@ -33,10 +33,11 @@ def run_json(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 
 def test_rejections_make_the_p90_a_miss(tmp_path: Path) -> None:
-    # The example: the synthetic workload at --rate-scale 3, dopd rejects ~19 %.
+    # The example: the synthetic workload at --rate-scale 3, dopd (the P/D split, the
+    # default then, now dopd:nohybrid) rejects ~19 %.
     data = run_json(tmp_path, "--arrival", "poisson", "--rate-scale", "3",
-                    "--policy", "colocated,dopd")
-    dopd, colocated = data["dopd"], data["colocated"]
+                    "--policy", "colocated,dopd:nohybrid")
+    dopd, colocated = data["dopd:nohybrid"], data["colocated"]
     assert dopd["rejected"] >= 60 and dopd["rejected_share"] == dopd["rejected"] / 500
     assert dopd["ttft_p90"] is None and dopd["e2e_p90"] is None  # misses, written null
     assert dopd["ttft_p90_served"] < 0.5  # the flattering figure is still there by name
@@ -73,7 +74,7 @@ def _served_only(values: np.ndarray, qs: Any) -> list[float | None]:
 
 def test_honest_percentiles_change_no_attainment_or_goodput_figure(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = apply_overrides(RunConfig(), {"policies": ["colocated", "dopd"],
+    cfg = apply_overrides(RunConfig(), {"policies": ["colocated", "dopd:nohybrid"],
                                         "workload.rate_scale": 3.0, "goodput.enabled": True})
     workload = build_workload(cfg.workload, cfg.seed, cfg.cluster.model)
     honest = records_of(simulate(cfg, workload), workload, cfg)
@@ -85,8 +86,8 @@ def test_honest_percentiles_change_no_attainment_or_goodput_figure(
     for spec in cfg.policies:
         assert {k: honest[spec][k] for k in figures} == {k: before[spec][k] for k in figures}
     # the patch took effect: the served-only P90 is the flattering finite one
-    assert honest["dopd"]["ttft_p90"] == math.inf
-    assert before["dopd"]["ttft_p90"] == honest["dopd"]["ttft_p90_served"] < 0.5
+    assert honest["dopd:nohybrid"]["ttft_p90"] == math.inf
+    assert before["dopd:nohybrid"]["ttft_p90"] == honest["dopd:nohybrid"]["ttft_p90_served"] < 0.5
 
 
 def test_experiment_search_attainment_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:

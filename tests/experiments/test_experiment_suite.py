@@ -51,7 +51,7 @@ def test_paper_suite_covers_the_issue() -> None:
     suite = get_suite("paper")
     assert set(suite.policies) >= {"colocated", "static:best", "reactive", "sla-planner", "dopd",
                                    "dopd:noforecast", "dopd:nolength", "dopd:novariance",
-                                   "dopd:hybrid"}
+                                   "dopd:nohybrid"}
     sources = {s.source.path if isinstance(s.source, TraceSource) else "sharegpt"
                for s in suite.scenarios}
     assert {"azure-conv", "azure-code", "mooncake", "sharegpt"} <= sources

@@ -5,6 +5,7 @@ the router's queue order reaching the workers' schedulers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -247,3 +248,21 @@ def test_one_cluster_config_sizes_the_policy_the_router_and_the_workers(
     assert (runtime.spec.max_batched_tokens, runtime.spec.max_num_seqs) == (tokens, seqs)
     explicit = ServeConfig(mode=mode, max_batched_tokens=512, max_num_seqs=8).cluster_config()
     assert (explicit.max_batched_tokens, explicit.max_num_seqs) == (512, 8)
+
+
+def test_live_workers_get_the_policys_token_budget_of_mixed_instances() -> None:
+    """The live path applies the ``dopd`` policy's MIXED token budget as the simulator does
+    (:func:`dopd.control.flow.instances.scheduler_config`): the workers' engine spec carries it
+    and the engine's scheduler caps MIXED steps with it."""
+    from dopd.serve.runtime import ServeRuntime
+
+    runtime = ServeRuntime(ServeConfig(mode="emulated", policy="dopd:mixtok=300", instances=2))
+    assert runtime.policy.mixed_prefill_tokens == 300
+    assert runtime.spec.mixed_prefill_tokens == 300
+    engine = build_engine(dataclasses.replace(runtime.spec, model="dopd-tiny",
+                                              step_time_scale=0.0))
+    assert engine.scheduler.config.mixed_prefill_tokens == 300
+    auto = ServeRuntime(ServeConfig(mode="emulated", policy="dopd", instances=2))
+    assert auto.spec.mixed_prefill_tokens == auto.policy.mixed_prefill_tokens is not None
+    plain = ServeRuntime(ServeConfig(mode="emulated", policy="dopd:nohybrid", instances=2))
+    assert plain.spec.mixed_prefill_tokens is None

@@ -59,6 +59,9 @@ class Scheduler(SchedulerState):
             budget -= len(decode_ids)
         chunks: list[PrefillChunk] = []
         attn = 0
+        cap = cfg.mixed_prefill_tokens
+        if cap is not None and decode_ids and self.role == Role.MIXED:
+            budget = min(budget, cap)
         if budget > 0 and (not decode_ids or not cfg.prefill_priority):
             attn = self._schedule_prefills(chunks, budget)
         self._pending_preempted.extend(preempted)

@@ -32,6 +32,9 @@ class SchedulerConfig:
     admissible prefills in prefill-only steps before any decode (vLLM's classic scheduler);
     otherwise decodes go first and prefills fill the remaining budget (chunked-prefill style).
     ``watermark`` is the fraction of KV blocks that admissions must leave free.
+    ``mixed_prefill_tokens`` (None: no cap) caps the prompt tokens of a MIXED instance's step
+    that also carries decodes (a per-role token budget: the decodes' step stays short; a step
+    without decodes prefills up to ``max_batched_tokens``).
     ``queue_order`` orders new prompts waiting for prefill: ``"fcfs"`` (arrival order) or
     ``"short-first"`` (shortest prompt first, with aging: a prompt that has waited ``aging_s``
     seconds, or that ``max_passes`` later arrivals have overtaken, goes before every prompt not
@@ -47,9 +50,12 @@ class SchedulerConfig:
     queue_order: str = "fcfs"
     aging_s: float = 5.0
     max_passes: int = 32
+    mixed_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         require(self.max_batched_tokens >= 1, "max batched tokens must be >= 1")
+        require(self.mixed_prefill_tokens is None or self.mixed_prefill_tokens >= 1,
+                f"mixed prefill tokens must be >= 1, got {self.mixed_prefill_tokens}")
         require(self.max_num_seqs >= 1, "max num seqs must be >= 1")
         require(0 <= self.watermark < 1, f"watermark must be in [0, 1), got {self.watermark}")
         require(self.queue_order in QUEUE_ORDERS, f"unknown queue order {self.queue_order!r} "

@@ -69,8 +69,8 @@ def _scenario(name: str, title: str, source: Source, cluster: SimConfig, slo: SL
 def paper() -> Suite:
     """The issue's comparison: 4 workloads x {Llama-3-8B on 8 x A100-80GB, Llama-2-70B at TP4
     on 6 x 4 H100} (Mooncake on the 128k-context Llama-3.1 models of the same shapes), all of
-    colocated, static:best, reactive, sla-planner and dopd, plus dopd's ablations and its
-    ``hybrid`` variant (all-mixed while a colocated TPOT prediction holds)."""
+    colocated, static:best, reactive, sla-planner and dopd, plus dopd's ablations and
+    ``nohybrid`` (the P/D split alone, without the all-mixed mode that is dopd's default)."""
     a8, h70 = _a100_8b(8), _h100_70b(6)
     scenarios = (
         _scenario("conv-8b", "Azure conversation, Llama-3-8B, 8 x A100-80GB", AZURE_CONV, a8,
@@ -97,7 +97,7 @@ def paper() -> Suite:
     )
     return Suite(
         name="paper", description=paper.__doc__ or "", scenarios=scenarios,
-        ablations=("dopd:noforecast", "dopd:nolength", "dopd:novariance", "dopd:hybrid"),
+        ablations=("dopd:noforecast", "dopd:nolength", "dopd:novariance", "dopd:nohybrid"),
         search=GoodputSearch(enabled=True, lo=0.5, hi=1.0, rel_tol=0.05, max_runs=10),
         timeline_scenario="sharegpt-8b",
     )

@@ -108,7 +108,9 @@ class EngineSpec:
     :func:`dopd.engine.threads.default_threads` of the model, the cores shared among
     ``sharers`` workers). ``queue_order``, ``aging_s`` and ``max_passes`` order the
     prompts waiting for prefill (the router's choice; see
-    :class:`~dopd.engine.sequence.SchedulerConfig`).
+    :class:`~dopd.engine.sequence.SchedulerConfig`); ``mixed_prefill_tokens`` is the policy's
+    token budget of MIXED steps that carry decodes (None: none; see
+    :func:`dopd.control.flow.instances.scheduler_config`), applied whenever the worker is MIXED.
     """
 
     model: str
@@ -133,6 +135,7 @@ class EngineSpec:
     queue_order: str = "fcfs"
     aging_s: float = 5.0
     max_passes: int = 32
+    mixed_prefill_tokens: int | None = None
     index: int = 0
     threads: int | None = None
     sharers: int = 1
@@ -240,7 +243,8 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
         role=spec.role,
         scheduler=SchedulerConfig(max_batched_tokens=limits.max_batched_tokens,
                                   max_num_seqs=limits.max_num_seqs, queue_order=spec.queue_order,
-                                  aging_s=spec.aging_s, max_passes=spec.max_passes),
+                                  aging_s=spec.aging_s, max_passes=spec.max_passes,
+                                  mixed_prefill_tokens=spec.mixed_prefill_tokens),
         block_size=limits.block_size, num_blocks=limits.num_blocks,
         kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=threads,
         seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
+from dopd.control.flow.instances import scheduler_config
 from dopd.control.policies.base import ClusterPolicy, PolicyContext, make_policy
 from dopd.engine.model import TINY_NAME, Tokenizer, tiny_tokenizer
 from dopd.engine.sequence import SchedulerConfig
@@ -121,7 +122,7 @@ class ServeRuntime:
         self.slo = SLO(config.slo_ttft_s, config.slo_tpot_s, config.attainment)
         self.router = live_router(config, self.policy.router, belief=self.belief,
                                   cluster=cluster)
-        order = self.router.scheduler_config(SchedulerConfig())
+        order = scheduler_config(self.policy, self.router.scheduler_config(SchedulerConfig()))
         roles = list(self.policy.initial_roles(config.instances))
         spec = EngineSpec(model=config.model, role=roles[0], mode=config.mode,
                           max_model_len=config.max_model_len, kv_cache_mb=config.kv_cache_mb,
@@ -133,7 +134,9 @@ class ServeRuntime:
                           step_time_scale=config.step_time_scale, seed=config.seed,
                           device=config.device, dtype=config.dtype,
                           queue_order=order.queue_order, aging_s=order.aging_s,
-                          max_passes=order.max_passes, threads=worker_threads(config),
+                          max_passes=order.max_passes,
+                          mixed_prefill_tokens=order.mixed_prefill_tokens,
+                          threads=worker_threads(config),
                           sharers=config.instances, calibration=cluster.calibration,
                           profile=cluster.profile)
         self.spec = spec

@@ -43,6 +43,7 @@ from collections.abc import Callable
 
 from dopd.control.calibration import CalibratedLatency
 from dopd.control.cluster_models import ClusterModels
+from dopd.control.flow.instances import scheduler_config
 from dopd.control.flow.requests import Whole, placement_pools
 from dopd.control.flow.view import build_view
 from dopd.control.policies.base import Action, ClusterPolicy, ClusterView
@@ -85,10 +86,10 @@ class SimCluster:
         self.router = router
         self.progress = progress
         self.q = EventQueue()
-        self.sched_config = router.scheduler_config(SchedulerConfig(
+        self.sched_config = scheduler_config(policy, router.scheduler_config(SchedulerConfig(
             max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs,
             chunked_prefill=config.chunked_prefill, prefill_priority=config.prefill_priority,
-            watermark=models.watermark))
+            watermark=models.watermark)))
         self._aging = self.sched_config.queue_order != "fcfs"
         self._place = type(router).place is not Router.place
         self._hook_finish = type(router).observe_finish is not Router.observe_finish

@@ -22,20 +22,24 @@ SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
 
 
 def test_parse_hybrid_options() -> None:
-    plain = DopdOptions.parse("")
+    plain = DopdOptions.parse("nohybrid")
     assert plain.hybrid is None and plain.manager.mode_changes == 0
+    assert DopdOptions.parse("").hybrid == HybridConfig(exit_confirm=3, veto=True)
     opts = DopdOptions.parse("hybrid:enter=0.5:exit=0.9:hold=3:modechanges=6")
     assert opts.hybrid is not None
     assert (opts.hybrid.enter, opts.hybrid.exit, opts.hybrid.hold) == (0.5, 0.9, 3)
     assert opts.manager.mode_changes == 6 and opts.manager.migrate_mixed
     assert opts.spec == "dopd:hybrid:enter=0.5:exit=0.9:hold=3:modechanges=6"
     assert DopdOptions.parse("nohybrid").hybrid is None
-    assert DopdOptions.parse("hybrid:gain=0.2").hybrid == HybridConfig(gain=0.2, exit_confirm=3)
+    assert DopdOptions.parse("hybrid:gain=0.2:veto=off").hybrid == HybridConfig(
+        gain=0.2, exit_confirm=3)
 
 
-@pytest.mark.parametrize("spec", ["hybrid:nohybrid", "enter=0.5", "hybrid:enter=0.9:exit=0.5",
-                                  "hybrid:mixed", "hybrid:elastic", "hybrid:hold=0",
-                                  "hybrid:exit=x", "gain=0.1", "hybrid:gain=-1"])
+@pytest.mark.parametrize("spec", ["hybrid:nohybrid", "nohybrid:enter=0.5",
+                                  "hybrid:enter=0.9:exit=0.5", "hybrid:mixed",
+                                  "hybrid:elastic", "hybrid:hold=0",
+                                  "hybrid:exit=x", "nohybrid:gain=0.1", "hybrid:gain=-1",
+                                  "elastic:enter=0.5"])
 def test_bad_hybrid_options_are_clear_errors(spec: str) -> None:
     with pytest.raises(DopdError):
         DopdOptions.parse(spec)
@@ -89,11 +93,22 @@ def test_light_load_runs_all_mixed_and_serves_everything() -> None:
     assert reasons and all("hybrid: all-mixed" in r for r in reasons)
 
 
+def test_the_veto_keeps_all_mixed_when_no_split_is_predicted_better() -> None:
+    # The same overload with the veto (the default): no split is predicted strictly better
+    # than all-MIXED, so no mode change (a drain under overload) is made.
+    w = constant(80.0, (200, 1200), (200, 400), duration_s=60.0)
+    result = run_checked(w, 4, "dopd")
+    assert switches(result) == []
+    assert int(result.timeline.mixed_instances.min()) == 4
+
+
 def test_heavy_decode_load_moves_to_a_split_without_loss() -> None:
     # Short prompts, long outputs at 80 req/s on 4 instances: colocated decode steps exceed
-    # the 50 ms TPOT SLO, so the hybrid leaves all-mixed for the solver's P/D split.
+    # the 50 ms TPOT SLO, so the hybrid leaves all-mixed for the solver's P/D split (every
+    # mode is predicted overloaded: without the veto, the split is taken as it degrades
+    # better when decode is what overloads colocation).
     w = constant(80.0, (200, 1200), (200, 400), duration_s=60.0)
-    result = run_checked(w, 4, "dopd:hybrid")
+    result = run_checked(w, 4, "dopd:hybrid:veto=off")
     moves = switches(result)
     assert moves and {role for _, role in moves} <= {Role.PREFILL, Role.DECODE}
     tl = result.timeline
@@ -103,3 +118,22 @@ def test_heavy_decode_load_moves_to_a_split_without_loss() -> None:
                 and d.get("in_place")]
     assert in_place and all(d["role"] == Role.DECODE.value or d["role"] == Role.DECODE
                             for d in in_place)
+
+
+def test_damping_doubles_the_cooldown_after_a_flap_and_resets_after_a_long_stay() -> None:
+    inst = InstanceModel.from_cluster_config(SimConfig(instances=4))
+    damped = HybridMode(HybridConfig(cooldown_s=60.0, damp=True), inst, SLO_, 4)
+    damped._entered_at = 100.0
+    assert damped.next_cooldown(150.0, observed_exit=False) == 120.0  # a flap
+    damped._cooldown, damped._entered_at = 480.0, 0.0
+    assert damped.next_cooldown(500.0, observed_exit=False) == 600.0  # capped
+    damped._cooldown = 120.0
+    assert damped.next_cooldown(1000.0, observed_exit=False) == 60.0  # a long stay
+    plain = HybridMode(HybridConfig(cooldown_s=60.0), inst, SLO_, 4)
+    plain._entered_at = 100.0
+    assert plain.next_cooldown(150.0, observed_exit=False) == 60.0
+    assert plain.next_cooldown(150.0, observed_exit=True) == 120.0
+    assert DopdOptions.parse("damp=on").hybrid == HybridConfig(exit_confirm=3, veto=True,
+                                                               damp=True)
+    with pytest.raises(DopdError):
+        DopdOptions.parse("damp=maybe")

@@ -29,7 +29,7 @@ from dopd.sim.simulation import run_simulation
 from dopd.types import SLO, RequestState, Role
 
 SLO_ = SLO(ttft_s=0.5, tpot_s=0.05)
-CTRL = "dopd:nolength"
+CTRL = "dopd:nolength:nohybrid"
 
 
 
@@ -100,7 +100,7 @@ def test_the_settled_split_matches_brute_force(name: str) -> None:
 
 
 def test_decisions_carry_prediction_then_observation_as_json_lines() -> None:
-    result = run_simulation(mix_shift(30.0), SimConfig(instances=4), "dopd", SLO_)
+    result = run_simulation(mix_shift(30.0), SimConfig(instances=4), "dopd:nohybrid", SLO_)
     plans = [d for d in result.decisions if d.get("kind") == "decision"
              and d.get("predicted") is not None]
     assert len(plans) >= 10

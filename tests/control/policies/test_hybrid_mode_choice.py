@@ -60,7 +60,7 @@ def test_dopd_hybrid_runs_a_bursty_summarization_load_all_mixed() -> None:
         parse_lengths("lognormal:prompt_mean=3000,prompt_cv=1,output_mean=60,output_cv=1"),
         num_requests=600, seed=0)
     config = SimConfig(instances=8, router="length-aware")
-    hybrid = run_simulation(workload, config, "dopd:hybrid", SUMMARY, seed=0)
+    hybrid = run_simulation(workload, config, "dopd:hybrid:mixtok=off", SUMMARY, seed=0)
     colocated = run_simulation(workload, config, "colocated", SUMMARY, seed=0)
     assert hybrid.switches == 0
     assert set(np.unique(hybrid.prefill_instance[hybrid.prefill_instance >= 0])) <= set(range(8))

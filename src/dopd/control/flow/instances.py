@@ -15,7 +15,9 @@ events or asyncio tasks) and runner, but decide here:
   decode's KV);
 - ``in_place`` (MIXED -> DECODE only) switches at once: prompts not started move, everything
   else stays;
-- :func:`begin`, :func:`drained`, :func:`switched` and :func:`cancel` are the transitions.
+- :func:`begin`, :func:`drained`, :func:`switched` and :func:`cancel` are the transitions;
+- :func:`scheduler_config` is every instance's scheduler configuration under a policy (its
+  per-role token budget), so a role change needs no message beyond the role.
 
 Why a drain re-routes work that has not started (rather than letting it finish in place): the
 switch was decided because the instance's new role is needed now, so the drain should be as
@@ -26,11 +28,18 @@ behind the draining instance's queue, so TTFT is lower on both counts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
-from dopd.control.policies.base import Action, AddInstance, RemoveInstance, SwitchRole
+from dopd.control.policies.base import (
+    Action,
+    AddInstance,
+    ClusterPolicy,
+    RemoveInstance,
+    SwitchRole,
+)
+from dopd.engine.sequence import SchedulerConfig
 from dopd.errors import DopdError
 from dopd.types import InstanceState, Role
 
@@ -161,3 +170,11 @@ def cancel(m: Member, role: Role) -> None:
         m.state = InstanceState.ACTIVE
     m.target_role = None
     m.role = role
+
+
+def scheduler_config(policy: ClusterPolicy, base: SchedulerConfig) -> SchedulerConfig:
+    """``base`` (the cluster's and the router's settings) with ``policy``'s token budget of
+    MIXED instances; the scheduler applies it whenever the instance is MIXED, so it follows
+    every role change in both drivers."""
+    tokens = policy.mixed_prefill_tokens
+    return base if tokens is None else replace(base, mixed_prefill_tokens=int(tokens))

@@ -145,13 +145,17 @@ class ClusterPolicy:
 
     ``name`` labels results; ``router`` names the default routing policy (see
     :data:`dopd.control.routing.router.ROUTERS`); ``wants_ticks`` turns on :meth:`on_tick`, every
-    ``tick_s`` seconds (None: ``ClusterConfig.tick_s``).
+    ``tick_s`` seconds (None: ``ClusterConfig.tick_s``). ``mixed_prefill_tokens`` (None: no
+    cap) is the per-role token budget of MIXED instances: the prompt tokens a step that also
+    carries decodes may take; both drivers give it to every instance's scheduler
+    (:func:`dopd.control.flow.instances.scheduler_config`).
     """
 
     name: str = "policy"
     router: str = "least-loaded"
     wants_ticks: bool = False
     tick_s: float | None = None
+    mixed_prefill_tokens: int | None = None
 
     def initial_roles(self, instances: int) -> list[Role]:
         """Roles of the instances started at time 0 (at most ``instances`` of them)."""

@@ -49,6 +49,7 @@ from dopd.control.policies.dopd_estimates import (
     split_prediction,
 )
 from dopd.control.policies.hybrid import HybridMode
+from dopd.control.policies.mixed_budget import mixed_prefill_tokens
 from dopd.control.policies.options import DopdOptions
 from dopd.control.policies.signals import Observed, OutcomeWindow, pressure, slo_alarm
 from dopd.control.ratio import (
@@ -129,6 +130,10 @@ class DopdPolicy(ClusterPolicy):
         self.hybrid = None if options.hybrid is None else HybridMode(
             options.hybrid, self.inst, self.slo, self.budget,
             start_mixed=options.init in ("auto", "mixed"))
+        tokens = options.mixed_tokens
+        self.mixed_prefill_tokens = mixed_prefill_tokens(
+            context.latency, self.slo.tpot_s, context.config.max_batched_tokens,
+            options.mixed_share) if tokens == "auto" else None if tokens is None else int(tokens)
 
     @staticmethod
     def _router(length_aware: bool) -> str:

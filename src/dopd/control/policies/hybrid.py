@@ -61,7 +61,10 @@ MAX_COOLDOWN_S = 600.0
 class HybridConfig:
     """Thresholds of :class:`HybridMode` (fractions of the TPOT SLO, see the module doc);
     ``gain``: how far (attainment) the split may be predicted below colocation and still be
-    taken."""
+    taken; ``veto``: leave only for a split predicted strictly better than colocation (no tie
+    rule), and on an exit for observed misses, better than the attainment observed; ``damp``:
+    the cooldown doubles after every exit that follows its entry within twice the cooldown (a
+    flap), up to :data:`MAX_COOLDOWN_S`, and returns to ``cooldown_s`` after a longer stay."""
 
     enter: float = 0.6
     exit: float = 0.85
@@ -70,6 +73,8 @@ class HybridConfig:
     cooldown_s: float = 60.0
     calibrate: bool = True
     gain: float = 0.0
+    veto: bool = False
+    damp: bool = False
 
     def __post_init__(self) -> None:
         require(0 < self.enter <= self.exit, f"hybrid thresholds need 0 < enter <= exit, got "
@@ -107,12 +112,24 @@ class HybridMode:
         self._short = 0
         self._cooldown = config.cooldown_s
         self._left_at = -math.inf
+        self._entered_at = -math.inf
         self._last: ColocatedPrediction | None = None
 
     @staticmethod
     def _short_exit(why: str) -> bool:
         """Whether an exit was on observed attainment (the model said all-MIXED holds)."""
         return why.startswith("observed attainment")
+
+    def next_cooldown(self, now: float, observed_exit: bool) -> float:
+        """The cooldown before re-entering all-MIXED after an exit at ``now``: doubled after
+        an exit on observed attainment, and with ``damp`` after a flap (an exit within twice
+        the cooldown of the last entry); with ``damp``, back to ``cooldown_s`` after a longer
+        stay."""
+        cfg = self.config
+        flap = cfg.damp and now - self._entered_at < 2.0 * self._cooldown
+        if observed_exit or flap:
+            return min(2.0 * self._cooldown, MAX_COOLDOWN_S)
+        return cfg.cooldown_s if cfg.damp else self._cooldown
 
     def calibrate(self, observed: Observed, ran_mixed: bool) -> None:
         """Fold the last interval's observed TPOT P90 into the correction, when all instances
@@ -155,7 +172,7 @@ class HybridMode:
             n = self.instances
             split_wins = split_attainment is None \
                 or split_attainment + cfg.gain > both \
-                or (split_attainment + cfg.gain >= both
+                or (split_attainment + cfg.gain >= both and not cfg.veto
                     and at_rate.prefill_share * n < n - 1)
             # The colocated predictor misses interference it does not model (a burst of long
             # prompts in budget-sized chunks stalls every decode of an instance): all-MIXED
@@ -165,18 +182,21 @@ class HybridMode:
             short = got is not None and got < self.slo.attainment and (
                 split_attainment is None or split_attainment >= self.slo.attainment)
             self._short = self._short + 1 if short else 0
+            # With the veto, an exit on what was observed also needs the split predicted
+            # better than what all-MIXED attained.
+            beats_seen = not cfg.veto or split_attainment is None or got is None \
+                or split_attainment > got
             if split_wins and self._above >= cfg.exit_confirm:
                 why = f"colocated TPOT p90 {mean_p90 * 1e3:.0f}ms at rate, {self._above} plans " \
                       f"> {cfg.exit:g} x SLO"
-            elif split_wins and seen is not None and seen > slo:
+            elif split_wins and beats_seen and seen is not None and seen > slo:
                 why = f"observed TPOT p90 {seen * 1e3:.0f}ms > SLO"
-            elif split_wins and self._short >= cfg.exit_confirm:
+            elif split_wins and beats_seen and self._short >= cfg.exit_confirm:
                 why = f"observed attainment {got:.2f} < target at {self._short} plans, split " \
                       f"predicted to meet it"
             if why:
                 self.mixed, self._below, self._short, self._left_at = False, 0, 0, now
-                if self._short_exit(why):
-                    self._cooldown = min(2.0 * self._cooldown, MAX_COOLDOWN_S)
+                self._cooldown = self.next_cooldown(now, self._short_exit(why))
                 reason = f"hybrid: leave all-mixed ({why})"
             else:
                 reason = f"hybrid: all-mixed (TPOT p90 {upper.tpot_q * 1e3:.0f}ms at upper rate)"
@@ -185,7 +205,7 @@ class HybridMode:
                 split_attainment is None or both >= split_attainment - cfg.gain)
             self._below = self._below + 1 if ok else 0
             if self._below >= cfg.hold and now - self._left_at >= self._cooldown:
-                self.mixed = True
+                self.mixed, self._entered_at = True, now
                 reason = f"hybrid: enter all-mixed (TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms)"
             else:
                 reason = f"hybrid: split (colocated TPOT p90 {at_rate.tpot_q * 1e3:.0f}ms, " \

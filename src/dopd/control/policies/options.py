@@ -7,8 +7,9 @@ factors), ``elastic`` (an elastic pool: the solver sizes it, instances are added
 ``mixed`` (hybrid: instances the minimal split does not need serve both phases),
 ``nolittle`` (output lengths from finished requests only, without the decode side's
 Little's-law estimate), ``hybrid`` (all instances MIXED while the colocated predictor says the
-TPOT SLO holds, the solver's P/D split otherwise: :mod:`.hybrid`), ``nohybrid`` (the default
-today; named for the ablation).
+TPOT SLO holds, the solver's P/D split otherwise: :mod:`.hybrid`; the default, unless
+``mixed`` or ``elastic`` is given), ``nohybrid`` (the P/D split alone: the ablation, and
+the default before issue 11).
 
 Keys: ``forecast=`` (forecaster spec of the arrival rate, default ``ewma``), ``lengths=``
 (forecaster spec of the length moments, default ``constant``: the last window as measured,
@@ -34,8 +35,14 @@ all-mixed, defaults 0.6 / 0.85), ``hold=`` (plans in a row below ``enter`` befor
 default 4), ``exitconfirm=`` (plans in a row above ``exit`` before leaving, default 3: the
 mode is chosen at the forecast's mean rate, and one plan of a burst is no reason to drain the
 pool), ``gain=`` (leave all-mixed only for a split predicted within this attainment of
-colocation, default 0; > -1) and ``modechanges=`` (instances moved at once on a mode
-change, default 4),
+colocation, default 0; > -1), ``modechanges=`` (instances moved at once on a mode
+change, default 4), ``veto=on|off`` (leave all-mixed only for a split predicted strictly
+better than colocation, and, on an exit for observed misses, better than the attainment
+observed; default on), ``mixtok=auto|off|N`` (prompt tokens a MIXED instance's step with
+decodes may take: :mod:`.mixed_budget`; default auto) and ``mixshare=`` (the share of the
+TPOT SLO a chunk may add to a decode step under ``mixtok=auto``, default 0.5), ``damp=on|off``
+(the re-entry cooldown doubles after every flap, an exit soon after an entry; default off: not
+yet measured on the generalize suite),
 and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``, ``switchrate=`` (the
 switch budget's refill, moves per instance-hour, default 2: a steady load settles, then costs at
 most 2 switches per instance-hour whatever the forecast's noise; ``inf`` turns the budget off)
@@ -50,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from dopd.control.forecast import make_forecaster
 from dopd.control.manager import ManagerConfig
 from dopd.control.policies.hybrid import HybridConfig
+from dopd.control.policies.mixed_budget import parse_mixtok
 from dopd.control.policies.signals import option_float, option_int, parse_options
 from dopd.errors import require
 
@@ -57,8 +65,11 @@ FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixe
          "hybrid", "nohybrid"}
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
         "changes", "stick", "outwin", "nudge", "lengths", "drain", "enter", "exit", "hold",
-        "modechanges", "gain", "switchrate", "switchburst", "exitconfirm"}
-HYBRID_DEFAULT = False
+        "modechanges", "gain", "switchrate", "switchburst", "exitconfirm", "veto", "mixtok",
+        "mixshare", "damp"}
+HYBRID_KEYS = {"enter", "exit", "hold", "modechanges", "gain", "exitconfirm", "veto", "mixtok",
+               "mixshare", "damp"}
+HYBRID_DEFAULT = True
 """Whether ``dopd`` runs the hybrid without the ``hybrid`` flag."""
 
 DEFAULT_MANAGER = ManagerConfig(confirm=2, margin=2, reverse_confirm=4, reverse_window_s=60.0,
@@ -86,6 +97,8 @@ class DopdOptions:
     nudge: int = 2
     lengths: str = "constant"
     hybrid: HybridConfig | None = None
+    mixed_tokens: int | str | None = None
+    mixed_share: float = 0.5
     manager: ManagerConfig = field(default=DEFAULT_MANAGER)
     spec: str = "dopd"
 
@@ -131,20 +144,27 @@ class DopdOptions:
             if "switchburst" in values else None,
         )
         require(not {"hybrid", "nohybrid"} <= flags, "policy dopd: hybrid and nohybrid conflict")
-        hybrid_on = "hybrid" in flags or (HYBRID_DEFAULT and "nohybrid" not in flags)
-        hybrid_keys = {"enter", "exit", "hold", "modechanges", "gain", "exitconfirm"} \
-            & set(values)
+        require(not ("hybrid" in flags and ("mixed" in flags or "elastic" in flags)),
+                "policy dopd: hybrid does not combine with mixed or elastic")
+        hybrid_on = "hybrid" in flags or (
+            HYBRID_DEFAULT and not {"nohybrid", "mixed", "elastic"} & flags)
+        hybrid_keys = HYBRID_KEYS & set(values)
         require(hybrid_on or not hybrid_keys, f"policy dopd: {', '.join(sorted(hybrid_keys))} "
                 "apply only with hybrid")
-        require(not (hybrid_on and ("mixed" in flags or "elastic" in flags)),
-                "policy dopd: hybrid does not combine with mixed or elastic")
         hybrid = None
+        mixed_tokens: int | str | None = None
+        veto = values.get("veto", "on").lower()
+        require(veto in ("on", "off"), f"policy dopd: veto must be on or off, got {veto!r}")
+        damp = values.get("damp", "off").lower()
+        require(damp in ("on", "off"), f"policy dopd: damp must be on or off, got {damp!r}")
         if hybrid_on:
+            mixed_tokens = parse_mixtok(values.get("mixtok", "auto"))
             hybrid = HybridConfig(enter=option_float("dopd", values, "enter", 0.6),
                                   exit=option_float("dopd", values, "exit", 0.85),
                                   hold=option_int("dopd", values, "hold", 4),
                                   exit_confirm=option_int("dopd", values, "exitconfirm", 3),
-                                  gain=option_float("dopd", values, "gain", 0.0, low=-1.0))
+                                  gain=option_float("dopd", values, "gain", 0.0, low=-1.0),
+                                  veto=veto == "on", damp=damp == "on")
             manager = replace(manager, migrate_mixed=True,
                               mode_changes=option_int("dopd", values, "modechanges", 4))
         interval = option_float("dopd", values, "interval", 2.0)
@@ -160,6 +180,8 @@ class DopdOptions:
             output_window_s=option_float("dopd", values, "outwin", 15.0),
             nudge=option_int("dopd", values, "nudge", 2),
             lengths=values.get("lengths", "constant"), hybrid=hybrid,
+            mixed_tokens=mixed_tokens,
+            mixed_share=option_float("dopd", values, "mixshare", 0.5),
         )
 
     def initial_split(self) -> tuple[int, int] | None:
