@@ -19,9 +19,12 @@ fi
   "transformers" "safetensors"
 "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 # Fail here, not in a test, when the import is broken.
+rm -f "$VENV/.dopd-ready"
 "$VENV/bin/python" - <<'PY'
 import torch
 import vllm  # noqa: F401
 import nixl  # noqa: F401
 print("vllm venv ready: torch", torch.__version__)
 PY
+# dopd uses this venv only once this line ran (a failed install is not picked up)
+touch "$VENV/.dopd-ready"

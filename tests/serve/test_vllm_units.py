@@ -96,3 +96,10 @@ def test_a_missing_vllm_environment_names_the_install_script(
     monkeypatch.setattr("dopd.serve.vllm.launch.repo_root", lambda: tmp_path)
     with pytest.raises(DopdError, match=r"scripts/install_vllm\.sh"):
         vllm_python()
+    py = tmp_path / ".venv-vllm" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text("")
+    with pytest.raises(DopdError, match="no vLLM environment"):  # an unfinished install
+        vllm_python()
+    (tmp_path / ".venv-vllm" / ".dopd-ready").write_text("")
+    assert vllm_python() == str(py)

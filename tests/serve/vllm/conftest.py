@@ -22,11 +22,14 @@ from vllm_helpers import (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:  # real vLLM servers: minutes, with the other slow tests
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.slow)
     if VLLM_PYTHON is not None:
         return
     skip = pytest.mark.skip(reason="no vLLM environment (.venv-vllm): run "
                             "`bash scripts/install_vllm.sh` to run the tests on real vLLM")
-    here = Path(__file__).parent
     for item in items:
         if Path(str(item.fspath)).parent == here:
             item.add_marker(skip)

@@ -18,6 +18,7 @@ from dopd.errors import DopdError
 
 VENV_NAME = ".venv-vllm"
 ENTRY = Path(__file__).with_name("entry.py")
+READY = ".dopd-ready"
 
 
 def repo_root() -> Path:
@@ -27,8 +28,8 @@ def repo_root() -> Path:
 
 def vllm_python(explicit: str | None = None) -> str:
     """The Python that runs vLLM: ``explicit``, else ``$DOPD_VLLM_PYTHON``, else the
-    ``.venv-vllm`` of the current folder or of this checkout. DopdError naming the install
-    script when there is none."""
+    ``.venv-vllm`` of the current folder or of this checkout that the install script finished
+    (its ``.dopd-ready`` marker). DopdError naming the install script when there is none."""
     for cand in (explicit, os.environ.get("DOPD_VLLM_PYTHON")):
         if cand:
             if not (Path(cand).is_file() or shutil.which(cand)):
@@ -36,7 +37,7 @@ def vllm_python(explicit: str | None = None) -> str:
             return cand
     for root in (Path.cwd(), repo_root()):
         py = root / VENV_NAME / "bin" / "python"
-        if py.is_file():
+        if py.is_file() and (root / VENV_NAME / READY).is_file():
             return str(py)
     raise DopdError(f"no vLLM environment: run `bash scripts/install_vllm.sh` (creates "
                     f"{VENV_NAME}), or give --vllm-python / $DOPD_VLLM_PYTHON")
