@@ -6,7 +6,8 @@ runtime reads its ``instances`` (:class:`~dopd.serve.vllm.instance.VllmInstance`
 ``on_crash``, ``holding`` and ``on_tick``, and starts and stops it. Instances are launched
 (``vllm serve`` processes of :class:`~dopd.serve.vllm.launch.LaunchSpec`, restarted after a
 crash with the backoff of :class:`~dopd.serve.faults.RestartBackoff`) or attached by URL
-(marked down while ``/health`` fails, up again when it answers). Start-up waits for every
+(marked down after ``PROBES_LOST`` failed ``/health`` probes in a row, up again when it
+answers). Start-up waits for every
 ``/health`` with a timeout and fails with one line (a launched instance's last log line
 when it exited). Every ``metrics_period_s`` each instance's ``/metrics`` is scraped into its
 stats (running and waiting requests, KV cache blocks in use, mean decode step), which the
@@ -38,6 +39,9 @@ from dopd.types import InstanceState, Role
 
 MONITOR_INTERVAL_S = 0.1
 HEALTH_TIMEOUT_S = 2.0
+PROBES_LOST = 3
+"""Consecutive failed ``/health`` probes (one a second) that mark an attached instance down: a
+busy server answering one probe late is not lost."""
 _LOG_LINES = 40
 
 
@@ -120,6 +124,7 @@ class VllmFleet:
         self.stopping = False
         self.session: aiohttp.ClientSession | None = None
         self._readings: dict[int, MetricsReading] = {}
+        self._missed: dict[int, int] = {}
         self._backoff: dict[int, RestartBackoff] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -243,7 +248,9 @@ class VllmFleet:
                         self._lost(inst)
                 elif turn % probe_every == 0 and inst.instance_id not in self.restarting:
                     up = await self._health(inst)
-                    if not up and inst.state != InstanceState.STOPPED:
+                    missed = 0 if up else self._missed.get(inst.instance_id, 0) + 1
+                    self._missed[inst.instance_id] = missed
+                    if missed >= PROBES_LOST and inst.state != InstanceState.STOPPED:
                         self._lost(inst)
             self.on_tick()
 
@@ -252,6 +259,9 @@ class VllmFleet:
         dispatcher re-places its requests; a launched one restarts after its backoff, an
         attached one comes back when ``/health`` answers."""
         self.losses += 1
+        how = "exited" if inst.process is not None else "stopped answering /health"
+        print(f"dopd: vLLM instance {inst.instance_id} ({inst.url}) {how}; its requests are "
+              f"placed again", file=sys.stderr, flush=True)
         inst.state = InstanceState.STOPPED
         inst.cancel_all()
         self.on_crash(inst.instance_id)
