@@ -56,7 +56,7 @@ EVENTS = [Ready("tcp://k:2", 77, 2048, STATS),
                  "tcp://k:2", STATS, {"v": 1, "rows": [], "dropped": 0}),
           StatsReport(STATS), RoleChanged(Role.MIXED, STATS), KVNotice(4, True, 100, 0.01),
           KVNotice(4, False, msg="KV transfer timed out"), WorkerError(None, "bad"),
-          WorkerError(7, "bad")]
+          WorkerError(7, "bad"), WorkerError(8, "upstream", 502)]
 
 
 @pytest.mark.parametrize("msg", COMMANDS, ids=lambda m: type(m).__name__)
@@ -71,7 +71,7 @@ def test_events_round_trip_through_msgpack(msg: Event) -> None:
 
 
 @pytest.mark.parametrize(("wire", "message"), [
-    ({"v": WIRE_VERSION + 1, "k": "abort", "rid": 1}, "wire version 2"),
+    ({"v": WIRE_VERSION + 1, "k": "abort", "rid": 1}, f"wire version {WIRE_VERSION + 1}"),
     ({"k": "abort", "rid": 1}, "wire version None"),
     ({"v": WIRE_VERSION, "k": "explode"}, "unknown command kind 'explode'"),
     ({"v": WIRE_VERSION, "k": "abort"}, "malformed command 'abort': missing field 'rid'"),

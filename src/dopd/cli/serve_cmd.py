@@ -47,6 +47,10 @@ OPTION_KEYS: dict[str, str] = {
     "ray_insecure": "ray_insecure",
     "calibration_file": "calibration_file", "profile": "profile",
     "self_calibration": "self_calibration", "save_calibration": "save_calibration",
+    "engine": "engine", "vllm_url": "vllm_urls", "vllm_python": "vllm_python",
+    "vllm_port": "vllm_port", "vllm_side_port": "vllm_side_port",
+    "vllm_kv_space": "vllm_kv_space_gb", "vllm_arg": "vllm_args", "vllm_log_dir": "vllm_log_dir",
+    "vllm_metrics_period": "vllm_metrics_period_s", "vllm_eager": "vllm_eager",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
@@ -230,6 +234,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ray.add_argument("--ray-insecure", dest="ray_insecure", action="store_const", const=True,
                      default=None, help="start the local Ray instance without Ray's token "
                      "authentication (anyone who reaches its ports runs code as you) [auth on]")
+    vl = p.add_argument_group("vLLM fleet (docs/vllm.md)")
+    vl.add_argument("--engine", choices=("dopd", "vllm"), default=None,
+                    help="dopd: dopd's own workers; vllm: `vllm serve` instances driven "
+                    f"through vLLM's P/D protocol (NIXL) [{_D.engine}]")
+    vl.add_argument("--vllm-url", action="append", default=None, metavar="URL",
+                    help="attach to a running `vllm serve` (once per instance; --model is then "
+                    "the local folder with its tokenizer) [launch them here]")
+    vl.add_argument("--vllm-python", default=None, metavar="PATH",
+                    help="the Python of the vLLM environment [.venv-vllm/bin/python]")
+    vl.add_argument("--vllm-port", type=int, default=None, metavar="PORT",
+                    help=f"HTTP port of the first launched instance, then +1 [{_D.vllm_port}]")
+    vl.add_argument("--vllm-side-port", type=int, default=None, metavar="PORT",
+                    help="NIXL side-channel port of the first launched instance, then +1 "
+                    f"[{_D.vllm_side_port}]")
+    vl.add_argument("--vllm-kv-space", type=int, default=None, metavar="GB",
+                    help="VLLM_CPU_KVCACHE_SPACE of each launched instance "
+                    f"[{_D.vllm_kv_space_gb}]")
+    vl.add_argument("--vllm-compile", dest="vllm_eager", action="store_const", const=False,
+                    default=None, help="let vLLM compile the model (slower start) [eager]")
+    vl.add_argument("--vllm-arg", action="append", default=None, metavar="ARG",
+                    help="one more argument of every launched `vllm serve` (repeat)")
+    vl.add_argument("--vllm-log-dir", default=None, metavar="DIR",
+                    help="write each launched instance's log to DIR/vllm-N.log [discarded]")
+    vl.add_argument("--vllm-metrics-period", type=float, default=None, metavar="S",
+                    help=f"seconds between scrapes of each instance's /metrics "
+                    f"[{_D.vllm_metrics_period_s:g}]")
     p.set_defaults(func=run)
     return p
 
@@ -239,8 +269,9 @@ def run(args: argparse.Namespace) -> int:
     from dopd.serve.serve_config import load_serve_config
 
     overrides = {key: getattr(args, dest) for dest, key in OPTION_KEYS.items()}
-    if overrides["trusted_hosts"] is not None:
-        overrides["trusted_hosts"] = tuple(overrides["trusted_hosts"])
+    for key in ("trusted_hosts", "vllm_urls", "vllm_args"):
+        if overrides[key] is not None:
+            overrides[key] = tuple(overrides[key])
     overrides["api_key"] = resolve_key(args.api_key_file, args.api_key, "DOPD_API_KEY",
                                        "--api-key-file")
     overrides["admin_key"] = resolve_key(args.admin_key_file, None, "DOPD_ADMIN_KEY",

@@ -265,7 +265,7 @@ class Dispatcher:
         elif isinstance(ev, WorkerError):
             t = self.tracked.get(ev.rid if ev.rid is not None else -1)
             if t is not None:
-                status = 400 if t.phase != Leg.DECODE else 503
+                status = ev.status or (400 if t.phase != Leg.DECODE else 503)
                 self._fail(t, status, ev.msg or "worker error")
         elif isinstance(ev, KVNotice):
             t = self.tracked.get(ev.rid)

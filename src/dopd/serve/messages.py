@@ -28,7 +28,7 @@ from dopd.errors import DopdError
 from dopd.serve.wire import handle_from_wire, handle_to_wire, params_from_wire, params_to_wire
 from dopd.types import RequestState, Role
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 
 class WireError(DopdError):
@@ -195,10 +195,13 @@ class KVNotice:
 
 @dataclass(frozen=True, slots=True)
 class WorkerError:
-    """A command failed (``rid``: its request, when it had one)."""
+    """A command failed (``rid``: its request, when it had one); ``status``: the HTTP status
+    the request fails with (0: the dispatcher's default, 400 for a prompt and 503 for a
+    decode; an external engine's backend passes the upstream status through)."""
 
     rid: int | None
     msg: str
+    status: int = 0
 
 
 Event = Ready | Output | StatsReport | RoleChanged | KVNotice | WorkerError
@@ -290,9 +293,9 @@ _EVENTS: dict[str, _Codec] = {
                       "msg": m.msg},
            lambda d: KVNotice(_int(d["rid"]), bool(d["ok"]), _int(d["nbytes"]),
                               float(d["wait_s"]), _str(d["msg"]))),
-    "error": (WorkerError, lambda m: {"rid": m.rid, "msg": m.msg},
+    "error": (WorkerError, lambda m: {"rid": m.rid, "msg": m.msg, "status": m.status},
               lambda d: WorkerError(None if d["rid"] is None else _int(d["rid"]),
-                                    _str(d["msg"]))),
+                                    _str(d["msg"]), _int(d["status"]))),
 }
 
 _KIND: dict[type, str] = {codec[0]: kind for table in (_COMMANDS, _EVENTS)

@@ -117,7 +117,7 @@ def max_local_workers(config: ServeConfig, cores: int, memory: int | None) -> tu
 def check_instances(config: ServeConfig) -> None:
     """DopdError when ``config.instances`` workers would not fit this machine (local backend,
     or Ray started here); a Ray cluster given by address places its actors itself."""
-    if config.backend == "ray" and config.ray_address is not None:
+    if (config.backend == "ray" and config.ray_address is not None) or config.vllm_urls:
         return
     most, reason = max_local_workers(config, available_cores(), available_memory_bytes())
     require(config.instances <= most,

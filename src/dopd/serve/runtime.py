@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
@@ -36,6 +37,9 @@ from dopd.serve.metrics import ServeMetrics
 from dopd.serve.self_calibration import describe_fit, load_fit, measure_fit, save_fit
 from dopd.serve.serve_config import ServeConfig
 from dopd.types import SLO, Role
+
+if TYPE_CHECKING:
+    from dopd.serve.vllm.fleet import VllmFleet
 
 
 def load_tokenizer(model: str) -> tuple[str, Tokenizer]:
@@ -77,13 +81,18 @@ def resolve_kv_auth(config: ServeConfig) -> str:
     return "hmac" if local else "curve"
 
 
-def build_cluster(config: ServeConfig, spec: EngineSpec, roles: list[Role]) -> WorkerCluster:
+def build_cluster(config: ServeConfig, spec: EngineSpec,
+                  roles: list[Role]) -> WorkerCluster | VllmFleet:
     """The workers of ``config.backend``: local processes or Ray actors. ``instances`` is the
     budget: an elastic policy may start fewer and add or remove instances up to it. With Ray
     this connects to the cluster now, so a bad address fails before the server starts."""
     n = config.instances
     require(len(roles) <= n, f"policy {config.policy} starts {len(roles)} instances, more "
             f"than the budget of {n}")
+    if config.engine == "vllm":
+        from dopd.serve.vllm.fleet import build_vllm_fleet
+
+        return build_vllm_fleet(config, roles)
     if config.backend == "ray":
         from dopd.serve.ray_cluster import RayCluster
 
@@ -149,7 +158,8 @@ class ServeRuntime:
         self.dispatcher = Dispatcher(instances, lambda iid: instances[iid].kv_addr,  # type: ignore[arg-type]
                                      self.router)
         self.controller = Controller(self.policy, instances, self.dispatcher,  # type: ignore[arg-type]
-                                     self.metrics, tick_s=config.tick_s, scaler=self.cluster,
+                                     self.metrics, tick_s=config.tick_s,
+                                     scaler=self.cluster if config.engine == "dopd" else None,
                                      budget=config.instances, slo=self.slo,
                                      time_scale=config.time_scale)
         self.dispatcher.observers = [self.metrics, self.controller, self.calibration]

@@ -23,6 +23,7 @@ KV_TRANSPORTS = ("socket", "object_store")
 KV_AUTHS = ("auto", "curve", "hmac")
 DTYPES = ("float32", "float16", "bfloat16")
 SELF_CALIBRATION_MODES = ("start", "background", "off")
+ENGINES = ("dopd", "vllm")
 
 REAL_KV_CACHE_MB = 64.0
 REAL_MAX_NUM_SEQS = 64
@@ -98,6 +99,15 @@ class ServeConfig:
     measures once the workers are ready while the server already listens, ``off`` keeps the
     configured model; the measurement is killed after ``calibration_timeout_s``.
     ``save_calibration`` writes the fit to that JSON file (``calibration_file`` reads it).
+
+    ``engine`` ``vllm`` serves with ``vllm serve`` instances instead of dopd's workers (see
+    ``docs/vllm.md``): launched here (the Python of ``vllm_python`` or ``.venv-vllm``, HTTP
+    ports from ``vllm_port``, NIXL side channels from ``vllm_side_port``,
+    ``vllm_kv_space_gb`` of KV cache each, ``vllm_eager``: no compilation, ``vllm_args``
+    appended, logs in ``vllm_log_dir``) or attached at ``vllm_urls`` (one per instance);
+    ``model`` is then the checkpoint folder the front end reads its tokenizer from (and
+    launched instances load), ``vllm_metrics_period_s`` the scrape period of their
+    ``/metrics``, ``vllm_timeout_s`` the longest wait between two chunks of an answer.
     """
 
     model: str = "dopd-tiny"
@@ -161,6 +171,17 @@ class ServeConfig:
     self_calibration: str = "start"
     save_calibration: str | None = None
     calibration_timeout_s: float = 120.0
+    engine: str = "dopd"
+    vllm_urls: tuple[str, ...] = ()
+    vllm_python: str | None = None
+    vllm_port: int = 8100
+    vllm_side_port: int = 5600
+    vllm_kv_space_gb: int = 1
+    vllm_eager: bool = True
+    vllm_args: tuple[str, ...] = ()
+    vllm_metrics_period_s: float = 1.0
+    vllm_log_dir: str | None = None
+    vllm_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -228,6 +249,21 @@ class ServeConfig:
             p = Path(self.save_calibration)
             require(p.suffix.lower() == ".json" and not p.is_dir(),
                     f"save_calibration must be a .json file, got {self.save_calibration!r}")
+        require(self.engine in ENGINES,
+                f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        require(not self.vllm_urls or self.engine == "vllm", "vllm_urls need engine vllm")
+        require(self.engine == "dopd" or self.backend == "local",
+                "engine vllm runs its own instances: no --backend ray")
+        require(not self.vllm_urls or len(self.vllm_urls) == self.instances,
+                f"{len(self.vllm_urls)} vLLM URLs for {self.instances} instances")
+        require(all(u.startswith(("http://", "https://")) for u in self.vllm_urls),
+                "vllm_urls must be http:// or https:// URLs")
+        require(1 <= self.vllm_port <= 65535 and 1 <= self.vllm_side_port <= 65535,
+                "vllm_port and vllm_side_port must be in [1, 65535]")
+        require(self.vllm_kv_space_gb >= 1, "vllm_kv_space_gb must be >= 1")
+        for name in ("vllm_metrics_period_s", "vllm_timeout_s"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, f"{name} must be > 0, got {value}")
         if self.ray_address is not None:
             from dopd.serve.ray_connect import check_address
 
@@ -266,7 +302,8 @@ class ServeConfig:
     def measures_calibration(self) -> bool:
         """Real mode with ``self_calibration`` on and no ``calibration_file`` or ``profile``:
         the deployment measures its engine's step times (see the class docstring)."""
-        return (self.mode == "real" and self.self_calibration != "off"
+        return (self.mode == "real" and self.engine == "dopd"
+                and self.self_calibration != "off"
                 and self.calibration_file is None and self.profile is None)
 
 

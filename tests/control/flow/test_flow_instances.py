@@ -50,6 +50,17 @@ def test_switch_plans() -> None:
     assert e.value.status == 409
 
 
+def test_a_switch_never_drains_the_last_active_instance() -> None:
+    c = cluster(M, P)
+    c[1].state = InstanceState.STOPPED
+    with pytest.raises(Refused, match="last active one") as e:
+        plan_switch(c, 0, P)
+    assert e.value.status == 409
+    assert plan_switch(c, 0, D, in_place=True).step == Step.IN_PLACE  # no drain: allowed
+    c[1].state = InstanceState.ACTIVE
+    assert plan_switch(c, 0, P).step == Step.DRAIN
+
+
 def test_add_and_remove_plans() -> None:
     c = cluster(P, D)
     with pytest.raises(Refused, match="2 of at most 2 are already alive"):

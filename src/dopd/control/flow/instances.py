@@ -101,8 +101,11 @@ def _find(members: Iterable[Member], iid: int) -> Member:
 def plan_switch(members: Iterable[Member], iid: int, role: Role, *, migrate: bool = False,
                 in_place: bool = False) -> Plan:
     """The plan of switching ``iid`` to ``role``; :class:`Refused` unless it is ACTIVE in
-    another role. ``migrate`` applies to decode-capable instances only; ``in_place`` to MIXED
-    -> DECODE only (otherwise the switch drains)."""
+    another role and, when the switch drains it, another instance is ACTIVE (a drain of the
+    last active instance would leave nothing to serve). ``migrate`` applies to
+    decode-capable instances only; ``in_place`` to MIXED -> DECODE only (otherwise the switch
+    drains)."""
+    members = list(members)
     m = _find(members, iid)
     if m.state != InstanceState.ACTIVE:
         raise Refused(f"cannot switch instance {iid}: it is {m.state.value}, not active")
@@ -110,6 +113,9 @@ def plan_switch(members: Iterable[Member], iid: int, role: Role, *, migrate: boo
         raise Refused(f"instance {iid} already has role {role.value}")
     if in_place and m.role == Role.MIXED and role == Role.DECODE:
         return Plan(Step.IN_PLACE, iid, role)
+    if not any(o.instance_id != iid and o.state == InstanceState.ACTIVE for o in members):
+        raise Refused(f"cannot switch instance {iid}: it is the last active one (its drain "
+                      f"would leave no instance to serve)")
     return Plan(Step.DRAIN, iid, role, migrate and m.role != Role.PREFILL)
 
 

@@ -1,0 +1,153 @@
+"""Proxy overhead of dopd in front of a vLLM fleet, side by side.
+
+Two ``vllm serve`` instances (the CPU build of ``.venv-vllm``, NIXL over loopback, launched as
+``dopd serve --engine vllm`` launches them) and ``dopd serve --engine vllm --policy static:1:1``
+attached to them. Each round sends one prompt twice, in alternating order:
+
+* ``direct``: the client itself calls the prefill instance (``max_tokens`` 1,
+  ``do_remote_decode``) and then the decode instance with the returned ``kv_transfer_params``,
+  streamed: the least a P/D proxy has to do;
+* ``dopd``: the same request through dopd (router, dispatcher, hand-off, SSE).
+
+TTFT is the client's time to the first streamed token. "Added" is dopd's TTFT minus the direct
+sequence's, per pair (P50 over pairs). dopd's own front-end time (``GET /debug/frontend``: the
+request at the app to its submit, and the upstream event to the SSE chunk written) is printed
+too. Requests whose TTFT exceeds ``--stall-s`` on either side are counted and left out of the
+pairs (the CPU build's NIXL pulls sometimes stall for seconds; the stall is vLLM's, not the
+proxy's, and it would swamp the comparison).
+
+    nice -n 19 python3 benchmarks/bench_vllm_proxy.py --requests 60 --out results/vllm_proxy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "serve" / "vllm"))
+
+from vllm_helpers import (  # noqa: E402
+    VLLM_PYTHON,
+    attach_args,
+    launch_upstream,
+    start_fleet_server,
+    stop_upstream,
+    write_tiny_llama,
+)
+
+from dopd.engine.model import Tokenizer  # noqa: E402
+from dopd.serve.vllm.instance import PREFILL_PARAMS  # noqa: E402
+
+PROMPT = "the quick brown fox jumps over the lazy dog " * 4
+
+
+def first_token_s(client: httpx.Client, url: str, body: dict[str, object]) -> float:
+    """Seconds from sending ``body`` (streamed) to its first token; the rest is read."""
+    t0 = time.perf_counter()
+    ttft = float("nan")
+    with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if ttft != ttft and line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0].get("token_ids"):
+                    ttft = time.perf_counter() - t0
+    return ttft
+
+
+def direct_ttft(client: httpx.Client, p_url: str, d_url: str, ids: list[int],
+                max_tokens: int) -> float:
+    """The client as its own P/D proxy: prefill, then decode with the KV parameters."""
+    t0 = time.perf_counter()
+    base = {"model": "dopd-upstream", "prompt": ids, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True}
+    r = client.post(f"{p_url}/v1/completions", json={
+        **base, "max_tokens": 1, "kv_transfer_params": dict(PREFILL_PARAMS)})
+    r.raise_for_status()
+    kv = r.json()["kv_transfer_params"]
+    prefill_s = time.perf_counter() - t0
+    return prefill_s + first_token_s(client, d_url, {
+        **base, "max_tokens": max_tokens, "stream": True, "kv_transfer_params": kv})
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--stall-s", type=float, default=2.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if VLLM_PYTHON is None:
+        print("no vLLM environment: run `bash scripts/install_vllm.sh` first", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="dopd-vllm-bench-"))
+    model = write_tiny_llama(work / "model")
+    ids = Tokenizer.from_folder(model).encode(PROMPT)
+    up = launch_upstream(model, 2, work)
+    server = None
+    try:
+        server = start_fleet_server(*attach_args(model, up, "--policy", "static:1:1",
+                                                 "--max-queued-requests", "64"))
+        name = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
+        body = {"model": name, "prompt": PROMPT, "max_tokens": args.max_tokens,
+                "temperature": 0, "ignore_eos": True, "stream": True,
+                "return_token_ids": True}
+        pairs: list[tuple[float, float]] = []
+        stalls = 0
+        with httpx.Client(timeout=120) as client:
+            for _ in range(3):  # warm both paths
+                direct_ttft(client, up.urls[0], up.urls[1], ids, args.max_tokens)
+                first_token_s(client, server.url, body)
+            httpx.post(f"{server.url}/debug/frontend/reset")
+            for i in range(args.requests):
+                if i % 2 == 0:
+                    d = direct_ttft(client, up.urls[0], up.urls[1], ids, args.max_tokens)
+                    p = first_token_s(client, server.url, body)
+                else:
+                    p = first_token_s(client, server.url, body)
+                    d = direct_ttft(client, up.urls[0], up.urls[1], ids, args.max_tokens)
+                if d > args.stall_s or p > args.stall_s:
+                    stalls += 1
+                    continue
+                pairs.append((d, p))
+        front = httpx.get(f"{server.url}/debug/frontend").json()
+    finally:
+        if server is not None:
+            server.stop()
+        stop_upstream(up)
+    direct = [d for d, _ in pairs]
+    dopd = [p for _, p in pairs]
+    added = [p - d for d, p in pairs]
+    result = {
+        "requests": args.requests, "pairs": len(pairs), "stalled": stalls,
+        "prompt_tokens": len(ids), "max_tokens": args.max_tokens,
+        "direct_ttft_ms": {"p50": pct(direct, .5) * 1e3, "p90": pct(direct, .9) * 1e3},
+        "dopd_ttft_ms": {"p50": pct(dopd, .5) * 1e3, "p90": pct(dopd, .9) * 1e3},
+        "added_ms": {"p50": pct(added, .5) * 1e3, "p90": pct(added, .9) * 1e3,
+                     "mean": statistics.fmean(added) * 1e3 if added else float("nan")},
+        "dopd_frontend": front,
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
