@@ -143,6 +143,9 @@ OVERRIDES: tuple[Override, ...] = (
              lambda argv: set_option(argv, "--instances", "2")),
     Override(r"^dopd profile ", "the default grid measures for about 30 s: the tiny grid",
              lambda argv: set_option(argv, "--grid", "tiny")),
+    Override(r"--out docs/results/", "reproduces a committed report: written under out/ instead",
+             lambda argv: set_option(argv, "--out",
+                                     "out/" + argv[argv.index("--out") + 1].split("/", 2)[2])),
 )
 
 def _no_cuda() -> bool:
@@ -158,6 +161,9 @@ SKIPS: tuple[tuple[str, str, Callable[[], bool]], ...] = (
      "needs Ray (a local Ray instance takes minutes to start on 2 cores, --ray-address auto a "
      "running cluster); tests/serve_ray covers the Ray backend", lambda: True),
     (r"--device cuda", "needs a CUDA GPU, and none is visible", _no_cuda),
+    (r"--engine vllm",
+     "needs a real checkpoint folder and the vLLM install (scripts/install_vllm.sh), and the "
+     "attach example hosts elsewhere; tests/serve/vllm covers the vLLM fleet", lambda: True),
 )
 """(pattern, reason, applies): examples matching ``pattern`` are skipped when ``applies()``."""
 

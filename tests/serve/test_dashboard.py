@@ -63,6 +63,13 @@ def test_the_page_is_self_contained_with_charts_and_captions() -> None:
         assert text in DASHBOARD_HTML, text
 
 
+def split_reason(why: str) -> str:
+    """The P/D split's part of a dopd reason, after the hybrid's choice of split over all-mixed."""
+    hybrid, sep, split = why.partition("; forecast ")
+    assert sep and hybrid.startswith("hybrid: split ("), why
+    return "forecast " + split
+
+
 def test_idle_cluster_state_is_typed(server) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + 30
     state = server.get("/v1/cluster").json()
@@ -74,7 +81,8 @@ def test_idle_cluster_state_is_typed(server) -> None:  # type: ignore[no-untyped
     assert abs(state["wall_s"] - time.time()) < 60
     plan = state["plan"]
     assert plan["current"] == "2P:1D" and isinstance(plan["acted"], bool)
-    assert "keep 2P:1D predicted" in plan["why"] and "SLO" not in plan["why"]  # idle: holds
+    split = split_reason(plan["why"])
+    assert "keep 2P:1D predicted" in split and "SLO" not in split  # idle: holds
     assert is_num(plan["forecast_rps"]) and plan["forecast_upper_rps"] >= plan["forecast_rps"]
     check_prediction(plan["predicted_current"])
     assert state["forecast"]["rate_rps"] == plan["forecast_rps"]
@@ -132,8 +140,9 @@ def decided(server) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
 def test_a_policy_decision_says_why_with_its_numbers(server, decided) -> None:  # type: ignore[no-untyped-def]
     d = next(d for d in decided["decisions"] if d["source"] == "policy")
     assert (d["from"], d["to"]) == ("prefill", "decode")
-    assert d["reason"].startswith("forecast ") and "2P:1D predicted" in d["reason"]
-    assert "> SLO" in d["reason"] and "-> 1P:2D predicted" in d["reason"]
+    split = split_reason(d["reason"])
+    assert split.startswith("forecast ") and "2P:1D predicted" in split
+    assert "> SLO" in split and "-> 1P:2D predicted" in split
     assert is_num(d["wall"]) and is_num(d["t"])
     plan = d["plan"]
     assert (plan["current"], plan["target"], plan["acted"]) == ("2P:1D", "1P:2D", True)

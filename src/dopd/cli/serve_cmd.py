@@ -51,6 +51,7 @@ OPTION_KEYS: dict[str, str] = {
     "vllm_port": "vllm_port", "vllm_side_port": "vllm_side_port",
     "vllm_kv_space": "vllm_kv_space_gb", "vllm_arg": "vllm_args", "vllm_log_dir": "vllm_log_dir",
     "vllm_metrics_period": "vllm_metrics_period_s", "vllm_eager": "vllm_eager",
+    "vllm_timeout": "vllm_timeout_s", "vllm_start_timeout": "vllm_start_timeout_s",
 }
 """argparse ``dest`` -> :class:`ServeConfig` field (the ``[serve]`` key it overrides)."""
 
@@ -260,6 +261,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     vl.add_argument("--vllm-metrics-period", type=float, default=None, metavar="S",
                     help=f"seconds between scrapes of each instance's /metrics "
                     f"[{_D.vllm_metrics_period_s:g}]")
+    vl.add_argument("--vllm-timeout", type=float, default=None, metavar="S",
+                    help="longest wait between two chunks of an instance's answer; past it the "
+                    f"request fails with 504 [{_D.vllm_timeout_s:g}]")
+    vl.add_argument("--vllm-start-timeout", type=float, default=None, metavar="S",
+                    help="longest wait for an instance's /health at start and after a restart "
+                    f"[{_D.vllm_start_timeout_s:g}]")
     p.set_defaults(func=run)
     return p
 

@@ -107,7 +107,9 @@ class ServeConfig:
     appended, logs in ``vllm_log_dir``) or attached at ``vllm_urls`` (one per instance);
     ``model`` is then the checkpoint folder the front end reads its tokenizer from (and
     launched instances load), ``vllm_metrics_period_s`` the scrape period of their
-    ``/metrics``, ``vllm_timeout_s`` the longest wait between two chunks of an answer.
+    ``/metrics``, ``vllm_timeout_s`` the longest wait between two chunks of an answer,
+    ``vllm_start_timeout_s`` the longest wait for an instance's ``/health`` at start and after a
+    restart (a CPU instance on a busy 2-core machine takes about 100 s).
     """
 
     model: str = "dopd-tiny"
@@ -182,6 +184,7 @@ class ServeConfig:
     vllm_metrics_period_s: float = 1.0
     vllm_log_dir: str | None = None
     vllm_timeout_s: float = 120.0
+    vllm_start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         require(self.instances >= 1, f"instances must be >= 1, got {self.instances}")
@@ -261,7 +264,7 @@ class ServeConfig:
         require(1 <= self.vllm_port <= 65535 and 1 <= self.vllm_side_port <= 65535,
                 "vllm_port and vllm_side_port must be in [1, 65535]")
         require(self.vllm_kv_space_gb >= 1, "vllm_kv_space_gb must be >= 1")
-        for name in ("vllm_metrics_period_s", "vllm_timeout_s"):
+        for name in ("vllm_metrics_period_s", "vllm_timeout_s", "vllm_start_timeout_s"):
             value = getattr(self, name)
             require(math.isfinite(value) and value > 0, f"{name} must be > 0, got {value}")
         if self.ray_address is not None:

@@ -96,7 +96,7 @@ def fleet_args(model: Path, n: int, *extra: str, log_dir: Path | None = None) ->
     args = ["--engine", "vllm", "--instances", str(n), "--model", str(model),
             "--dtype", "float32", "--max-model-len", "512", "--threads", "1",
             "--vllm-port", str(ports[0]), "--vllm-side-port", str(ports[1]),
-            "--vllm-metrics-period", "0.5", *extra]
+            "--vllm-metrics-period", "0.5", "--vllm-start-timeout", "400", *extra]
     if log_dir is not None:
         args += ["--vllm-log-dir", str(log_dir)]
     return args

@@ -329,7 +329,7 @@ def build_vllm_fleet(config: Any, roles: list[Role]) -> VllmFleet:
     log_dir = Path(config.vllm_log_dir) if config.vllm_log_dir else None
     if config.vllm_urls:
         return VllmFleet(roles, urls=list(config.vllm_urls), restart=config.restart_workers,
-                         start_timeout_s=config.worker_start_timeout_s,
+                         start_timeout_s=config.vllm_start_timeout_s,
                          metrics_period_s=config.vllm_metrics_period_s, limits=limits)
     launches = [LaunchSpec(config.model, config.vllm_port + i, config.vllm_side_port + i,
                            threads=config.threads, kv_space_gb=config.vllm_kv_space_gb,
@@ -338,6 +338,6 @@ def build_vllm_fleet(config: Any, roles: list[Role]) -> VllmFleet:
                 for i in range(len(roles))]
     return VllmFleet(roles, launches=launches, python=vllm_python(config.vllm_python),
                      restart=config.restart_workers,
-                     start_timeout_s=config.worker_start_timeout_s,
+                     start_timeout_s=config.vllm_start_timeout_s,
                      metrics_period_s=config.vllm_metrics_period_s, limits=limits,
                      log_dir=log_dir)
