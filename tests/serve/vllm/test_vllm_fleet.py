@@ -68,9 +68,10 @@ def counter(url: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def reference(upstream: Upstream, tiny_llama: Path) -> dict[str, list[int]]:
-    """Each prompt's greedy tokens from one vLLM instance alone."""
+    """Each prompt's greedy tokens from one vLLM instance alone: instance 0, which prefills
+    first, so the decode instance's prefix cache is empty and it pulls every prompt's KV."""
     tok = Tokenizer.from_folder(tiny_llama)
-    return {p: direct(upstream.urls[1], tok.encode(p)) for p in PROMPTS}
+    return {p: direct(upstream.urls[0], tok.encode(p)) for p in PROMPTS}
 
 
 def test_disaggregated_greedy_equals_a_single_instance(fleet_factory, upstream, tiny_llama,
@@ -118,9 +119,12 @@ def test_a_pd_switch_under_load_loses_no_request(fleet_factory, upstream, tiny_l
         assert got == reference[p], p
     roles = [i["role"] for i in server.get("/v1/cluster").json()["instances"]]
     assert roles == ["decode", "prefill"]
-    # the roles swapped: prefills now on instance 1, decodes (and their KV pulls) on 0
+    # the roles swapped: prefills now on instance 1, decodes (and their KV pulls) on 0, for a
+    # prompt instance 0 has not cached (a prefix it holds is not pulled)
+    fresh = "a prompt that only instance 1 has seen before this request"
+    expected = direct(upstream.urls[1], Tokenizer.from_folder(tiny_llama).encode(fresh))
     pulls = counter(upstream.urls[0], "vllm:nixl_xfer_time_seconds_count")
-    assert tokens(server.url, PROMPTS[2]) == reference[PROMPTS[2]]
+    assert tokens(server.url, fresh) == expected
     assert counter(upstream.urls[0], "vllm:nixl_xfer_time_seconds_count") > pulls
 
 
@@ -128,10 +132,9 @@ def test_attach_to_nothing_fails_with_one_line(tmp_path, tiny_llama) -> None:  #
     import subprocess
     import sys
 
-    config = tmp_path / "serve.toml"
-    config.write_text("[serve]\nworker_start_timeout_s = 3.0\n")
-    r = subprocess.run([sys.executable, "-m", "dopd.cli.main", "serve", "--config", str(config),
-                        "--engine", "vllm", "--instances", "1", "--model", str(tiny_llama),
+    r = subprocess.run([sys.executable, "-m", "dopd.cli.main", "serve",
+                        "--vllm-start-timeout", "3", "--engine", "vllm", "--instances", "1",
+                        "--model", str(tiny_llama),
                         "--port", str(free_port()),
                         "--vllm-url", f"http://127.0.0.1:{free_port()}"],
                        capture_output=True, text=True, timeout=120)
