@@ -10,13 +10,14 @@ attached to them. Each round sends one prompt twice, in alternating order:
 * ``dopd``: the same request through dopd (router, dispatcher, hand-off, SSE).
 
 TTFT is the client's time to the first streamed token. "Added" is dopd's TTFT minus the direct
-sequence's, per pair (P50 over pairs). dopd's own front-end time (``GET /debug/frontend``: the
+sequence's, per pair (P50 over pairs, with a seeded bootstrap 95 % interval of that median,
+``p50_ci95``). dopd's own front-end time (``GET /debug/frontend``: the
 request at the app to its submit, and the upstream event to the SSE chunk written) is printed
 too. Requests whose TTFT exceeds ``--stall-s`` on either side are counted and left out of the
 pairs (the CPU build's NIXL pulls sometimes stall for seconds; the stall is vLLM's, not the
 proxy's, and it would swamp the comparison).
 
-    nice -n 19 python3 benchmarks/bench_vllm_proxy.py --requests 60 --out results/vllm_proxy.json
+    python3 benchmarks/bench_vllm_proxy.py --requests 150 --out out/vllm_proxy.json
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serve" / "vllm"))
@@ -82,6 +84,16 @@ def direct_ttft(client: httpx.Client, p_url: str, d_url: str, ids: list[int],
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def median_ci95(xs: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A seeded percentile-bootstrap 95 % interval of the median of ``xs``."""
+    if not xs:
+        return float("nan"), float("nan")
+    data = np.asarray(xs)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(data, size=(rounds, data.size), replace=True), axis=1)
+    return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
 
 
 def main() -> int:
@@ -138,7 +150,8 @@ def main() -> int:
         "direct_ttft_ms": {"p50": pct(direct, .5) * 1e3, "p90": pct(direct, .9) * 1e3},
         "dopd_ttft_ms": {"p50": pct(dopd, .5) * 1e3, "p90": pct(dopd, .9) * 1e3},
         "added_ms": {"p50": pct(added, .5) * 1e3, "p90": pct(added, .9) * 1e3,
-                     "mean": statistics.fmean(added) * 1e3 if added else float("nan")},
+                     "mean": statistics.fmean(added) * 1e3 if added else float("nan"),
+                     "p50_ci95": [v * 1e3 for v in median_ci95(added)]},
         "dopd_frontend": front,
     }
     print(json.dumps(result, indent=1))
