@@ -17,7 +17,13 @@ too. Requests whose TTFT exceeds ``--stall-s`` on either side are counted and le
 pairs (the CPU build's NIXL pulls sometimes stall for seconds; the stall is vLLM's, not the
 proxy's, and it would swamp the comparison).
 
+``--upstream null`` replaces the two vLLM instances by null upstreams (``null_vllm.py``: the
+same HTTP API, answered at once, in their own processes): the CPU instances' jitter (TTFT P90
+several times its P50) hides a proxy's milliseconds, and the null upstream takes it out of both
+sides of the comparison, as a GPU instance's steady steps would.
+
     python3 benchmarks/bench_vllm_proxy.py --requests 150 --out out/vllm_proxy.json
+    python3 benchmarks/bench_vllm_proxy.py --upstream null --requests 1000
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,14 +46,16 @@ sys.path.insert(0, str(ROOT / "tests" / "serve" / "vllm"))
 
 from vllm_helpers import (  # noqa: E402
     VLLM_PYTHON,
+    Upstream,
     attach_args,
+    free_port,
     launch_upstream,
     start_fleet_server,
     stop_upstream,
     write_tiny_llama,
 )
 
-from dopd.engine.model import Tokenizer  # noqa: E402
+from dopd.engine.model import Tokenizer, tiny_tokenizer  # noqa: E402
 from dopd.serve.vllm.instance import PREFILL_PARAMS  # noqa: E402
 
 PROMPT = "the quick brown fox jumps over the lazy dog " * 4
@@ -81,6 +90,43 @@ def direct_ttft(client: httpx.Client, p_url: str, d_url: str, ids: list[int],
         **base, "max_tokens": max_tokens, "stream": True, "kv_transfer_params": kv})
 
 
+class _NullProcess:
+    """A ``null_vllm.py`` process (``stop_upstream`` terminates it)."""
+
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "null_vllm.py"), "--port", str(port),
+             "--model", "dopd-upstream"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def terminate(self, timeout_s: float) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout_s)
+
+
+def launch_null(n: int) -> Upstream:
+    """``n`` null upstreams on free loopback ports, answering ``/health``."""
+    procs = [_NullProcess(free_port()) for _ in range(n)]
+    urls = [f"http://127.0.0.1:{p.proc.args[3]}" for p in procs]  # type: ignore[index]
+    up = Upstream(urls, list(procs))
+    deadline = time.monotonic() + 30
+    for url in urls:
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                stop_upstream(up)
+                raise RuntimeError(f"null upstream {url} did not start")
+            time.sleep(0.1)
+    return up
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -102,14 +148,21 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--stall-s", type=float, default=2.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--upstream", choices=("vllm", "null"), default="vllm",
+                    help="vLLM CPU instances, or null upstreams that answer at once")
     args = ap.parse_args()
-    if VLLM_PYTHON is None:
+    if args.upstream == "vllm" and VLLM_PYTHON is None:
         print("no vLLM environment: run `bash scripts/install_vllm.sh` first", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="dopd-vllm-bench-"))
-    model = write_tiny_llama(work / "model")
+    if args.upstream == "vllm":
+        model = write_tiny_llama(work / "model")
+    else:
+        model = work / "model"
+        model.mkdir()
+        tiny_tokenizer().save(model)
     ids = Tokenizer.from_folder(model).encode(PROMPT)
-    up = launch_upstream(model, 2, work)
+    up = launch_upstream(model, 2, work) if args.upstream == "vllm" else launch_null(2)
     server = None
     try:
         server = start_fleet_server(*attach_args(model, up, "--policy", "static:1:1",
@@ -145,7 +198,8 @@ def main() -> int:
     dopd = [p for _, p in pairs]
     added = [p - d for d, p in pairs]
     result = {
-        "requests": args.requests, "pairs": len(pairs), "stalled": stalls,
+        "upstream": args.upstream, "requests": args.requests, "pairs": len(pairs),
+        "stalled": stalls,
         "prompt_tokens": len(ids), "max_tokens": args.max_tokens,
         "direct_ttft_ms": {"p50": pct(direct, .5) * 1e3, "p90": pct(direct, .9) * 1e3},
         "dopd_ttft_ms": {"p50": pct(dopd, .5) * 1e3, "p90": pct(dopd, .9) * 1e3},

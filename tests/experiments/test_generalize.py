@@ -97,6 +97,8 @@ def test_ratio_conventions() -> None:
     (["--scenarios", "2", "--names", "long-context"], "not both"),
     (["--names", "nosuch"], "unknown scenario"),
     (["--proposed", "nosuch"], "not registered"),
+    (["--proposed", "dopd:bogus=1"], "no option 'bogus'"),
+    (["--proposed", "dopd:mixstep=0"], "mixstep"),
     (["--requests", "5"], "--requests"),
     (["--policies", "dopd"], "--proposed"),
 ])

@@ -262,7 +262,13 @@ def test_live_workers_get_the_policys_token_budget_of_mixed_instances() -> None:
     engine = build_engine(dataclasses.replace(runtime.spec, model="dopd-tiny",
                                               step_time_scale=0.0))
     assert engine.scheduler.config.mixed_prefill_tokens == 300
+    assert engine.scheduler.config.mixed_chunk_table is None
     auto = ServeRuntime(ServeConfig(mode="emulated", policy="dopd", instances=2))
     assert auto.spec.mixed_prefill_tokens == auto.policy.mixed_prefill_tokens is not None
+    # the default's per-step table (mixtok=step) reaches the worker's scheduler too
+    table = auto.policy.mixed_chunk_table
+    assert table is not None and auto.spec.mixed_chunk_table == table
+    worker = build_engine(dataclasses.replace(auto.spec, model="dopd-tiny", step_time_scale=0.0))
+    assert worker.scheduler.config.mixed_chunk_table == table
     plain = ServeRuntime(ServeConfig(mode="emulated", policy="dopd:nohybrid", instances=2))
-    assert plain.spec.mixed_prefill_tokens is None
+    assert plain.spec.mixed_prefill_tokens is None and plain.spec.mixed_chunk_table is None

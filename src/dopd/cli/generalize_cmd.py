@@ -64,9 +64,11 @@ def run_generalize_cmd(args: argparse.Namespace, workers: int, realism: Realism,
     try:
         scenarios = _scenarios(args)
         from dopd.control.policies.base import load_policies
+        from dopd.experiments.generalize_run import check_proposed
 
         family = args.proposed.partition(":")[0].strip()
         require(family in load_policies(), f"policy {args.proposed!r} is not registered")
+        check_proposed(scenarios, args.proposed)
     except DopdError:
         if not out_existed and not any(out.iterdir()):
             out.rmdir()

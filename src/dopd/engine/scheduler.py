@@ -59,9 +59,12 @@ class Scheduler(SchedulerState):
             budget -= len(decode_ids)
         chunks: list[PrefillChunk] = []
         attn = 0
-        cap = cfg.mixed_prefill_tokens
-        if cap is not None and decode_ids and self.role == Role.MIXED:
-            budget = min(budget, cap)
+        if decode_ids and self.role == Role.MIXED:
+            if cfg.mixed_prefill_tokens is not None:
+                budget = min(budget, cfg.mixed_prefill_tokens)
+            if cfg.mixed_chunk_table is not None:
+                prefix = self._prefilling[0].computed if self._prefilling else 0
+                budget = min(budget, cfg.mixed_chunk_table.cap(len(decode_ids), ctx_sum, prefix))
         if budget > 0 and (not decode_ids or not cfg.prefill_priority):
             attn = self._schedule_prefills(chunks, budget)
         self._pending_preempted.extend(preempted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from dopd.engine.chunk_table import ChunkTable
 from dopd.errors import require
 
 QUEUE_ORDERS = ("fcfs", "short-first")
@@ -34,7 +35,8 @@ class SchedulerConfig:
     ``watermark`` is the fraction of KV blocks that admissions must leave free.
     ``mixed_prefill_tokens`` (None: no cap) caps the prompt tokens of a MIXED instance's step
     that also carries decodes (a per-role token budget: the decodes' step stays short; a step
-    without decodes prefills up to ``max_batched_tokens``).
+    without decodes prefills up to ``max_batched_tokens``). ``mixed_chunk_table`` (None: none)
+    caps them further by the step's decodes (see :class:`~dopd.engine.chunk_table.ChunkTable`).
     ``queue_order`` orders new prompts waiting for prefill: ``"fcfs"`` (arrival order) or
     ``"short-first"`` (shortest prompt first, with aging: a prompt that has waited ``aging_s``
     seconds, or that ``max_passes`` later arrivals have overtaken, goes before every prompt not
@@ -51,6 +53,7 @@ class SchedulerConfig:
     aging_s: float = 5.0
     max_passes: int = 32
     mixed_prefill_tokens: int | None = None
+    mixed_chunk_table: ChunkTable | None = None
 
     def __post_init__(self) -> None:
         require(self.max_batched_tokens >= 1, "max batched tokens must be >= 1")

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dopd.control.cluster_models import build_models
+from dopd.control.policies.base import PolicyContext, make_policy
 from dopd.errors import require
 from dopd.experiments.fair import Contender, baseline_contenders
 from dopd.experiments.gen_space import GenScenario
@@ -66,6 +68,16 @@ def with_realism(scenarios: tuple[GenScenario, ...], realism: Realism,
         out.append(dataclasses.replace(
             g, scenario=dataclasses.replace(g.scenario, cluster=cluster)))
     return tuple(out)
+
+
+def check_proposed(scenarios: tuple[GenScenario, ...], proposed: str) -> None:
+    """Fail fast (DopdError) before any long run: ``proposed`` (name and options) builds on
+    every scenario's cluster."""
+    for g in scenarios:
+        scenario = g.scenario
+        models = build_models(scenario.cluster)
+        make_policy(proposed, PolicyContext(scenario.cluster, models.latency, scenario.slo, 0,
+                                            models.kv_blocks))
 
 
 def strongest_baseline(contenders: tuple[Contender, ...], scans: dict[Key, ScanOutcome],

@@ -31,6 +31,7 @@ import torch
 
 from dopd.control.cluster_config import ClusterConfig
 from dopd.control.cluster_models import build_models
+from dopd.engine.chunk_table import ChunkTable
 from dopd.engine.engine_options import EngineOptions
 from dopd.engine.latency_runner import LatencyModelRunner, SampledTokens, StepTimeModel, WallClock
 from dopd.engine.llm_engine import LLMEngine
@@ -110,7 +111,8 @@ class EngineSpec:
     prompts waiting for prefill (the router's choice; see
     :class:`~dopd.engine.sequence.SchedulerConfig`); ``mixed_prefill_tokens`` is the policy's
     token budget of MIXED steps that carry decodes (None: none; see
-    :func:`dopd.control.flow.instances.scheduler_config`), applied whenever the worker is MIXED.
+    :func:`dopd.control.flow.instances.scheduler_config`), applied whenever the worker is MIXED,
+    and ``mixed_chunk_table`` its cap by the step's decodes (None: none).
     """
 
     model: str
@@ -136,6 +138,7 @@ class EngineSpec:
     aging_s: float = 5.0
     max_passes: int = 32
     mixed_prefill_tokens: int | None = None
+    mixed_chunk_table: ChunkTable | None = None
     index: int = 0
     threads: int | None = None
     sharers: int = 1
@@ -244,7 +247,8 @@ def build_engine(spec: EngineSpec) -> LLMEngine:
         scheduler=SchedulerConfig(max_batched_tokens=limits.max_batched_tokens,
                                   max_num_seqs=limits.max_num_seqs, queue_order=spec.queue_order,
                                   aging_s=spec.aging_s, max_passes=spec.max_passes,
-                                  mixed_prefill_tokens=spec.mixed_prefill_tokens),
+                                  mixed_prefill_tokens=spec.mixed_prefill_tokens,
+                                  mixed_chunk_table=spec.mixed_chunk_table),
         block_size=limits.block_size, num_blocks=limits.num_blocks,
         kv_cache_mb=limits.kv_cache_mb, max_model_len=spec.max_model_len, threads=threads,
         seed=spec.seed, kv_lease_s=spec.kv_lease_s, kv_timeout_s=spec.kv_timeout_s,

@@ -145,6 +145,7 @@ class ServeRuntime:
                           queue_order=order.queue_order, aging_s=order.aging_s,
                           max_passes=order.max_passes,
                           mixed_prefill_tokens=order.mixed_prefill_tokens,
+                          mixed_chunk_table=order.mixed_chunk_table,
                           threads=worker_threads(config),
                           sharers=config.instances, calibration=cluster.calibration,
                           profile=cluster.profile)

@@ -53,7 +53,8 @@ def test_the_budget_grows_with_the_slo_and_the_share_up_to_the_cluster_budget() 
 
 
 def test_mixtok_is_parsed_with_the_hybrid() -> None:
-    assert DopdOptions.parse("").mixed_tokens == "auto"
+    assert DopdOptions.parse("").mixed_tokens == "step"
+    assert DopdOptions.parse("mixtok=auto").mixed_tokens == "auto"
     assert DopdOptions.parse("mixtok=512").mixed_tokens == 512
     assert DopdOptions.parse("mixtok=off").mixed_tokens is None
     assert DopdOptions.parse("mixshare=0.25").mixed_share == 0.25
@@ -75,7 +76,7 @@ def _context(tpot: float = 0.05) -> PolicyContext:
 
 
 def test_the_policy_derives_or_takes_the_budget() -> None:
-    auto = make_policy("dopd", _context(0.05))
+    auto = make_policy("dopd:mixtok=auto", _context(0.05))
     assert isinstance(auto, ClusterPolicy)
     assert auto.mixed_prefill_tokens == mixed_prefill_tokens(LATENCY, 0.05, 8192)
     fixed = make_policy("dopd:mixtok=300", _context())

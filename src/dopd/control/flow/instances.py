@@ -182,5 +182,8 @@ def scheduler_config(policy: ClusterPolicy, base: SchedulerConfig) -> SchedulerC
     """``base`` (the cluster's and the router's settings) with ``policy``'s token budget of
     MIXED instances; the scheduler applies it whenever the instance is MIXED, so it follows
     every role change in both drivers."""
-    tokens = policy.mixed_prefill_tokens
-    return base if tokens is None else replace(base, mixed_prefill_tokens=int(tokens))
+    tokens, table = policy.mixed_prefill_tokens, policy.mixed_chunk_table
+    if tokens is not None:
+        base = replace(base, mixed_prefill_tokens=int(tokens))
+    return base if table is None else replace(base, mixed_chunk_table=table)
+

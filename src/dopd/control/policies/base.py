@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dopd.control.cluster_config import ClusterConfig
+from dopd.engine.chunk_table import ChunkTable
 from dopd.errors import require
 from dopd.perf.base import LatencyModel
 from dopd.registry import Registry
@@ -147,7 +148,8 @@ class ClusterPolicy:
     :data:`dopd.control.routing.router.ROUTERS`); ``wants_ticks`` turns on :meth:`on_tick`, every
     ``tick_s`` seconds (None: ``ClusterConfig.tick_s``). ``mixed_prefill_tokens`` (None: no
     cap) is the per-role token budget of MIXED instances: the prompt tokens a step that also
-    carries decodes may take; both drivers give it to every instance's scheduler
+    carries decodes may take; ``mixed_chunk_table`` (None: none) caps it by the step's decodes;
+    both drivers give them to every instance's scheduler
     (:func:`dopd.control.flow.instances.scheduler_config`).
     """
 
@@ -156,6 +158,7 @@ class ClusterPolicy:
     wants_ticks: bool = False
     tick_s: float | None = None
     mixed_prefill_tokens: int | None = None
+    mixed_chunk_table: ChunkTable | None = None
 
     def initial_roles(self, instances: int) -> list[Role]:
         """Roles of the instances started at time 0 (at most ``instances`` of them)."""

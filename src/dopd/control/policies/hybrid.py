@@ -29,6 +29,10 @@ colocated_ttft_attainment`): with long prompts and short outputs (summarization)
 instances beat any split's N - 1 prefill instances, so the mode stays all-MIXED even at
 loads that overload it (prompts beyond N instances overload every split too).
 
+With capped prompt chunks (``mixtok=``), the colocated predictor also bounds TPOT by the
+longest step the caps allow (``mixed_step``, :func:`~dopd.control.policies.mixed_budget.
+mixed_step_bound`): long prompts then no longer read as decode stalls that a split would avoid.
+
 The correction factor is the EWMA (in log space) of observed over raw predicted TPOT P90, folded
 in only while the cluster ran all-MIXED with no instance in transition and enough requests
 finished, against the prediction made at the previous plan (what was running then).
@@ -37,6 +41,7 @@ finished, against the prediction made at the previous plan (what was running the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dopd.control.manager import Split, active_split, in_transition
@@ -100,8 +105,10 @@ class HybridMode:
     """The MIXED/SPLIT state machine of one ``dopd`` policy (see the module doc)."""
 
     def __init__(self, config: HybridConfig, inst: InstanceModel, slo: SLO, instances: int,
-                 start_mixed: bool = True) -> None:
+                 start_mixed: bool = True,
+                 mixed_step: Callable[[float], float] | None = None) -> None:
         self.config = config
+        self.mixed_step = mixed_step
         self.inst = inst
         self.slo = slo
         self.instances = instances
@@ -151,12 +158,16 @@ class HybridMode:
         """
         cfg, slo = self.config, self.slo.tpot_s
         scale = self.correction.tpot
-        raw = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment)
+        step = self.mixed_step
+        raw = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment,
+                                mixed_step=step)
         self._last = raw
         at_rate = predict_colocated(self.inst, stats, self.instances, slo,
-                                    q=self.slo.attainment, scale=scale) if scale != 1.0 else raw
+                                    q=self.slo.attainment, scale=scale,
+                                    mixed_step=step) if scale != 1.0 else raw
         upper = predict_colocated(self.inst, stats, self.instances, slo, q=self.slo.attainment,
-                                  scale=scale, rate=max(stats.peak_rate, stats.rate))
+                                  scale=scale, rate=max(stats.peak_rate, stats.rate),
+                                  mixed_step=step)
         mean_p90 = raw.tpot_q * scale
         # Colocation's attainment on both SLOs: the prompts pool over every instance.
         both = at_rate.attainment * colocated_ttft_attainment(self.inst, stats, self.slo,

@@ -38,9 +38,14 @@ pool), ``gain=`` (leave all-mixed only for a split predicted within this attainm
 colocation, default 0; > -1), ``modechanges=`` (instances moved at once on a mode
 change, default 4), ``veto=on|off`` (leave all-mixed only for a split predicted strictly
 better than colocation, and, on an exit for observed misses, better than the attainment
-observed; default on), ``mixtok=auto|off|N`` (prompt tokens a MIXED instance's step with
-decodes may take: :mod:`.mixed_budget`; default auto) and ``mixshare=`` (the share of the
-TPOT SLO a chunk may add to a decode step under ``mixtok=auto``, default 0.5), ``damp=on|off``
+observed; default on), ``mixtok=step|auto|off|N`` (prompt tokens a MIXED instance's step with
+decodes may take: :mod:`.mixed_budget`; ``auto`` one budget, ``step`` (the default) that budget
+capped further per step by the decodes it carries), ``mixshare=`` (the share of the TPOT SLO a
+chunk may add to a decode step, under ``auto`` and ``step``; default 0.5 under ``auto``, 1.0
+under ``step``), ``mixstep=`` (the share of the TPOT SLO a whole MIXED step may take under
+``step``, default 0.9), ``chunkbound=on|off`` (the colocated predictor bounds TPOT by the
+longest step the chunk caps allow, default on); these four defaults were chosen on the
+generalize suite's seed 0 (``docs/results/policy_tuning.md``), ``damp=on|off``
 (the re-entry cooldown doubles after every flap, an exit soon after an entry; default off: not
 yet measured on the generalize suite),
 and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``, ``switchrate=`` (the
@@ -58,7 +63,12 @@ from dopd.control.forecast import make_forecaster
 from dopd.control.manager import ManagerConfig
 from dopd.control.policies.hybrid import HybridConfig
 from dopd.control.policies.mixed_budget import parse_mixtok
-from dopd.control.policies.signals import option_float, option_int, parse_options
+from dopd.control.policies.signals import (
+    option_float,
+    option_int,
+    option_on_off,
+    parse_options,
+)
 from dopd.errors import require
 
 FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixed", "nolittle",
@@ -66,9 +76,9 @@ FLAGS = {"noforecast", "novariance", "nolength", "nocalibrate", "elastic", "mixe
 KEYS = {"forecast", "interval", "window", "rate", "init", "confirm", "margin", "dwell",
         "changes", "stick", "outwin", "nudge", "lengths", "drain", "enter", "exit", "hold",
         "modechanges", "gain", "switchrate", "switchburst", "exitconfirm", "veto", "mixtok",
-        "mixshare", "damp"}
+        "mixstep", "mixshare", "damp", "chunkbound"}
 HYBRID_KEYS = {"enter", "exit", "hold", "modechanges", "gain", "exitconfirm", "veto", "mixtok",
-               "mixshare", "damp"}
+               "mixstep", "mixshare", "damp", "chunkbound"}
 HYBRID_DEFAULT = True
 """Whether ``dopd`` runs the hybrid without the ``hybrid`` flag."""
 
@@ -99,6 +109,8 @@ class DopdOptions:
     hybrid: HybridConfig | None = None
     mixed_tokens: int | str | None = None
     mixed_share: float = 0.5
+    mixed_step_share: float = 0.9
+    chunk_bound: bool = True
     manager: ManagerConfig = field(default=DEFAULT_MANAGER)
     spec: str = "dopd"
 
@@ -158,7 +170,7 @@ class DopdOptions:
         damp = values.get("damp", "off").lower()
         require(damp in ("on", "off"), f"policy dopd: damp must be on or off, got {damp!r}")
         if hybrid_on:
-            mixed_tokens = parse_mixtok(values.get("mixtok", "auto"))
+            mixed_tokens = parse_mixtok(values.get("mixtok", "step"))
             hybrid = HybridConfig(enter=option_float("dopd", values, "enter", 0.6),
                                   exit=option_float("dopd", values, "exit", 0.85),
                                   hold=option_int("dopd", values, "hold", 4),
@@ -181,7 +193,10 @@ class DopdOptions:
             nudge=option_int("dopd", values, "nudge", 2),
             lengths=values.get("lengths", "constant"), hybrid=hybrid,
             mixed_tokens=mixed_tokens,
-            mixed_share=option_float("dopd", values, "mixshare", 0.5),
+            mixed_share=option_float("dopd", values, "mixshare",
+                                     1.0 if mixed_tokens == "step" else 0.5),
+            mixed_step_share=option_float("dopd", values, "mixstep", 0.9),
+            chunk_bound=option_on_off("dopd", values, "chunkbound", True),
         )
 
     def initial_split(self) -> tuple[int, int] | None:

@@ -60,6 +60,16 @@ def option_float(policy: str, values: dict[str, str], key: str, default: float,
     return value
 
 
+def option_on_off(policy: str, values: dict[str, str], key: str, default: bool) -> bool:
+    """``values[key]`` as ``on`` (True) or ``off`` (``default`` when absent); DopdError if
+    bad."""
+    if key not in values:
+        return default
+    text = values[key].lower()
+    require(text in ("on", "off"), f"policy {policy}: {key} must be on or off, got {text!r}")
+    return text == "on"
+
+
 def option_int(policy: str, values: dict[str, str], key: str, default: int, low: int = 1) -> int:
     """``values[key]`` as an int >= ``low`` (``default`` when absent); DopdError if bad."""
     if key not in values:

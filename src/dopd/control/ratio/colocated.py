@@ -19,11 +19,15 @@ Model (per instance, arrival rate ``r = lam / N``, the router spreading load eve
   average few steps, so they make the upper tail. P90 is the 0.9 quantile of that mixture over
   the output lengths: the factor above the mean is derived, not assumed; its remaining error
   (load variation within a window, uneven routing) goes into the online correction ``scale``.
+- With prompt chunks capped (a MIXED token budget, ``mixed_step``), no step is longer than the
+  decodes plus one capped chunk: TPOT is at most that step at the batch where Little's law
+  balances with steps that long, and the prediction is the smaller of the two.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +70,16 @@ def _unstable(n: int, rate: float, u_p: float, cap: float, q: float) -> Colocate
 
 def predict_colocated(inst: InstanceModel, stats: WorkloadStats, instances: int,
                       tpot_slo: float, q: float = 0.9, scale: float = 1.0,
-                      rate: float | None = None) -> ColocatedPrediction:
+                      rate: float | None = None,
+                      mixed_step: Callable[[float], float] | None = None) -> ColocatedPrediction:
     """Predict TPOT of ``instances`` MIXED instances under ``stats`` (at ``rate``, default
-    ``stats.rate``); see the module doc. ``scale`` multiplies every predicted TPOT."""
+    ``stats.rate``); see the module doc. ``scale`` multiplies every predicted TPOT.
+
+    ``mixed_step`` (None: prompt chunks of the whole token budget) maps a decode-only step time
+    to the longest step the instance runs with that decode batch when its prompt chunks are
+    capped (the policy's MIXED token budget): no step is longer, so TPOT is at most that
+    step at the batch where Little's law balances, whatever the prefill share; the prediction
+    is the smaller of the two."""
     require(instances >= 1, f"instance count must be >= 1, got {instances}")
     require(tpot_slo > 0, f"TPOT SLO must be > 0, got {tpot_slo}")
     require(0 < q < 1, f"quantile must be in (0, 1), got {q}")
@@ -123,8 +134,24 @@ def predict_colocated(inst: InstanceModel, stats: WorkloadStats, instances: int,
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
     met = cdf(tpot_slo) * shape.decode_share + (1.0 - shape.decode_share)
-    return ColocatedPrediction(instances, lam, u_p, b, t, scale * float(base @ pd), hi, q,
+    mean = scale * float(base @ pd)
+    if mixed_step is not None:
+        bound = scale * _capped_step(inst, r, shape.steps_mean, shape.ctx_mean, cap, mixed_step)
+        if bound < hi:
+            hi, mean = bound, min(mean, bound)
+            met = max(met, 1.0 if bound <= tpot_slo else 0.0)
+    return ColocatedPrediction(instances, lam, u_p, b, t, mean, hi, q,
                                float(min(met, 1.0)), True)
+
+
+def _capped_step(inst: InstanceModel, r: float, steps_mean: float, ctx_mean: float, cap: float,
+                 mixed_step: Callable[[float], float]) -> float:
+    """The longest step of a MIXED instance with capped chunks at the decode batch where
+    Little's law balances with steps that long (inf: none below the batch cap)."""
+    grid = np.linspace(1.0, max(cap, 1.0), _BATCH_POINTS)
+    longest = np.array([mixed_step(float(x)) for x in inst.decode_step(grid, ctx_mean)])
+    ok = grid - r * steps_mean * longest >= 0
+    return float(longest[int(np.argmax(ok))]) if ok.any() else math.inf
 
 
 def colocated_ttft_attainment(inst: InstanceModel, stats: WorkloadStats, slo: SLO,
