@@ -49,11 +49,7 @@ from dopd.control.policies.dopd_estimates import (
     split_prediction,
 )
 from dopd.control.policies.hybrid import HybridMode
-from dopd.control.policies.mixed_budget import (
-    mixed_chunk_table,
-    mixed_prefill_tokens,
-    mixed_step_bound,
-)
+from dopd.control.policies.mixed_budget import mixed_budgets
 from dopd.control.policies.options import DopdOptions
 from dopd.control.policies.signals import Observed, OutcomeWindow, pressure, slo_alarm
 from dopd.control.ratio import (
@@ -134,23 +130,12 @@ class DopdPolicy(ClusterPolicy):
         self.hybrid = None if options.hybrid is None else HybridMode(
             options.hybrid, self.inst, self.slo, self.budget,
             start_mixed=options.init in ("auto", "mixed"))
-        self._mixed_budgets()
-
-    def _mixed_budgets(self) -> None:
-        """The MIXED token budget, per-step table and the hybrid's step bound, on the belief as
-        it is now (see :mod:`.mixed_budget`)."""
-        options, belief = self.options, self._belief
         tokens = options.mixed_tokens
-        budget = self._config.max_batched_tokens
-        self.mixed_prefill_tokens = mixed_prefill_tokens(
-            belief, self.slo.tpot_s, budget, options.mixed_share) \
-            if tokens in ("auto", "step") else None if tokens is None else int(tokens)
-        self.mixed_chunk_table = mixed_chunk_table(
-            belief, options.mixed_step_share * self.slo.tpot_s, budget) \
-            if tokens == "step" else None
+        self.mixed_prefill_tokens, self.mixed_chunk_table, bound = mixed_budgets(
+            context.latency, self.slo.tpot_s, context.config.max_batched_tokens,
+            tokens, options.mixed_share, options.mixed_step_share)
         if self.hybrid is not None and options.chunk_bound:
-            self.hybrid.mixed_step = mixed_step_bound(belief, self.mixed_prefill_tokens,
-                                                      self.mixed_chunk_table)
+            self.hybrid.mixed_step = bound
 
     @staticmethod
     def _router(length_aware: bool) -> str:

@@ -146,3 +146,16 @@ def mixed_step_bound(latency: StepTimeModel, tokens: int | None,
         return lambda t: t + cap_s
     floor_s, target = extra(table.floor), table.target_s
     return lambda t: min(t + cap_s, max(target, t + floor_s))
+
+
+def mixed_budgets(latency: StepTimeModel, tpot_slo_s: float, cluster_budget: int,
+                  mode: int | str | None, share: float, step_share: float,
+                  ) -> tuple[int | None, ChunkTable | None, Callable[[float], float] | None]:
+    """What ``mixtok=`` (``mode``: ``auto``, ``step``, None for off, or a token count) gives a
+    policy on the belief ``latency``: the MIXED budget, the per-step table (``step`` only, at
+    ``step_share`` x the TPOT SLO) and the step bound of the colocated predictor."""
+    tokens = mixed_prefill_tokens(latency, tpot_slo_s, cluster_budget, share) \
+        if mode in ("auto", "step") else None if mode is None else int(mode)
+    table = mixed_chunk_table(latency, step_share * tpot_slo_s, cluster_budget) \
+        if mode == "step" else None
+    return tokens, table, mixed_step_bound(latency, tokens, table)

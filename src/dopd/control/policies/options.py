@@ -46,8 +46,8 @@ under ``step``), ``mixstep=`` (the share of the TPOT SLO a whole MIXED step may 
 ``step``, default 0.9), ``chunkbound=on|off`` (the colocated predictor bounds TPOT by the
 longest step the chunk caps allow, default on); these four defaults were chosen on the
 generalize suite's seed 0 (``docs/results/policy_tuning.md``), ``damp=on|off``
-(the re-entry cooldown doubles after every flap, an exit soon after an entry; default off: not
-yet measured on the generalize suite),
+(the re-entry cooldown doubles after every flap, an exit soon after an entry; default off: on
+the generalize suite's seed 0 it changed nothing),
 and the manager's ``confirm=``, ``margin=``, ``dwell=``, ``changes=``, ``switchrate=`` (the
 switch budget's refill, moves per instance-hour, default 2: a steady load settles, then costs at
 most 2 switches per instance-hour whatever the forecast's noise; ``inf`` turns the budget off)
