@@ -52,6 +52,7 @@ from vllm_helpers import (  # noqa: E402
     launch_upstream,
     start_fleet_server,
     stop_upstream,
+    wait_healthy,
     write_tiny_llama,
 )
 
@@ -91,12 +92,19 @@ def direct_ttft(client: httpx.Client, p_url: str, d_url: str, ids: list[int],
 
 
 class _NullProcess:
-    """A ``null_vllm.py`` process (``stop_upstream`` terminates it)."""
+    """A ``null_vllm.py`` process on ``port`` (``stop_upstream`` terminates it)."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "benchmarks" / "null_vllm.py"), "--port", str(port),
              "--model", "dopd-upstream"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def detail(self) -> str:
+        return f"exit code {self.proc.returncode}"
 
     def terminate(self, timeout_s: float) -> None:
         self.proc.terminate()
@@ -110,20 +118,8 @@ class _NullProcess:
 def launch_null(n: int) -> Upstream:
     """``n`` null upstreams on free loopback ports, answering ``/health``."""
     procs = [_NullProcess(free_port()) for _ in range(n)]
-    urls = [f"http://127.0.0.1:{p.proc.args[3]}" for p in procs]  # type: ignore[index]
-    up = Upstream(urls, list(procs))
-    deadline = time.monotonic() + 30
-    for url in urls:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                stop_upstream(up)
-                raise RuntimeError(f"null upstream {url} did not start")
-            time.sleep(0.1)
+    up = Upstream([f"http://127.0.0.1:{p.port}" for p in procs], list(procs))
+    wait_healthy(up, 30.0, "null upstream", period_s=0.1)
     return up
 
 

@@ -121,12 +121,19 @@ def launch_upstream(model: Path, n: int, log_dir: Path) -> Upstream:
     procs = [_Process(s.argv(VLLM_PYTHON), s.env(), log_dir / f"vllm-{i}.log")
              for i, s in enumerate(specs)]
     up = Upstream([f"http://127.0.0.1:{s.port}" for s in specs], procs)
-    deadline = time.monotonic() + VLLM_START_TIMEOUT_S
-    for url, proc in zip(up.urls, procs, strict=True):
+    wait_healthy(up, VLLM_START_TIMEOUT_S, "vllm serve")
+    return up
+
+
+def wait_healthy(up: Upstream, timeout_s: float, what: str, period_s: float = 0.5) -> None:
+    """Wait until every instance of ``up`` answers ``/health``; on an instance process that
+    exits (its ``alive()`` is False) or after ``timeout_s``, stop them all and raise."""
+    deadline = time.monotonic() + timeout_s
+    for url, proc in zip(up.urls, up.procs, strict=True):
         while True:
-            if not proc.alive():
+            if not proc.alive():  # type: ignore[attr-defined]
                 stop_upstream(up)
-                raise RuntimeError(f"vllm serve exited: {proc.detail()}")
+                raise RuntimeError(f"{what} exited: {proc.detail()}")  # type: ignore[attr-defined]
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
@@ -134,9 +141,8 @@ def launch_upstream(model: Path, n: int, log_dir: Path) -> Upstream:
                 pass
             if time.monotonic() > deadline:
                 stop_upstream(up)
-                raise RuntimeError(f"vllm serve at {url} not healthy in time")
-            time.sleep(0.5)
-    return up
+                raise RuntimeError(f"{what} at {url} not healthy in time")
+            time.sleep(period_s)
 
 
 def stop_upstream(up: Upstream) -> None:

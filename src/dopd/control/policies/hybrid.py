@@ -41,7 +41,6 @@ finished, against the prediction made at the previous plan (what was running the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dopd.control.manager import Split, active_split, in_transition
@@ -50,6 +49,7 @@ from dopd.control.policies.signals import Observed
 from dopd.control.ratio import CorrectionFactors, InstanceModel, WorkloadStats
 from dopd.control.ratio.colocated import (
     ColocatedPrediction,
+    StepBound,
     colocated_ttft_attainment,
     predict_colocated,
 )
@@ -106,7 +106,7 @@ class HybridMode:
 
     def __init__(self, config: HybridConfig, inst: InstanceModel, slo: SLO, instances: int,
                  start_mixed: bool = True,
-                 mixed_step: Callable[[float], float] | None = None) -> None:
+                 mixed_step: StepBound | None = None) -> None:
         self.config = config
         self.mixed_step = mixed_step
         self.inst = inst

@@ -28,8 +28,10 @@ geometric mean 0.850x against 0.846x, too little for the machinery, left out).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
+import numpy as np
+
+from dopd.control.ratio.colocated import StepBound
 from dopd.control.ratio.instance import StepTimeModel
 from dopd.engine.chunk_table import ChunkTable
 from dopd.errors import require
@@ -127,12 +129,12 @@ def mixed_chunk_table(latency: StepTimeModel, step_target_s: float, cluster_budg
 
 
 def mixed_step_bound(latency: StepTimeModel, tokens: int | None,
-                     table: ChunkTable | None) -> Callable[[float], float] | None:
+                     table: ChunkTable | None) -> StepBound | None:
     """For the colocated predictor (``mixed_step`` of
-    :func:`~dopd.control.ratio.colocated.predict_colocated`): a decode-only step time to the
-    longest step with the chunk cap (``tokens``) and the table's (its target, or the decodes
-    plus its floor chunk beyond it); None when neither caps the chunks. The chunk's cost is
-    taken on the reference decode step (:data:`DECODES` at :data:`CONTEXT`)."""
+    :func:`~dopd.control.ratio.colocated.predict_colocated`): decode-only step times (an
+    array) to the longest steps with the chunk cap (``tokens``) and the table's (its target, or
+    the decodes plus its floor chunk beyond it); None when neither caps the chunks. The chunk's
+    cost is taken on the reference decode step (:data:`DECODES` at :data:`CONTEXT`)."""
     if tokens is None and table is None:
         return None
     base = latency.step_time(0, 0, 0, DECODES, DECODES * CONTEXT)
@@ -145,12 +147,12 @@ def mixed_step_bound(latency: StepTimeModel, tokens: int | None,
     if table is None:
         return lambda t: t + cap_s
     floor_s, target = extra(table.floor), table.target_s
-    return lambda t: min(t + cap_s, max(target, t + floor_s))
+    return lambda t: np.minimum(t + cap_s, np.maximum(target, t + floor_s))
 
 
 def mixed_budgets(latency: StepTimeModel, tpot_slo_s: float, cluster_budget: int,
                   mode: int | str | None, share: float, step_share: float,
-                  ) -> tuple[int | None, ChunkTable | None, Callable[[float], float] | None]:
+                  ) -> tuple[int | None, ChunkTable | None, StepBound | None]:
     """What ``mixtok=`` (``mode``: ``auto``, ``step``, None for off, or a token count) gives a
     policy on the belief ``latency``: the MIXED budget, the per-step table (``step`` only, at
     ``step_share`` x the TPOT SLO) and the step bound of the colocated predictor."""

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from dopd.control.ratio.decode import _phi, decode_shape
 from dopd.control.ratio.evaluate import side_tables
@@ -40,6 +41,10 @@ from dopd.errors import require
 from dopd.types import SLO
 
 _BATCH_POINTS = 512
+
+StepBound = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+"""Decode-only step times to the longest steps a MIXED instance runs with those decodes
+(``mixed_step`` of :func:`predict_colocated`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ def _unstable(n: int, rate: float, u_p: float, cap: float, q: float) -> Colocate
 def predict_colocated(inst: InstanceModel, stats: WorkloadStats, instances: int,
                       tpot_slo: float, q: float = 0.9, scale: float = 1.0,
                       rate: float | None = None,
-                      mixed_step: Callable[[float], float] | None = None) -> ColocatedPrediction:
+                      mixed_step: StepBound | None = None) -> ColocatedPrediction:
     """Predict TPOT of ``instances`` MIXED instances under ``stats`` (at ``rate``, default
     ``stats.rate``); see the module doc. ``scale`` multiplies every predicted TPOT.
 
@@ -145,11 +150,11 @@ def predict_colocated(inst: InstanceModel, stats: WorkloadStats, instances: int,
 
 
 def _capped_step(inst: InstanceModel, r: float, steps_mean: float, ctx_mean: float, cap: float,
-                 mixed_step: Callable[[float], float]) -> float:
+                 mixed_step: StepBound) -> float:
     """The longest step of a MIXED instance with capped chunks at the decode batch where
     Little's law balances with steps that long (inf: none below the batch cap)."""
     grid = np.linspace(1.0, max(cap, 1.0), _BATCH_POINTS)
-    longest = np.array([mixed_step(float(x)) for x in inst.decode_step(grid, ctx_mean)])
+    longest = np.asarray(mixed_step(inst.decode_step(grid, ctx_mean)), dtype=np.float64)
     ok = grid - r * steps_mean * longest >= 0
     return float(longest[int(np.argmax(ok))]) if ok.any() else math.inf
 
